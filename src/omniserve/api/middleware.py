@@ -1,0 +1,60 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it breaks streaming and
+disconnect detection): the API key check and the request-body size cap."""
+
+from __future__ import annotations
+
+import hmac
+
+from omniserve.api.errors import omni_error_body
+from fastapi.responses import JSONResponse
+
+from omniserve.errors import OmniError, PayloadTooLarge, Unauthorized
+
+OPEN_PATHS = {"/health"}
+
+
+async def _reject(exc: OmniError, scope, receive, send) -> None:
+    await JSONResponse(omni_error_body(exc), status_code=exc.status_code)(scope, receive, send)
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self._key = api_key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization", b"")
+        token = auth[7:].strip() if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
+        if not hmac.compare_digest(token, self._key):
+            message = "Invalid API key." if token else "Missing API key: send 'Authorization: Bearer <key>'."
+            return await _reject(Unauthorized(message), scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = PayloadTooLarge(f"the request body is larger than the limit of {self.max_bytes} bytes")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _reject(too_large, scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise too_large
+            return message
+
+        return await self.app(scope, limited_receive, send)

@@ -1,0 +1,122 @@
+"""Request pieces shared by chat and completions, and body parsing.
+
+We parse bodies ourselves (not through FastAPI's signature magic) so every
+malformed body becomes a 400 in the OpenAI envelope naming the parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from omniserve.errors import InvalidRequest
+from omniserve.runtime.types import SamplingParams
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class SamplingFields(BaseModel):
+    """The OpenAI + SGLang sampling parameters, validated at the edge."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool = False
+    user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_extra_body(cls, data: Any) -> Any:
+        """vLLM-Omni's curl examples nest extensions under a literal `extra_body` key."""
+        if isinstance(data, dict) and isinstance(data.get("extra_body"), dict):
+            data = {**data["extra_body"], **{k: v for k, v in data.items() if k != "extra_body"}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_stop(self) -> "SamplingFields":
+        stops = self.stop_list()
+        if len(stops) > 16:
+            raise ValueError("stop: at most 16 stop sequences are allowed")
+        if any(s == "" for s in stops):
+            raise ValueError("stop: stop sequences must be non-empty strings")
+        return self
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def sampling_params(self, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
+        return SamplingParams(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=max(0, self.top_k or 0),
+            min_p=self.min_p or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            seed=self.seed,
+            stop=self.stop_list(),
+            max_tokens=max_tokens,
+            n=self.n,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            ignore_eos=self.ignore_eos,
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def parse_body(raw: bytes, model: type[M]) -> M:
+    """JSON bytes -> validated model, or InvalidRequest naming the parameter."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = loc_to_param(err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            message = "this parameter is required"
+        raise InvalidRequest(f"{param}: {message}" if param and not message.startswith(param) else message,
+                             param=param or None) from None
+
+
+def loc_to_param(loc: tuple) -> str:
+    """('messages', 0, 'role') -> 'messages[0].role' (pydantic union tags dropped)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and (part[:1].isupper() or "[" in part or part.startswith("function-")):
+            continue  # union member names such as 'list[str]'
+        else:
+            out += f".{part}" if out else part
+    return out

@@ -1,0 +1,48 @@
+"""`POST /v1/completions` request model and its translation to OmniRequests."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from omniserve.api.protocol.common import SamplingFields
+from omniserve.errors import InvalidRequest
+from omniserve.runtime.types import OmniRequest
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "CompletionRequest":
+        if self.suffix:
+            raise ValueError("suffix: fill-in-the-middle is not supported by this model")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of: only best_of equal to n is supported")
+        if self.echo and self.logprobs is not None:
+            raise ValueError("echo: echo together with logprobs is not supported")
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise ValueError("prompt: must not be an empty list")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        """A single prompt, a batch of strings, one token list, or a batch of token lists."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+    def to_omni_requests(self, request_id: str) -> list[OmniRequest]:
+        prompts = self.prompts()
+        if self.echo and any(not isinstance(p, str) for p in prompts):
+            raise InvalidRequest("echo is supported for text prompts only", param="echo")
+        sampling = self.sampling_params(self.max_tokens or 16, self.logprobs is not None, self.logprobs or 0)
+        return [
+            OmniRequest(request_id=f"{request_id}-{i}", prompt=p, sampling={"thinker": sampling})
+            for i, p in enumerate(prompts)
+        ]

@@ -1,0 +1,171 @@
+"""Helpers every generation route shares: model lookup, first-output
+validation, disconnect-aware collection, and OpenAI-shaped pieces."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+
+from omniserve.errors import InvalidRequest, ModelNotFound, OmniError
+from omniserve.runtime.client import Client, ServedModel
+from omniserve.runtime.types import OmniOutput, OmniRequest, TokenLogprob
+
+
+def get_client(request: Request) -> Client:
+    return request.app.state.client
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def resolve_model(client: Client, model_id: str | None) -> ServedModel:
+    served = client.model(model_id)
+    if served is None:
+        ids = ", ".join(m.id for m in client.served_models)
+        raise ModelNotFound(f"The model `{model_id}` does not exist. Served models: {ids}", param="model")
+    return served
+
+
+async def start(client: Client, request: OmniRequest) -> tuple[OmniOutput, AsyncIterator[OmniOutput]]:
+    """Start a request and wait for its first output, so that validation errors
+    (prompt too long, ...) become a proper 4xx before any stream begins."""
+    stream = client.generate(request)
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        raise OmniError("the pipeline ended the request without output") from None
+    return first, stream
+
+
+async def start_all(client: Client, requests: list[OmniRequest]) -> list[tuple[OmniOutput, AsyncIterator[OmniOutput]]]:
+    """Start several requests together; if one is rejected, abort the others."""
+    results = await asyncio.gather(*(start(client, r) for r in requests), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        for r in results:
+            if not isinstance(r, BaseException):
+                await r[1].aclose()
+        raise errors[0]
+    return results  # type: ignore[return-value]
+
+
+async def merge(streams: list[AsyncIterator[OmniOutput]]) -> AsyncIterator[tuple[int, OmniOutput]]:
+    """Interleave several output streams as they produce, tagged by stream number."""
+    if len(streams) == 1:
+        try:
+            async for out in streams[0]:
+                yield 0, out
+        finally:
+            await streams[0].aclose()
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    async def pump(i: int, stream: AsyncIterator[OmniOutput]) -> None:
+        try:
+            async for out in stream:
+                await queue.put((i, out))
+        except BaseException as exc:  # surfaced to the consumer below
+            await queue.put((i, exc))
+        finally:
+            await queue.put((i, end))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item = await queue.get()
+            if item is end:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for stream in streams:
+            await stream.aclose()
+
+
+async def until_disconnect(request: Request, work: Any) -> Any:
+    """Await `work`, but cancel it (aborting the request) if the client leaves."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.2)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise InvalidRequest("client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+@dataclass
+class ChoiceState:
+    """Everything collected for one choice of a non-streaming response."""
+
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+    def add(self, out: OmniOutput) -> None:
+        self.text.append(out.text)
+        if out.logprobs:
+            self.logprobs.extend(out.logprobs)
+        if out.finish_reason:
+            self.finish_reason = out.finish_reason
+            self.completion_tokens = out.completion_tokens
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if cached_tokens is not None:
+        body["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return body
+
+
+def chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": lp.token_bytes,
+                "top_logprobs": [{"token": t, "logprob": v, "bytes": b} for t, v, b in lp.top],
+            }
+            for lp in items
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    offsets = []
+    for lp in items:
+        offsets.append(offset)
+        offset += len(lp.token)
+    return {
+        "tokens": [lp.token for lp in items],
+        "token_logprobs": [lp.logprob for lp in items],
+        "top_logprobs": [{t: v for t, v, _ in lp.top} for lp in items],
+        "text_offset": offsets,
+    }

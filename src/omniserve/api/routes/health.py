@@ -1,0 +1,56 @@
+"""Health, load, model info and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from omniserve.api.routes.common import get_client
+from omniserve.runtime.client import Client
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    ok, reason = get_client(request).health()
+    if ok:
+        return JSONResponse({"status": "healthy", "running": True})
+    return JSONResponse({"status": "unhealthy", "running": False, "reason": reason}, status_code=503)
+
+
+@router.get("/get_model_info")
+async def model_info(request: Request) -> dict:
+    return get_client(request).model_info()
+
+
+@router.get("/get_load")
+async def load(request: Request) -> dict:
+    return get_client(request).load()
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class RuntimeCollector:
+    """Reads the coordinator's state at scrape time; nothing to keep in sync."""
+
+    def __init__(self, client: Client):
+        self.client = client
+
+    def collect(self):
+        c = self.client.coordinator
+        yield GaugeMetricFamily("omniserve_num_running_requests", "Requests admitted and running", value=c.num_running)
+        yield GaugeMetricFamily("omniserve_num_queued_requests", "Requests waiting for a slot", value=c.num_queued)
+        yield GaugeMetricFamily("omniserve_healthy", "1 when every stage is up", value=int(c.healthy()))
+        yield CounterMetricFamily("omniserve_worker_crashes", "Stage worker processes that died", value=c.crashes)
+
+
+def metrics_registry(client: Client) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(RuntimeCollector(client))
+    return registry

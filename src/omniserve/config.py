@@ -1,0 +1,212 @@
+"""Typed configuration: server settings and the pipeline graph.
+
+`ServerArgs` is the one settings object: CLI flags first, then `OMNISERVE_*`
+environment variables, then defaults. No other module reads `os.environ`.
+`PipelineConfig` is the stage graph as validated data; a YAML file given with
+`--config` overrides any stage setting and is checked at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from omniserve.errors import ConfigError
+
+
+class ServerArgs(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OMNISERVE_", extra="forbid")
+
+    model_path: str | None = Field(None, description="GGUF file, folder holding one, or alias")
+    config: Path | None = Field(None, description="pipeline YAML overriding stage settings")
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    served_model_name: list[str] | None = None
+    log_level: str = "info"
+    api_key: str | None = None
+    max_running_requests: int = Field(8, ge=1, le=256)
+    max_queued_requests: int = Field(128, ge=0)
+    context_length: int | None = Field(None, ge=16)
+    threads: int | None = Field(None, ge=1)
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    enable_cache_report: bool = False
+    data_dir: Path = Path.home() / ".cache" / "omniserve"
+    # Accepted for compatibility with sglang-omni / SGLang / vLLM-Omni command lines.
+    text_only: bool = False
+    colocate: bool = False
+    mem_fraction_static: float | None = Field(None, gt=0, lt=1)
+    thinker_mem_fraction_static: float | None = Field(None, gt=0, lt=1)
+    talker_mem_fraction_static: float | None = Field(None, gt=0, lt=1)
+    max_generated_image_size: int | None = Field(None, ge=1)
+    omni: bool = False
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        levels = ("critical", "error", "warning", "info", "debug", "trace")
+        if value.lower() not in levels:
+            raise ValueError(f"must be one of {', '.join(levels)}")
+        return value.lower()
+
+    def resolved_threads(self) -> int:
+        return self.threads or max(1, os.cpu_count() or 1)
+
+    def stage_mem_fraction(self, stage: str) -> float | None:
+        """A per-stage fraction overrides the global one."""
+        per_stage = {"thinker": self.thinker_mem_fraction_static, "talker": self.talker_mem_fraction_static}
+        return per_stage.get(stage) or self.mem_fraction_static
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Placement(_Strict):
+    """Where a stage runs. One process per stage today; Ray placement comes later."""
+
+    process_group: str | None = None
+    device: str = "cpu"
+    node: str | None = None
+    replicas: int = Field(1, ge=1, le=1)
+
+
+class StageConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    executor: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    placement: Placement = Field(default_factory=Placement)
+    max_restarts: int = Field(5, ge=0)
+
+    @model_validator(mode="after")
+    def _check_executor_args(self) -> "StageConfig":
+        from omniserve.executors import executor_args_model
+
+        args_model = executor_args_model(self.executor)
+        # Validate now so a bad YAML fails at start-up, naming the field.
+        self.args = args_model.model_validate(self.args).model_dump()
+        return self
+
+
+class EdgeConfig(_Strict):
+    src: str
+    dst: str
+    streaming: bool = False
+
+
+class PipelineConfig(_Strict):
+    stages: list[StageConfig] = Field(min_length=1)
+    edges: list[EdgeConfig] = Field(default_factory=list)
+    terminals: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> "PipelineConfig":
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        for edge in self.edges:
+            for end in (edge.src, edge.dst):
+                if end not in names:
+                    raise ValueError(f"edge {edge.src}->{edge.dst} names unknown stage {end!r}")
+        for name in self.terminals:
+            if name not in names:
+                raise ValueError(f"terminal {name!r} is not a stage")
+        if _has_cycle(names, self.edges):
+            raise ValueError("the stage graph has a cycle")
+        return self
+
+    def stage(self, name: str) -> StageConfig:
+        return next(s for s in self.stages if s.name == name)
+
+    def entry_stages(self) -> list[str]:
+        targets = {e.dst for e in self.edges}
+        return [s.name for s in self.stages if s.name not in targets]
+
+    def downstream(self, name: str) -> list[EdgeConfig]:
+        return [e for e in self.edges if e.src == name]
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "PipelineConfig":
+        """Deep-merge a YAML override (stages keyed by name) and re-validate."""
+        data = self.model_dump()
+        unknown = set(overrides) - {"stages", "edges", "terminals"}
+        if unknown:
+            raise ConfigError(f"config: unknown top-level key(s) {sorted(unknown)}; use stages, edges, terminals")
+        stage_overrides = overrides.get("stages") or {}
+        if not isinstance(stage_overrides, dict):
+            raise ConfigError("config: 'stages' must map stage names to settings")
+        by_name = {s["name"]: s for s in data["stages"]}
+        for name, patch in stage_overrides.items():
+            if name not in by_name:
+                raise ConfigError(f"config: unknown stage {name!r}; stages are {sorted(by_name)}")
+            if not isinstance(patch, dict):
+                raise ConfigError(f"config: stages.{name} must be a mapping")
+            _deep_merge(by_name[name], patch)
+        for key in ("edges", "terminals"):
+            if key in overrides:
+                data[key] = overrides[key]
+        return validate_pipeline(data)
+
+
+def validate_pipeline(data: dict[str, Any]) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"config: {describe_validation_error(exc, data)}") from None
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def describe_validation_error(exc: ValidationError, data: Any = None) -> str:
+    """One line naming the field, e.g. `stages.thinker.args.n_batch: Input should be ...`."""
+    err = exc.errors()[0]
+    loc = list(err["loc"])
+    # Replace list indexes under `stages` with the stage name, which a person wrote.
+    if data is not None and len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int):
+        try:
+            loc[1] = data["stages"][loc[1]]["name"]
+        except (KeyError, IndexError, TypeError):
+            pass
+    where = ".".join(str(p) for p in loc)
+    return f"{where}: {err['msg']}" if where else err["msg"]
+
+
+def _deep_merge(base: dict, patch: dict) -> None:
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _has_cycle(names: list[str], edges: list[EdgeConfig]) -> bool:
+    graph = {n: [e.dst for e in edges if e.src == n] for n in names}
+    state: dict[str, int] = {}
+
+    def visit(node: str) -> bool:
+        if state.get(node) == 1:
+            return True
+        if state.get(node) == 2:
+            return False
+        state[node] = 1
+        if any(visit(nxt) for nxt in graph[node]):
+            return True
+        state[node] = 2
+        return False
+
+    return any(visit(n) for n in names)

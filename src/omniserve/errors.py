@@ -1,0 +1,115 @@
+"""Typed errors shared by every layer.
+
+Each error knows its HTTP status and OpenAI error type, so the API maps it to
+the envelope in one place (`api/errors.py`) and nobody classifies errors by
+matching message strings. Errors cross process boundaries as
+`(class name, message, param)` and are rebuilt with `from_wire`.
+"""
+
+from __future__ import annotations
+
+
+class OmniError(Exception):
+    status_code = 500
+    error_type = "internal_error"
+    code: str | None = None
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_wire(self) -> tuple[str, str, str | None]:
+        return (type(self).__name__, self.message, self.param)
+
+    @staticmethod
+    def from_wire(wire: tuple[str, str, str | None]) -> "OmniError":
+        name, message, param = wire
+        cls = _BY_NAME.get(name, OmniError)
+        return cls(message, param=param)
+
+
+class InvalidRequest(OmniError):
+    """The request is malformed or a parameter is out of range (400)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class Unauthorized(OmniError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(OmniError):
+    status_code = 404
+    error_type = "invalid_request_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class PayloadTooLarge(OmniError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class Overloaded(OmniError):
+    """The queue is full: retry later (503)."""
+
+    status_code = 503
+    error_type = "server_overloaded"
+    code = "queue_full"
+
+
+class Unavailable(OmniError):
+    """A stage is down or restarting (503)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "unhealthy"
+
+
+class WorkerCrashed(OmniError):
+    """The stage worker running this request died mid-request (500)."""
+
+    status_code = 500
+    error_type = "internal_error"
+    code = "worker_crashed"
+
+
+class OutOfMemory(OmniError):
+    status_code = 507
+    error_type = "insufficient_storage"
+    code = "out_of_memory"
+
+
+class ConfigError(Exception):
+    """A bad flag, model path or pipeline config; the CLI prints it on one line."""
+
+
+_BY_NAME = {
+    cls.__name__: cls
+    for cls in (
+        OmniError,
+        InvalidRequest,
+        ContextLengthExceeded,
+        Unauthorized,
+        NotFound,
+        ModelNotFound,
+        PayloadTooLarge,
+        Overloaded,
+        Unavailable,
+        WorkerCrashed,
+        OutOfMemory,
+    )
+}

@@ -1,0 +1,33 @@
+"""The small protocol every executor implements.
+
+An executor wraps one model runtime. The stage worker calls `load` once, then
+alternates `add`/`abort` (between steps) with `step` (one batched forward
+pass). It knows nothing about HTTP or other stages.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from omniserve.runtime.types import OmniOutput, OmniRequest
+
+
+class Executor(Protocol):
+    def load(self) -> dict[str, Any]:
+        """Load the model; return facts for /get_model_info (context length, ...)."""
+
+    def add(self, request: OmniRequest) -> list[OmniOutput]:
+        """Admit a request. Raise an `OmniError` to reject it."""
+
+    def feed(self, output: OmniOutput) -> list[OmniOutput]:
+        """Take an upstream stage's output for a request already added (graph edges)."""
+
+    def abort(self, request_id: str) -> None:
+        """Drop a request and free its resources before the next step."""
+
+    def has_work(self) -> bool: ...
+
+    def step(self) -> list[OmniOutput]:
+        """Run one batched step and return what it produced."""
+
+    def close(self) -> None: ...

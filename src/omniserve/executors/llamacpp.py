@@ -1,0 +1,402 @@
+"""LLM executor on llama.cpp's low-level API, with continuous batching.
+
+Every step builds one `llama_batch` holding one decode token for each running
+sequence plus prompt chunks of newly admitted ones, runs one `llama_decode`,
+and samples each sequence with its own llama.cpp sampler chain (C code, not
+numpy over the vocabulary). Requests join and leave between steps, so a new
+request never waits for another to finish, only for the current step.
+
+Each sequence owns one KV-cache stream (`n_seq_max` = `max_sequences`, not
+unified), so its context is `context_length` tokens whatever others do.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from omniserve.errors import ContextLengthExceeded, InvalidRequest, OmniError
+from omniserve.executors.text_stream import TextStream
+from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+
+class LlamaCppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str
+    context_length: int | None = Field(None, ge=16, description="tokens per sequence; default min(trained, 4096)")
+    threads: int = Field(2, ge=1)
+    max_sequences: int = Field(8, ge=1, le=256, description="sequences decoded together (KV streams)")
+    n_batch: int = Field(512, ge=8, description="tokens per llama_decode call")
+    n_gpu_layers: int = Field(0, ge=-1)
+    chat_template: str | None = None
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request_id: str
+    index: int
+    slot: int
+    prompt: list[int]
+    params: SamplingParams
+    sampler: Any
+    stream: TextStream
+    max_new: int
+    n_past: int = 0  # tokens already in the KV cache
+    next_token: int | None = None  # sampled, not yet decoded
+    generated: int = 0
+    batch_pos: int = -1  # where this sequence's logits sit in the current batch
+
+
+@dataclass(eq=False)
+class _Request:
+    request_id: str
+    prompt_tokens: int
+    open_choices: int
+    sequences: list[_Sequence] = field(default_factory=list)
+
+
+class LlamaCppExecutor:
+    def __init__(self, args: LlamaCppArgs):
+        self.args = args
+        self._requests: dict[str, _Request] = {}
+        self._running: list[_Sequence] = []
+        self._waiting: deque[_Sequence] = deque()
+        self._free_slots: list[int] = list(range(args.max_sequences - 1, -1, -1))
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def load(self) -> dict[str, Any]:
+        import llama_cpp
+        import llama_cpp._logger as llama_logger
+
+        llama_logger.set_verbose(log.isEnabledFor(logging.DEBUG))
+        self._ll = ll = llama_cpp
+        ll.llama_backend_init()
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = self.args.n_gpu_layers
+        self._model = ll.llama_model_load_from_file(self.args.model_path.encode(), mparams)
+        if not self._model:
+            raise RuntimeError(f"llama.cpp could not load {self.args.model_path}")
+        self._vocab = ll.llama_model_get_vocab(self._model)
+        self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        trained = ll.llama_model_n_ctx_train(self._model)
+        self.context_length = self.args.context_length or min(trained, 4096)
+
+        cparams = ll.llama_context_default_params()
+        cparams.n_seq_max = self.args.max_sequences
+        cparams.n_ctx = self.context_length * self.args.max_sequences
+        cparams.n_batch = max(self.args.n_batch, self.args.max_sequences)
+        cparams.n_ubatch = cparams.n_batch
+        cparams.n_threads = self.args.threads
+        cparams.n_threads_batch = self.args.threads
+        cparams.kv_unified = False
+        cparams.no_perf = True
+        self._ctx = ll.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        self._mem = ll.llama_get_memory(self._ctx)
+        self._n_batch = cparams.n_batch
+        self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
+
+        self._template = self.args.chat_template or self._meta("tokenizer.chat_template")
+        self._bos = self._piece_text(ll.llama_vocab_bos(self._vocab), special=True)
+        self._eos = self._piece_text(ll.llama_vocab_eos(self._vocab), special=True)
+        self._formatter = None
+        if self._template:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            self._formatter = Jinja2ChatFormatter(self._template, eos_token=self._eos, bos_token=self._bos)
+        return {
+            "model_path": self.args.model_path,
+            "context_length": self.context_length,
+            "trained_context_length": trained,
+            "max_sequences": self.args.max_sequences,
+            "n_vocab": self.n_vocab,
+            "has_chat_template": bool(self._template),
+            "architecture": self._meta("general.architecture"),
+            "name": self._meta("general.name"),
+        }
+
+    def close(self) -> None:
+        ll = self._ll
+        for seq in self._running + list(self._waiting):
+            ll.llama_sampler_free(seq.sampler)
+        ll.llama_batch_free(self._batch)
+        ll.llama_free(self._ctx)
+        ll.llama_model_free(self._model)
+
+    # ---- admission -----------------------------------------------------------------
+
+    def add(self, request: OmniRequest) -> list[OmniOutput]:
+        params = request.sampling_for("thinker")
+        prompt = self._prompt_tokens(request)
+        param = "messages" if request.messages is not None else "prompt"
+        if not prompt:
+            raise InvalidRequest("the prompt is empty", param=param)
+        room = self.context_length - len(prompt)
+        if room < 1:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_length} tokens, "
+                f"but the prompt has {len(prompt)} tokens. Shorten the {param}.",
+                param=param,
+            )
+        if params.max_tokens is not None and params.max_tokens > room:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_length} tokens. However, you requested "
+                f"{len(prompt) + params.max_tokens} tokens ({len(prompt)} in the {param}, {params.max_tokens} "
+                f"for the completion). Reduce the {param} or max_tokens.",
+                param="max_tokens",
+            )
+        max_new = params.max_tokens or room
+        req = _Request(request.request_id, len(prompt), params.n)
+        base_seed = params.seed if params.seed is not None else random.getrandbits(32)
+        for index in range(params.n):
+            seq = _Sequence(
+                request_id=request.request_id,
+                index=index,
+                slot=-1,
+                prompt=prompt,
+                params=params,
+                sampler=self._make_sampler(params, (base_seed + index) & 0xFFFFFFFF),
+                stream=TextStream(params.stop),
+                max_new=max_new,
+            )
+            req.sequences.append(seq)
+            self._waiting.append(seq)
+        self._requests[request.request_id] = req
+        self._admit_waiting()
+        return [OmniOutput(request.request_id, started=True, prompt_tokens=len(prompt))]
+
+    def abort(self, request_id: str) -> None:
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            return
+        for seq in req.sequences:
+            if seq in self._running:
+                self._release(seq)
+            elif seq in self._waiting:
+                self._waiting.remove(seq)
+                self._ll.llama_sampler_free(seq.sampler)
+        self._admit_waiting()
+
+    def has_work(self) -> bool:
+        return bool(self._running)
+
+    def running_sequences(self) -> int:
+        return len(self._running)
+
+    # ---- the step ------------------------------------------------------------------
+
+    def step(self) -> list[OmniOutput]:
+        ll, batch = self._ll, self._batch
+        n = 0
+        # Decode tokens first: one per generating sequence keeps every stream moving.
+        for seq in self._running:
+            seq.batch_pos = -1
+            if seq.next_token is not None:
+                self._put(n, seq.next_token, seq.n_past, seq.slot, True)
+                seq.batch_pos = n
+                seq.n_past += 1
+                n += 1
+        # Then prompt chunks of admitted sequences, within what is left of the batch.
+        for seq in self._running:
+            if seq.next_token is not None or n >= self._n_batch:
+                continue
+            take = min(len(seq.prompt) - seq.n_past, self._n_batch - n)
+            for k in range(take):
+                pos = seq.n_past + k
+                last = pos == len(seq.prompt) - 1
+                self._put(n, seq.prompt[pos], pos, seq.slot, last)
+                if last:
+                    seq.batch_pos = n
+                n += 1
+            seq.n_past += take
+        batch.n_tokens = n
+        if n == 0:
+            return []
+        rc = ll.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+
+        outputs: list[OmniOutput] = []
+        for seq in list(self._running):
+            if seq.batch_pos >= 0:
+                outputs.extend(self._sample(seq))
+        self._admit_waiting()
+        return outputs
+
+    def _put(self, i: int, token: int, pos: int, slot: int, want_logits: bool) -> None:
+        b = self._batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = slot
+        b.logits[i] = want_logits
+
+    def _sample(self, seq: _Sequence) -> list[OmniOutput]:
+        ll = self._ll
+        token = ll.llama_sampler_sample(seq.sampler, self._ctx, seq.batch_pos)
+        req = self._requests[seq.request_id]
+        if ll.llama_vocab_is_eog(self._vocab, token) and not seq.params.ignore_eos:
+            return self._finish(seq, req, "stop", "", [], None)
+        seq.generated += 1
+        piece = self._piece(token)
+        logprobs = [self._logprob(seq, token, piece)] if seq.params.logprobs else None
+        text = seq.stream.push(piece)
+        if seq.stream.stopped:
+            return self._finish(seq, req, "stop", text, [token], logprobs)
+        if seq.generated >= seq.max_new or seq.n_past + 1 > self.context_length:
+            return self._finish(seq, req, "length", text + seq.stream.flush(), [token], logprobs)
+        seq.next_token = token
+        return [
+            OmniOutput(seq.request_id, "thinker", seq.index, text, [token], logprobs, completion_tokens=seq.generated)
+        ]
+
+    def _finish(self, seq, req, reason, text, tokens, logprobs) -> list[OmniOutput]:
+        if reason == "stop" and not seq.stream.stopped:
+            text = (text or "") + seq.stream.flush()
+        self._release(seq)
+        req.open_choices -= 1
+        done = req.open_choices == 0
+        if done:
+            del self._requests[seq.request_id]
+        return [
+            OmniOutput(
+                seq.request_id,
+                "thinker",
+                seq.index,
+                text or "",
+                tokens,
+                logprobs,
+                finish_reason=reason,
+                done=done,
+                prompt_tokens=req.prompt_tokens,
+                completion_tokens=seq.generated,
+            )
+        ]
+
+    def _release(self, seq: _Sequence) -> None:
+        self._running.remove(seq)
+        self._ll.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+        self._ll.llama_sampler_free(seq.sampler)
+        self._free_slots.append(seq.slot)
+
+    def _admit_waiting(self) -> None:
+        while self._waiting and self._free_slots:
+            seq = self._waiting.popleft()
+            seq.slot = self._free_slots.pop()
+            self._running.append(seq)
+
+    # ---- sampling ------------------------------------------------------------------
+
+    def _make_sampler(self, p: SamplingParams, seed: int):
+        ll = self._ll
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        add = lambda s: ll.llama_sampler_chain_add(chain, s)  # noqa: E731
+        if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+            add(ll.llama_sampler_init_penalties(
+                self.n_vocab, 256, p.repetition_penalty, p.frequency_penalty, p.presence_penalty))
+        if p.temperature <= 0:
+            add(ll.llama_sampler_init_greedy())
+            return chain
+        if p.top_k > 0:
+            add(ll.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            add(ll.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0:
+            add(ll.llama_sampler_init_min_p(p.min_p, 1))
+        add(ll.llama_sampler_init_temp(p.temperature))
+        add(ll.llama_sampler_init_dist(seed))
+        return chain
+
+    def _logprob(self, seq: _Sequence, token: int, piece: bytes) -> TokenLogprob:
+        """Log-probabilities of the model's own distribution at this position."""
+        ptr = self._ll.llama_get_logits_ith(self._ctx, seq.batch_pos)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+        peak = logits.max()
+        logz = peak + np.log(np.exp(logits - peak).sum())
+        top: list[tuple[str, float, list[int]]] = []
+        k = seq.params.top_logprobs
+        if k:
+            ids = np.argpartition(-logits, k)[:k]
+            ids = ids[np.argsort(-logits[ids])]
+            for t in ids:
+                b = self._piece(int(t))
+                top.append((b.decode("utf-8", "replace"), float(logits[t] - logz), list(b)))
+        return TokenLogprob(piece.decode("utf-8", "replace"), float(logits[token] - logz), list(piece), top)
+
+    # ---- text ----------------------------------------------------------------------
+
+    def _prompt_tokens(self, request: OmniRequest) -> list[int]:
+        if request.messages is not None:
+            if self._formatter is None:
+                raise InvalidRequest(
+                    "this model has no chat template in its GGUF metadata; use /v1/completions", param="messages"
+                )
+            try:
+                text = self._formatter(messages=request.messages).prompt
+            except Exception as exc:  # a template may raise on role order etc.
+                raise InvalidRequest(f"the model's chat template rejected the messages: {exc}", param="messages")
+            return self.tokenize(text, add_special=False)
+        if isinstance(request.prompt, list):
+            bad = [t for t in request.prompt if not 0 <= t < self.n_vocab]
+            if bad:
+                raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})", "prompt")
+            return list(request.prompt)
+        return self.tokenize(request.prompt or "", add_special=True)
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        ll = self._ll
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        if n < 0:
+            cap = -n
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        return list(buf[:n])
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._ll.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._ll.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def _piece_text(self, token: int, special: bool) -> str:
+        return self._piece(token, special).decode("utf-8", "replace") if token >= 0 else ""
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+
+def model_file_ok(path: str) -> bool:
+    """A cheap check that a file is a GGUF before a worker tries to load it."""
+    try:
+        with Path(path).open("rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+__all__ = ["LlamaCppArgs", "LlamaCppExecutor", "OmniError", "model_file_ok"]

@@ -1,0 +1,47 @@
+"""Model path or alias -> a GGUF file on disk.
+
+`--model-path` may be a GGUF file, a folder holding one, or an alias for a
+model shipped inside PyPI packages (see `defaults.py`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omniserve.errors import ConfigError
+from omniserve.models.defaults import ALIASES, DEFAULT_ALIAS
+
+
+def resolve_model_path(model_path: str | None, data_dir: Path) -> tuple[str, str]:
+    """Return (alias or path as given, absolute GGUF path). Raises ConfigError."""
+    name = model_path or DEFAULT_ALIAS
+    alias = ALIASES.get(name.lower())
+    if alias is not None:
+        return name, str(alias.materialize(data_dir))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        ggufs = sorted(p for p in path.glob("*.gguf") if "mmproj" not in p.name.lower())
+        if not ggufs:
+            raise ConfigError(f"model folder {path} holds no .gguf file")
+        if len(ggufs) > 1:
+            raise ConfigError(f"model folder {path} holds several .gguf files; pass one: {[p.name for p in ggufs]}")
+        path = ggufs[0]
+    if not path.exists():
+        known = ", ".join(sorted(ALIASES))
+        raise ConfigError(f"model file not found: {name} (not a file, folder or alias; aliases: {known})")
+    with path.open("rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ConfigError(f"model file {path} is not a GGUF file")
+    return name, str(path.resolve())
+
+
+def build_pipeline(settings):
+    """The validated pipeline for these settings: preset graph, then YAML overrides."""
+    from omniserve.config import load_yaml, validate_pipeline
+    from omniserve.models.llm import text_pipeline
+
+    _, gguf = resolve_model_path(settings.model_path, settings.data_dir)
+    pipeline = validate_pipeline(text_pipeline(gguf, settings))
+    if settings.config is not None:
+        pipeline = pipeline.with_overrides(load_yaml(settings.config))
+    return pipeline

@@ -1,0 +1,59 @@
+"""The async facade the API routes use.
+
+Routes never touch the coordinator or workers directly: they call
+`generate`, `abort`, `health` and read the served models here. Today the
+coordinator lives in the same process; a remote client would keep this API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from omniserve.runtime.coordinator import Coordinator
+from omniserve.runtime.types import OmniOutput, OmniRequest
+
+
+@dataclass
+class ServedModel:
+    id: str
+    created: int
+    owned_by: str
+    max_model_len: int
+    root: str
+
+
+class Client:
+    def __init__(self, coordinator: Coordinator, served_models: list[ServedModel], model_path: str):
+        self.coordinator = coordinator
+        self.served_models = served_models
+        self.model_path = model_path
+
+    def generate(self, request: OmniRequest) -> AsyncIterator[OmniOutput]:
+        return self.coordinator.generate(request)
+
+    def abort(self, request_id: str) -> None:
+        self.coordinator.abort(request_id)
+
+    def health(self) -> tuple[bool, str]:
+        ok = self.coordinator.healthy()
+        return ok, "" if ok else self.coordinator.unhealthy_reason()
+
+    def model(self, model_id: str | None) -> ServedModel | None:
+        """The served model for a request's `model` field (None: the default)."""
+        if model_id is None:
+            return self.served_models[0]
+        return next((m for m in self.served_models if m.id == model_id), None)
+
+    def load(self) -> dict[str, Any]:
+        return {"running": self.coordinator.num_running, "queued": self.coordinator.num_queued}
+
+    def model_info(self) -> dict[str, Any]:
+        stages = self.coordinator.stage_info()
+        return {
+            "model_path": self.model_path,
+            "served_model_names": [m.id for m in self.served_models],
+            "context_length": self.served_models[0].max_model_len,
+            "stages": stages,
+            "is_generation": True,
+        }

@@ -88,7 +88,11 @@ class StageConfig(_Strict):
 
         args_model = executor_args_model(self.executor)
         # Validate now so a bad YAML fails at start-up, naming the field.
-        self.args = args_model.model_validate(self.args).model_dump()
+        try:
+            self.args = args_model.model_validate(self.args).model_dump()
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ValueError(f"args.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
         return self
 
 
@@ -183,7 +187,11 @@ def describe_validation_error(exc: ValidationError, data: Any = None) -> str:
         except (KeyError, IndexError, TypeError):
             pass
     where = ".".join(str(p) for p in loc)
-    return f"{where}: {err['msg']}" if where else err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
+    nested = msg.split(": ", 1)
+    if len(nested) == 2 and nested[0].startswith("args."):  # a stage's executor args, named in full
+        where, msg = f"{where}.{nested[0]}" if where else nested[0], nested[1]
+    return f"{where}: {msg}" if where else msg
 
 
 def _deep_merge(base: dict, patch: dict) -> None:

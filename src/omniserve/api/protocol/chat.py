@@ -62,9 +62,10 @@ def _template_message(i: int, message: ChatMessage) -> dict[str, Any]:
         for j, part in enumerate(content):
             kind = part.get("type")
             if kind != "text" or not isinstance(part.get("text"), str):
+                where = f"messages[{i}].content[{j}]"
                 raise InvalidRequest(
-                    f"content part type {kind!r} is not supported by this model; it takes text parts only",
-                    param=f"messages[{i}].content[{j}]",
+                    f"{where}: content part type {kind!r} is not supported by this model; it takes text parts only",
+                    param=where,
                 )
             texts.append(part["text"])
         content = "".join(texts)

@@ -7,6 +7,7 @@ malformed body becomes a 400 in the OpenAI envelope naming the parameter.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -105,6 +106,9 @@ def parse_body(raw: bytes, model: type[M]) -> M:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             message = "this parameter is required"
+        named = re.match(r"^([\w\[\]\.]+): ", message)
+        if not param and named:  # model-level checks name their parameter first
+            param = named.group(1)
         raise InvalidRequest(f"{param}: {message}" if param and not message.startswith(param) else message,
                              param=param or None) from None
 

@@ -1,0 +1,68 @@
+import pytest
+
+from omniserve.api.protocol.common import loc_to_param, parse_body
+from omniserve.api.protocol.chat import ChatCompletionRequest
+from omniserve.config import ServerArgs, validate_pipeline
+from omniserve.errors import ConfigError, InvalidRequest
+
+STAGE = {"name": "thinker", "executor": "llamacpp", "args": {"model_path": "m.gguf"}}
+
+
+def pipeline(**kw):
+    return {"stages": [STAGE], "edges": [], "terminals": ["thinker"], **kw}
+
+
+def test_valid_pipeline_and_override():
+    p = validate_pipeline(pipeline())
+    assert p.entry_stages() == ["thinker"]
+    p2 = p.with_overrides({"stages": {"thinker": {"args": {"n_batch": 64}, "placement": {"device": "cuda:0"}}}})
+    assert p2.stage("thinker").args["n_batch"] == 64
+    assert p2.stage("thinker").args["model_path"] == "m.gguf"
+    assert p2.stage("thinker").placement.device == "cuda:0"
+
+
+@pytest.mark.parametrize(
+    "data,says",
+    [
+        (pipeline(terminals=["nope"]), "terminal 'nope'"),
+        (pipeline(edges=[{"src": "thinker", "dst": "thinker"}]), "cycle"),
+        (pipeline(edges=[{"src": "thinker", "dst": "x"}]), "unknown stage 'x'"),
+        ({"stages": [STAGE, STAGE], "terminals": ["thinker"]}, "unique"),
+        ({"stages": [{**STAGE, "args": {"model_path": "m", "threads": 0}}], "terminals": ["thinker"]},
+         "stages.thinker.args.threads"),
+        ({"stages": [{**STAGE, "colour": "red"}], "terminals": ["thinker"]}, "stages.thinker.colour"),
+    ],
+)
+def test_bad_pipeline_names_the_field(data, says):
+    with pytest.raises(ConfigError) as info:
+        validate_pipeline(data)
+    assert says in str(info.value)
+
+
+def test_per_stage_mem_fraction_overrides_global():
+    args = ServerArgs(mem_fraction_static=0.5, thinker_mem_fraction_static=0.7)
+    assert args.stage_mem_fraction("thinker") == 0.7
+    assert args.stage_mem_fraction("talker") == 0.5
+
+
+def test_env_is_read_and_flags_win(monkeypatch):
+    monkeypatch.setenv("OMNISERVE_API_KEY", "from-env")
+    assert ServerArgs().api_key == "from-env"
+    assert ServerArgs(api_key="from-flag").api_key == "from-flag"
+
+
+def test_loc_to_param():
+    assert loc_to_param(("messages", 0, "role")) == "messages[0].role"
+    assert loc_to_param(("stop", "list[str]", 0)) == "stop[0]"
+
+
+def test_extra_body_nested_is_merged():
+    body = parse_body(b'{"messages":[{"role":"user","content":"x"}],"extra_body":{"top_k":5}}',
+                      ChatCompletionRequest)
+    assert body.top_k == 5
+
+
+def test_parse_body_errors_name_the_parameter():
+    with pytest.raises(InvalidRequest) as info:
+        parse_body(b'{"messages":[{"role":"user","content":"x"}],"temperature":-1}', ChatCompletionRequest)
+    assert info.value.param == "temperature"

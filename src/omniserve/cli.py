@@ -87,17 +87,12 @@ def settings_from_args(ns: argparse.Namespace) -> ServerArgs:
 
 
 def serve(settings: ServerArgs) -> None:
-    import uvicorn
-
-    from omniserve.api.app import create_app
     from omniserve.models.registry import build_pipeline
+    from omniserve.server import run
 
     logging.basicConfig(level="DEBUG" if settings.log_level == "trace" else settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pipeline = build_pipeline(settings)
-    app = create_app(settings, pipeline)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-                timeout_graceful_shutdown=5)
+    run(settings, build_pipeline(settings))
 
 
 def list_models() -> None:

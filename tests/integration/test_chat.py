@@ -179,3 +179,12 @@ def test_concurrent_requests_batch_together(server):
 @pytest.mark.parametrize("path", ["/v1/models", "/get_model_info", "/get_load", "/metrics", "/health"])
 def test_info_routes(http, path):
     assert http.get(path).status_code == 200
+
+
+def test_logit_bias_bans_and_forces_tokens(client):
+    kw = dict(model="smollm2-135m", messages=MSG, max_tokens=8, temperature=0, logprobs=True)
+    base = client.chat.completions.create(**kw)
+    # A +100 bias on one token id makes every generated token that token.
+    forced = client.chat.completions.create(logit_bias={"42": 100}, **kw)
+    assert len({t.token for t in forced.choices[0].logprobs.content}) == 1
+    assert forced.choices[0].message.content != base.choices[0].message.content

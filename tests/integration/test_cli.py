@@ -50,6 +50,15 @@ def test_not_a_gguf(tmp_path):
     assert r.returncode != 0 and "not a GGUF" in r.stderr
 
 
+def test_corrupt_gguf_fails_with_one_line(tmp_path):
+    bogus = tmp_path / "broken.gguf"
+    bogus.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    r = omniserve("serve", "--model-path", str(bogus))
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert "failed to start" in lines[0] and "broken.gguf" in lines[0]
+
+
 @pytest.mark.parametrize(
     "yaml_text,says",
     [

@@ -6,8 +6,10 @@ and samples each sequence with its own llama.cpp sampler chain (C code, not
 numpy over the vocabulary). Requests join and leave between steps, so a new
 request never waits for another to finish, only for the current step.
 
-Each sequence owns one KV-cache stream (`n_seq_max` = `max_sequences`, not
-unified), so its context is `context_length` tokens whatever others do.
+The KV cache is one unified pool of `context_length * max_sequences` cells:
+llama.cpp then packs a mixed batch (decode tokens + a prompt chunk) into one
+ubatch, where split per-sequence streams would cut it into many small ones.
+Each sequence is still held to `context_length` tokens by admission checks.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class LlamaCppExecutor:
         cparams.n_ubatch = cparams.n_batch
         cparams.n_threads = self.args.threads
         cparams.n_threads_batch = self.args.threads
-        cparams.kv_unified = False
+        cparams.kv_unified = True
         cparams.no_perf = True
         self._ctx = ll.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -158,6 +160,10 @@ class LlamaCppExecutor:
                 f"for the completion). Reduce the {param} or max_tokens.",
                 param="max_tokens",
             )
+        bad = [t for t in params.logit_bias if not 0 <= t < self.n_vocab]
+        if bad:
+            raise InvalidRequest(f"logit_bias: token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})",
+                                 param="logit_bias")
         max_new = params.max_tokens or room
         req = _Request(request.request_id, len(prompt), params.n)
         base_seed = params.seed if params.seed is not None else random.getrandbits(32)
@@ -209,7 +215,9 @@ class LlamaCppExecutor:
                 seq.batch_pos = n
                 seq.n_past += 1
                 n += 1
-        # Then prompt chunks of admitted sequences, within what is left of the batch.
+        # Then a prompt chunk of the oldest admitted sequence still in prefill. One prompt
+        # per step: arrivals get their first token in order instead of all waiting for
+        # one big prefill, and the running streams keep moving in between.
         for seq in self._running:
             if seq.next_token is not None or n >= self._n_batch:
                 continue
@@ -222,6 +230,7 @@ class LlamaCppExecutor:
                     seq.batch_pos = n
                 n += 1
             seq.n_past += take
+            break
         batch.n_tokens = n
         if n == 0:
             return []
@@ -304,6 +313,10 @@ class LlamaCppExecutor:
         ll = self._ll
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         add = lambda s: ll.llama_sampler_chain_add(chain, s)  # noqa: E731
+        if p.logit_bias:
+            biases = (ll.llama_logit_bias * len(p.logit_bias))(
+                *(ll.llama_logit_bias(token, bias) for token, bias in p.logit_bias.items()))
+            add(ll.llama_sampler_init_logit_bias(self.n_vocab, len(p.logit_bias), biases))
         if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
             add(ll.llama_sampler_init_penalties(
                 self.n_vocab, 256, p.repetition_penalty, p.frequency_penalty, p.presence_penalty))

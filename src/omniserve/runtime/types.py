@@ -27,6 +27,7 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     ignore_eos: bool = False
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -33,7 +33,8 @@ def run_stage_worker(stage: dict[str, Any], conn: Connection, log_level: str) ->
         executor = create_executor(stage["executor"], stage["args"])
         info = executor.load()
     except Exception as exc:
-        log.exception("stage %s failed to load", stage["name"])
+        # The parent reports the reason in one line; the traceback is for --log-level debug.
+        log.debug("stage %s failed to load", stage["name"], exc_info=True)
         conn.send(("load_failed", f"{type(exc).__name__}: {exc}"))
         return
     info["pid"] = os.getpid()

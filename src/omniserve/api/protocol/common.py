@@ -43,6 +43,7 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
+    logit_bias: dict[str, float] | None = None
     user: str | None = None
 
     @model_validator(mode="before")
@@ -60,6 +61,11 @@ class SamplingFields(BaseModel):
             raise ValueError("stop: at most 16 stop sequences are allowed")
         if any(s == "" for s in stops):
             raise ValueError("stop: stop sequences must be non-empty strings")
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias: keys must be token ids, got {key!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias: bias for token {key} must be between -100 and 100")
         return self
 
     def stop_list(self) -> list[str]:
@@ -83,6 +89,7 @@ class SamplingFields(BaseModel):
             logprobs=logprobs,
             top_logprobs=top_logprobs,
             ignore_eos=self.ignore_eos,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
         )
 
     @property

@@ -1,0 +1,255 @@
+"""Streaming throughput and latency: omniserve vs the raw engine vs llama_cpp.server.
+
+All three run on the same GGUF with the same thread count, in one run:
+
+- raw: a bare batched `llama_decode` loop (no HTTP, no scheduler): the limit;
+- omniserve: this server, N concurrent streaming chat clients;
+- llama_cpp.server: llama-cpp-python's own OpenAI server, started with
+  `--interrupt_requests False` (by default it cuts a running stream short when a
+  new request arrives, which makes its numbers meaningless).
+
+Every request decodes exactly --max-tokens tokens (EOS is banned with
+`logit_bias`, which both servers honour), so the work is identical.
+
+    python bench/bench_llm.py                       # 1, 4, 8 clients, 128 tokens each
+    python bench/bench_llm.py --concurrency 8 --peers omniserve raw
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "Write a long story about a lighthouse keeper and the sea."
+
+
+@dataclass
+class Result:
+    tokens: int
+    wall: float
+    ttfts: list[float]
+    itls: list[float]
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.wall
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+# ---- raw engine ---------------------------------------------------------------------
+
+
+def run_raw(model: str, threads: int, n_seq: int, max_tokens: int) -> Result:
+    """Prefill n_seq copies of the chat prompt, then decode them together, greedy."""
+    import llama_cpp as ll
+    import llama_cpp._logger as llama_logger
+
+    from omniserve.executors.llamacpp import LlamaCppArgs, LlamaCppExecutor
+
+    llama_logger.set_verbose(False)
+    # Borrow the executor only to load the model and render/tokenize the prompt.
+    ex = LlamaCppExecutor(LlamaCppArgs(model_path=model, threads=threads, max_sequences=n_seq))
+    ex.load()
+    prompt = ex.tokenize(ex._formatter(messages=[{"role": "user", "content": PROMPT}]).prompt, add_special=False)
+    ctx, batch = ex._ctx, ll.llama_batch_init(max(len(prompt), n_seq), 0, 1)
+    samplers = [ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params()) for _ in range(n_seq)]
+    for s in samplers:
+        ll.llama_sampler_chain_add(s, ll.llama_sampler_init_greedy())
+
+    t_start = time.perf_counter()
+    ttfts = []
+    last = []
+    for seq in range(n_seq):  # prefill one sequence per decode call, as a server would on arrival
+        for i, tok in enumerate(prompt):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, i, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, i == len(prompt) - 1
+        batch.n_tokens = len(prompt)
+        assert ll.llama_decode(ctx, batch) == 0
+        last.append(ll.llama_sampler_sample(samplers[seq], ctx, len(prompt) - 1))
+        ttfts.append(time.perf_counter() - t_start)
+    t_decode = time.perf_counter()
+    step_times = []
+    for step in range(max_tokens - 1):
+        t0 = time.perf_counter()
+        for seq in range(n_seq):
+            batch.token[seq], batch.pos[seq], batch.n_seq_id[seq] = last[seq], len(prompt) + step, 1
+            batch.seq_id[seq][0], batch.logits[seq] = seq, True
+        batch.n_tokens = n_seq
+        assert ll.llama_decode(ctx, batch) == 0
+        last = [ll.llama_sampler_sample(samplers[seq], ctx, seq) for seq in range(n_seq)]
+        step_times.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - t_decode
+    for s in samplers:
+        ll.llama_sampler_free(s)
+    ll.llama_batch_free(batch)
+    ex.close()
+    # Decode-only throughput: the limit the servers are measured against.
+    return Result(n_seq * (max_tokens - 1), wall, ttfts, step_times)
+
+
+# ---- servers -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(kind: str, model: str, threads: int, slots: int):
+    port = free_port()
+    if kind == "omniserve":
+        cmd = [sys.executable, "-m", "omniserve", "serve", "--model-path", model, "--threads", str(threads),
+               "--max-running-requests", str(slots), "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning"]
+    else:
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_threads", str(threads),
+               "--n_threads_batch", str(threads), "--n_ctx", "4096", "--interrupt_requests", "False",
+               "--host", "127.0.0.1", "--port", str(port)]
+    log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{kind}-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{kind} exited; see {log.name}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/v1/models", timeout=1).status_code == 200:
+                    break
+            if time.time() > deadline:
+                raise RuntimeError(f"{kind} did not start; see {log.name}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def one_stream(http: httpx.AsyncClient, base: str, model: str, max_tokens: int, eos: int, t0: float):
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "logit_bias": {str(eos): -100}}
+    stamps = []
+    async with http.stream("POST", base + "/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            if choices[0].get("delta", {}).get("content"):
+                stamps.append(time.perf_counter())
+    if not stamps:
+        raise RuntimeError("no tokens streamed")
+    return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:])], len(stamps), stamps[-1]
+
+
+async def load(base: str, clients: int, max_tokens: int, eos: int) -> Result:
+    async with httpx.AsyncClient(timeout=600) as http:
+        # Model names differ between servers; ask each which id it serves.
+        model = (await http.get(base + "/v1/models")).json()["data"][0]["id"]
+        await one_stream(http, base, model, 4, eos, time.perf_counter())  # warm-up
+        t0 = time.perf_counter()
+        runs = await asyncio.gather(*(one_stream(http, base, model, max_tokens, eos, t0) for _ in range(clients)))
+    end = max(r[3] for r in runs)
+    return Result(sum(r[2] for r in runs), end - t0, [r[0] for r in runs], [x for r in runs for x in r[1]])
+
+
+# ---- report --------------------------------------------------------------------------
+
+
+def eos_token(model: str) -> int:
+    import llama_cpp as ll
+    import llama_cpp._logger as llama_logger
+
+    llama_logger.set_verbose(False)
+    params = ll.llama_model_default_params()
+    params.vocab_only = True
+    m = ll.llama_model_load_from_file(model.encode(), params)
+    vocab = ll.llama_model_get_vocab(m)
+    eot = ll.llama_vocab_eot(vocab)
+    tok = eot if eot >= 0 else ll.llama_vocab_eos(vocab)
+    ll.llama_model_free(m)
+    return tok
+
+
+def fmt(r: Result | None) -> str:
+    if r is None:
+        return f"{'-':>9} {'-':>9} {'-':>9} {'-':>9}"
+    return (f"{r.tok_s:9.1f} {pct(r.ttfts, 50):9.3f} {pct(r.ttfts, 99):9.3f} "
+            f"{statistics.mean(r.itls) * 1000 if r.itls else float('nan'):9.1f}")
+
+
+def main() -> None:
+    from omniserve.models.defaults import ALIASES
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="GGUF path (default: the embedded SmolLM2-135M Q4_1)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--peers", nargs="+", default=["raw", "omniserve", "llama_cpp.server"],
+                    choices=["raw", "omniserve", "llama_cpp.server"])
+    args = ap.parse_args()
+    model = args.model or str(ALIASES["smollm2-135m"].materialize(Path(tempfile.gettempdir())))
+    eos = eos_token(model)
+    slots = max(args.concurrency)
+    results: dict[tuple[str, int], Result] = {}
+    for n in args.concurrency:
+        if "raw" in args.peers:
+            results[("raw", n)] = run_raw(model, args.threads, n, args.max_tokens)
+            print(f"raw n={n}: {results[('raw', n)].tok_s:.1f} tok/s", file=sys.stderr)
+    for kind in ("omniserve", "llama_cpp.server"):
+        if kind not in args.peers:
+            continue
+        with server(kind, model, args.threads, slots) as base:
+            for n in args.concurrency:
+                results[(kind, n)] = asyncio.run(load(base, n, args.max_tokens, eos))
+                print(f"{kind} n={n}: {results[(kind, n)].tok_s:.1f} tok/s", file=sys.stderr)
+
+    print(f"\nmodel {Path(model).name}, {args.threads} threads, {args.max_tokens} tokens per stream\n")
+    head = f"{'tok/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL ms':>9}"
+    print(f"{'clients':>7} | {'raw batched decode':^39} | {'omniserve':^39} | {'llama_cpp.server':^39}")
+    print(f"{'':>7} | {head} | {head} | {head}")
+    for n in args.concurrency:
+        row = [fmt(results.get((k, n))) for k in ("raw", "omniserve", "llama_cpp.server")]
+        print(f"{n:>7} | " + " | ".join(row))
+    print("\nratios (aggregate completion tok/s)")
+    for n in args.concurrency:
+        ours, raw, peer = (results.get((k, n)) for k in ("omniserve", "raw", "llama_cpp.server"))
+        parts = []
+        if ours and raw:
+            parts.append(f"omniserve/raw = {ours.tok_s / raw.tok_s:5.2f}")
+        if ours and peer:
+            parts.append(f"omniserve/llama_cpp.server = {ours.tok_s / peer.tok_s:5.2f}")
+        print(f"  {n} clients: " + ", ".join(parts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Run the whole server in one event loop: start the pipeline runtime, then
+serve HTTP with uvicorn, then shut the runtime down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+import uvicorn
+
+from omniserve import __version__
+from omniserve.api.app import create_app
+from omniserve.config import PipelineConfig, ServerArgs
+from omniserve.errors import ConfigError
+from omniserve.runtime.client import Client, ServedModel
+from omniserve.runtime.coordinator import Coordinator
+from omniserve.runtime.launcher import StageLoadError
+
+log = logging.getLogger(__name__)
+
+
+def served_model_ids(settings: ServerArgs) -> list[str]:
+    if settings.served_model_name:
+        return list(settings.served_model_name)
+    name = Path(settings.model_path or "smollm2-135m").name
+    return [name.removesuffix(".gguf")]
+
+
+async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
+    coordinator = Coordinator(pipeline, settings.max_running_requests, settings.max_queued_requests,
+                              settings.log_level)
+    try:
+        await coordinator.start()
+    except StageLoadError as exc:
+        await coordinator.shutdown()
+        raise ConfigError(str(exc)) from None
+    try:
+        thinker = coordinator.workers[pipeline.terminals[0]].info
+        created = int(time.time())
+        served = [
+            ServedModel(id=i, created=created, owned_by="omniserve", max_model_len=thinker.get("context_length", 0),
+                        root=thinker.get("model_path", ""))
+            for i in served_model_ids(settings)
+        ]
+        client = Client(coordinator, served, thinker.get("model_path", ""))
+        config = uvicorn.Config(create_app(settings, client), host=settings.host, port=settings.port,
+                                log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
+        log.info("omniserve %s serving %s on http://%s:%d (pid %d)", __version__, [m.id for m in served],
+                 settings.host, settings.port, os.getpid())
+        await uvicorn.Server(config).serve()
+    finally:
+        await coordinator.shutdown()
+
+
+def run(settings: ServerArgs, pipeline: PipelineConfig) -> None:
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but optional at heart
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(settings, pipeline))

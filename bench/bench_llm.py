@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -167,7 +166,7 @@ async def one_stream(http: httpx.AsyncClient, base: str, model: str, max_tokens:
                 stamps.append(time.perf_counter())
     if not stamps:
         raise RuntimeError("no tokens streamed")
-    return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:])], len(stamps), stamps[-1]
+    return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:], strict=False)], len(stamps), stamps[-1]
 
 
 async def load(base: str, clients: int, max_tokens: int, eos: int) -> Result:

@@ -83,7 +83,7 @@ class StageConfig(_Strict):
     max_restarts: int = Field(5, ge=0)
 
     @model_validator(mode="after")
-    def _check_executor_args(self) -> "StageConfig":
+    def _check_executor_args(self) -> StageConfig:
         from omniserve.executors import executor_args_model
 
         args_model = executor_args_model(self.executor)
@@ -108,7 +108,7 @@ class PipelineConfig(_Strict):
     terminals: list[str] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _check_graph(self) -> "PipelineConfig":
+    def _check_graph(self) -> PipelineConfig:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
@@ -133,7 +133,7 @@ class PipelineConfig(_Strict):
     def downstream(self, name: str) -> list[EdgeConfig]:
         return [e for e in self.edges if e.src == name]
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "PipelineConfig":
+    def with_overrides(self, overrides: dict[str, Any]) -> PipelineConfig:
         """Deep-merge a YAML override (stages keyed by name) and re-validate."""
         data = self.model_dump()
         unknown = set(overrides) - {"stages", "edges", "terminals"}

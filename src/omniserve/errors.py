@@ -25,7 +25,7 @@ class OmniError(Exception):
         return (type(self).__name__, self.message, self.param)
 
     @staticmethod
-    def from_wire(wire: tuple[str, str, str | None]) -> "OmniError":
+    def from_wire(wire: tuple[str, str, str | None]) -> OmniError:
         name, message, param = wire
         cls = _BY_NAME.get(name, OmniError)
         return cls(message, param=param)

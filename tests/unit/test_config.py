@@ -1,7 +1,7 @@
 import pytest
 
-from omniserve.api.protocol.common import loc_to_param, parse_body
 from omniserve.api.protocol.chat import ChatCompletionRequest
+from omniserve.api.protocol.common import loc_to_param, parse_body
 from omniserve.config import ServerArgs, validate_pipeline
 from omniserve.errors import ConfigError, InvalidRequest
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hmac
 
-from omniserve.api.errors import omni_error_body
 from fastapi.responses import JSONResponse
 
+from omniserve.api.errors import omni_error_body
 from omniserve.errors import OmniError, PayloadTooLarge, Unauthorized
 
 OPEN_PATHS = {"/health"}

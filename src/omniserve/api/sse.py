@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from omniserve.api.errors import error_body, omni_error_body
 from omniserve.errors import OmniError

@@ -19,13 +19,12 @@ import logging
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from omniserve.errors import ContextLengthExceeded, InvalidRequest, OmniError
+from omniserve.errors import ContextLengthExceeded, InvalidRequest
 from omniserve.executors.text_stream import TextStream
 from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams, TokenLogprob
 
@@ -80,10 +79,12 @@ class LlamaCppExecutor:
 
     def load(self) -> dict[str, Any]:
         import llama_cpp
-        import llama_cpp._logger as llama_logger
 
-        llama_logger.set_verbose(log.isEnabledFor(logging.DEBUG))
         self._ll = ll = llama_cpp
+        # llama.cpp talks a lot on stderr; its failures reach us as return values, so
+        # its log goes to Python logging at debug level only.
+        self._log_callback = ll.llama_log_callback(_forward_llama_log)
+        ll.llama_log_set(self._log_callback, ctypes.c_void_p(0))
         ll.llama_backend_init()
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = self.args.n_gpu_layers
@@ -360,7 +361,9 @@ class LlamaCppExecutor:
             try:
                 text = self._formatter(messages=request.messages).prompt
             except Exception as exc:  # a template may raise on role order etc.
-                raise InvalidRequest(f"the model's chat template rejected the messages: {exc}", param="messages")
+                raise InvalidRequest(
+                    f"the model's chat template rejected the messages: {exc}", param="messages"
+                ) from None
             return self.tokenize(text, add_special=False)
         if isinstance(request.prompt, list):
             bad = [t for t in request.prompt if not 0 <= t < self.n_vocab]
@@ -403,13 +406,9 @@ class LlamaCppExecutor:
         return buf.value.decode("utf-8", "replace")
 
 
-def model_file_ok(path: str) -> bool:
-    """A cheap check that a file is a GGUF before a worker tries to load it."""
-    try:
-        with Path(path).open("rb") as fh:
-            return fh.read(4) == b"GGUF"
-    except OSError:
-        return False
+_llama_log = logging.getLogger("llama.cpp")
 
 
-__all__ = ["LlamaCppArgs", "LlamaCppExecutor", "OmniError", "model_file_ok"]
+def _forward_llama_log(level: int, text: bytes, user_data) -> None:
+    if _llama_log.isEnabledFor(logging.DEBUG):
+        _llama_log.debug(text.decode("utf-8", "replace").rstrip())

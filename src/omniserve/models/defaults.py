@@ -51,7 +51,7 @@ class SplitPackages:
         if target.exists():
             return target
         parts = []
-        for package, pip_spec in zip(self.packages, self.pip_specs):
+        for package in self.packages:
             try:
                 parts.append(Path(importlib.import_module(package).get_part_path()))
             except ImportError:

@@ -7,8 +7,9 @@ coordinator lives in the same process; a remote client would keep this API.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.types import OmniOutput, OmniRequest

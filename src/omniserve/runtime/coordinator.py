@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 from omniserve.config import PipelineConfig
 from omniserve.errors import OmniError, Overloaded, Unavailable, WorkerCrashed

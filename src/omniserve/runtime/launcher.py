@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from omniserve.config import StageConfig
 from omniserve.runtime.transport import PipeTransport
@@ -39,7 +40,7 @@ async def launch_worker(
     stage: StageConfig,
     log_level: str,
     on_message: Callable[[str, Any], None],
-    on_closed: Callable[[str, "WorkerHandle"], None],
+    on_closed: Callable[[str, WorkerHandle], None],
 ) -> WorkerHandle:
     """Spawn the worker, wait for ("ready", info), then route its messages."""
     loop = asyncio.get_running_loop()

@@ -31,7 +31,7 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Any = None
 
     @model_validator(mode="after")
-    def _check(self) -> "ChatCompletionRequest":
+    def _check(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
         return self

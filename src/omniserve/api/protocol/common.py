@@ -55,7 +55,7 @@ class SamplingFields(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _check_stop(self) -> "SamplingFields":
+    def _check_stop(self) -> SamplingFields:
         stops = self.stop_list()
         if len(stops) > 16:
             raise ValueError("stop: at most 16 stop sequences are allowed")

@@ -17,7 +17,7 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "CompletionRequest":
+    def _check(self) -> CompletionRequest:
         if self.suffix:
             raise ValueError("suffix: fill-in-the-middle is not supported by this model")
         if self.best_of is not None and self.best_of != self.n:

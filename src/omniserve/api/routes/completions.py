@@ -5,7 +5,8 @@ Choice `index` is `prompt_number * n + choice`, as at OpenAI.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse

@@ -52,6 +52,7 @@ class Coordinator:
         self._waiting: deque[asyncio.Future] = deque()
         self._restart_tasks: set[asyncio.Task] = set()
         self.crashes = 0
+        self._closing = False
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -63,6 +64,7 @@ class Coordinator:
             log.info("stage %s ready (pid %d)", stage.name, self.workers[stage.name].pid)
 
     async def shutdown(self) -> None:
+        self._closing = True
         for task in self._restart_tasks:
             task.cancel()
         for handle in self.workers.values():
@@ -222,7 +224,7 @@ class Coordinator:
     # ---- crashes -------------------------------------------------------------------
 
     def _on_worker_closed(self, stage: str, handle: WorkerHandle) -> None:
-        if self.workers.get(stage) is not handle:
+        if self.workers.get(stage) is not handle or self._closing:
             return
         self.crashes += 1
         code = handle.process.exitcode

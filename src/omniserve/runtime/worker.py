@@ -28,7 +28,10 @@ def run_stage_worker(stage: dict[str, Any], conn: Connection, log_level: str) ->
     """Process entry point (must stay importable for the `spawn` start method)."""
     logging.basicConfig(level=log_level.upper() if log_level != "trace" else "DEBUG",
                         format=f"%(asctime)s %(levelname)s [{stage['name']}] %(name)s: %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    # Ctrl+C or a SIGTERM to the process group reaches us too; the parent decides when
+    # we stop (a "stop" message, or the pipe closing when it exits).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         executor = create_executor(stage["executor"], stage["args"])
         info = executor.load()

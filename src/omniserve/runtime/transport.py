@@ -1,13 +1,13 @@
-"""The coordinator's end of a worker pipe, bridged into asyncio.
+"""The coordinator's end of a worker pipe, driven by the event loop.
 
-A reader thread blocks on the pipe and hands each message to the event loop;
-when the pipe closes (the worker died) it calls `on_closed` once.
+The loop watches the pipe's file descriptor, so a worker's message is handled
+with one wake-up and no thread hand-off; when the pipe closes (the worker
+died) `on_closed` is called once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -25,36 +25,42 @@ class PipeTransport:
         self._loop = loop
         self._on_message = on_message
         self._on_closed = on_closed
-        self._send_lock = threading.Lock()
         self.closed = False
-        self._reader = threading.Thread(target=self._read, name="pipe-reader", daemon=True)
-        self._reader.start()
+        loop.add_reader(conn.fileno(), self._read)
 
     def send(self, message: Any) -> bool:
         """Send if the pipe is still open; False when the worker is gone."""
         if self.closed:
             return False
         try:
-            with self._send_lock:
-                self._conn.send(message)
+            self._conn.send(message)
             return True
         except (OSError, EOFError, ValueError):
             return False
 
     def close(self) -> None:
-        self.closed = True
+        if not self.closed:
+            self.closed = True
+            self._detach()
+
+    def _detach(self) -> None:
+        try:
+            self._loop.remove_reader(self._conn.fileno())
+        except (OSError, ValueError):
+            pass
         try:
             self._conn.close()
         except OSError:
             pass
 
     def _read(self) -> None:
-        while True:
-            try:
-                message = self._conn.recv()
-            except (EOFError, OSError, ValueError):
-                break
-            self._loop.call_soon_threadsafe(self._on_message, message)
-        if not self.closed:
-            self.closed = True
-            self._loop.call_soon_threadsafe(self._on_closed)
+        try:
+            while self._conn.poll(0):
+                self._on_message(self._conn.recv())
+                if self.closed:
+                    return
+        except (EOFError, OSError, ValueError):
+            if not self.closed:
+                self.closed = True
+                self._detach()
+                self._on_closed()

@@ -116,6 +116,12 @@ class PipelineConfig(_Strict):
             for end in (edge.src, edge.dst):
                 if end not in names:
                     raise ValueError(f"edge {edge.src}->{edge.dst} names unknown stage {end!r}")
+        from omniserve.executors import takes_upstream
+
+        for edge in self.edges:
+            executor = next(s.executor for s in self.stages if s.name == edge.dst)
+            if not takes_upstream(executor):
+                raise ValueError(f"edge {edge.src}->{edge.dst}: executor {executor!r} takes no upstream input")
         for name in self.terminals:
             if name not in names:
                 raise ValueError(f"terminal {name!r} is not a stage")

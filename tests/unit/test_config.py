@@ -25,7 +25,7 @@ def test_valid_pipeline_and_override():
     "data,says",
     [
         (pipeline(terminals=["nope"]), "terminal 'nope'"),
-        (pipeline(edges=[{"src": "thinker", "dst": "thinker"}]), "cycle"),
+        (pipeline(edges=[{"src": "thinker", "dst": "thinker"}]), "takes no upstream input"),
         (pipeline(edges=[{"src": "thinker", "dst": "x"}]), "unknown stage 'x'"),
         ({"stages": [STAGE, STAGE], "terminals": ["thinker"]}, "unique"),
         ({"stages": [{**STAGE, "args": {"model_path": "m", "threads": 0}}], "terminals": ["thinker"]},
@@ -66,3 +66,11 @@ def test_parse_body_errors_name_the_parameter():
     with pytest.raises(InvalidRequest) as info:
         parse_body(b'{"messages":[{"role":"user","content":"x"}],"temperature":-1}', ChatCompletionRequest)
     assert info.value.param == "temperature"
+
+
+def test_cycle_detection():
+    from omniserve.config import EdgeConfig, _has_cycle
+
+    edges = [EdgeConfig(src="a", dst="b"), EdgeConfig(src="b", dst="c")]
+    assert not _has_cycle(["a", "b", "c"], edges)
+    assert _has_cycle(["a", "b", "c"], [*edges, EdgeConfig(src="c", dst="a")])

@@ -15,6 +15,14 @@ _EXECUTORS = {
 }
 
 
+# Executors that implement `feed` (take an upstream stage's outputs on a graph edge).
+_TAKES_UPSTREAM: set[str] = set()
+
+
+def takes_upstream(name: str) -> bool:
+    return name in _TAKES_UPSTREAM
+
+
 def known_executors() -> list[str]:
     return sorted(_EXECUTORS)
 

@@ -23,11 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +32,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import free_port, running  # noqa: E402
+
 PROMPT = "Write a long story about a lighthouse keeper and the sea."
 
 
@@ -115,45 +113,19 @@ def run_raw(model: str, threads: int, n_seq: int, max_tokens: int) -> Result:
 # ---- servers -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def server(kind: str, model: str, threads: int, slots: int):
     port = free_port()
     if kind == "omniserve":
         cmd = [sys.executable, "-m", "omniserve", "serve", "--model-path", model, "--threads", str(threads),
                "--max-running-requests", str(slots), "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "warning"]
+               "--log-level", "warning", "--asr-model", "none", "--tts-model", "none"]
     else:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_threads", str(threads),
                "--n_threads_batch", str(threads), "--n_ctx", "4096", "--interrupt_requests", "False",
                "--host", "127.0.0.1", "--port", str(port)]
-    log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{kind}-", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{kind} exited; see {log.name}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/v1/models", timeout=1).status_code == 200:
-                    break
-            if time.time() > deadline:
-                raise RuntimeError(f"{kind} did not start; see {log.name}")
-            time.sleep(0.3)
+    with running(kind, cmd, f"http://127.0.0.1:{port}") as base:
         yield base
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 async def one_stream(http: httpx.AsyncClient, base: str, model: str, max_tokens: int, eos: int, t0: float):

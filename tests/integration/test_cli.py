@@ -64,7 +64,7 @@ def test_corrupt_gguf_fails_with_one_line(tmp_path):
     [
         ("stages:\n  thinker:\n    args:\n      n_batch: lots\n", "stages.thinker.args.n_batch"),
         ("stages:\n  thinker:\n    args:\n      bogus_knob: 1\n", "bogus_knob"),
-        ("stages:\n  talker:\n    args: {}\n", "unknown stage 'talker'"),
+        ("stages:\n  painter:\n    args: {}\n", "unknown stage 'painter'"),
         ("stages:\n  thinker:\n    executor: nope\n", "unknown executor 'nope'"),
         ("terminals: [ghost]\n", "ghost"),
         ("- not a mapping\n", "mapping"),
@@ -85,7 +85,7 @@ def test_config_override_and_served_names(tmp_path):
     with run_server("--config", str(path), "--served-model-name", "alpha", "beta", tmp_path=tmp_path) as s:
         with s.http() as http:
             ids = [m["id"] for m in http.get("/v1/models").json()["data"]]
-            assert ids == ["alpha", "beta"]
+            assert ids == ["alpha", "beta", "whisper-tiny.en", "piper-joe-medium"]
             assert http.get("/v1/models/beta").json()["max_model_len"] == 512
             r = http.post("/v1/chat/completions", json={"model": "beta", "messages": [
                 {"role": "user", "content": "word " * 600}]})

@@ -24,7 +24,8 @@ def own_server(tmp_path):
 
 
 def worker_pid(http) -> int:
-    return http.get("/get_model_info").json()["stages"][0]["pid"]
+    stages = http.get("/get_model_info").json()["stages"]
+    return next(s["pid"] for s in stages if s["name"] == "thinker")
 
 
 def test_worker_crash_fails_in_flight_then_recovers(own_server):

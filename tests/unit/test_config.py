@@ -25,7 +25,9 @@ def test_valid_pipeline_and_override():
     "data,says",
     [
         (pipeline(terminals=["nope"]), "terminal 'nope'"),
-        (pipeline(edges=[{"src": "thinker", "dst": "thinker"}]), "takes no upstream input"),
+        ({"stages": [STAGE, {"name": "asr", "executor": "whisper", "args": {"model_path": "w"}}],
+          "edges": [{"src": "thinker", "dst": "asr"}], "terminals": ["thinker"]}, "takes no upstream input"),
+        (pipeline(edges=[{"src": "thinker", "dst": "thinker"}]), "cycle"),
         (pipeline(edges=[{"src": "thinker", "dst": "x"}]), "unknown stage 'x'"),
         ({"stages": [STAGE, STAGE], "terminals": ["thinker"]}, "unique"),
         ({"stages": [{**STAGE, "args": {"model_path": "m", "threads": 0}}], "terminals": ["thinker"]},

@@ -19,8 +19,9 @@ def event(payload: Any) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-async def sse_stream(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
-    """Frame chunks; a failure mid-stream becomes an error event, then [DONE]."""
+async def sse_stream(chunks: AsyncIterator[dict], done: bool = True) -> AsyncIterator[bytes]:
+    """Frame chunks; a failure mid-stream becomes an error event, then [DONE]
+    (OpenAI's audio event streams end without [DONE]: `done=False`)."""
     try:
         async for chunk in chunks:
             yield event(chunk)
@@ -29,7 +30,8 @@ async def sse_stream(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
     except Exception as exc:  # never leak a traceback into the stream
         log.exception("stream failed")
         yield event(error_body(f"internal server error ({type(exc).__name__})", "internal_error"))
-    yield DONE
+    if done:
+        yield DONE
 
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

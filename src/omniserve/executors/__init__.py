@@ -10,13 +10,16 @@ import importlib
 
 from pydantic import BaseModel
 
+# name -> (module, executor class, load-time args model, per-request params model or None)
 _EXECUTORS = {
-    "llamacpp": ("omniserve.executors.llamacpp", "LlamaCppExecutor", "LlamaCppArgs"),
+    "llamacpp": ("omniserve.executors.llamacpp", "LlamaCppExecutor", "LlamaCppArgs", None),
+    "whisper": ("omniserve.executors.whisper", "WhisperExecutor", "WhisperArgs", "AsrParams"),
+    "piper": ("omniserve.executors.piper", "PiperExecutor", "PiperArgs", "SpeechParams"),
 }
 
 
 # Executors that implement `feed` (take an upstream stage's outputs on a graph edge).
-_TAKES_UPSTREAM: set[str] = set()
+_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper"}
 
 
 def takes_upstream(name: str) -> bool:
@@ -32,13 +35,22 @@ def _lookup(name: str, attr_index: int):
         entry = _EXECUTORS[name]
     except KeyError:
         raise ValueError(f"unknown executor {name!r}; known: {', '.join(known_executors())}") from None
+    if entry[attr_index] is None:
+        return None
     return getattr(importlib.import_module(entry[0]), entry[attr_index])
+
+
+def request_params_model(name: str) -> type[BaseModel] | None:
+    """What a request may set for a stage of this executor (`OmniRequest.params`), if anything.
+    LLM stages take sampling parameters instead (`OmniRequest.sampling`)."""
+    return _lookup(name, 3)
 
 
 def executor_args_model(name: str) -> type[BaseModel]:
     return _lookup(name, 2)
 
 
-def create_executor(name: str, args: dict):
+def create_executor(name: str, args: dict, stage: str):
+    """`stage` is the executor's stage name: the key of its settings in `OmniRequest.params`/`sampling`."""
     cls = _lookup(name, 1)
-    return cls(executor_args_model(name).model_validate(args))
+    return cls(executor_args_model(name).model_validate(args), stage=stage)

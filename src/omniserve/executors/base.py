@@ -19,8 +19,9 @@ class Executor(Protocol):
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         """Admit a request. Raise an `OmniError` to reject it."""
 
-    def feed(self, output: OmniOutput) -> list[OmniOutput]:
-        """Take an upstream stage's output for a request already added (graph edges)."""
+    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        """Take upstream outputs for a request already added (graph edges). Raise an
+        `OmniError` to fail the request."""
 
     def abort(self, request_id: str) -> None:
         """Drop a request and free its resources before the next step."""

@@ -26,7 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import ContextLengthExceeded, InvalidRequest
 from omniserve.executors.text_stream import TextStream
-from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams, TokenLogprob
+from omniserve.runtime.types import (
+    OmniOutput,
+    OmniRequest,
+    SamplingParams,
+    TokenLogprob,
+    fill_audio_parts,
+    has_audio_parts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +75,9 @@ class _Request:
 
 
 class LlamaCppExecutor:
-    def __init__(self, args: LlamaCppArgs):
+    def __init__(self, args: LlamaCppArgs, stage: str = "thinker"):
+        self.stage = stage
+        self._upstream: dict[str, OmniRequest] = {}  # requests waiting for transcripts of their audio
         self.args = args
         self._requests: dict[str, _Request] = {}
         self._running: list[_Sequence] = []
@@ -142,7 +151,22 @@ class LlamaCppExecutor:
     # ---- admission -----------------------------------------------------------------
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
-        params = request.sampling_for("thinker")
+        if has_audio_parts(request.messages):
+            self._upstream[request.request_id] = request  # starts when a speech stage feeds the transcripts
+            return []
+        return self._start(request)
+
+    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        """Transcripts from an upstream speech stage, one per audio item (`index`), all at once."""
+        request = self._upstream.pop(outputs[0].request_id, None)
+        if request is None:
+            return []
+        transcripts = {o.index: o.info["text"] for o in outputs if "text" in o.info}
+        request.messages = fill_audio_parts(request.messages, transcripts)
+        return self._start(request)
+
+    def _start(self, request: OmniRequest) -> list[OmniOutput]:
+        params = request.sampling_for(self.stage)
         prompt = self._prompt_tokens(request)
         param = "messages" if request.messages is not None else "prompt"
         if not prompt:
@@ -186,6 +210,7 @@ class LlamaCppExecutor:
         return [OmniOutput(request.request_id, started=True, prompt_tokens=len(prompt))]
 
     def abort(self, request_id: str) -> None:
+        self._upstream.pop(request_id, None)
         req = self._requests.pop(request_id, None)
         if req is None:
             return

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omniserve.errors import ConfigError
 from omniserve.models.defaults import ALIASES, DEFAULT_ALIAS
+from omniserve.models.speech import SpeechModel, resolve_asr, resolve_tts
 
 
 def resolve_model_path(model_path: str | None, data_dir: Path) -> tuple[str, str]:
@@ -38,10 +39,17 @@ def resolve_model_path(model_path: str | None, data_dir: Path) -> tuple[str, str
 def build_pipeline(settings):
     """The validated pipeline for these settings: preset graph, then YAML overrides."""
     from omniserve.config import load_yaml, validate_pipeline
-    from omniserve.models.llm import text_pipeline
+    from omniserve.models.llm import omni_pipeline
 
     _, gguf = resolve_model_path(settings.model_path, settings.data_dir)
-    pipeline = validate_pipeline(text_pipeline(gguf, settings))
+    asr, tts = speech_models(settings)
+    pipeline = validate_pipeline(omni_pipeline(gguf, settings, asr, tts))
     if settings.config is not None:
         pipeline = pipeline.with_overrides(load_yaml(settings.config))
     return pipeline
+
+
+def speech_models(settings) -> tuple[SpeechModel | None, SpeechModel | None]:
+    """The speech-to-text and text-to-speech models to serve (None: that stage is off)."""
+    tts = None if settings.text_only else resolve_tts(settings.tts_model, settings.data_dir)
+    return resolve_asr(settings.asr_model, settings.data_dir), tts

@@ -8,8 +8,8 @@ coordinator lives in the same process; a remote client would keep this API.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.types import OmniOutput, OmniRequest
@@ -17,11 +17,17 @@ from omniserve.runtime.types import OmniOutput, OmniRequest
 
 @dataclass
 class ServedModel:
+    """One id in /v1/models: what it does (`kind`), and the stage that does it."""
+
     id: str
     created: int
     owned_by: str
-    max_model_len: int
+    max_model_len: int | None
     root: str
+    kind: Literal["chat", "asr", "tts"] = "chat"
+    stage: str = "thinker"
+    aliases: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)  # the stage's load facts (voices, sample rate, ...)
 
 
 class Client:
@@ -40,11 +46,15 @@ class Client:
         ok = self.coordinator.healthy()
         return ok, "" if ok else self.coordinator.unhealthy_reason()
 
-    def model(self, model_id: str | None) -> ServedModel | None:
-        """The served model for a request's `model` field (None: the default)."""
+    def model(self, model_id: str | None, kind: str = "chat") -> ServedModel | None:
+        """The served model for a request's `model` field (None: the first of that kind)."""
         if model_id is None:
-            return self.served_models[0]
-        return next((m for m in self.served_models if m.id == model_id), None)
+            return next((m for m in self.served_models if m.kind == kind), None)
+        return next((m for m in self.served_models if model_id == m.id or model_id in m.aliases), None)
+
+    def stage_executors(self) -> list[tuple[str, str]]:
+        """(stage name, executor) for each stage of the pipeline."""
+        return [(s.name, s.executor) for s in self.coordinator.pipeline.stages]
 
     def load(self) -> dict[str, Any]:
         return {"running": self.coordinator.num_running, "queued": self.coordinator.num_queued}
@@ -54,7 +64,7 @@ class Client:
         return {
             "model_path": self.model_path,
             "served_model_names": [m.id for m in self.served_models],
-            "context_length": self.served_models[0].max_model_len,
+            "context_length": self.model(None).max_model_len,
             "stages": stages,
             "is_generation": True,
         }

@@ -2,9 +2,11 @@
 
 - Admission: at most `max_running` requests run; up to `max_queued` wait in
   FIFO order; beyond that, 503 at once.
-- Routing: a request enters the graph's entry stages; each stage's outputs
-  go to its downstream stages (per chunk on streaming edges, at the end
-  otherwise) and, for terminal stages, to the request's output stream.
+- Routing: a request visits the stages of its route (all by default); each
+  of them learns of it at once (`add`), so it can check it and hold its
+  place. A stage's outputs go to its downstream stages on the route (per
+  chunk on streaming edges, all at once when it is done otherwise) and,
+  for the stages the request emits from, to the request's output stream.
 - Abort: when the consumer goes away the request is aborted at every stage;
   its slot counts as running until the worker confirms the abort.
 - Health: a worker whose pipe closes is restarted; meanwhile its in-flight
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omniserve.config import PipelineConfig
-from omniserve.errors import OmniError, Overloaded, Unavailable, WorkerCrashed
+from omniserve.errors import InvalidRequest, OmniError, Overloaded, Unavailable, WorkerCrashed
 from omniserve.runtime.launcher import StageLoadError, WorkerHandle, launch_worker
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
@@ -34,8 +36,11 @@ log = logging.getLogger(__name__)
 class _Tracked:
     request: OmniRequest
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    route: set[str] = field(default_factory=set)
+    emit: set[str] = field(default_factory=set)
     stages: set[str] = field(default_factory=set)  # stages still holding this request
     open_terminals: set[str] = field(default_factory=set)
+    buffered: dict[tuple[str, str], list[OmniOutput]] = field(default_factory=dict)  # non-streaming edges
     finished: bool = False
 
 
@@ -57,11 +62,19 @@ class Coordinator:
     # ---- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        for stage in self.pipeline.stages:
-            self.workers[stage.name] = await launch_worker(
-                stage, self.log_level, self._on_message, self._on_worker_closed
-            )
-            log.info("stage %s ready (pid %d)", stage.name, self.workers[stage.name].pid)
+        """Load every stage at once; if one fails, the caller shuts the rest down."""
+        results = await asyncio.gather(
+            *(launch_worker(stage, self.log_level, self._on_message, self._on_worker_closed)
+              for stage in self.pipeline.stages),
+            return_exceptions=True,
+        )
+        for stage, result in zip(self.pipeline.stages, results, strict=True):
+            if not isinstance(result, BaseException):
+                self.workers[stage.name] = result
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        log.info("stages ready: %s", ", ".join(f"{name} (pid {h.pid})" for name, h in self.workers.items()))
 
     async def shutdown(self) -> None:
         self._closing = True
@@ -115,12 +128,14 @@ class Coordinator:
         """Run one request; yield terminal-stage outputs; abort if the consumer leaves."""
         if not self.healthy():
             raise Unavailable(self.unhealthy_reason())
+        route, emit = self._plan(request)
         await self._admit()
-        tracked = _Tracked(request, open_terminals=set(self.pipeline.terminals))
+        tracked = _Tracked(request, route=route, emit=emit, open_terminals=set(emit))
         self._running[request.request_id] = tracked
         try:
-            for name in self.pipeline.entry_stages():
-                self._send(name, tracked, ("add", request))
+            for stage in self.pipeline.stages:
+                if stage.name in route:
+                    self._add(stage.name, tracked)
             while True:
                 item = await tracked.queue.get()
                 if isinstance(item, OmniError):
@@ -136,6 +151,17 @@ class Coordinator:
                 self.abort(request.request_id)
             else:
                 self._release(request.request_id)
+
+    def _plan(self, request: OmniRequest) -> tuple[set[str], set[str]]:
+        names = [s.name for s in self.pipeline.stages]
+        route = set(request.route or names)
+        emit = set(request.emit) if request.emit else route & set(self.pipeline.terminals)
+        unknown = (route | emit) - set(names)
+        if unknown:
+            raise InvalidRequest(f"this pipeline has no stage {sorted(unknown)[0]!r}; stages: {', '.join(names)}")
+        if not emit or not emit <= route:
+            raise InvalidRequest(f"the request's output stages {sorted(emit)} must lie on its route {sorted(route)}")
+        return route, emit
 
     def abort(self, request_id: str) -> None:
         tracked = self._running.get(request_id)
@@ -180,10 +206,10 @@ class Coordinator:
                 ticket.set_result(None)
                 return
 
-    def _send(self, stage: str, tracked: _Tracked, message: Any) -> None:
+    def _add(self, stage: str, tracked: _Tracked) -> None:
         handle = self.workers.get(stage)
         tracked.stages.add(stage)
-        if handle is None or not handle.transport.send(message):
+        if handle is None or not handle.transport.send(("add", tracked.request)):
             tracked.stages.discard(stage)
             tracked.queue.put_nowait(Unavailable(self.unhealthy_reason()))
 
@@ -208,18 +234,33 @@ class Coordinator:
 
     def _route(self, stage: str, output: OmniOutput) -> None:
         tracked = self._running.get(output.request_id)
-        if tracked is None or tracked.finished and not tracked.stages:
+        if tracked is None:
             return
         output.stage = stage
         if output.done:
             tracked.stages.discard(stage)
+        if tracked.finished:  # complete or being aborted: nothing flows any more
+            if not tracked.stages:
+                self._release(output.request_id)
+            return
         for edge in self.pipeline.downstream(stage):
-            if edge.streaming or output.done:
-                self._send(edge.dst, tracked, ("feed", output))
-        if stage in self.pipeline.terminals and not tracked.finished:
+            if edge.dst not in tracked.stages:  # off this request's route, or already done with it
+                continue
+            if edge.streaming:
+                self._feed(edge.dst, tracked, [output])
+                continue
+            buffered = tracked.buffered.setdefault((stage, edge.dst), [])
+            buffered.append(output)
+            if output.done:
+                self._feed(edge.dst, tracked, tracked.buffered.pop((stage, edge.dst)))
+        if stage in tracked.emit:
             tracked.queue.put_nowait(output)
-        elif tracked.finished and not tracked.stages:
-            self._release(output.request_id)
+
+    def _feed(self, stage: str, tracked: _Tracked, outputs: list[OmniOutput]) -> None:
+        handle = self.workers.get(stage)
+        if handle is None or not handle.transport.send(("feed", outputs)):
+            tracked.stages.discard(stage)
+            tracked.queue.put_nowait(Unavailable(self.unhealthy_reason()))
 
     # ---- crashes -------------------------------------------------------------------
 

@@ -3,13 +3,23 @@
 The loop watches the pipe's file descriptor, so a worker's message is handled
 with one wake-up and no thread hand-off; when the pipe closes (the worker
 died) `on_closed` is called once.
+
+The descriptor is non-blocking on this side, so messages larger than the
+pipe buffer (audio, for one) are framed here, in multiprocessing's own format
+(a 4-byte big-endian length, or -1 and an 8-byte length, then the pickle):
+reads gather partial frames and writes queue what the pipe cannot take yet.
+The worker's end stays a plain blocking `Connection`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import struct
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 
@@ -26,17 +36,42 @@ class PipeTransport:
         self._on_message = on_message
         self._on_closed = on_closed
         self.closed = False
-        loop.add_reader(conn.fileno(), self._read)
+        self._fd = conn.fileno()
+        os.set_blocking(self._fd, False)
+        self._inbox = bytearray()
+        self._outbox: deque[memoryview] = deque()
+        loop.add_reader(self._fd, self._read)
 
     def send(self, message: Any) -> bool:
-        """Send if the pipe is still open; False when the worker is gone."""
+        """Queue a message if the pipe is still open; False when the worker is gone."""
         if self.closed:
             return False
+        data = ForkingPickler.dumps(message)
+        header = struct.pack("!i", len(data)) if len(data) <= 0x7FFFFFFF else struct.pack("!iQ", -1, len(data))
+        idle = not self._outbox
+        self._outbox.append(memoryview(header + bytes(data)))
+        if idle:
+            self._write()
+        return not self.closed
+
+    def _write(self) -> None:
         try:
-            self._conn.send(message)
-            return True
-        except (OSError, EOFError, ValueError):
-            return False
+            while self._outbox:
+                head = self._outbox[0]
+                written = os.write(self._fd, head)
+                if written < len(head):
+                    self._outbox[0] = head[written:]
+                    break
+                self._outbox.popleft()
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._lost()
+            return
+        if self._outbox:
+            self._loop.add_writer(self._fd, self._write)
+        else:
+            self._loop.remove_writer(self._fd)
 
     def close(self) -> None:
         if not self.closed:
@@ -45,7 +80,8 @@ class PipeTransport:
 
     def _detach(self) -> None:
         try:
-            self._loop.remove_reader(self._conn.fileno())
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
         except (OSError, ValueError):
             pass
         try:
@@ -55,12 +91,41 @@ class PipeTransport:
 
     def _read(self) -> None:
         try:
-            while self._conn.poll(0):
-                self._on_message(self._conn.recv())
-                if self.closed:
+            while True:
+                chunk = os.read(self._fd, 1 << 20)
+                if not chunk:  # EOF: the worker is gone
+                    self._lost()
                     return
-        except (EOFError, OSError, ValueError):
-            if not self.closed:
-                self.closed = True
-                self._detach()
-                self._on_closed()
+                self._inbox += chunk
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._lost()
+            return
+        for message in self._frames():
+            self._on_message(message)
+            if self.closed:
+                return
+
+    def _frames(self) -> list[Any]:
+        out, buf, pos = [], self._inbox, 0
+        while len(buf) - pos >= 4:
+            (size,) = struct.unpack_from("!i", buf, pos)
+            start = pos + 4
+            if size == -1:
+                if len(buf) - pos < 12:
+                    break
+                (size,) = struct.unpack_from("!Q", buf, start)
+                start += 8
+            if len(buf) - start < size:
+                break
+            out.append(ForkingPickler.loads(buf[start:start + size]))
+            pos = start + size
+        del buf[:pos]
+        return out
+
+    def _lost(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._detach()
+            self._on_closed()

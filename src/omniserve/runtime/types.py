@@ -39,9 +39,44 @@ class OmniRequest:
     prompt: str | list[int] | None = None
     sampling: dict[str, SamplingParams] = field(default_factory=dict)  # per stage name
     output_modalities: list[str] = field(default_factory=lambda: ["text"])
+    # Decoded audio inputs (mono float32 at 16 kHz); message parts refer to them by index.
+    audios: list[Any] = field(default_factory=list)
+    # Executor-specific settings per stage name (voice, speed, language, task, ...).
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The stages this request visits (empty: all) and those whose outputs reach the
+    # caller (empty: the pipeline's terminals among them).
+    route: list[str] = field(default_factory=list)
+    emit: list[str] = field(default_factory=list)
 
     def sampling_for(self, stage: str) -> SamplingParams:
         return self.sampling.get(stage) or SamplingParams()
+
+    def params_for(self, stage: str) -> dict[str, Any]:
+        return self.params.get(stage) or {}
+
+
+def audio_part(index: int) -> dict[str, Any]:
+    """The placeholder a message part becomes when its audio travels in `OmniRequest.audios`."""
+    return {"type": "audio", "audio_index": index}
+
+
+def has_audio_parts(messages: list[dict[str, Any]] | None) -> bool:
+    return any(isinstance(m.get("content"), list) and any(p.get("type") == "audio" for p in m["content"])
+               for m in messages or [])
+
+
+def fill_audio_parts(messages: list[dict[str, Any]], transcripts: dict[int, str]) -> list[dict[str, Any]]:
+    """Replace audio placeholders with their transcripts, keeping the order of parts,
+    and flatten each message's parts into the one string a chat template expects."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            pieces = [transcripts.get(p["audio_index"], "").strip() if p.get("type") == "audio" else p["text"]
+                      for p in content]
+            message = {**message, "content": " ".join(p for p in pieces if p)}
+        out.append(message)
+    return out
 
 
 @dataclass
@@ -73,3 +108,9 @@ class OmniOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    # Speech out: 16-bit mono PCM at `sample_rate`.
+    audio: bytes = b""
+    sample_rate: int = 0
+    # Speech in: timed segments {start, end, text, ...} and facts such as language, duration.
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)

@@ -5,7 +5,7 @@ stage; the coordinator sees the pipe close, fails this stage's in-flight
 requests and starts a new worker.
 
 Wire protocol (tuples over a multiprocessing pipe):
-  in:  ("add", OmniRequest) | ("feed", OmniOutput) | ("abort", request_id) | ("stop",)
+  in:  ("add", OmniRequest) | ("feed", [OmniOutput]) | ("abort", request_id) | ("stop",)
   out: ("ready", info) | ("outputs", [OmniOutput]) | ("error", request_id, wire_error)
        | ("aborted", request_id) | ("load_failed", message)
 """
@@ -28,12 +28,14 @@ def run_stage_worker(stage: dict[str, Any], conn: Connection, log_level: str) ->
     """Process entry point (must stay importable for the `spawn` start method)."""
     logging.basicConfig(level=log_level.upper() if log_level != "trace" else "DEBUG",
                         format=f"%(asctime)s %(levelname)s [{stage['name']}] %(name)s: %(message)s")
+    if log_level not in ("debug", "trace"):
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # a line per request otherwise
     # Ctrl+C or a SIGTERM to the process group reaches us too; the parent decides when
     # we stop (a "stop" message, or the pipe closing when it exits).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        executor = create_executor(stage["executor"], stage["args"])
+        executor = create_executor(stage["executor"], stage["args"], stage["name"])
         info = executor.load()
     except Exception as exc:
         # The parent reports the reason in one line; the traceback is for --log-level debug.
@@ -69,8 +71,12 @@ def _loop(executor, conn: Connection) -> None:
                     outputs.extend(executor.add(request))
                 except OmniError as exc:
                     conn.send(("error", request.request_id, exc.to_wire()))
-            elif kind == "feed":  # an upstream stage's output on a graph edge
-                outputs.extend(executor.feed(message[1]))
+            elif kind == "feed":  # upstream stage outputs on a graph edge
+                try:
+                    outputs.extend(executor.feed(message[1]))
+                except OmniError as exc:
+                    executor.abort(message[1][0].request_id)
+                    conn.send(("error", message[1][0].request_id, exc.to_wire()))
             elif kind == "abort":
                 executor.abort(message[1])
                 conn.send(("aborted", message[1]))

@@ -105,11 +105,17 @@ def parse_body(raw: bytes, model: type[M]) -> M:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
+    return validate_fields(data, model)
+
+
+def validate_fields(data: dict[str, Any], model: type[M], prefix: str = "") -> M:
+    """A JSON body or form fields -> validated model, or InvalidRequest naming the parameter
+    (under `prefix` when the fields sit deeper in the body, e.g. `stage_sampling.talker`)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        param = loc_to_param(err["loc"])
+        param = loc_to_param((*prefix.split("."), *err["loc"]) if prefix else err["loc"])
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             message = "this parameter is required"

@@ -37,12 +37,14 @@ class CompletionRequest(SamplingFields):
             return [list(p)]  # type: ignore[arg-type]
         return list(p)  # type: ignore[arg-type]
 
-    def to_omni_requests(self, request_id: str) -> list[OmniRequest]:
+    def to_omni_requests(self, request_id: str, stage: str = "thinker") -> list[OmniRequest]:
+        """One request per prompt, each routed to the LLM `stage` alone."""
         prompts = self.prompts()
         if self.echo and any(not isinstance(p, str) for p in prompts):
             raise InvalidRequest("echo is supported for text prompts only", param="echo")
         sampling = self.sampling_params(self.max_tokens or 16, self.logprobs is not None, self.logprobs or 0)
         return [
-            OmniRequest(request_id=f"{request_id}-{i}", prompt=p, sampling={"thinker": sampling})
+            OmniRequest(request_id=f"{request_id}-{i}", prompt=p, sampling={stage: sampling}, route=[stage],
+                        emit=[stage])
             for i, p in enumerate(prompts)
         ]

@@ -1,15 +1,22 @@
-"""`POST /v1/chat/completions`: validate -> OmniRequest -> stream or collect."""
+"""`POST /v1/chat/completions`: validate -> OmniRequest -> stream or collect.
+
+Audio rides along: audio inputs are decoded here and routed through the
+speech-to-text stage before the thinker; `modalities: ["text", "audio"]`
+adds the talker, whose audio is interleaved with the text in the answer.
+"""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from omniserve.api.protocol.chat import ChatCompletionRequest
-from omniserve.api.protocol.common import parse_body
+from omniserve.api.media import load_audio, resolve_voice
+from omniserve.api.protocol.chat import AudioOutput, ChatCompletionRequest
+from omniserve.api.protocol.common import parse_body, validate_fields
 from omniserve.api.routes.common import (
     ChoiceState,
     chat_logprobs,
@@ -22,7 +29,13 @@ from omniserve.api.routes.common import (
     usage,
 )
 from omniserve.api.sse import SSE_HEADERS, sse_stream
-from omniserve.runtime.types import OmniOutput
+from omniserve.errors import InvalidRequest
+from omniserve.executors import request_params_model
+from omniserve.media.audio import AudioEncoder
+from omniserve.runtime.client import Client, ServedModel
+from omniserve.runtime.types import OmniOutput, OmniRequest
+
+AUDIO_TTL_S = 3600  # `expires_at` of an audio answer; nothing is stored, the data is inline
 
 router = APIRouter()
 
@@ -31,22 +44,79 @@ router = APIRouter()
 async def create_chat_completion(request: Request):
     body = parse_body(await request.body(), ChatCompletionRequest)
     client = get_client(request)
-    model = resolve_model(client, body.model).id
+    served = resolve_model(client, body.model)
+    model = served.id
     request_id = new_id("chatcmpl")
-    first, stream = await start(client, body.to_omni_request(request_id))
+    omni, talker = await _omni_request(request, client, body, served, request_id)
+    first, stream = await start(client, omni)
+    speech = _Speech(body.audio or AudioOutput(), talker) if talker else None
     if body.stream:
-        chunks = _chunks(body, request_id, model, first, stream)
+        chunks = _chunks(body, request_id, model, first, stream, speech)
         return StreamingResponse(sse_stream(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
-    result = await until_disconnect(request, _collect(body, request_id, model, first, stream))
+    result = await until_disconnect(request, _collect(body, request_id, model, first, stream, speech))
     return JSONResponse(result)
 
 
+class _Speech:
+    """The talker's side of an answer: which stage speaks, and the encoder for its audio."""
+
+    def __init__(self, audio: AudioOutput, talker: ServedModel):
+        self.stage = talker.stage
+        self.format = audio.encoding
+        self.encoder = AudioEncoder(self.format, talker.info["sample_rate"])
+        self.id = new_id("audio")
+
+    def encode(self, out: OmniOutput) -> bytes:
+        data = self.encoder.write(out.audio)
+        return data + self.encoder.close() if out.done else data
+
+
+async def _omni_request(request: Request, client: Client, body: ChatCompletionRequest, served: ServedModel,
+                        request_id: str) -> tuple[OmniRequest, ServedModel | None]:
+    """The request, routed through the stages it needs; also the talker, if it speaks."""
+    refs = body.audio_refs()
+    asr = client.model(None, "asr") if refs else None
+    if refs and asr is None:
+        raise InvalidRequest("this server has no speech-to-text stage for audio input (it was started with "
+                             "--asr-model none)", param=refs[0][0])
+    talker = client.model(None, "tts") if body.wants_audio else None
+    if body.wants_audio:
+        if talker is None:
+            raise InvalidRequest("this server has no text-to-speech stage for audio output (--text-only or "
+                                 "--tts-model none); drop 'audio' from modalities", param="modalities")
+        if body.n > 1:
+            raise InvalidRequest("n: audio output supports one choice only", param="n")
+    per_stage = body.per_stage()
+    stages = dict(client.stage_executors())
+    for name in per_stage:
+        if name not in stages:
+            raise InvalidRequest(f"stage_sampling: unknown stage {name!r}; this pipeline's stages are "
+                                 f"{', '.join(stages)}", param="stage_sampling")
+    audios = [await load_audio(request, ref, where) for where, ref in refs]
+    omni = body.to_omni_request(request_id, audios, served.stage, per_stage.get(served.stage))
+    omni.route = [served.stage] + [m.stage for m in (asr, talker) if m is not None]
+    omni.emit = [served.stage] + ([talker.stage] if talker else [])
+    for name, values in per_stage.items():
+        params_model = request_params_model(stages[name])
+        if params_model is not None:
+            validate_fields(values, params_model, prefix=f"stage_sampling.{name}")
+            omni.params[name] = values
+    if talker is not None:
+        voice = resolve_voice(talker, (body.audio or AudioOutput()).voice_name, "audio.voice")
+        omni.params[talker.stage] = {**omni.params.get(talker.stage, {}), "voice": voice}
+    return omni, talker
+
+
 async def _collect(body: ChatCompletionRequest, request_id: str, model: str, first: OmniOutput,
-                   stream: AsyncIterator[OmniOutput]) -> dict[str, Any]:
+                   stream: AsyncIterator[OmniOutput], speech: _Speech | None) -> dict[str, Any]:
     choices = [ChoiceState() for _ in range(body.n)]
+    pcm = bytearray()
     async for out in stream:
-        choices[out.index].add(out)
-    return {
+        if speech and out.stage == speech.stage:
+            pcm += out.audio
+        else:
+            choices[out.index].add(out)
+    result = {
         "id": request_id,
         "object": "chat.completion",
         "created": now(),
@@ -63,10 +133,17 @@ async def _collect(body: ChatCompletionRequest, request_id: str, model: str, fir
         ],
         "usage": usage(first.prompt_tokens, sum(c.completion_tokens for c in choices)),
     }
+    if speech:
+        data = speech.encoder.write(bytes(pcm)) + speech.encoder.close()
+        result["choices"][0]["message"]["audio"] = {
+            "id": speech.id, "data": base64.b64encode(data).decode(), "expires_at": now() + AUDIO_TTL_S,
+            "transcript": "".join(choices[0].text),
+        }
+    return result
 
 
 async def _chunks(body: ChatCompletionRequest, request_id: str, model: str, first: OmniOutput,
-                  stream: AsyncIterator[OmniOutput]) -> AsyncIterator[dict[str, Any]]:
+                  stream: AsyncIterator[OmniOutput], speech: _Speech | None) -> AsyncIterator[dict[str, Any]]:
     created = now()
     with_usage = body.include_usage
 
@@ -87,13 +164,27 @@ async def _chunks(body: ChatCompletionRequest, request_id: str, model: str, firs
     try:
         for i in range(body.n):
             yield chunk(i, {"role": "assistant", "content": ""})
+        finish_reason = None  # with audio, the last chunk carries it, after the last audio
         async for out in stream:
+            if speech and out.stage == speech.stage:
+                data = speech.encode(out)
+                if data or out.text:
+                    audio = {"id": speech.id, "data": base64.b64encode(data).decode(), "transcript": out.text}
+                    if out.done:
+                        audio["expires_at"] = now() + AUDIO_TTL_S
+                    yield chunk(0, {"audio": audio})
+                continue
             if out.text or out.logprobs:
                 lp = chat_logprobs(out.logprobs) if body.logprobs and out.logprobs else None
                 yield chunk(out.index, {"content": out.text}, logprobs=lp)
             if out.finish_reason:
                 completion_tokens[out.index] = out.completion_tokens
-                yield chunk(out.index, {}, finish_reason=out.finish_reason)
+                if speech:
+                    finish_reason = out.finish_reason
+                else:
+                    yield chunk(out.index, {}, finish_reason=out.finish_reason)
+        if finish_reason:
+            yield chunk(0, {}, finish_reason=finish_reason)
         if with_usage:
             yield {
                 "id": request_id,

@@ -29,11 +29,24 @@ def now() -> int:
     return int(time.time())
 
 
-def resolve_model(client: Client, model_id: str | None) -> ServedModel:
-    served = client.model(model_id)
+_KINDS = {
+    "chat": ("a chat", "/v1/chat/completions and /v1/completions"),
+    "asr": ("a speech-to-text", "/v1/audio/transcriptions and /v1/audio/translations"),
+    "tts": ("a text-to-speech", "/v1/audio/speech"),
+}
+
+
+def resolve_model(client: Client, model_id: str | None, kind: str | None = "chat") -> ServedModel:
+    """The served model a request names (None: the first of `kind`), checked to do `kind`."""
+    served = client.model(model_id, kind or "chat")
     if served is None:
+        if model_id is None:
+            raise InvalidRequest(f"this server serves no {_KINDS[kind][0][2:]} model", param="model")
         ids = ", ".join(m.id for m in client.served_models)
         raise ModelNotFound(f"The model `{model_id}` does not exist. Served models: {ids}", param="model")
+    if kind is not None and served.kind != kind:
+        article, endpoints = _KINDS[served.kind]
+        raise InvalidRequest(f"model `{model_id}` is {article} model; use it with {endpoints}", param="model")
     return served
 
 

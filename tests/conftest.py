@@ -17,6 +17,9 @@ import openai
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Models the server builds on first use (the ONNX image classifier, assembled GGUFs) are
+# kept here across test runs, so each test server does not build them again.
+MODEL_DATA = ROOT / "build" / "test-data"
 
 
 def free_port() -> int:
@@ -52,7 +55,9 @@ def run_server(*args: str, tmp_path: Path, api_key: str | None = None, timeout: 
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     cmd = [sys.executable, "-m", "omniserve", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--threads", "2", "--data-dir", str(tmp_path / "data"), *args]
+           "--threads", "2", *args]
+    if "--data-dir" not in args:
+        cmd += ["--data-dir", str(MODEL_DATA)]
     if api_key:
         cmd += ["--api-key", api_key]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")}

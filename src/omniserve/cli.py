@@ -65,6 +65,18 @@ def _serve_parser(sub) -> None:
     media.add_argument("--max-media-bytes", type=int, help="largest media item fetched from a URL (default 32 MiB)")
     media.add_argument("--allow-private-media-urls", action="store_true", default=None,
                        help="allow media URLs on loopback, private and link-local addresses (off by default)")
+    media.add_argument("--allowed-local-media-path", help="serve file:// URLs and file paths from inside this "
+                       "folder only (off by default)")
+    media.add_argument("--max-image-pixels", type=int, help="largest image (width x height) and video frame "
+                       "(default 25,000,000); larger is a 400")
+    media.add_argument("--max-video-seconds", type=float, help="longest video input (default 300); longer is a 400")
+    media.add_argument("--max-media-items", type=int, help="most images + videos + audios in one request "
+                       "(default 16)")
+    vision = p.add_argument_group("vision")
+    vision.add_argument("--vision-model", help="how images are described to a text-only model: imagenet-ocr "
+                        "(default: an EfficientNet-Lite0 ImageNet classifier + RapidOCR) or none")
+    vision.add_argument("--mmproj", help="the vision projector GGUF of a vision-language --model-path; images then "
+                        "go to the model's own vision encoder")
     compat = p.add_argument_group("compatibility flags (accepted from sglang-omni, SGLang and vLLM-Omni)")
     compat.add_argument("--text-only", action="store_true", default=None, help="drop talker stages")
     compat.add_argument("--colocate", action="store_true", default=None, help="run all stages in one worker group")

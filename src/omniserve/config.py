@@ -41,6 +41,12 @@ class ServerArgs(BaseSettings):
     max_audio_seconds: float = Field(600.0, gt=0)
     max_media_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     allow_private_media_urls: bool = False
+    allowed_local_media_path: Path | None = None
+    max_image_pixels: int = Field(25_000_000, ge=1)
+    max_video_seconds: float = Field(300.0, gt=0)
+    max_media_items: int = Field(16, ge=1)
+    vision_model: str = Field("imagenet-ocr", description="image description alias, or none")
+    mmproj: Path | None = None
     # Accepted for compatibility with sglang-omni / SGLang / vLLM-Omni command lines.
     text_only: bool = False
     colocate: bool = False

@@ -15,7 +15,7 @@ from omniserve import __version__
 from omniserve.api.app import create_app
 from omniserve.config import PipelineConfig, ServerArgs
 from omniserve.errors import ConfigError
-from omniserve.models.registry import speech_models
+from omniserve.models.registry import speech_models, vision_model
 from omniserve.models.speech import ASR_OPENAI_NAMES, TTS_OPENAI_NAMES
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.coordinator import Coordinator
@@ -32,9 +32,10 @@ def served_model_ids(settings: ServerArgs) -> list[str]:
 
 
 def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: Coordinator) -> list[ServedModel]:
-    """The ids /v1/models lists: the chat model(s), then one per speech stage."""
+    """The ids /v1/models lists: the chat model(s), then one per speech and vision stage."""
     created = int(time.time())
     asr, tts = speech_models(settings)
+    vision = vision_model(settings)
     out = []
     for stage in pipeline.stages:
         info = coordinator.workers[stage.name].info
@@ -49,6 +50,9 @@ def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: C
         elif stage.executor == "piper":
             out.append(ServedModel(id=tts.id if tts else stage.name, max_model_len=None, kind="tts",
                                    aliases=TTS_OPENAI_NAMES, **common))
+        elif stage.executor == "describer":
+            out.append(ServedModel(id=vision.id if vision else stage.name, max_model_len=None, kind="vision",
+                                   **common))
     out.sort(key=lambda m: m.kind != "chat")  # the chat model first: it is the default
     return out
 

@@ -128,7 +128,8 @@ def test_speech_streams_sentence_by_sentence(http):
             body += chunk
     assert len(arrivals) >= 3  # at least one chunk per sentence
     assert arrivals[0] < arrivals[-1]
-    assert abs(decode(body)[1] - decode(speak(http, THREE, "mp3"))[1]) < 0.2
+    # Piper samples phoneme durations (noise_w), so two renderings differ by a little.
+    assert abs(decode(body)[1] - decode(speak(http, THREE, "mp3"))[1]) < 0.4
 
 
 def test_speech_sse(http):

@@ -90,7 +90,7 @@ def test_chat_audio_bad_input(http):
 
 def test_limits_and_stages_turned_off(tmp_path):
     with run_server("--max-audio-seconds", "2", "--max-request-bytes", "200000", "--tts-model", "none",
-                    tmp_path=tmp_path) as server, server.http() as http:
+                    "--vision-model", "none", tmp_path=tmp_path) as server, server.http() as http:
         err = error(transcribe(http, wav_bytes(3)))
         assert "2 seconds" in err["message"] and "--max-audio-seconds" in err["message"]
         assert transcribe(http, wav_bytes(1.5)).status_code == 200
@@ -100,3 +100,6 @@ def test_limits_and_stages_turned_off(tmp_path):
                                                     "modalities": ["text", "audio"]})
         assert error(r)["param"] == "modalities"
         assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["smollm2-135m", "whisper-tiny.en"]
+        r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                    "images": ["https://example.com/cat.png"]})
+        assert error(r)["param"] == "images[0]" and "--vision-model none" in error(r)["message"]

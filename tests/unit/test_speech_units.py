@@ -12,7 +12,7 @@ from omniserve.errors import InvalidRequest
 from omniserve.executors.piper import split_sentences
 from omniserve.media.audio import AudioEncoder, decode_audio, encode_audio
 from omniserve.runtime.transport import PipeTransport
-from omniserve.runtime.types import audio_part, fill_audio_parts, has_audio_parts
+from omniserve.runtime.types import audio_part, fill_media_parts, media_kinds
 from tests.audio_helpers import decode
 
 
@@ -30,8 +30,8 @@ def test_split_sentences_streaming():
 def test_fill_audio_parts_keeps_order():
     messages = [{"role": "user", "content": [{"type": "text", "text": "Before"}, audio_part(0),
                                               {"type": "text", "text": "after"}, audio_part(1)]}]
-    assert has_audio_parts(messages) and not has_audio_parts([{"role": "user", "content": "x"}])
-    filled = fill_audio_parts(messages, {0: " one ", 1: "two"})
+    assert media_kinds(messages) == {"audio"} and not media_kinds([{"role": "user", "content": "x"}])
+    filled = fill_media_parts(messages, {("audio", 0): " one ", ("audio", 1): "two"})
     assert filled[0]["content"] == "Before one after two"
 
 

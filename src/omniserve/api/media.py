@@ -1,5 +1,6 @@
-"""What routes need from `omniserve.media`: audio references turned into
-decoded samples under the server's limits, and voice names resolved.
+"""What routes need from `omniserve.media`: media references (URLs, data
+URLs, base64 objects, file paths) turned into decoded audio, images and
+video frames under the server's limits, and voice names resolved.
 
 Decoding is CPU work, so it runs in a thread and the event loop keeps serving.
 """
@@ -15,13 +16,60 @@ from fastapi import Request
 from omniserve.api.protocol.audio import OPENAI_VOICES
 from omniserve.errors import InvalidRequest
 from omniserve.media.audio import decode_audio
-from omniserve.media.inputs import MediaLimits, decode_base64, fetch
+from omniserve.media.images import decode_image
+from omniserve.media.inputs import Fetched, MediaLimits, decode_base64, fetch
+from omniserve.media.video import VideoClip, decode_video
 from omniserve.runtime.client import ServedModel
+
+# The MIME types a declared type must match for each kind of input (None or octet-stream: not declared).
+_ACCEPTED_MIME = {
+    "audio": ("audio/", "video/"),
+    "image": ("image/",),
+    "video": ("video/", "image/gif"),
+}
 
 
 def media_limits(request: Request) -> MediaLimits:
     settings = request.app.state.settings
-    return MediaLimits(max_bytes=settings.max_media_bytes, allow_private_urls=settings.allow_private_media_urls)
+    return MediaLimits(max_bytes=settings.max_media_bytes, allow_private_urls=settings.allow_private_media_urls,
+                       local_root=settings.allowed_local_media_path)
+
+
+async def fetch_media(request: Request, ref: Any, where: str, kind: str) -> bytes:
+    """A URL string or `{url}` object (or, for audio, `{data, format}`) -> bytes whose declared type fits `kind`."""
+    if kind == "audio" and isinstance(ref, dict) and "data" in ref:
+        if not isinstance(ref["data"], str):
+            raise InvalidRequest(f"{where}.data: must be a base64 string", param=f"{where}.data")
+        return decode_base64(ref["data"], f"{where}.data")
+    url = ref.get("url") if isinstance(ref, dict) else ref
+    if not isinstance(url, str) or not url:
+        shape = '{"data": base64, "format": ...}' if kind == "audio" else '{"url": ...}'
+        raise InvalidRequest(f"{where}: give a URL string or {shape}", param=where)
+    fetched = await fetch(url, where, media_limits(request))
+    _check_mime(fetched, kind, where)
+    return fetched.data
+
+
+def _check_mime(fetched: Fetched, kind: str, where: str) -> None:
+    mime = fetched.mime
+    if mime in (None, "application/octet-stream") or mime.startswith(_ACCEPTED_MIME[kind]):
+        return
+    raise InvalidRequest(f"{where}: expected {kind} but the data is declared as {mime!r}", param=where)
+
+
+async def load_image(request: Request, ref: Any, where: str) -> np.ndarray:
+    data = await fetch_media(request, ref, where, "image")
+    max_pixels = request.app.state.settings.max_image_pixels
+    return await asyncio.to_thread(decode_image, data, where=where, max_pixels=max_pixels)
+
+
+async def load_video(request: Request, ref: Any, where: str, fps: float, max_frames: int,
+                     with_audio: bool) -> VideoClip:
+    data = await fetch_media(request, ref, where, "video")
+    settings = request.app.state.settings
+    return await asyncio.to_thread(
+        decode_video, data, where=where, fps=fps, max_frames=max_frames, max_seconds=settings.max_video_seconds,
+        max_pixels=settings.max_image_pixels, with_audio=with_audio, max_audio_seconds=settings.max_audio_seconds)
 
 
 async def decode_audio_bytes(request: Request, data: bytes, where: str) -> np.ndarray:
@@ -30,17 +78,8 @@ async def decode_audio_bytes(request: Request, data: bytes, where: str) -> np.nd
 
 
 async def load_audio(request: Request, ref: dict[str, Any] | str, where: str) -> np.ndarray:
-    """An `input_audio` object ({data: base64, format}) or an `audio_url` (http(s) or data:) -> samples."""
-    if isinstance(ref, dict) and "data" in ref:
-        if not isinstance(ref["data"], str):
-            raise InvalidRequest(f"{where}.data: must be a base64 string", param=f"{where}.data")
-        data = decode_base64(ref["data"], f"{where}.data")
-    else:
-        url = ref.get("url") if isinstance(ref, dict) else ref
-        if not isinstance(url, str):
-            raise InvalidRequest(f"{where}: give a URL string or {{\"data\": base64, \"format\": ...}}", param=where)
-        data = await fetch(url, where, media_limits(request))
-    return await decode_audio_bytes(request, data, where)
+    """An `input_audio` object ({data: base64, format}) or an `audio_url` -> samples."""
+    return await decode_audio_bytes(request, await fetch_media(request, ref, where, "audio"), where)
 
 
 def voice_names(model: ServedModel) -> list[str]:

@@ -15,6 +15,7 @@ _EXECUTORS = {
     "llamacpp": ("omniserve.executors.llamacpp", "LlamaCppExecutor", "LlamaCppArgs", None),
     "whisper": ("omniserve.executors.whisper", "WhisperExecutor", "WhisperArgs", "AsrParams"),
     "piper": ("omniserve.executors.piper", "PiperExecutor", "PiperArgs", "SpeechParams"),
+    "describer": ("omniserve.executors.describer", "DescriberExecutor", "DescriberArgs", None),
 }
 
 

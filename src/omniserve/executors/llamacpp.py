@@ -31,8 +31,8 @@ from omniserve.runtime.types import (
     OmniRequest,
     SamplingParams,
     TokenLogprob,
-    fill_audio_parts,
-    has_audio_parts,
+    fill_media_parts,
+    media_kinds,
 )
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,9 @@ class _Request:
 class LlamaCppExecutor:
     def __init__(self, args: LlamaCppArgs, stage: str = "thinker"):
         self.stage = stage
-        self._upstream: dict[str, OmniRequest] = {}  # requests waiting for transcripts of their audio
+        # Requests waiting for upstream stages to turn their media into text: the request,
+        # the kinds still missing, and the texts so far by (kind, index).
+        self._upstream: dict[str, tuple[OmniRequest, set[str], dict[tuple[str, int], str]]] = {}
         self.args = args
         self._requests: dict[str, _Request] = {}
         self._running: list[_Sequence] = []
@@ -151,18 +153,27 @@ class LlamaCppExecutor:
     # ---- admission -----------------------------------------------------------------
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
-        if has_audio_parts(request.messages):
-            self._upstream[request.request_id] = request  # starts when a speech stage feeds the transcripts
+        kinds = media_kinds(request.messages)
+        if kinds:  # starts once the speech and vision stages have fed their text
+            self._upstream[request.request_id] = (request, kinds, {})
             return []
         return self._start(request)
 
     def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        """Transcripts from an upstream speech stage, one per audio item (`index`), all at once."""
-        request = self._upstream.pop(outputs[0].request_id, None)
-        if request is None:
+        """Text for media items from one upstream stage, all at once: one output per item
+        (`index`), its kind in `info["media"]` (transcripts: audio; descriptions: image)."""
+        waiting = self._upstream.get(outputs[0].request_id)
+        if waiting is None:
             return []
-        transcripts = {o.index: o.info["text"] for o in outputs if "text" in o.info}
-        request.messages = fill_audio_parts(request.messages, transcripts)
+        request, missing, texts = waiting
+        for o in outputs:
+            if "media" in o.info:
+                texts[(o.info["media"], o.index)] = o.info["text"]
+                missing.discard(o.info["media"])
+        if missing:
+            return []
+        del self._upstream[request.request_id]
+        request.messages = fill_media_parts(request.messages, texts)
         return self._start(request)
 
     def _start(self, request: OmniRequest) -> list[OmniOutput]:

@@ -115,7 +115,7 @@ class WhisperExecutor:
             return [OmniOutput(job.request_id, index=job.index, text=segment.text, segments=[_segment(segment)])]
         done = job.index == len(job.audios) - 1
         out = OmniOutput(job.request_id, index=job.index, finish_reason="stop", done=done,
-                         info={"language": job.info.language, "duration": job.info.duration,
+                         info={"media": "audio", "language": job.info.language, "duration": job.info.duration,
                                "text": "".join(job.texts).strip()})
         if not done:
             job.index, job.segments, job.texts = job.index + 1, None, []

@@ -1,12 +1,15 @@
-"""Preset graph for a chat LLM with optional speech stages:
+"""Preset graph for a chat LLM with optional speech and vision stages:
 
-    asr(whisper) -> thinker(llamacpp) ⇢ talker(piper)
+    asr(whisper)       ─┐
+                        ├─> thinker(llamacpp) ⇢ talker(piper)
+    vision(describer)  ─┘
 
 The thinker does templating, tokenization and detokenization itself (it owns
-the vocabulary). `asr` turns audio parts into text before the thinker runs;
-`talker` speaks the thinker's text as it streams (⇢: a streaming edge).
-Each request picks its route through the graph: a transcription visits
-`asr` alone, speech `talker` alone, a voice chat all three.
+the vocabulary). `asr` turns audio parts into text before the thinker runs,
+`vision` does the same for images and video frames; `talker` speaks the
+thinker's text as it streams (⇢: a streaming edge). Each request picks its
+route through the graph: a transcription visits `asr` alone, speech
+`talker` alone, a question about a photo `vision` and `thinker`.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from typing import Any
 
 from omniserve.config import ServerArgs
 from omniserve.models.speech import SpeechModel
+from omniserve.models.vision import VisionModel
 
 
-def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
-                  tts: SpeechModel | None) -> dict[str, Any]:
+def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None, tts: SpeechModel | None,
+                  vision: VisionModel | None = None) -> dict[str, Any]:
     threads = settings.resolved_threads()
     args: dict[str, Any] = {"model_path": gguf_path, "threads": threads,
                             "max_sequences": settings.max_running_requests}
@@ -30,6 +34,10 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
     if asr is not None:
         stages.insert(0, {"name": "asr", "executor": "whisper", "args": {"model_path": asr.path, "threads": threads}})
         edges.append({"src": "asr", "dst": "thinker"})
+    if vision is not None:
+        stages.insert(len(stages) - 1, {"name": "vision", "executor": "describer",
+                          "args": {"classifier_path": vision.classifier_path, "threads": threads}})
+        edges.append({"src": "vision", "dst": "thinker"})
     if tts is not None and not settings.text_only:
         stages.append({"name": "talker", "executor": "piper",
                        "args": {"model_path": tts.path, "threads": threads}})

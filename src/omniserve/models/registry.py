@@ -11,6 +11,7 @@ from pathlib import Path
 from omniserve.errors import ConfigError
 from omniserve.models.defaults import ALIASES, DEFAULT_ALIAS
 from omniserve.models.speech import SpeechModel, resolve_asr, resolve_tts
+from omniserve.models.vision import VisionModel, resolve_vision
 
 
 def resolve_model_path(model_path: str | None, data_dir: Path) -> tuple[str, str]:
@@ -41,9 +42,12 @@ def build_pipeline(settings):
     from omniserve.config import load_yaml, validate_pipeline
     from omniserve.models.llm import omni_pipeline
 
+    if settings.mmproj is not None:
+        raise ConfigError("--mmproj: running a vision-language model's own vision encoder is not supported yet; "
+                          "images are described by the vision stage (--vision-model) for now")
     _, gguf = resolve_model_path(settings.model_path, settings.data_dir)
     asr, tts = speech_models(settings)
-    pipeline = validate_pipeline(omni_pipeline(gguf, settings, asr, tts))
+    pipeline = validate_pipeline(omni_pipeline(gguf, settings, asr, tts, vision_model(settings)))
     if settings.config is not None:
         pipeline = pipeline.with_overrides(load_yaml(settings.config))
     return pipeline
@@ -53,3 +57,8 @@ def speech_models(settings) -> tuple[SpeechModel | None, SpeechModel | None]:
     """The speech-to-text and text-to-speech models to serve (None: that stage is off)."""
     tts = None if settings.text_only else resolve_tts(settings.tts_model, settings.data_dir)
     return resolve_asr(settings.asr_model, settings.data_dir), tts
+
+
+def vision_model(settings) -> VisionModel | None:
+    """The image describer to serve (None: off)."""
+    return resolve_vision(settings.vision_model, settings.data_dir)

@@ -39,8 +39,10 @@ class OmniRequest:
     prompt: str | list[int] | None = None
     sampling: dict[str, SamplingParams] = field(default_factory=dict)  # per stage name
     output_modalities: list[str] = field(default_factory=lambda: ["text"])
-    # Decoded audio inputs (mono float32 at 16 kHz); message parts refer to them by index.
+    # Decoded media inputs; message parts refer to them by index. Audio: mono float32
+    # at 16 kHz. Images (photos and sampled video frames): RGB uint8 arrays.
     audios: list[Any] = field(default_factory=list)
+    images: list[Any] = field(default_factory=list)
     # Executor-specific settings per stage name (voice, speed, language, task, ...).
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The stages this request visits (empty: all) and those whose outputs reach the
@@ -55,26 +57,69 @@ class OmniRequest:
         return self.params.get(stage) or {}
 
 
+# ---- media placeholders in messages ---------------------------------------------------
+# A media part of a chat message becomes a placeholder pointing into `OmniRequest.audios`
+# or `.images`. An upstream stage (speech to text, image description) turns each item
+# into text, and `fill_media_parts` puts that text where the item was.
+
+MEDIA_PART_TYPES = ("audio", "image", "video")
+
+
 def audio_part(index: int) -> dict[str, Any]:
-    """The placeholder a message part becomes when its audio travels in `OmniRequest.audios`."""
     return {"type": "audio", "audio_index": index}
 
 
-def has_audio_parts(messages: list[dict[str, Any]] | None) -> bool:
-    return any(isinstance(m.get("content"), list) and any(p.get("type") == "audio" for p in m["content"])
-               for m in messages or [])
+def image_part(index: int) -> dict[str, Any]:
+    return {"type": "image", "image_index": index}
 
 
-def fill_audio_parts(messages: list[dict[str, Any]], transcripts: dict[int, str]) -> list[dict[str, Any]]:
-    """Replace audio placeholders with their transcripts, keeping the order of parts,
-    and flatten each message's parts into the one string a chat template expects."""
+def video_part(frames: list[int], timestamps: list[float], duration: float,
+               audio_index: int | None) -> dict[str, Any]:
+    """A video: its sampled frames (indices into `images`) with their times, and its sound, if kept."""
+    return {"type": "video", "frames": frames, "timestamps": timestamps, "duration": duration,
+            "audio_index": audio_index}
+
+
+def media_kinds(messages: list[dict[str, Any]] | None) -> set[str]:
+    """The kinds of upstream text a request's messages wait for: "audio" and/or "image"."""
+    kinds = set()
+    for message in messages or []:
+        for part in message["content"] if isinstance(message.get("content"), list) else []:
+            if part.get("type") == "audio":
+                kinds.add("audio")
+            elif part.get("type") == "image":
+                kinds.add("image")
+            elif part.get("type") == "video":
+                kinds.add("image")
+                if part["audio_index"] is not None:
+                    kinds.add("audio")
+    return kinds
+
+
+def fill_media_parts(messages: list[dict[str, Any]], texts: dict[tuple[str, int], str]) -> list[dict[str, Any]]:
+    """Replace media placeholders with the text the upstream stages made of them
+    (`texts[(kind, index)]`), keeping the order of parts, and flatten each message's
+    parts into the one string a chat template expects."""
+    def render(part: dict[str, Any]) -> str:
+        kind = part.get("type")
+        if kind == "audio":
+            return texts.get(("audio", part["audio_index"]), "").strip()
+        if kind == "image":
+            return f"[Image: {texts.get(('image', part['image_index']), '')}]"
+        if kind == "video":
+            frames = "; ".join(f"at {t:g} s, {texts.get(('image', i), '')}"
+                               for i, t in zip(part["frames"], part["timestamps"], strict=True))
+            out = f"[Video, {part['duration']:.1f} s long. Frames in time order: {frames}."
+            if part["audio_index"] is not None:
+                out += f' Its audio track says: "{texts.get(("audio", part["audio_index"]), "").strip()}"'
+            return out + "]"
+        return part["text"]
+
     out = []
     for message in messages:
         content = message.get("content")
         if isinstance(content, list):
-            pieces = [transcripts.get(p["audio_index"], "").strip() if p.get("type") == "audio" else p["text"]
-                      for p in content]
-            message = {**message, "content": " ".join(p for p in pieces if p)}
+            message = {**message, "content": " ".join(p for p in map(render, content) if p)}
         out.append(message)
     return out
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from omniserve.api.protocol.common import SamplingFields, validate_fields
 from omniserve.errors import InvalidRequest
-from omniserve.runtime.types import OmniRequest, audio_part
+from omniserve.runtime.types import OmniRequest
 
-AUDIO_PART_TYPES = ("input_audio", "audio_url")
+# Content part type -> the kind of media it carries.
+MEDIA_PART_TYPES = {"input_audio": "audio", "audio_url": "audio", "image_url": "image", "video_url": "video"}
+# sglang-omni's top-level lists, attached to the last user message -> their kind.
+TOP_LEVEL_MEDIA = {"images": "image", "videos": "video", "audios": "audio"}
 
 
 class ChatMessage(BaseModel):
@@ -43,7 +45,13 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     modalities: list[Literal["text", "audio"]] | None = None
     audio: AudioOutput | None = None
-    audios: list[str | dict[str, Any]] | None = None  # sglang-omni: audio for the last user message
+    # sglang-omni: media for the last user message, after its own parts
+    images: list[str | dict[str, Any]] | None = None
+    videos: list[str | dict[str, Any]] | None = None
+    audios: list[str | dict[str, Any]] | None = None
+    video_fps: float = Field(1.0, gt=0, le=30, description="frames sampled per second of video")
+    video_max_frames: int = Field(8, ge=1, le=64, description="most frames sampled from one video")
+    use_audio_in_video: bool = True  # a video's sound goes to the speech stage (Qwen-Omni)
     stage_sampling: dict[str, dict[str, Any]] | None = None  # sglang-omni: sampling per stage name
     stage_params: dict[str, dict[str, Any]] | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -63,14 +71,17 @@ class ChatCompletionRequest(SamplingFields):
     def wants_audio(self) -> bool:
         return bool(self.modalities and "audio" in self.modalities)
 
-    def audio_refs(self) -> list[tuple[str, Any]]:
-        """Every audio input, in order, with where it sits: message parts, then top-level `audios`."""
+    def media_refs(self) -> list[tuple[str, str, Any]]:
+        """Every media input in order as (where, kind, reference): message parts, then the
+        top-level `images`, `videos` and `audios`."""
         refs = []
         for i, message in enumerate(self.messages):
             for j, part in enumerate(message.content if isinstance(message.content, list) else []):
-                if part.get("type") in AUDIO_PART_TYPES:
-                    refs.append((f"messages[{i}].content[{j}]", part.get(part["type"])))
-        refs += [(f"audios[{k}]", ref) for k, ref in enumerate(self.audios or [])]
+                kind = MEDIA_PART_TYPES.get(part.get("type"))
+                if kind:
+                    refs.append((f"messages[{i}].content[{j}]", kind, part.get(part["type"])))
+        for field, kind in TOP_LEVEL_MEDIA.items():
+            refs += [(f"{field}[{k}]", kind, ref) for k, ref in enumerate(getattr(self, field) or [])]
         return refs
 
     def per_stage(self) -> dict[str, dict[str, Any]]:
@@ -81,9 +92,11 @@ class ChatCompletionRequest(SamplingFields):
                 merged.setdefault(stage, {}).update(values)
         return merged
 
-    def to_omni_request(self, request_id: str, audios: list[Any] | None = None, stage: str = "thinker",
-                        overrides: dict[str, Any] | None = None) -> OmniRequest:
-        """`overrides`: this LLM stage's `stage_sampling`, laid over the top-level sampling fields."""
+    def to_omni_request(self, request_id: str, media: dict[str, list[dict[str, Any]]] | None = None,
+                        stage: str = "thinker", overrides: dict[str, Any] | None = None) -> OmniRequest:
+        """`media`: the placeholder parts each media reference became, by its `where` (see
+        `media_refs`). `overrides`: this LLM stage's `stage_sampling`, laid over the top-level
+        sampling fields."""
         if self.response_format and self.response_format.get("type", "text") != "text":
             raise InvalidRequest(
                 f"response_format type {self.response_format.get('type')!r} is not supported yet; use 'text'",
@@ -100,47 +113,49 @@ class ChatCompletionRequest(SamplingFields):
             else self.max_completion_tokens or self.max_tokens,
             self.logprobs, self.top_logprobs or 0,
         )
-        counter = iter(range(len(audios or [])))
-        messages = [_template_message(i, m, counter) for i, m in enumerate(self.messages)]
-        if self.audios:
+        media = media or {}
+        messages = [_template_message(i, m, media) for i, m in enumerate(self.messages)]
+        extra = [part for field in TOP_LEVEL_MEDIA for k in range(len(getattr(self, field) or []))
+                 for part in media[f"{field}[{k}]"]]
+        if extra:
             last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
             if last_user is None:
-                raise InvalidRequest("audios: there is no user message to attach the audio to", param="audios")
+                field = next(f for f in TOP_LEVEL_MEDIA if getattr(self, f))
+                raise InvalidRequest(f"{field}: there is no user message to attach the media to", param=field)
             message = messages[last_user]
             parts = message["content"] if isinstance(message["content"], list) else [
                 {"type": "text", "text": message["content"]}]
-            message["content"] = parts + [audio_part(next(counter)) for _ in self.audios]
+            message["content"] = parts + extra
         return OmniRequest(
             request_id=request_id,
             messages=messages,
             sampling={stage: sampling},
-            audios=list(audios or []),
             route=[stage],
             emit=[stage],
         )
 
 
-def _template_message(i: int, message: ChatMessage, audio_index: Iterator[int]) -> dict[str, Any]:
+def _template_message(i: int, message: ChatMessage, media: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Flatten text parts into the plain string the chat template expects; a message with
-    audio keeps its parts in order, the audio as placeholders the speech stage fills."""
+    media keeps its parts in order, the media as placeholders the upstream stages fill."""
     content = message.content
     if isinstance(content, list):
         parts: list[dict[str, Any]] = []
         for j, part in enumerate(content):
             kind = part.get("type")
-            if kind in AUDIO_PART_TYPES:
-                parts.append(audio_part(next(audio_index)))
+            where = f"messages[{i}].content[{j}]"
+            if kind in MEDIA_PART_TYPES:
+                parts += media[where]
             elif kind == "text" and isinstance(part.get("text"), str):
                 parts.append({"type": "text", "text": part["text"]})
             else:
-                where = f"messages[{i}].content[{j}]"
                 raise InvalidRequest(
-                    f"{where}: content part type {kind!r} is not supported by this model; it takes text, "
-                    "input_audio and audio_url parts",
+                    f"{where}: content part type {kind!r} is not supported; use text, image_url, video_url, "
+                    "input_audio or audio_url",
                     param=where,
                 )
-        has_audio = any(p["type"] == "audio" for p in parts)
-        content = parts if has_audio else "".join(p["text"] for p in parts)
+        has_media = any(p["type"] != "text" for p in parts)
+        content = parts if has_media else "".join(p["text"] for p in parts)
     out: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
                            "content": content or ""}
     for key in ("name", "tool_call_id", "tool_calls"):

@@ -1,12 +1,15 @@
 """`POST /v1/chat/completions`: validate -> OmniRequest -> stream or collect.
 
-Audio rides along: audio inputs are decoded here and routed through the
-speech-to-text stage before the thinker; `modalities: ["text", "audio"]`
-adds the talker, whose audio is interleaved with the text in the answer.
+Media rides along: audio, images and videos are fetched and decoded here,
+and the request is routed through the stages that turn them into text for
+the thinker: speech to text for audio (and a video's sound), the vision
+stage for images and video frames. `modalities: ["text", "audio"]` adds the
+talker, whose audio is interleaved with the text in the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from omniserve.api.media import load_audio, resolve_voice
+from omniserve.api.media import load_audio, load_image, load_video, resolve_voice
 from omniserve.api.protocol.chat import AudioOutput, ChatCompletionRequest
 from omniserve.api.protocol.common import parse_body, validate_fields
 from omniserve.api.routes.common import (
@@ -33,7 +36,7 @@ from omniserve.errors import InvalidRequest
 from omniserve.executors import request_params_model
 from omniserve.media.audio import AudioEncoder
 from omniserve.runtime.client import Client, ServedModel
-from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.runtime.types import OmniOutput, OmniRequest, audio_part, image_part, video_part
 
 AUDIO_TTL_S = 3600  # `expires_at` of an audio answer; nothing is stored, the data is inline
 
@@ -74,11 +77,20 @@ class _Speech:
 async def _omni_request(request: Request, client: Client, body: ChatCompletionRequest, served: ServedModel,
                         request_id: str) -> tuple[OmniRequest, ServedModel | None]:
     """The request, routed through the stages it needs; also the talker, if it speaks."""
-    refs = body.audio_refs()
-    asr = client.model(None, "asr") if refs else None
-    if refs and asr is None:
-        raise InvalidRequest("this server has no speech-to-text stage for audio input (it was started with "
-                             "--asr-model none)", param=refs[0][0])
+    refs = body.media_refs()
+    limit = request.app.state.settings.max_media_items
+    if len(refs) > limit:
+        raise InvalidRequest(f"the request has {len(refs)} media items; the limit is {limit} (--max-media-items)",
+                             param=refs[limit][0])
+    asr = client.model(None, "asr")
+    vision = client.model(None, "vision")
+    for where, kind, _ in refs:
+        if kind == "audio" and asr is None:
+            raise InvalidRequest("this server has no speech-to-text stage for audio input (it was started with "
+                                 "--asr-model none)", param=where)
+        if kind in ("image", "video") and vision is None:
+            raise InvalidRequest(f"this server has no vision stage for {kind} input (it was started with "
+                                 "--vision-model none)", param=where)
     talker = client.model(None, "tts") if body.wants_audio else None
     if body.wants_audio:
         if talker is None:
@@ -92,9 +104,11 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
         if name not in stages:
             raise InvalidRequest(f"stage_sampling: unknown stage {name!r}; this pipeline's stages are "
                                  f"{', '.join(stages)}", param="stage_sampling")
-    audios = [await load_audio(request, ref, where) for where, ref in refs]
-    omni = body.to_omni_request(request_id, audios, served.stage, per_stage.get(served.stage))
-    omni.route = [served.stage] + [m.stage for m in (asr, talker) if m is not None]
+    placeholders, audios, images = await _load_media(request, body, refs, with_video_audio=asr is not None)
+    omni = body.to_omni_request(request_id, placeholders, served.stage, per_stage.get(served.stage))
+    omni.audios, omni.images = audios, images
+    upstream = [m for m, items in ((asr, audios), (vision, images)) if items]
+    omni.route = [served.stage] + [m.stage for m in upstream + [talker] if m is not None]
     omni.emit = [served.stage] + ([talker.stage] if talker else [])
     for name, values in per_stage.items():
         params_model = request_params_model(stages[name])
@@ -105,6 +119,42 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
         voice = resolve_voice(talker, (body.audio or AudioOutput()).voice_name, "audio.voice")
         omni.params[talker.stage] = {**omni.params.get(talker.stage, {}), "voice": voice}
     return omni, talker
+
+
+async def _load_media(request: Request, body: ChatCompletionRequest, refs: list[tuple[str, str, Any]],
+                      with_video_audio: bool) -> tuple[dict[str, list[dict[str, Any]]], list[Any], list[Any]]:
+    """Fetch and decode every media item at once; return the placeholder parts each one
+    becomes (by where it sits) and the decoded audio and images they point into."""
+    def load(where: str, kind: str, ref: Any):
+        if kind == "audio":
+            return load_audio(request, ref, where)
+        if kind == "image":
+            return load_image(request, ref, where)
+        return load_video(request, ref, where, body.video_fps, body.video_max_frames,
+                          body.use_audio_in_video and with_video_audio)
+
+    loaded = await asyncio.gather(*(load(*r) for r in refs), return_exceptions=True)
+    failed = next((item for item in loaded if isinstance(item, BaseException)), None)
+    if failed is not None:
+        raise failed  # the first bad item by position, whichever finished first
+    placeholders: dict[str, list[dict[str, Any]]] = {}
+    audios: list[Any] = []
+    images: list[Any] = []
+    for (where, kind, _), item in zip(refs, loaded, strict=True):
+        if kind == "audio":
+            audios.append(item)
+            placeholders[where] = [audio_part(len(audios) - 1)]
+        elif kind == "image":
+            images.append(item)
+            placeholders[where] = [image_part(len(images) - 1)]
+        else:
+            first = len(images)
+            images += item.frames
+            if item.audio is not None:
+                audios.append(item.audio)
+            placeholders[where] = [video_part(list(range(first, len(images))), item.timestamps, item.duration,
+                                              len(audios) - 1 if item.audio is not None else None)]
+    return placeholders, audios, images
 
 
 async def _collect(body: ChatCompletionRequest, request_id: str, model: str, first: OmniOutput,

@@ -33,6 +33,7 @@ _KINDS = {
     "chat": ("a chat", "/v1/chat/completions and /v1/completions"),
     "asr": ("a speech-to-text", "/v1/audio/transcriptions and /v1/audio/translations"),
     "tts": ("a text-to-speech", "/v1/audio/speech"),
+    "vision": ("an image-description", "image_url and video_url parts in /v1/chat/completions to the chat model"),
 }
 
 

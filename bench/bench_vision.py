@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import base64
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, free_port, running  # noqa: E402
+from common import ROOT, free_port, median_time, running  # noqa: E402
 
 QUESTIONS = [("chelsea.png", "What animal is this?"), ("page.png", "What does the text say?")]
 MAX_TOKENS = 32
@@ -35,15 +33,6 @@ def photo(name: str) -> bytes:
     import skimage
 
     return (Path(skimage.__file__).parent / "data" / name).read_bytes()
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 class InProcess:
@@ -64,7 +53,7 @@ class InProcess:
         from omniserve.runtime.types import OmniRequest, SamplingParams, fill_media_parts, image_part
 
         image = decode_image(png, where="image", max_pixels=25_000_000)
-        description = self.vision.describe(image)["text"]
+        description = self.vision.process(image)["text"]
         messages = fill_media_parts([{"role": "user", "content": [image_part(0), {"type": "text", "text": question}]}],
                                     {("image", 0): description})
         self.n += 1

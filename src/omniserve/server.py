@@ -50,7 +50,7 @@ def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: C
         elif stage.executor == "piper":
             out.append(ServedModel(id=tts.id if tts else stage.name, max_model_len=None, kind="tts",
                                    aliases=TTS_OPENAI_NAMES, **common))
-        elif stage.executor == "describer":
+        elif stage.executor in ("describer", "mtmd"):
             out.append(ServedModel(id=vision.id if vision else stage.name, max_model_len=None, kind="vision",
                                    **common))
     out.sort(key=lambda m: m.kind != "chat")  # the chat model first: it is the default

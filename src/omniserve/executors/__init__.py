@@ -16,6 +16,7 @@ _EXECUTORS = {
     "whisper": ("omniserve.executors.whisper", "WhisperExecutor", "WhisperArgs", "AsrParams"),
     "piper": ("omniserve.executors.piper", "PiperExecutor", "PiperArgs", "SpeechParams"),
     "describer": ("omniserve.executors.describer", "DescriberExecutor", "DescriberArgs", None),
+    "mtmd": ("omniserve.executors.mtmd_encoder", "MtmdEncoderExecutor", "MtmdArgs", None),
 }
 
 

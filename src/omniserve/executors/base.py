@@ -7,8 +7,11 @@ pass). It knows nothing about HTTP or other stages.
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from omniserve.errors import InvalidRequest
@@ -25,6 +28,57 @@ def request_params(model: type[P], data: dict[str, Any]) -> P:
         err = exc.errors()[0]
         field = ".".join(map(str, err["loc"]))
         raise InvalidRequest(f"{field}: {err['msg']}", param=field) from None
+
+
+@dataclass
+class _ImageJob:
+    request_id: str
+    images: list[np.ndarray]
+    index: int = 0
+
+
+class PerImageExecutor:
+    """What the vision stages share: each step handles one image of one request, round
+    robin, and emits one output per image (`index`), in order; `done` comes with the last.
+    Subclasses load a model and implement `process(image) -> info` (`info["text"]` becomes
+    the output's text)."""
+
+    def __init__(self, args: Any, stage: str = "vision"):
+        self.args = args
+        self.stage = stage
+        self._jobs: deque[_ImageJob] = deque()
+
+    def process(self, image: np.ndarray) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._jobs.clear()
+
+    def add(self, request: OmniRequest) -> list[OmniOutput]:
+        if not request.images:
+            raise InvalidRequest("the request has no image for the vision stage", param="messages")
+        self._jobs.append(_ImageJob(request.request_id, list(request.images)))
+        return [OmniOutput(request.request_id, started=True)]
+
+    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        return []
+
+    def abort(self, request_id: str) -> None:
+        self._jobs = deque(j for j in self._jobs if j.request_id != request_id)
+
+    def has_work(self) -> bool:
+        return bool(self._jobs)
+
+    def step(self) -> list[OmniOutput]:
+        job = self._jobs.popleft()
+        index = job.index
+        info = {"media": "image", **self.process(job.images[index])}
+        done = index == len(job.images) - 1
+        if not done:
+            job.index += 1
+            self._jobs.append(job)
+        return [OmniOutput(job.request_id, index=index, text=info.get("text", ""), finish_reason="stop", done=done,
+                           info=info)]
 
 
 class Executor(Protocol):

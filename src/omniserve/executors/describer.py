@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from omniserve.errors import InvalidRequest
-from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.executors.base import PerImageExecutor
 
 SIZE = 224  # the classifier's input side
 
@@ -37,18 +34,8 @@ class DescriberArgs(BaseModel):
     ocr_min_score: float = Field(0.6, ge=0, le=1)
 
 
-@dataclass
-class _Job:
-    request_id: str
-    images: list[np.ndarray]
-    index: int = 0
-
-
-class DescriberExecutor:
-    def __init__(self, args: DescriberArgs, stage: str = "vision"):
-        self.args = args
-        self.stage = stage
-        self._jobs: deque[_Job] = deque()
+class DescriberExecutor(PerImageExecutor):
+    args: DescriberArgs
 
     def load(self) -> dict[str, Any]:
         import onnxruntime as ort
@@ -66,39 +53,10 @@ class DescriberExecutor:
             self._ocr = RapidOCR(intra_op_num_threads=self.args.threads, inter_op_num_threads=1)
         return {"model_path": self.args.classifier_path, "labels": len(self.labels), "ocr": self.args.ocr}
 
-    def close(self) -> None:
-        self._jobs.clear()
-
-    def add(self, request: OmniRequest) -> list[OmniOutput]:
-        if not request.images:
-            raise InvalidRequest("no image to describe", param="messages")
-        self._jobs.append(_Job(request.request_id, list(request.images)))
-        return [OmniOutput(request.request_id, started=True)]
-
-    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        return []
-
-    def abort(self, request_id: str) -> None:
-        self._jobs = deque(j for j in self._jobs if j.request_id != request_id)
-
-    def has_work(self) -> bool:
-        return bool(self._jobs)
-
-    def step(self) -> list[OmniOutput]:
-        job = self._jobs.popleft()
-        index = job.index
-        facts = self.describe(job.images[index])
-        done = index == len(job.images) - 1
-        if not done:
-            job.index += 1
-            self._jobs.append(job)
-        return [OmniOutput(job.request_id, index=index, text=facts["text"], finish_reason="stop", done=done,
-                           info=facts)]
-
-    def describe(self, image: np.ndarray) -> dict[str, Any]:
+    def process(self, image: np.ndarray) -> dict[str, Any]:
         labels = self.classify(image)
         lines = self.read_text(image) if self._ocr is not None else []
-        return {"media": "image", "labels": labels, "ocr": lines, "text": describe_text(labels, lines)}
+        return {"labels": labels, "ocr": lines, "text": describe_text(labels, lines)}
 
     def classify(self, image: np.ndarray) -> list[dict[str, Any]]:
         pixels = np.asarray(Image.fromarray(image).resize((SIZE, SIZE), Image.BILINEAR), np.float32)

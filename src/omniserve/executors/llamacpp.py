@@ -32,8 +32,12 @@ from omniserve.runtime.types import (
     SamplingParams,
     TokenLogprob,
     fill_media_parts,
+    image_order,
     media_kinds,
 )
+
+# Where an image's encoder output goes in the rendered prompt (llama.cpp's default media marker).
+MEDIA_MARKER = "<__media__>"
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,9 @@ class _Sequence:
     next_token: int | None = None  # sampled, not yet decoded
     generated: int = 0
     batch_pos: int = -1  # where this sequence's logits sit in the current batch
+    # Image embeddings in the prompt (a vision-language model): start position -> (rows, causal).
+    # `prompt` holds -1 at their positions.
+    blocks: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -77,9 +84,10 @@ class _Request:
 class LlamaCppExecutor:
     def __init__(self, args: LlamaCppArgs, stage: str = "thinker"):
         self.stage = stage
-        # Requests waiting for upstream stages to turn their media into text: the request,
-        # the kinds still missing, and the texts so far by (kind, index).
-        self._upstream: dict[str, tuple[OmniRequest, set[str], dict[tuple[str, int], str]]] = {}
+        # Requests waiting for upstream stages to turn their media into text or embeddings:
+        # the request, the kinds still missing, and what came so far by (kind, index).
+        self._upstream: dict[str, tuple[OmniRequest, set[str], dict[tuple[str, int], dict]]] = {}
+        self._embd_batch = None  # allocated when the first image embeddings arrive
         self.args = args
         self._requests: dict[str, _Request] = {}
         self._running: list[_Sequence] = []
@@ -94,7 +102,7 @@ class LlamaCppExecutor:
         self._ll = ll = llama_cpp
         # llama.cpp talks a lot on stderr; its failures reach us as return values, so
         # its log goes to Python logging at debug level only.
-        self._log_callback = ll.llama_log_callback(_forward_llama_log)
+        self._log_callback = ll.llama_log_callback(forward_llama_log)
         ll.llama_log_set(self._log_callback, ctypes.c_void_p(0))
         ll.llama_backend_init()
         mparams = ll.llama_model_default_params()
@@ -119,6 +127,7 @@ class LlamaCppExecutor:
         self._ctx = ll.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        self.n_embd = ll.llama_model_n_embd_inp(self._model)
         self._mem = ll.llama_get_memory(self._ctx)
         self._n_batch = cparams.n_batch
         self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
@@ -147,6 +156,8 @@ class LlamaCppExecutor:
         for seq in self._running + list(self._waiting):
             ll.llama_sampler_free(seq.sampler)
         ll.llama_batch_free(self._batch)
+        if self._embd_batch is not None:
+            ll.llama_batch_free(self._embd_batch)
         ll.llama_free(self._ctx)
         ll.llama_model_free(self._model)
 
@@ -160,25 +171,30 @@ class LlamaCppExecutor:
         return self._start(request)
 
     def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        """Text for media items from one upstream stage, all at once: one output per item
-        (`index`), its kind in `info["media"]` (transcripts: audio; descriptions: image)."""
+        """What one upstream stage made of the media items, all at once: one output per item
+        (`index`), its kind in `info["media"]`, and `info["text"]` (transcripts, image
+        descriptions) or `info["chunks"]` (a vision encoder's tokens and embeddings)."""
         waiting = self._upstream.get(outputs[0].request_id)
         if waiting is None:
             return []
-        request, missing, texts = waiting
+        request, missing, infos = waiting
         for o in outputs:
             if "media" in o.info:
-                texts[(o.info["media"], o.index)] = o.info["text"]
+                infos[(o.info["media"], o.index)] = o.info
                 missing.discard(o.info["media"])
         if missing:
             return []
         del self._upstream[request.request_id]
-        request.messages = fill_media_parts(request.messages, texts)
-        return self._start(request)
+        encoded = {i: info["chunks"] for (_, i), info in infos.items() if "chunks" in info}
+        order = image_order(request.messages)
+        request.messages = fill_media_parts(request.messages, {k: v.get("text", "") for k, v in infos.items()},
+                                            image_marker=MEDIA_MARKER if encoded else None)
+        return self._start(request, [encoded[i] for i in order] if encoded else None)
 
-    def _start(self, request: OmniRequest) -> list[OmniOutput]:
+    def _start(self, request: OmniRequest, images: list[list[dict[str, Any]]] | None = None) -> list[OmniOutput]:
+        """`images`: for a vision-language model, each image's encoder chunks in prompt order."""
         params = request.sampling_for(self.stage)
-        prompt = self._prompt_tokens(request)
+        prompt, blocks = self._prompt_with_images(request, images) if images else (self._prompt_tokens(request), {})
         param = "messages" if request.messages is not None else "prompt"
         if not prompt:
             raise InvalidRequest("the prompt is empty", param=param)
@@ -213,6 +229,7 @@ class LlamaCppExecutor:
                 sampler=self._make_sampler(params, (base_seed + index) & 0xFFFFFFFF),
                 stream=TextStream(params.stop),
                 max_new=max_new,
+                blocks=blocks,
             )
             req.sequences.append(seq)
             self._waiting.append(seq)
@@ -255,10 +272,15 @@ class LlamaCppExecutor:
         # Then a prompt chunk of the oldest admitted sequence still in prefill. One prompt
         # per step: arrivals get their first token in order instead of all waiting for
         # one big prefill, and the running streams keep moving in between.
+        embedding = None  # a sequence whose prompt continues with image embeddings
         for seq in self._running:
             if seq.next_token is not None or n >= self._n_batch:
                 continue
-            take = min(len(seq.prompt) - seq.n_past, self._n_batch - n)
+            if seq.n_past in seq.blocks or any(s < seq.n_past < s + len(b) for s, (b, _) in seq.blocks.items()):
+                embedding = seq
+                break
+            end = min((s for s in seq.blocks if s > seq.n_past), default=len(seq.prompt))
+            take = min(end - seq.n_past, self._n_batch - n)
             for k in range(take):
                 pos = seq.n_past + k
                 last = pos == len(seq.prompt) - 1
@@ -269,18 +291,53 @@ class LlamaCppExecutor:
             seq.n_past += take
             break
         batch.n_tokens = n
-        if n == 0:
-            return []
-        rc = ll.llama_decode(self._ctx, batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode failed with code {rc}")
-
         outputs: list[OmniOutput] = []
-        for seq in list(self._running):
-            if seq.batch_pos >= 0:
-                outputs.extend(self._sample(seq))
+        if n:
+            rc = ll.llama_decode(self._ctx, batch)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed with code {rc}")
+            for seq in list(self._running):
+                if seq.batch_pos >= 0:
+                    outputs.extend(self._sample(seq))
+        if embedding is not None and embedding in self._running:  # after sampling: a decode overwrites logits
+            if self._decode_embeddings(embedding):
+                outputs.extend(self._sample(embedding))
         self._admit_waiting()
         return outputs
+
+    def _decode_embeddings(self, seq: _Sequence) -> bool:
+        """Decode the next rows of the image block `seq` is in, as one batch of embeddings.
+        True if they end the prompt (its logits are then ready to sample)."""
+        ll = self._ll
+        start, (rows, causal) = next((s, b) for s, b in seq.blocks.items() if s <= seq.n_past < s + len(b[0]))
+        offset = seq.n_past - start
+        take = min(len(rows) - offset, self._n_batch)
+        if not causal and take < len(rows):
+            raise RuntimeError(f"an image of {len(rows)} embeddings needs n_batch >= {len(rows)} (non-causal)")
+        if self._embd_batch is None:
+            self._embd_batch = ll.llama_batch_init(self._n_batch, self.n_embd, 1)
+        batch = self._embd_batch
+        part = np.ascontiguousarray(rows[offset:offset + take], dtype=np.float32)
+        ctypes.memmove(batch.embd, part.ctypes.data, part.nbytes)
+        last = seq.n_past + take == len(seq.prompt)
+        for k in range(take):
+            batch.pos[k] = seq.n_past + k
+            batch.n_seq_id[k] = 1
+            batch.seq_id[k][0] = seq.slot
+            batch.logits[k] = last and k == take - 1
+        batch.n_tokens = take
+        if not causal:
+            ll.llama_set_causal_attn(self._ctx, False)
+        try:
+            rc = ll.llama_decode(self._ctx, batch)
+        finally:
+            if not causal:
+                ll.llama_set_causal_attn(self._ctx, True)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode of image embeddings failed with code {rc}")
+        seq.n_past += take
+        seq.batch_pos = take - 1 if last else -1
+        return last
 
     def _put(self, i: int, token: int, pos: int, slot: int, want_logits: bool) -> None:
         b = self._batch
@@ -388,19 +445,42 @@ class LlamaCppExecutor:
 
     # ---- text ----------------------------------------------------------------------
 
+    def _render(self, messages: list[dict[str, Any]]) -> str:
+        if self._formatter is None:
+            raise InvalidRequest(
+                "this model has no chat template in its GGUF metadata; use /v1/completions", param="messages"
+            )
+        try:
+            return self._formatter(messages=messages).prompt
+        except Exception as exc:  # a template may raise on role order etc.
+            raise InvalidRequest(f"the model's chat template rejected the messages: {exc}", param="messages") from None
+
+    def _prompt_with_images(self, request: OmniRequest, images: list[list[dict[str, Any]]]
+                            ) -> tuple[list[int], dict[int, tuple[np.ndarray, bool]]]:
+        """The rendered chat with each image's encoder chunks where its marker was:
+        tokens as they are, embeddings as blocks (their positions hold -1 in the tokens)."""
+        pieces = self._render(request.messages).split(MEDIA_MARKER)
+        if len(pieces) != len(images) + 1:
+            raise InvalidRequest(f"the messages may not contain the text {MEDIA_MARKER!r}", param="messages")
+        tokens: list[int] = []
+        blocks: dict[int, tuple[np.ndarray, bool]] = {}
+        for piece, chunks in zip(pieces, images + [[]], strict=True):
+            tokens += self.tokenize(piece, add_special=False)
+            for chunk in chunks:
+                if "tokens" in chunk:
+                    tokens += chunk["tokens"]
+                    continue
+                rows = chunk["embd"]
+                if rows.shape[1] != self.n_embd:
+                    raise RuntimeError(f"the vision encoder's embeddings are {rows.shape[1]} wide; the model takes "
+                                       f"{self.n_embd} (is --mmproj for this --model-path?)")
+                blocks[len(tokens)] = (rows, chunk["causal"])
+                tokens += [-1] * len(rows)
+        return tokens, blocks
+
     def _prompt_tokens(self, request: OmniRequest) -> list[int]:
         if request.messages is not None:
-            if self._formatter is None:
-                raise InvalidRequest(
-                    "this model has no chat template in its GGUF metadata; use /v1/completions", param="messages"
-                )
-            try:
-                text = self._formatter(messages=request.messages).prompt
-            except Exception as exc:  # a template may raise on role order etc.
-                raise InvalidRequest(
-                    f"the model's chat template rejected the messages: {exc}", param="messages"
-                ) from None
-            return self.tokenize(text, add_special=False)
+            return self.tokenize(self._render(request.messages), add_special=False)
         if isinstance(request.prompt, list):
             bad = [t for t in request.prompt if not 0 <= t < self.n_vocab]
             if bad:
@@ -445,6 +525,6 @@ class LlamaCppExecutor:
 _llama_log = logging.getLogger("llama.cpp")
 
 
-def _forward_llama_log(level: int, text: bytes, user_data) -> None:
+def forward_llama_log(level: int, text: bytes, user_data) -> None:
     if _llama_log.isEnabledFor(logging.DEBUG):
         _llama_log.debug(text.decode("utf-8", "replace").rstrip())

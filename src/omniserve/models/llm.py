@@ -6,7 +6,8 @@
 
 The thinker does templating, tokenization and detokenization itself (it owns
 the vocabulary). `asr` turns audio parts into text before the thinker runs,
-`vision` does the same for images and video frames; `talker` speaks the
+`vision` does the same for images and video frames (or, with `--mmproj`,
+turns them into the vision-language model's own image embeddings); `talker` speaks the
 thinker's text as it streams (⇢: a streaming edge). Each request picks its
 route through the graph: a transcription visits `asr` alone, speech
 `talker` alone, a question about a photo `vision` and `thinker`.
@@ -35,8 +36,10 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
         stages.insert(0, {"name": "asr", "executor": "whisper", "args": {"model_path": asr.path, "threads": threads}})
         edges.append({"src": "asr", "dst": "thinker"})
     if vision is not None:
-        stages.insert(len(stages) - 1, {"name": "vision", "executor": "describer",
-                          "args": {"classifier_path": vision.classifier_path, "threads": threads}})
+        vision_args = ({"classifier_path": vision.path} if vision.executor == "describer"
+                       else {"model_path": gguf_path, "mmproj_path": vision.path})
+        stages.insert(len(stages) - 1, {"name": "vision", "executor": vision.executor,
+                                        "args": {**vision_args, "threads": threads}})
         edges.append({"src": "vision", "dst": "thinker"})
     if tts is not None and not settings.text_only:
         stages.append({"name": "talker", "executor": "piper",

@@ -42,9 +42,6 @@ def build_pipeline(settings):
     from omniserve.config import load_yaml, validate_pipeline
     from omniserve.models.llm import omni_pipeline
 
-    if settings.mmproj is not None:
-        raise ConfigError("--mmproj: running a vision-language model's own vision encoder is not supported yet; "
-                          "images are described by the vision stage (--vision-model) for now")
     _, gguf = resolve_model_path(settings.model_path, settings.data_dir)
     asr, tts = speech_models(settings)
     pipeline = validate_pipeline(omni_pipeline(gguf, settings, asr, tts, vision_model(settings)))
@@ -61,4 +58,4 @@ def speech_models(settings) -> tuple[SpeechModel | None, SpeechModel | None]:
 
 def vision_model(settings) -> VisionModel | None:
     """The image describer to serve (None: off)."""
-    return resolve_vision(settings.vision_model, settings.data_dir)
+    return resolve_vision(settings.vision_model, settings.data_dir, settings.mmproj)

@@ -8,6 +8,9 @@ classifier's top labels with scores and the text RapidOCR reads.
 once from its PyTorch checkpoint package to `<data-dir>/models/` (see
 `classifier_export.py`); a path to any ImageNet-1k classifier `.onnx` with a
 224x224 RGB input works too. `none` turns the stage off.
+
+A vision-language model needs none of this: with `--mmproj`, the stage runs the
+model's own image encoder instead (`executors/mtmd_encoder.py`).
 """
 
 from __future__ import annotations
@@ -33,18 +36,24 @@ EXPORT_PIP = ("pip install -c constraints.txt 'omniserve[vision-export]' (torch 
 @dataclass(frozen=True)
 class VisionModel:
     id: str
-    classifier_path: str
+    executor: str  # "describer" (classifier + OCR) or "mtmd" (a VLM's own encoder)
+    path: str  # the classifier .onnx, or the mmproj .gguf
 
 
-def resolve_vision(spec: str, data_dir: Path) -> VisionModel | None:
+def resolve_vision(spec: str, data_dir: Path, mmproj: Path | None = None) -> VisionModel | None:
+    if mmproj is not None:
+        path = Path(mmproj).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--mmproj {mmproj}: no such file")
+        return VisionModel(path.name.removesuffix(".gguf"), "mtmd", str(path.resolve()))
     if spec.lower() == "none":
         return None
     if spec == DEFAULT_VISION:
-        return VisionModel(spec, str(exported_classifier(data_dir)))
+        return VisionModel(spec, "describer", str(exported_classifier(data_dir)))
     path = Path(spec).expanduser()
     if path.suffix != ".onnx" or not path.is_file():
         raise ConfigError(f"--vision-model {spec}: not an alias ({DEFAULT_VISION}) nor an ImageNet classifier .onnx")
-    return VisionModel(path.name.removesuffix(".onnx"), str(path.resolve()))
+    return VisionModel(path.name.removesuffix(".onnx"), "describer", str(path.resolve()))
 
 
 def exported_classifier(data_dir: Path) -> Path:

@@ -96,18 +96,35 @@ def media_kinds(messages: list[dict[str, Any]] | None) -> set[str]:
     return kinds
 
 
-def fill_media_parts(messages: list[dict[str, Any]], texts: dict[tuple[str, int], str]) -> list[dict[str, Any]]:
+def image_order(messages: list[dict[str, Any]] | None) -> list[int]:
+    """The image indices in the order `fill_media_parts` renders them (video frames included)."""
+    order: list[int] = []
+    for message in messages or []:
+        for part in message["content"] if isinstance(message.get("content"), list) else []:
+            if part.get("type") == "image":
+                order.append(part["image_index"])
+            elif part.get("type") == "video":
+                order += part["frames"]
+    return order
+
+
+def fill_media_parts(messages: list[dict[str, Any]], texts: dict[tuple[str, int], str],
+                     image_marker: str | None = None) -> list[dict[str, Any]]:
     """Replace media placeholders with the text the upstream stages made of them
     (`texts[(kind, index)]`), keeping the order of parts, and flatten each message's
-    parts into the one string a chat template expects."""
+    parts into the one string a chat template expects. With `image_marker`, an image
+    becomes that marker instead, where a vision-language model's embeddings will go."""
+    def image(index: int) -> str:
+        return image_marker if image_marker is not None else texts.get(("image", index), "")
+
     def render(part: dict[str, Any]) -> str:
         kind = part.get("type")
         if kind == "audio":
             return texts.get(("audio", part["audio_index"]), "").strip()
         if kind == "image":
-            return f"[Image: {texts.get(('image', part['image_index']), '')}]"
+            return image_marker if image_marker is not None else f"[Image: {image(part['image_index'])}]"
         if kind == "video":
-            frames = "; ".join(f"at {t:g} s, {texts.get(('image', i), '')}"
+            frames = "; ".join(f"at {t:g} s, {image(i)}"
                                for i, t in zip(part["frames"], part["timestamps"], strict=True))
             out = f"[Video, {part['duration']:.1f} s long. Frames in time order: {frames}."
             if part["audio_index"] is not None:

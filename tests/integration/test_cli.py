@@ -98,3 +98,4 @@ def test_config_override_and_served_names(tmp_path):
 def test_models_command_lists_aliases():
     out = omniserve("models").stdout
     assert "smollm2-135m (default)" in out and "qwen2.5-0.5b" in out
+    assert "imagenet-ocr (default) [image description]" in out

@@ -22,6 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_DATA = ROOT / "build" / "test-data"
 
 
+def shared_models() -> Path:
+    """Weights no registry has (`../shared/models` beside the checkout; never committed)."""
+    for folder in (os.environ.get("OMNISERVE_SHARED_MODELS"), ROOT.parent / "shared" / "models",
+                   Path("/work/shared/models")):
+        if folder and Path(folder).is_dir():
+            return Path(folder)
+    raise AssertionError("the shared model folder is missing: set OMNISERVE_SHARED_MODELS to ../shared/models")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

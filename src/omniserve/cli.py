@@ -77,13 +77,19 @@ def _serve_parser(sub) -> None:
                         "(default: an EfficientNet-Lite0 ImageNet classifier + RapidOCR) or none")
     vision.add_argument("--mmproj", help="the vision projector GGUF of a vision-language --model-path; images then "
                         "go to the model's own vision encoder")
+    images = p.add_argument_group("image generation")
+    images.add_argument("--image-model", help="an image generation stage: sketch-rnn:DIR (Magenta's sketch-rnn "
+                        "*.gen.json files), or none (default)")
+    images.add_argument("--image-ttl-seconds", type=float, help="how long response_format=url images are kept "
+                        "under --data-dir (default 3600)")
     compat = p.add_argument_group("compatibility flags (accepted from sglang-omni, SGLang and vLLM-Omni)")
     compat.add_argument("--text-only", action="store_true", default=None, help="drop talker stages")
     compat.add_argument("--colocate", action="store_true", default=None, help="run all stages in one worker group")
     compat.add_argument("--mem-fraction-static", type=float, help="fraction of device memory for weights+KV, (0,1)")
     compat.add_argument("--thinker-mem-fraction-static", type=float, help="per-stage override for the thinker")
     compat.add_argument("--talker-mem-fraction-static", type=float, help="per-stage override for the talker")
-    compat.add_argument("--max-generated-image-size", type=int, help="largest generated image side in pixels")
+    images.add_argument("--max-generated-image-size", type=int, help="largest generated image side in pixels; "
+                        "larger requests are a 400")
     compat.add_argument("--omni", action="store_true", default=None, help="vllm serve --omni; changes nothing")
 
 

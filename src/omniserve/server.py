@@ -15,6 +15,7 @@ from omniserve import __version__
 from omniserve.api.app import create_app
 from omniserve.config import PipelineConfig, ServerArgs
 from omniserve.errors import ConfigError
+from omniserve.models.image_gen import resolve_image_model
 from omniserve.models.registry import speech_models, vision_model
 from omniserve.models.speech import ASR_OPENAI_NAMES, TTS_OPENAI_NAMES
 from omniserve.runtime.client import Client, ServedModel
@@ -36,6 +37,7 @@ def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: C
     created = int(time.time())
     asr, tts = speech_models(settings)
     vision = vision_model(settings)
+    image = resolve_image_model(settings.image_model)
     out = []
     for stage in pipeline.stages:
         info = coordinator.workers[stage.name].info
@@ -52,6 +54,9 @@ def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: C
                                    aliases=TTS_OPENAI_NAMES, **common))
         elif stage.executor in ("describer", "mtmd"):
             out.append(ServedModel(id=vision.id if vision else stage.name, max_model_len=None, kind="vision",
+                                   **common))
+        elif stage.executor == "sketch_rnn":
+            out.append(ServedModel(id=image.id if image else stage.name, max_model_len=None, kind="image",
                                    **common))
     out.sort(key=lambda m: m.kind != "chat")  # the chat model first: it is the default
     return out

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from omniserve import __version__
 from omniserve.api.errors import install_error_handlers
 from omniserve.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from omniserve.api.routes import audio, chat, completions, health, models
+from omniserve.api.routes import audio, chat, completions, health, images, models
 from omniserve.config import ServerArgs
 from omniserve.runtime.client import Client
 
@@ -20,7 +20,7 @@ def create_app(settings: ServerArgs, client: Client) -> FastAPI:
     app.state.settings = settings
     app.state.metrics_registry = health.metrics_registry(client)
     install_error_handlers(app)
-    for router in (chat.router, completions.router, audio.router, models.router, health.router):
+    for router in (chat.router, completions.router, audio.router, images.router, models.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:

@@ -17,6 +17,7 @@ _EXECUTORS = {
     "piper": ("omniserve.executors.piper", "PiperExecutor", "PiperArgs", "SpeechParams"),
     "describer": ("omniserve.executors.describer", "DescriberExecutor", "DescriberArgs", None),
     "mtmd": ("omniserve.executors.mtmd_encoder", "MtmdEncoderExecutor", "MtmdArgs", None),
+    "sketch_rnn": ("omniserve.executors.sketch_rnn", "SketchRnnExecutor", "SketchRnnArgs", "ImageParams"),
 }
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 from omniserve.config import ServerArgs
+from omniserve.models.image_gen import ImageModel
 from omniserve.models.speech import SpeechModel
 from omniserve.models.vision import VisionModel
 
 
 def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None, tts: SpeechModel | None,
-                  vision: VisionModel | None = None) -> dict[str, Any]:
+                  vision: VisionModel | None = None, image: ImageModel | None = None) -> dict[str, Any]:
     threads = settings.resolved_threads()
     args: dict[str, Any] = {"model_path": gguf_path, "threads": threads,
                             "max_sequences": settings.max_running_requests}
@@ -46,4 +47,7 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
                        "args": {"model_path": tts.path, "threads": threads}})
         edges.append({"src": "thinker", "dst": "talker", "streaming": True})
         terminals.append("talker")
+    if image is not None:  # a stage of its own: image requests visit it alone
+        stages.append({"name": "image", "executor": image.executor, "args": {"model_path": image.path}})
+        terminals.append("image")
     return {"stages": stages, "edges": edges, "terminals": terminals}

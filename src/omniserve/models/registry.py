@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omniserve.errors import ConfigError
 from omniserve.models.defaults import ALIASES, DEFAULT_ALIAS
+from omniserve.models.image_gen import resolve_image_model
 from omniserve.models.speech import SpeechModel, resolve_asr, resolve_tts
 from omniserve.models.vision import VisionModel, resolve_vision
 
@@ -44,7 +45,8 @@ def build_pipeline(settings):
 
     _, gguf = resolve_model_path(settings.model_path, settings.data_dir)
     asr, tts = speech_models(settings)
-    pipeline = validate_pipeline(omni_pipeline(gguf, settings, asr, tts, vision_model(settings)))
+    pipeline = validate_pipeline(omni_pipeline(gguf, settings, asr, tts, vision_model(settings),
+                                               resolve_image_model(settings.image_model)))
     if settings.config is not None:
         pipeline = pipeline.with_overrides(load_yaml(settings.config))
     return pipeline

@@ -24,7 +24,7 @@ class ServedModel:
     owned_by: str
     max_model_len: int | None
     root: str
-    kind: Literal["chat", "asr", "tts", "vision"] = "chat"
+    kind: Literal["chat", "asr", "tts", "vision", "image"] = "chat"
     stage: str = "thinker"
     aliases: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)  # the stage's load facts (voices, sample rate, ...)

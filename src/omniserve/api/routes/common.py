@@ -33,6 +33,7 @@ _KINDS = {
     "chat": ("a chat", "/v1/chat/completions and /v1/completions"),
     "asr": ("a speech-to-text", "/v1/audio/transcriptions and /v1/audio/translations"),
     "tts": ("a text-to-speech", "/v1/audio/speech"),
+    "image": ("an image-generation", "/v1/images/generations"),
     "vision": ("an image-description", "image_url and video_url parts in /v1/chat/completions to the chat model"),
 }
 
@@ -42,7 +43,7 @@ def resolve_model(client: Client, model_id: str | None, kind: str | None = "chat
     served = client.model(model_id, kind or "chat")
     if served is None:
         if model_id is None:
-            raise InvalidRequest(f"this server serves no {_KINDS[kind][0][2:]} model", param="model")
+            raise InvalidRequest(f"this server serves no {_KINDS[kind][0].split(' ', 1)[1]} model", param="model")
         ids = ", ".join(m.id for m in client.served_models)
         raise ModelNotFound(f"The model `{model_id}` does not exist. Served models: {ids}", param="model")
     if kind is not None and served.kind != kind:

@@ -1,0 +1,38 @@
+"""Image generation models: `--image-model KIND:PATH`.
+
+`sketch-rnn:<dir>` is Magenta's sketch-rnn (Quick, Draw! categories; numpy
+only). No image-generation model ships in a package registry, so there is
+no default: point the flag at the weights (see the README for where to get
+them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omniserve.errors import ConfigError
+
+# kind -> (executor, served id)
+KINDS = {"sketch-rnn": ("sketch_rnn", "sketch-rnn")}
+
+
+@dataclass(frozen=True)
+class ImageModel:
+    id: str
+    executor: str
+    path: str
+
+
+def resolve_image_model(spec: str | None) -> ImageModel | None:
+    if not spec or spec.lower() == "none":
+        return None
+    kind, sep, path = spec.partition(":")
+    if not sep or kind not in KINDS:
+        raise ConfigError(f"--image-model {spec}: use KIND:PATH with KIND one of {', '.join(KINDS)} "
+                          "(e.g. sketch-rnn:/models/sketch-rnn-quickdraw), or none")
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or not any(folder.glob("*.gen.json")):
+        raise ConfigError(f"--image-model {spec}: {folder} is not a folder of sketch-rnn *.gen.json files")
+    executor, served_id = KINDS[kind]
+    return ImageModel(served_id, executor, str(folder.resolve()))

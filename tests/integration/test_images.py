@@ -1,0 +1,132 @@
+"""`/v1/images/generations` with sketch-rnn (real Magenta weights from ../shared/models):
+drawings of the prompted category in every output format, inline or by URL."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import run_server, shared_models
+
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory):
+    sketches = shared_models() / "sketch-rnn-quickdraw"
+    with run_server("--image-model", f"sketch-rnn:{sketches}", "--max-generated-image-size", "1024",
+                    "--image-ttl-seconds", "3", "--data-dir", str(tmp_path_factory.mktemp("imgdata")),
+                    "--asr-model", "none", "--tts-model", "none", "--vision-model", "none",
+                    tmp_path=tmp_path_factory.mktemp("img")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def images(image_server):
+    return image_server.openai()
+
+
+def decode(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def ink(image: Image.Image) -> float:
+    """The share of dark pixels: a drawing has some, a blank or noise image has none or most."""
+    return float((np.asarray(image.convert("L")) < 128).mean())
+
+
+def test_models_list_the_image_model(image_server):
+    with image_server.http() as http:
+        cards = {m["id"]: m["type"] for m in http.get("/v1/models").json()["data"]}
+    assert cards["sketch-rnn"] == "image"
+
+
+def test_generate_draws_the_prompted_thing(images):
+    r = images.images.generate(model="sketch-rnn", prompt="A drawing of two cute dogs", n=2, size="256x256")
+    assert len(r.data) == 2 and r.size == "256x256" and r.output_format == "png" and r.created
+    assert r.usage.input_tokens == 6
+    for item in r.data:
+        assert item.revised_prompt == "a drawing of a dog"
+        image = decode(item.b64_json)
+        assert image.format == "PNG" and image.size == (256, 256) and image.mode == "RGB"
+        assert 0.003 < ink(image) < 0.3
+
+
+def test_seed_makes_it_repeatable(images):
+    def draw(seed):
+        return images.images.generate(model="sketch-rnn", prompt="a hedgehog", size="128x128",
+                                      extra_body={"seed": seed}).data[0].b64_json
+    assert draw(7) == draw(7)
+    assert draw(7) != draw(8)
+
+
+def test_sizes_formats_and_quality(images, image_server):
+    r = images.images.generate(model="sketch-rnn", prompt="a bicycle", extra_body={"width": 320, "height": 200})
+    assert decode(r.data[0].b64_json).size == (320, 200)
+    sizes = {}
+    for fmt in ("jpeg", "webp"):
+        for quality in ("low", "high"):
+            r = images.images.generate(model="sketch-rnn", prompt="a sheep", output_format=fmt, quality=quality,
+                                       size="512x512", extra_body={"seed": 1})
+            image = decode(r.data[0].b64_json)
+            assert image.format == fmt.upper() and 0.001 < ink(image) < 0.4
+            sizes[fmt, quality] = len(r.data[0].b64_json)
+        assert sizes[fmt, "low"] < sizes[fmt, "high"]
+    # output_compression wins over quality
+    a = images.images.generate(model="sketch-rnn", prompt="a sheep", output_format="jpeg", quality="low",
+                               output_compression=95, extra_body={"seed": 1})
+    b = images.images.generate(model="sketch-rnn", prompt="a sheep", output_format="jpeg", quality="high",
+                               output_compression=95, extra_body={"seed": 1})
+    assert a.data[0].b64_json == b.data[0].b64_json
+
+
+def test_transparent_background(images):
+    r = images.images.generate(model="sketch-rnn", prompt="a key", background="transparent")
+    image = decode(r.data[0].b64_json)
+    assert image.mode == "RGBA" and image.getpixel((0, 0))[3] == 0
+    assert (np.asarray(image)[..., 3] > 0).mean() > 0.001
+
+
+def test_url_images_are_served_then_expire(images, image_server):
+    r = images.images.generate(model="sketch-rnn", prompt="a dolphin", response_format="url", output_format="webp")
+    url = r.data[0].url
+    with image_server.http() as http:
+        got = http.get(url)
+        assert got.status_code == 200 and got.headers["content-type"] == "image/webp"
+        assert Image.open(io.BytesIO(got.content)).size == (512, 512)
+        time.sleep(3.2)  # this server keeps them 3 s
+        gone = http.get(url)
+        assert gone.status_code == 404 and "expired" in gone.json()["error"]["message"]
+        assert http.get("/v1/images/img_nope/content").status_code == 404
+        assert http.get("/v1/images/..%2F..%2Fetc%2Fpasswd/content").status_code == 404
+
+
+@pytest.mark.parametrize("body, param, words", [
+    ({"prompt": ""}, "prompt", "empty"),
+    ({"prompt": "   "}, "prompt", "empty"),
+    ({"prompt": "a dog", "n": 0}, "n", "greater than or equal to 1"),
+    ({"prompt": "a dog", "n": 11}, "n", "less than or equal to 10"),
+    ({"prompt": "a dog", "size": "big"}, "size", "WIDTHxHEIGHT"),
+    ({"prompt": "a dog", "size": "8x8"}, "size", "16 to 4096"),
+    ({"prompt": "a dog", "size": "2048x2048"}, "size", "--max-generated-image-size"),
+    ({"prompt": "a dog", "output_format": "gif"}, "output_format", "png"),
+    ({"prompt": "a dog", "response_format": "file"}, "response_format", "b64_json"),
+    ({"prompt": "a dog", "output_compression": 101}, "output_compression", "100"),
+    ({"prompt": "a dog", "background": "transparent", "output_format": "jpeg"}, "background", "png or webp"),
+    ({"prompt": "a sailing boat at sea"}, "prompt", "ambulance, antyoga, bear"),
+    ({"prompt": "a dog", "model": "smollm2-135m"}, "model", "/v1/chat/completions"),
+])
+def test_bad_requests_are_400(image_server, body, param, words):
+    with image_server.http() as http:
+        r = http.post("/v1/images/generations", json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and words in err["message"], err
+
+
+def test_a_server_without_an_image_model(http):
+    r = http.post("/v1/images/generations", json={"prompt": "a dog"})
+    assert r.status_code == 400 and "no image-generation model" in r.json()["error"]["message"]

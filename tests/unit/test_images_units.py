@@ -1,0 +1,51 @@
+"""Pure logic of image generation: prompt -> category, sizes, quality presets, the URL store."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from omniserve.api.protocol.images import parse_size
+from omniserve.media.image_out import ImageStore, encoding_quality
+from omniserve.models.sketch_rnn import SketchRnn
+from tests.conftest import shared_models
+
+
+@pytest.fixture(scope="module")
+def sketches():
+    return SketchRnn(shared_models() / "sketch-rnn-quickdraw")
+
+
+@pytest.mark.parametrize("prompt, category", [
+    ("a dog", "dog"), ("Two DOGS playing", "dog"), ("my bike", "bicycle"), ("a palm tree at dusk", "palm_tree"),
+    ("a rhino", "rhinoceros"), ("a parrot next to a dog", "parrot"), ("the roller coaster", "roller_coaster"),
+    ("a boat", None), ("doghouse", None), ("", None),
+])
+def test_prompt_to_category(sketches, prompt, category):
+    assert sketches.match(prompt) == category
+
+
+def test_parse_size():
+    assert parse_size("256x128") == (256, 128) and parse_size("auto") == (512, 512) and parse_size(None) == (512, 512)
+    for bad in ("256", "0x10", "99999x2", "ax b"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_quality_presets():
+    assert [encoding_quality(q, None) for q in ("maximum", "high", "medium", "low", None)] == [100, 90, 55, 35, 75]
+    assert encoding_quality("low", 80) == 80
+
+
+def test_store_expires(tmp_path):
+    store = ImageStore(tmp_path, ttl_s=60)
+    image_id = store.save(b"png", "png")
+    assert store.find(image_id)[0].read_bytes() == b"png"
+    old = time.time() - 120
+    os.utime(tmp_path / f"{image_id}.png", (old, old))
+    assert store.find(image_id) is None
+    store.save(b"x", "webp")  # saving purges what expired
+    assert not (tmp_path / f"{image_id}.png").exists()
+    assert store.find("../etc/passwd") is None and store.find("img_../../x") is None

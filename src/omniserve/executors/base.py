@@ -30,35 +30,23 @@ def request_params(model: type[P], data: dict[str, Any]) -> P:
         raise InvalidRequest(f"{field}: {err['msg']}", param=field) from None
 
 
-@dataclass
-class _ImageJob:
-    request_id: str
-    images: list[np.ndarray]
-    index: int = 0
+class RoundRobinExecutor:
+    """Requests take turns: each step advances the oldest job by one unit of work (an
+    image, a sentence, a segment), then the job goes to the back of the queue. So every
+    request moves, and a streaming client sees each unit as soon as it is done.
+    Subclasses queue jobs in `add` and implement `advance`."""
 
-
-class PerImageExecutor:
-    """What the vision stages share: each step handles one image of one request, round
-    robin, and emits one output per image (`index`), in order; `done` comes with the last.
-    Subclasses load a model and implement `process(image) -> info` (`info["text"]` becomes
-    the output's text)."""
-
-    def __init__(self, args: Any, stage: str = "vision"):
+    def __init__(self, args: Any, stage: str):
         self.args = args
         self.stage = stage
-        self._jobs: deque[_ImageJob] = deque()
+        self._jobs: deque[Any] = deque()  # each job has a `request_id`
 
-    def process(self, image: np.ndarray) -> dict[str, Any]:
+    def advance(self, job: Any) -> tuple[list[OmniOutput], bool]:
+        """One unit of work on `job`: its outputs, and whether the job is finished."""
         raise NotImplementedError
 
     def close(self) -> None:
         self._jobs.clear()
-
-    def add(self, request: OmniRequest) -> list[OmniOutput]:
-        if not request.images:
-            raise InvalidRequest("the request has no image for the vision stage", param="messages")
-        self._jobs.append(_ImageJob(request.request_id, list(request.images)))
-        return [OmniOutput(request.request_id, started=True)]
 
     def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
         return []
@@ -71,14 +59,43 @@ class PerImageExecutor:
 
     def step(self) -> list[OmniOutput]:
         job = self._jobs.popleft()
+        outputs, finished = self.advance(job)
+        if not finished:
+            self._jobs.append(job)
+        return outputs
+
+
+@dataclass
+class _ImageJob:
+    request_id: str
+    images: list[np.ndarray]
+    index: int = 0
+
+
+class PerImageExecutor(RoundRobinExecutor):
+    """What the vision stages share: one image per turn, one output per image (`index`),
+    in order; `done` comes with the last. Subclasses load a model and implement
+    `process(image) -> info` (`info["text"]` becomes the output's text)."""
+
+    def __init__(self, args: Any, stage: str = "vision"):
+        super().__init__(args, stage)
+
+    def process(self, image: np.ndarray) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def add(self, request: OmniRequest) -> list[OmniOutput]:
+        if not request.images:
+            raise InvalidRequest("the request has no image for the vision stage", param="messages")
+        self._jobs.append(_ImageJob(request.request_id, list(request.images)))
+        return [OmniOutput(request.request_id, started=True)]
+
+    def advance(self, job: _ImageJob) -> tuple[list[OmniOutput], bool]:
         index = job.index
         info = {"media": "image", **self.process(job.images[index])}
-        done = index == len(job.images) - 1
-        if not done:
-            job.index += 1
-            self._jobs.append(job)
+        job.index += 1
+        done = job.index == len(job.images)
         return [OmniOutput(job.request_id, index=index, text=info.get("text", ""), finish_reason="stop", done=done,
-                           info=info)]
+                           info=info)], done
 
 
 class Executor(Protocol):

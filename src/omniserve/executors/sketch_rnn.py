@@ -9,7 +9,6 @@ carry one image each (`index`, an RGB or RGBA uint8 array in
 from __future__ import annotations
 
 import random
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
-from omniserve.executors.base import request_params
+from omniserve.executors.base import RoundRobinExecutor, request_params
 from omniserve.models.sketch_rnn import SketchRnn, render
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
@@ -55,19 +54,16 @@ class _Job:
     index: int = 0
 
 
-class SketchRnnExecutor:
+class SketchRnnExecutor(RoundRobinExecutor):
+    args: SketchRnnArgs
+
     def __init__(self, args: SketchRnnArgs, stage: str = "image"):
-        self.args = args
-        self.stage = stage
-        self._jobs: deque[_Job] = deque()
+        super().__init__(args, stage)
 
     def load(self) -> dict[str, Any]:
         self.sketches = SketchRnn(Path(self.args.model_path))
         return {"model_path": self.args.model_path, "categories": self.sketches.categories,
                 "pipeline": "sketch-rnn", "task": "text-to-image"}
-
-    def close(self) -> None:
-        self._jobs.clear()
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(ImageParams, request.params_for(self.stage))
@@ -82,27 +78,15 @@ class SketchRnnExecutor:
         self._jobs.append(_Job(request.request_id, category, params, np.random.default_rng(seed)))
         return [OmniOutput(request.request_id, started=True, info={"category": category})]
 
-    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        return []
-
-    def abort(self, request_id: str) -> None:
-        self._jobs = deque(j for j in self._jobs if j.request_id != request_id)
-
-    def has_work(self) -> bool:
-        return bool(self._jobs)
-
-    def step(self) -> list[OmniOutput]:
-        job = self._jobs.popleft()
+    def advance(self, job: _Job) -> tuple[list[OmniOutput], bool]:
         p = job.params
         stroke = self.sketches.model(job.category).sample(job.rng, p.temperature)
         mode, background = ("RGBA", (255, 255, 255, 0)) if p.transparent else ("RGB", (255, 255, 255))
         image = np.asarray(render(stroke, p.width, p.height, background=background, mode=mode,
                                   ink=(0, 0, 0, 255) if p.transparent else (0, 0, 0)))
         index = job.index
-        done = index == p.n - 1
-        if not done:
-            job.index += 1
-            self._jobs.append(job)
+        job.index += 1
+        done = job.index == p.n
         revised = f"a drawing of a {job.category.replace('_', ' ')}"
         return [OmniOutput(job.request_id, index=index, finish_reason="stop", done=done,
-                           info={"image": image, "revised_prompt": revised, "category": job.category})]
+                           info={"image": image, "revised_prompt": revised, "category": job.category})], done

@@ -8,7 +8,6 @@ segment is decoded. Outputs carry one audio item each (`index`), in order;
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
-from omniserve.executors.base import request_params
+from omniserve.executors.base import RoundRobinExecutor, request_params
 from omniserve.media.audio import ASR_RATE
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
@@ -55,11 +54,11 @@ class _Job:
     texts: list[str] = field(default_factory=list)
 
 
-class WhisperExecutor:
+class WhisperExecutor(RoundRobinExecutor):
+    args: WhisperArgs
+
     def __init__(self, args: WhisperArgs, stage: str = "asr"):
-        self.args = args
-        self.stage = stage
-        self._jobs: deque[_Job] = deque()
+        super().__init__(args, stage)
 
     def load(self) -> dict[str, Any]:
         from faster_whisper import WhisperModel
@@ -71,9 +70,6 @@ class WhisperExecutor:
                                    cpu_threads=self.args.threads)
         self.multilingual = bool(self._model.model.is_multilingual)
         return {"model_path": str(path), "multilingual": self.multilingual, "sample_rate": ASR_RATE}
-
-    def close(self) -> None:
-        self._jobs.clear()
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(AsrParams, request.params_for(self.stage))
@@ -90,17 +86,8 @@ class WhisperExecutor:
         self._jobs.append(_Job(request.request_id, params, list(request.audios)))
         return [OmniOutput(request.request_id, started=True)]
 
-    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        return []
-
-    def abort(self, request_id: str) -> None:
-        self._jobs = deque(j for j in self._jobs if j.request_id != request_id)
-
-    def has_work(self) -> bool:
-        return bool(self._jobs)
-
-    def step(self) -> list[OmniOutput]:
-        job = self._jobs.popleft()
+    def advance(self, job: _Job) -> tuple[list[OmniOutput], bool]:
+        """One segment of the current audio item; after its last, the item's summary."""
         if job.segments is None:
             p = job.params
             job.segments, job.info = self._model.transcribe(
@@ -111,16 +98,13 @@ class WhisperExecutor:
         segment = next(job.segments, None)
         if segment is not None:
             job.texts.append(segment.text)
-            self._jobs.append(job)
-            return [OmniOutput(job.request_id, index=job.index, text=segment.text, segments=[_segment(segment)])]
+            return [OmniOutput(job.request_id, index=job.index, text=segment.text, segments=[_segment(segment)])], False
         done = job.index == len(job.audios) - 1
         out = OmniOutput(job.request_id, index=job.index, finish_reason="stop", done=done,
                          info={"media": "audio", "language": job.info.language, "duration": job.info.duration,
                                "text": "".join(job.texts).strip()})
-        if not done:
-            job.index, job.segments, job.texts = job.index + 1, None, []
-            self._jobs.append(job)
-        return [out]
+        job.index, job.segments, job.texts = job.index + 1, None, []
+        return [out], done
 
 
 def _segment(s) -> dict[str, Any]:

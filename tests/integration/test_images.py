@@ -130,3 +130,74 @@ def test_bad_requests_are_400(image_server, body, param, words):
 def test_a_server_without_an_image_model(http):
     r = http.post("/v1/images/generations", json={"prompt": "a dog"})
     assert r.status_code == 400 and "no image-generation model" in r.json()["error"]["message"]
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_edit_draws_inside_the_mask_only(images):
+    base = np.full((256, 256, 3), 200, np.uint8)
+    mask = np.full((256, 256, 4), 255, np.uint8)
+    mask[64:192, 128:256, 3] = 0  # transparent: draw here
+    r = images.images.edit(model="sketch-rnn", image=("base.png", png(base)), mask=("mask.png", png(mask)),
+                           prompt="a tiger", extra_body={"seed": 2})
+    edited = np.asarray(decode(r.data[0].b64_json).convert("RGB"))
+    assert edited.shape == (256, 256, 3) and r.data[0].revised_prompt == "a drawing of a tiger"
+    changed = (edited != 200).any(axis=2)
+    assert changed[64:192, 128:256].mean() > 0.003  # ink inside the area
+    assert not changed[:64].any() and not changed[:, :128].any() and not changed[192:].any()  # nothing outside
+
+
+def test_edit_without_mask_and_with_size(images):
+    base = np.asarray(Image.open(io.BytesIO(png(np.full((100, 150, 3), 255, np.uint8)))))
+    r = images.images.edit(model="sketch-rnn", image=("base.png", png(base)), prompt="a bird", size="300x200",
+                           n=2, response_format="b64_json")
+    assert len(r.data) == 2
+    for item in r.data:
+        image = decode(item.b64_json)
+        assert image.size == (300, 200) and 0.002 < ink(image) < 0.4
+
+
+def test_edit_bad_input(image_server):
+    base = png(np.full((64, 64, 3), 255, np.uint8))
+    opaque = png(np.full((64, 64, 4), 255, np.uint8))
+    small = png(np.zeros((32, 32, 4), np.uint8))
+    cases = [
+        ({"image": ("a.png", b"not an image")}, "image", "not an image"),
+        ({"image": ("a.png", base), "mask": ("m.png", small)}, "mask", "same size"),
+        ({"image": ("a.png", base), "mask": ("m.png", opaque)}, "mask", "no fully transparent area"),
+        ({"mask": ("m.png", opaque)}, "image", "file field named image"),
+    ]
+    with image_server.http() as http:
+        for files, param, words in cases:
+            r = http.post("/v1/images/edits", files=files, data={"prompt": "a dog"})
+            assert r.status_code == 400, r.text
+            err = r.json()["error"]
+            assert err["param"] == param and words in err["message"], err
+        r = http.post("/v1/images/edits", files={"image": ("a.png", base)}, data={"prompt": ""})
+        assert r.json()["error"]["param"] == "prompt"
+        r = http.post("/v1/images/edits", json={"prompt": "a dog"})
+        assert r.status_code == 400 and "multipart" in r.json()["error"]["message"]
+
+
+def test_chat_with_an_image_model_returns_images(image_server):
+    with image_server.http() as http:
+        r = http.post("/v1/chat/completions", json={
+            "model": "sketch-rnn", "messages": [{"role": "user", "content": "Draw a rabbit, please"}],
+            "extra_body": {"height": 128, "width": 160, "seed": 5}})
+        assert r.status_code == 200, r.text
+        content = r.json()["choices"][0]["message"]["content"]
+        assert [p["type"] for p in content] == ["image_url"]
+        url = content[0]["image_url"]["url"]
+        assert url.startswith("data:image/png;base64,")
+        image = decode(url.split(",", 1)[1])
+        assert image.size == (160, 128) and 0.003 < ink(image) < 0.4
+        r = http.post("/v1/chat/completions", json={
+            "model": "sketch-rnn", "messages": [{"role": "user", "content": "Draw a boat"}]})
+        assert r.status_code == 400 and "ambulance" in r.json()["error"]["message"]
+        r = http.post("/v1/chat/completions", json={
+            "model": "sketch-rnn", "stream": True, "messages": [{"role": "user", "content": "a dog"}]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "stream"

@@ -14,7 +14,7 @@ import numpy as np
 from fastapi import Request
 
 from omniserve.api.protocol.audio import OPENAI_VOICES
-from omniserve.errors import InvalidRequest
+from omniserve.errors import InvalidRequest, PayloadTooLarge
 from omniserve.media.audio import decode_audio
 from omniserve.media.images import decode_image
 from omniserve.media.inputs import Fetched, MediaLimits, decode_base64, fetch
@@ -61,6 +61,16 @@ async def load_image(request: Request, ref: Any, where: str) -> np.ndarray:
     data = await fetch_media(request, ref, where, "image")
     max_pixels = request.app.state.settings.max_image_pixels
     return await asyncio.to_thread(decode_image, data, where=where, max_pixels=max_pixels)
+
+
+async def decode_uploaded_image(request: Request, upload: Any, where: str, alpha: bool = False) -> np.ndarray:
+    """An uploaded image file (multipart) -> pixels, under the same limits as any image input."""
+    data = await upload.read()
+    settings = request.app.state.settings
+    if len(data) > settings.max_media_bytes:
+        raise PayloadTooLarge(f"{where}: the file is larger than {settings.max_media_bytes} bytes", param=where)
+    return await asyncio.to_thread(decode_image, data, where=where, max_pixels=settings.max_image_pixels,
+                                   alpha=alpha)
 
 
 async def load_video(request: Request, ref: Any, where: str, fps: float, max_frames: int,

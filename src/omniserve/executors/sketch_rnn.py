@@ -1,5 +1,8 @@
 """Image generation with sketch-rnn: the prompt picks a category, the model draws it.
 
+An edit draws it into a given image instead: inside the mask's fully
+transparent area (OpenAI's convention), or over the whole image without a mask.
+
 Each step draws one image of one request, round robin, so several requests
 share the stage and each image comes back as soon as it is drawn. Outputs
 carry one image each (`index`, an RGB or RGBA uint8 array in
@@ -14,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor, request_params
-from omniserve.models.sketch_rnn import SketchRnn, render
+from omniserve.models.sketch_rnn import SketchRnn, Stroke, render
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 
@@ -43,6 +47,8 @@ class ImageParams(BaseModel):
     negative_prompt: str | None = None  # accepted for the diffusion API's sake; a sketch has nothing to avoid
     num_inference_steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = None
+    edit: bool = False  # draw into OmniRequest.images[0]
+    mask: bool = False  # and OmniRequest.images[-1] (RGBA) is the mask
 
 
 @dataclass
@@ -51,6 +57,7 @@ class _Job:
     category: str
     params: ImageParams
     rng: np.random.Generator
+    images: list[np.ndarray]  # for an edit: the image, then the mask if any
     index: int = 0
 
 
@@ -63,7 +70,7 @@ class SketchRnnExecutor(RoundRobinExecutor):
     def load(self) -> dict[str, Any]:
         self.sketches = SketchRnn(Path(self.args.model_path))
         return {"model_path": self.args.model_path, "categories": self.sketches.categories,
-                "pipeline": "sketch-rnn", "task": "text-to-image"}
+                "pipeline": "sketch-rnn", "task": "text-to-image", "edits": True}
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(ImageParams, request.params_for(self.stage))
@@ -74,19 +81,46 @@ class SketchRnnExecutor(RoundRobinExecutor):
                 f"prompt: this model draws one of {len(self.sketches.categories)} things and the prompt names none "
                 f"of them; name one of: {', '.join(c.replace('_', ' ') for c in self.sketches.categories)}",
                 param="prompt")
+        if params.edit and not request.images:
+            raise InvalidRequest("image: an edit needs an image", param="image")
+        if params.mask and not (request.images[-1][..., 3] == 0).any():
+            raise InvalidRequest("mask: the mask has no fully transparent area, so there is nothing to edit "
+                                 "(transparent pixels mark where to draw)", param="mask")
         seed = params.seed if params.seed is not None else random.getrandbits(32)
-        self._jobs.append(_Job(request.request_id, category, params, np.random.default_rng(seed)))
+        self._jobs.append(_Job(request.request_id, category, params, np.random.default_rng(seed),
+                               list(request.images)))
         return [OmniOutput(request.request_id, started=True, info={"category": category})]
 
     def advance(self, job: _Job) -> tuple[list[OmniOutput], bool]:
         p = job.params
         stroke = self.sketches.model(job.category).sample(job.rng, p.temperature)
-        mode, background = ("RGBA", (255, 255, 255, 0)) if p.transparent else ("RGB", (255, 255, 255))
-        image = np.asarray(render(stroke, p.width, p.height, background=background, mode=mode,
-                                  ink=(0, 0, 0, 255) if p.transparent else (0, 0, 0)))
+        if p.edit:
+            image = draw_into(stroke, job.images[0], job.images[-1] if p.mask else None, p.width, p.height)
+        else:
+            mode, background = ("RGBA", (255, 255, 255, 0)) if p.transparent else ("RGB", (255, 255, 255))
+            image = np.asarray(render(stroke, p.width, p.height, background=background, mode=mode,
+                                      ink=(0, 0, 0, 255) if p.transparent else (0, 0, 0)))
         index = job.index
         job.index += 1
         done = job.index == p.n
         revised = f"a drawing of a {job.category.replace('_', ' ')}"
         return [OmniOutput(job.request_id, index=index, finish_reason="stop", done=done,
                            info={"image": image, "revised_prompt": revised, "category": job.category})], done
+
+
+def draw_into(stroke: Stroke, base: np.ndarray, mask: np.ndarray | None, width: int, height: int) -> np.ndarray:
+    """The drawing fitted into the editable area's bounding box and inked only inside the area
+    (the mask's fully transparent pixels; everywhere without a mask), then sized width x height."""
+    h, w = base.shape[:2]
+    area = np.ones((h, w), bool) if mask is None else mask[..., 3] == 0
+    ys, xs = np.nonzero(area)
+    left, top = xs.min(), ys.min()
+    layer = render(stroke, int(xs.max() - left + 1), int(ys.max() - top + 1), background=(0, 0, 0, 0),
+                   ink=(0, 0, 0, 255), mode="RGBA")
+    ink = np.zeros((h, w), bool)
+    ink[top:top + layer.height, left:left + layer.width] = np.asarray(layer)[..., 3] > 0
+    out = base[..., :3].copy()
+    out[ink & area] = 0
+    if (width, height) != (w, h):
+        out = np.asarray(Image.fromarray(out).resize((width, height), Image.LANCZOS))
+    return out

@@ -18,8 +18,9 @@ from omniserve.errors import InvalidRequest
 INPUT_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 
 
-def decode_image(data: bytes, *, where: str, max_pixels: int) -> np.ndarray:
-    """Image bytes -> an (H, W, 3) uint8 array. Bad input is a 400 naming `where`."""
+def decode_image(data: bytes, *, where: str, max_pixels: int, alpha: bool = False) -> np.ndarray:
+    """Image bytes -> an (H, W, 3) uint8 array, or (H, W, 4) with `alpha`. Bad input is a 400
+    naming `where`."""
     formats = ", ".join(INPUT_FORMATS.values())
     if not data:
         raise InvalidRequest(f"{where}: the image is empty; send one of: {formats}", param=where)
@@ -33,7 +34,7 @@ def decode_image(data: bytes, *, where: str, max_pixels: int) -> np.ndarray:
                     f"{where}: the image is {width}x{height} = {width * height} pixels, over the limit of "
                     f"{max_pixels} (--max-image-pixels)", param=where)
             image.load()
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(image.convert("RGBA" if alpha else "RGB"))
     except (UnidentifiedImageError, Image.DecompressionBombError):
         raise InvalidRequest(f"{where}: the data is not an image this server reads; send one of: {formats}",
                              param=where) from None

@@ -23,6 +23,14 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False
 
 
+def merge_extra_body(data: Any) -> Any:
+    """vLLM-Omni's curl examples nest extensions under a literal `extra_body` key: lift them
+    to the top level (top-level keys win)."""
+    if isinstance(data, dict) and isinstance(data.get("extra_body"), dict):
+        data = {**data["extra_body"], **{k: v for k, v in data.items() if k != "extra_body"}}
+    return data
+
+
 class SamplingFields(BaseModel):
     """The OpenAI + SGLang sampling parameters, validated at the edge."""
 
@@ -46,13 +54,7 @@ class SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _merge_extra_body(cls, data: Any) -> Any:
-        """vLLM-Omni's curl examples nest extensions under a literal `extra_body` key."""
-        if isinstance(data, dict) and isinstance(data.get("extra_body"), dict):
-            data = {**data["extra_body"], **{k: v for k, v in data.items() if k != "extra_body"}}
-        return data
+    _merge_extra_body = model_validator(mode="before")(classmethod(lambda cls, data: merge_extra_body(data)))
 
     @model_validator(mode="after")
     def _check_stop(self) -> SamplingFields:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from omniserve.api.protocol.common import merge_extra_body
 from omniserve.media.image_out import QUALITY_PRESETS
 
 DEFAULT_SIZE = (512, 512)
@@ -65,3 +66,24 @@ class ImageGenerationRequest(BaseModel):
         """`width`/`height` win over `size`."""
         width, height = parse_size(self.size)
         return self.width or width, self.height or height
+
+
+
+class ImageChatFields(BaseModel):
+    """What a chat request to an image model may set besides its messages (from the body or
+    `extra_body`), as vLLM-Omni takes them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    n: int | None = None
+    size: str | None = None
+    height: int | None = None
+    width: int | None = None
+    seed: int | None = None
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    output_format: str | None = None
+    background: str | None = None
+
+    _merge_extra_body = model_validator(mode="before")(classmethod(lambda cls, data: merge_extra_body(data)))

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from omniserve.api.media import load_audio, load_image, load_video, resolve_voice
 from omniserve.api.protocol.chat import AudioOutput, ChatCompletionRequest
 from omniserve.api.protocol.common import parse_body, validate_fields
+from omniserve.api.protocol.images import ImageChatFields, ImageGenerationRequest
 from omniserve.api.routes.common import (
     ChoiceState,
     chat_logprobs,
@@ -31,6 +32,7 @@ from omniserve.api.routes.common import (
     until_disconnect,
     usage,
 )
+from omniserve.api.routes.images import encoded, generate
 from omniserve.api.sse import SSE_HEADERS, sse_stream
 from omniserve.errors import InvalidRequest
 from omniserve.executors import request_params_model
@@ -45,8 +47,12 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(request: Request):
-    body = parse_body(await request.body(), ChatCompletionRequest)
+    raw = await request.body()
+    body = parse_body(raw, ChatCompletionRequest)
     client = get_client(request)
+    named = client.model(body.model) if body.model else None
+    if named is not None and named.kind == "image":
+        return await _chat_image(request, raw, body, named)
     served = resolve_model(client, body.model)
     model = served.id
     request_id = new_id("chatcmpl")
@@ -58,6 +64,30 @@ async def create_chat_completion(request: Request):
         return StreamingResponse(sse_stream(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
     result = await until_disconnect(request, _collect(body, request_id, model, first, stream, speech))
     return JSONResponse(result)
+
+
+async def _chat_image(request: Request, raw: bytes, body: ChatCompletionRequest, model: ServedModel) -> JSONResponse:
+    """vLLM-Omni's chat as a universal endpoint: the last user message is the prompt and
+    the answer's content is the image(s), as image_url parts with data URLs."""
+    if body.stream:
+        raise InvalidRequest(f"stream: model `{model.id}` makes images; ask without streaming", param="stream")
+    user = next((m for m in reversed(body.messages) if m.role == "user"), None)
+    content = user.content if user else None
+    prompt = content if isinstance(content, str) else " ".join(
+        p.get("text", "") for p in content or [] if p.get("type") == "text")
+    fields = {k: v for k, v in parse_body(raw, ImageChatFields).model_dump(exclude_none=True).items()}
+    image_body = validate_fields({**fields, "prompt": prompt}, ImageGenerationRequest)
+    outputs = await generate(request, model, image_body, image_body.dimensions())
+    parts = [{"type": "image_url", "image_url": {"url": f"data:image/{image_body.output_format};base64,"
+                                                        f"{base64.b64encode(blob).decode()}"}}
+             for blob in await encoded(image_body, outputs)]
+    return JSONResponse({
+        "id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": model.id,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": parts, "refusal": None},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": usage(len(prompt.split()), 0),
+    })
 
 
 class _Speech:

@@ -1,6 +1,8 @@
-"""`POST /v1/images/generations` and `GET /v1/images/{id}/content`: validate ->
-OmniRequest routed to the image stage -> encoded images, inline (`b64_json`) or
-stored for a while and linked (`url`)."""
+"""`POST /v1/images/generations`, `POST /v1/images/edits` (multipart) and
+`GET /v1/images/{id}/content`: validate -> OmniRequest routed to the image
+stage -> encoded images, inline (`b64_json`) or stored for a while and
+linked (`url`). Chat with an image model (vLLM-Omni's universal endpoint)
+goes through `generate` too."""
 
 from __future__ import annotations
 
@@ -8,14 +10,18 @@ import asyncio
 import base64
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.datastructures import UploadFile
 
-from omniserve.api.protocol.common import parse_body
+from omniserve.api.media import decode_uploaded_image
+from omniserve.api.protocol.common import parse_body, validate_fields
 from omniserve.api.protocol.images import ImageGenerationRequest
 from omniserve.api.routes.common import get_client, new_id, now, resolve_model, start, until_disconnect
 from omniserve.errors import InvalidRequest, NotFound
 from omniserve.media.image_out import ImageStore, encode_image, encoding_quality
+from omniserve.runtime.client import ServedModel
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 router = APIRouter()
@@ -26,12 +32,10 @@ def image_store(request: Request) -> ImageStore:
     return ImageStore(settings.data_dir / "images", settings.image_ttl_seconds)
 
 
-@router.post("/v1/images/generations")
-async def create_images(request: Request):
-    body = parse_body(await request.body(), ImageGenerationRequest)
-    client = get_client(request)
-    model = resolve_model(client, body.model, "image")
-    width, height = body.dimensions()
+async def generate(request: Request, model: ServedModel, body: ImageGenerationRequest, size: tuple[int, int],
+                   images: list[np.ndarray] | None = None, **extra: Any) -> list[OmniOutput]:
+    """Run one image request through the model's stage; the outputs in order, one per image."""
+    width, height = size
     limit = request.app.state.settings.max_generated_image_size
     if limit and max(width, height) > limit:
         raise InvalidRequest(f"size: {width}x{height} is larger than this server allows ({limit} pixels a side, "
@@ -40,23 +44,35 @@ async def create_images(request: Request):
         raise InvalidRequest("background: a transparent image needs output_format png or webp", param="background")
     params = {"n": body.n, "width": width, "height": height, "seed": body.seed,
               "transparent": body.background == "transparent", "negative_prompt": body.negative_prompt,
-              "num_inference_steps": body.num_inference_steps, "guidance_scale": body.guidance_scale}
-    omni = OmniRequest(new_id("img"), prompt=body.prompt, route=[model.stage], emit=[model.stage],
-                       params={model.stage: {k: v for k, v in params.items() if v is not None}})
-    _, stream = await start(client, omni)
-    outputs: list[OmniOutput] = await until_disconnect(request, _collect(stream))
+              "num_inference_steps": body.num_inference_steps, "guidance_scale": body.guidance_scale, **extra}
+    omni = OmniRequest(new_id("img"), prompt=body.prompt, images=images or [], route=[model.stage],
+                       emit=[model.stage], params={model.stage: {k: v for k, v in params.items() if v is not None}})
+    _, stream = await start(get_client(request), omni)
+    outputs = await until_disconnect(request, _collect(stream))
+    return sorted(outputs, key=lambda o: o.index)
+
+
+async def _collect(stream) -> list[OmniOutput]:
+    return [out async for out in stream if "image" in out.info]
+
+
+async def encoded(body: ImageGenerationRequest, outputs: list[OmniOutput]) -> list[bytes]:
     quality = encoding_quality(body.quality, body.output_compression)
+    return [await asyncio.to_thread(encode_image, out.info["image"], body.output_format, quality) for out in outputs]
+
+
+async def images_response(request: Request, body: ImageGenerationRequest, outputs: list[OmniOutput]) -> JSONResponse:
     store = image_store(request)
     data = []
-    for out in sorted(outputs, key=lambda o: o.index):
-        encoded = await asyncio.to_thread(encode_image, out.info["image"], body.output_format, quality)
+    for out, blob in zip(outputs, await encoded(body, outputs), strict=True):
         item: dict[str, Any] = {"revised_prompt": out.info.get("revised_prompt")}
         if body.response_format == "url":
-            image_id = await asyncio.to_thread(store.save, encoded, body.output_format)
+            image_id = await asyncio.to_thread(store.save, blob, body.output_format)
             item["url"] = str(request.url_for("image_content", image_id=image_id))
         else:
-            item["b64_json"] = base64.b64encode(encoded).decode()
+            item["b64_json"] = base64.b64encode(blob).decode()
         data.append(item)
+    height, width = outputs[0].info["image"].shape[:2]
     words = len(body.prompt.split())
     return JSONResponse({
         "created": now(), "data": data, "background": "transparent" if body.background == "transparent" else "opaque",
@@ -66,8 +82,38 @@ async def create_images(request: Request):
     })
 
 
-async def _collect(stream) -> list[OmniOutput]:
-    return [out async for out in stream if "image" in out.info]
+@router.post("/v1/images/generations")
+async def create_images(request: Request):
+    body = parse_body(await request.body(), ImageGenerationRequest)
+    model = resolve_model(get_client(request), body.model, "image")
+    return await images_response(request, body, await generate(request, model, body, body.dimensions()))
+
+
+@router.post("/v1/images/edits")
+async def edit_images(request: Request):
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("an edit is a multipart/form-data upload with image, prompt and optionally mask")
+    form = await request.form()
+    uploads = [v for k in ("image", "image[]") for v in form.getlist(k) if isinstance(v, UploadFile)]
+    if not uploads:
+        raise InvalidRequest("image: upload the image to edit as a file field named image", param="image")
+    fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    body = validate_fields(fields, ImageGenerationRequest)
+    model = resolve_model(get_client(request), body.model, "image")
+    if not model.info.get("edits"):
+        raise InvalidRequest(f"model `{model.id}` cannot edit images", param="model")
+    base = await decode_uploaded_image(request, uploads[0], "image")
+    images = [base]
+    mask = form.get("mask")
+    if isinstance(mask, UploadFile):
+        mask_pixels = await decode_uploaded_image(request, mask, "mask", alpha=True)
+        if mask_pixels.shape[:2] != base.shape[:2]:
+            raise InvalidRequest(f"mask: the mask is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} but the image is "
+                                 f"{base.shape[1]}x{base.shape[0]}; they must be the same size", param="mask")
+        images.append(mask_pixels)
+    size = body.dimensions() if body.size or body.width or body.height else (base.shape[1], base.shape[0])
+    outputs = await generate(request, model, body, size, images, edit=True, mask=len(images) > 1)
+    return await images_response(request, body, outputs)
 
 
 @router.get("/v1/images/{image_id}/content", name="image_content")

@@ -48,6 +48,7 @@ class ServerArgs(BaseSettings):
     vision_model: str = Field("imagenet-ocr", description="image description alias, or none")
     image_model: str | None = Field(None, description="image generation: KIND:PATH, e.g. sketch-rnn:/dir")
     image_ttl_seconds: float = Field(3600.0, gt=0)
+    max_video_jobs: int = Field(16, ge=1)
     mmproj: Path | None = None
     # Accepted for compatibility with sglang-omni / SGLang / vLLM-Omni command lines.
     text_only: bool = False

@@ -15,6 +15,8 @@ from omniserve import __version__
 from omniserve.api.app import create_app
 from omniserve.config import PipelineConfig, ServerArgs
 from omniserve.errors import ConfigError
+from omniserve.jobs.runner import VideoRunner
+from omniserve.jobs.store import JobStore
 from omniserve.models.image_gen import resolve_image_model
 from omniserve.models.registry import speech_models, vision_model
 from omniserve.models.speech import ASR_OPENAI_NAMES, TTS_OPENAI_NAMES
@@ -73,11 +75,18 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
     try:
         served = served_models(settings, pipeline, coordinator)
         client = Client(coordinator, served, served[0].root)
-        config = uvicorn.Config(create_app(settings, client), host=settings.host, port=settings.port,
+        store = JobStore(settings.data_dir / "jobs.sqlite3")
+        video_runner = VideoRunner(store, client, settings.data_dir / "videos")
+        video_runner.start()
+        config = uvicorn.Config(create_app(settings, client, video_runner), host=settings.host, port=settings.port,
                                 log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
         log.info("omniserve %s serving %s on http://%s:%d (pid %d)", __version__, [m.id for m in served],
                  settings.host, settings.port, os.getpid())
-        await uvicorn.Server(config).serve()
+        try:
+            await uvicorn.Server(config).serve()
+        finally:
+            await video_runner.stop()
+            store.close()
     finally:
         await coordinator.shutdown()
 

@@ -2,6 +2,8 @@
 
 An edit draws it into a given image instead: inside the mask's fully
 transparent area (OpenAI's convention), or over the whole image without a mask.
+A video animates the drawing stroke by stroke (onto `images[0]` if given,
+the reference image); each step renders a few frames and reports progress.
 
 Each step draws one image of one request, round robin, so several requests
 share the stage and each image comes back as soon as it is drawn. Outputs
@@ -49,6 +51,11 @@ class ImageParams(BaseModel):
     guidance_scale: float | None = None
     edit: bool = False  # draw into OmniRequest.images[0]
     mask: bool = False  # and OmniRequest.images[-1] (RGBA) is the mask
+    video: bool = False  # animate it: `num_frames` frames, drawn into images[0] if there is one
+    num_frames: int = Field(32, ge=1, le=3600)
+
+
+FRAMES_PER_STEP = 8
 
 
 @dataclass
@@ -59,6 +66,7 @@ class _Job:
     rng: np.random.Generator
     images: list[np.ndarray]  # for an edit: the image, then the mask if any
     index: int = 0
+    stroke: Stroke | None = None  # a video's drawing, sampled on its first step
 
 
 class SketchRnnExecutor(RoundRobinExecutor):
@@ -70,7 +78,7 @@ class SketchRnnExecutor(RoundRobinExecutor):
     def load(self) -> dict[str, Any]:
         self.sketches = SketchRnn(Path(self.args.model_path))
         return {"model_path": self.args.model_path, "categories": self.sketches.categories,
-                "pipeline": "sketch-rnn", "task": "text-to-image", "edits": True}
+                "pipeline": "sketch-rnn", "task": "text-to-image", "edits": True, "videos": True}
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(ImageParams, request.params_for(self.stage))
@@ -92,6 +100,8 @@ class SketchRnnExecutor(RoundRobinExecutor):
         return [OmniOutput(request.request_id, started=True, info={"category": category})]
 
     def advance(self, job: _Job) -> tuple[list[OmniOutput], bool]:
+        if job.params.video:
+            return self._frames(job)
         p = job.params
         stroke = self.sketches.model(job.category).sample(job.rng, p.temperature)
         if p.edit:
@@ -108,7 +118,30 @@ class SketchRnnExecutor(RoundRobinExecutor):
                            info={"image": image, "revised_prompt": revised, "category": job.category})], done
 
 
-def draw_into(stroke: Stroke, base: np.ndarray, mask: np.ndarray | None, width: int, height: int) -> np.ndarray:
+    def _frames(self, job: _Job) -> tuple[list[OmniOutput], bool]:
+        """The next few frames of the animation: the pen reaches the end of the drawing at 80%
+        of the clip, and the finished drawing holds for the rest."""
+        p = job.params
+        if job.stroke is None:
+            job.stroke = self.sketches.model(job.category).sample(job.rng, p.temperature)
+        points = len(job.stroke.offsets)
+        drawing_frames = max(1, round(p.num_frames * 0.8))
+        first, last = job.index, min(job.index + FRAMES_PER_STEP, p.num_frames)
+        frames = []
+        for t in range(first, last):
+            upto = round(points * min(1.0, (t + 1) / drawing_frames))
+            if job.images:
+                frames.append(draw_into(job.stroke, job.images[0], None, p.width, p.height, upto))
+            else:
+                frames.append(np.asarray(render(job.stroke, p.width, p.height, upto=upto)))
+        job.index = last
+        done = last == p.num_frames
+        return [OmniOutput(job.request_id, finish_reason="stop" if done else None, done=done,
+                           info={"frames": np.stack(frames), "progress": round(100 * last / p.num_frames),
+                                 "category": job.category})], done
+
+def draw_into(stroke: Stroke, base: np.ndarray, mask: np.ndarray | None, width: int, height: int,
+              upto: int | None = None) -> np.ndarray:
     """The drawing fitted into the editable area's bounding box and inked only inside the area
     (the mask's fully transparent pixels; everywhere without a mask), then sized width x height."""
     h, w = base.shape[:2]
@@ -116,7 +149,7 @@ def draw_into(stroke: Stroke, base: np.ndarray, mask: np.ndarray | None, width: 
     ys, xs = np.nonzero(area)
     left, top = xs.min(), ys.min()
     layer = render(stroke, int(xs.max() - left + 1), int(ys.max() - top + 1), background=(0, 0, 0, 0),
-                   ink=(0, 0, 0, 255), mode="RGBA")
+                   ink=(0, 0, 0, 255), mode="RGBA", upto=upto)
     ink = np.zeros((h, w), bool)
     ink[top:top + layer.height, left:left + layer.width] = np.asarray(layer)[..., 3] > 0
     out = base[..., :3].copy()

@@ -24,10 +24,14 @@ QUALITY_PRESETS = {"maximum": 100, "high": 90, "medium": 55, "low": 35, "default
                    "hd": 90, "standard": 75, "auto": 75}  # the last three: OpenAI's names
 
 
-def encoding_quality(quality: str | None, compression: int | None) -> int:
+VIDEO_DEFAULT_QUALITY = 50
+
+
+def encoding_quality(quality: str | None, compression: int | None, default: int = QUALITY_PRESETS["default"]) -> int:
+    """`output_compression` if given, else the preset `quality` names, else `default`."""
     if compression is not None:
         return compression
-    return QUALITY_PRESETS[quality or "default"]
+    return QUALITY_PRESETS[quality] if quality and quality != "default" else default
 
 
 def encode_image(pixels: np.ndarray, fmt: str, quality: int) -> bytes:

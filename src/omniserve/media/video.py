@@ -1,4 +1,5 @@
-"""Videos in: frames sampled at a fixed rate with their timestamps, and the audio track.
+"""Videos in and out. In: frames sampled at a fixed rate with their timestamps, and the
+audio track. Out: frames encoded to an H.264 mp4 as they arrive (`VideoEncoder`).
 
 PyAV decodes the first video stream. A frame is kept when its presentation
 time reaches the next sampling point (every `1/fps` seconds from the start),
@@ -94,3 +95,31 @@ def _sample(container, stream, step: float, max_frames: int, max_seconds: float,
         if len(frames) >= max_frames:
             break
     return frames, timestamps
+
+
+def crf_for_quality(quality: int) -> int:
+    """0-100 quality (100 best) -> x264's constant rate factor (51 worst .. 10 near lossless)."""
+    return round(51 - quality * 0.41)
+
+
+class VideoEncoder:
+    """RGB frames -> an H.264 (yuv420p) mp4 file, written incrementally."""
+
+    def __init__(self, path: str, fps: int, width: int, height: int, quality: int = 50):
+        self._container = av.open(path, "w", format="mp4")
+        self._stream = self._container.add_stream("libx264", rate=fps, options={"crf": str(crf_for_quality(quality)),
+                                                                              "preset": "veryfast"})
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+        self.frames = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        for pixels in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[..., :3]), format="rgb24")
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.frames += 1
+
+    def close(self) -> None:
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()

@@ -1,0 +1,136 @@
+"""The `/v1/videos` job API (OpenAI Videos and SGLang Diffusion): create a job (JSON or
+multipart), list and fetch jobs, download the mp4 once it is completed, delete (which
+aborts a running job), and `POST /v1/videos/sync`, which answers when the job is done.
+Jobs live in SQLite (`jobs/store.py`) and run in `jobs/runner.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse
+from PIL import Image
+from starlette.datastructures import UploadFile
+
+from omniserve.api.media import decode_uploaded_image, load_image
+from omniserve.api.protocol.common import parse_body, validate_fields
+from omniserve.api.protocol.videos import VideoRequest
+from omniserve.api.routes.common import get_client, resolve_model
+from omniserve.errors import InvalidRequest, NotFound, Overloaded
+from omniserve.jobs.runner import VideoRunner
+from omniserve.media.image_out import VIDEO_DEFAULT_QUALITY, encoding_quality
+
+router = APIRouter()
+
+
+def runner(request: Request) -> VideoRunner:
+    return request.app.state.videos
+
+
+def _resource(request: Request, job) -> dict[str, Any]:
+    return job.resource(request.app.state.settings.image_ttl_seconds)
+
+
+def _job(request: Request, video_id: str):
+    job = runner(request).store.get(video_id)
+    if job is None:
+        raise NotFound(f"no video job {video_id!r}", param="video_id", code="video_not_found")
+    return job
+
+
+async def _create(request: Request) -> str:
+    """Validate, store the job (and its reference image), wake the runner; return the id."""
+    reference: Any = None
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        upload = form.get("input_reference")
+        body = validate_fields(fields, VideoRequest)
+        if isinstance(upload, UploadFile):
+            reference = await decode_uploaded_image(request, upload, "input_reference")
+    else:
+        body = parse_body(await request.body(), VideoRequest)
+    if body.input_reference is not None and reference is None:
+        ref = body.input_reference
+        reference = await load_image(request, ref.get("image_url", ref) if isinstance(ref, dict) else ref,
+                                     "input_reference")
+    model = resolve_model(get_client(request), body.model, "image")
+    if not model.info.get("videos"):
+        raise InvalidRequest(f"model `{model.id}` cannot make videos", param="model")
+    jobs = runner(request)
+    limit = request.app.state.settings.max_video_jobs
+    if jobs.store.count("queued") >= limit:
+        raise Overloaded(f"{limit} video jobs are already queued (--max-video-jobs); retry later")
+    width, height = map(int, body.size.split("x"))
+    video_id = f"video_{uuid.uuid4().hex}"
+    if reference is not None:
+        await asyncio.to_thread(Image.fromarray(reference).save, jobs.reference_path(video_id), format="PNG")
+    stage = {"n": 1, "width": width, "height": height, "num_frames": body.frames(), "seed": body.seed,
+             "negative_prompt": body.negative_prompt, "num_inference_steps": body.num_inference_steps,
+             "guidance_scale": body.guidance_scale}
+    params = {"fps": body.fps, "reference": reference is not None,
+              "quality": encoding_quality(body.quality, body.output_compression, VIDEO_DEFAULT_QUALITY),
+              "stage": {k: v for k, v in stage.items() if v is not None}}
+    jobs.store.create(video_id, model.id, body.prompt, body.size, body.seconds, params)
+    jobs.submitted()
+    return video_id
+
+
+@router.post("/v1/videos")
+@router.post("/v1/videos/generations")
+async def create_video(request: Request):
+    video_id = await _create(request)
+    return JSONResponse(_resource(request, _job(request, video_id)))
+
+
+@router.post("/v1/videos/sync")
+async def create_video_sync(request: Request):
+    """Create the job and answer once it is completed or failed."""
+    video_id = await _create(request)
+    await runner(request).wait(video_id)
+    return JSONResponse(_resource(request, _job(request, video_id)))
+
+
+@router.get("/v1/videos")
+async def list_videos(request: Request, after: str | None = None, limit: int = 20, order: str = "desc"):
+    if not 0 <= limit <= 100:
+        raise InvalidRequest("limit: must be 0 to 100", param="limit")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order: must be asc or desc", param="order")
+    try:
+        jobs, more = runner(request).store.list(after, limit, order)
+    except KeyError:
+        raise InvalidRequest(f"after: no video job {after!r}", param="after") from None
+    data = [_resource(request, j) for j in jobs]
+    return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                         "last_id": data[-1]["id"] if data else None, "has_more": more})
+
+
+@router.get("/v1/videos/{video_id}")
+async def retrieve_video(request: Request, video_id: str):
+    return JSONResponse(_resource(request, _job(request, video_id)))
+
+
+@router.get("/v1/videos/{video_id}/content")
+async def video_content(request: Request, video_id: str, variant: str = "video"):
+    job = _job(request, video_id)
+    if variant != "video":
+        raise InvalidRequest(f"variant: only 'video' is available; got {variant!r}", param="variant")
+    if job.status != "completed":
+        detail = f"; error: {job.error['message']}" if job.error else f" ({job.progress}% done)"
+        raise NotFound(f"video {video_id} is not ready: its status is {job.status}{detail}", param="video_id",
+                       code="video_not_ready")
+    return FileResponse(runner(request).path(video_id), media_type="video/mp4", filename=f"{video_id}.mp4")
+
+
+@router.delete("/v1/videos/{video_id}")
+async def delete_video(request: Request, video_id: str):
+    _job(request, video_id)
+    jobs = runner(request)
+    jobs.store.delete(video_id)  # first, so the runner cannot pick it up any more
+    await jobs.cancel(video_id)  # a running job is aborted in the pipeline
+    for path in (jobs.path(video_id), jobs.reference_path(video_id)):
+        path.unlink(missing_ok=True)
+    return JSONResponse({"id": video_id, "object": "video.deleted", "deleted": True})

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from omniserve.api.protocol.common import NonBlankStr
 
 MAX_SPEECH_INPUT_CHARS = 4096
 
@@ -18,7 +20,7 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    input: str = Field(max_length=MAX_SPEECH_INPUT_CHARS)
+    input: NonBlankStr = Field(max_length=MAX_SPEECH_INPUT_CHARS)
     voice: str | None = None
     instructions: str | None = None  # accepted; a Piper voice has no style control
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
@@ -37,12 +39,6 @@ class SpeechRequest(BaseModel):
             data = {**data, "voice": data["voice"].get("id")}
         return data
 
-    @field_validator("input")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the text to speak is empty")
-        return value
 
 
 class TranscriptionForm(BaseModel):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.types import SamplingParams
@@ -21,6 +21,15 @@ M = TypeVar("M", bound=BaseModel)
 class StreamOptions(BaseModel):
     include_usage: bool = False
     continuous_usage_stats: bool = False
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+NonBlankStr = Annotated[str, AfterValidator(_not_blank)]  # a prompt or text that must say something
 
 
 def merge_extra_body(data: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from omniserve.api.protocol.common import merge_extra_body
+from omniserve.api.protocol.common import NonBlankStr, merge_extra_body
 from omniserve.media.image_out import QUALITY_PRESETS
 
 DEFAULT_SIZE = (512, 512)
@@ -31,7 +31,7 @@ class ImageGenerationRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    prompt: str = Field(max_length=32000)
+    prompt: NonBlankStr = Field(max_length=32000)
     n: int = Field(1, ge=1, le=10)
     size: str | None = None
     response_format: Literal["b64_json", "url"] = "b64_json"
@@ -48,13 +48,6 @@ class ImageGenerationRequest(BaseModel):
     guidance_scale: float | None = Field(None, ge=0, le=100)
     height: int | None = Field(None, ge=16, le=MAX_SIDE)
     width: int | None = Field(None, ge=16, le=MAX_SIDE)
-
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the prompt is empty")
-        return value
 
     @field_validator("size")
     @classmethod

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from omniserve.api.protocol.common import merge_extra_body
+from omniserve.api.protocol.common import NonBlankStr, merge_extra_body
 from omniserve.api.protocol.images import parse_size
 from omniserve.media.image_out import QUALITY_PRESETS
 
@@ -17,7 +17,7 @@ class VideoRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    prompt: str = Field(max_length=32000)
+    prompt: NonBlankStr = Field(max_length=32000)
     seconds: str = "4"
     size: str = "720x1280"
     fps: int = Field(8, ge=1, le=60)
@@ -31,13 +31,6 @@ class VideoRequest(BaseModel):
     guidance_scale: float | None = Field(None, ge=0, le=100)
 
     _merge_extra_body = model_validator(mode="before")(classmethod(lambda cls, data: merge_extra_body(data)))
-
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the prompt is empty")
-        return value
 
     @field_validator("seconds", mode="before")
     @classmethod

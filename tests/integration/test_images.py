@@ -201,3 +201,13 @@ def test_chat_with_an_image_model_returns_images(image_server):
         r = http.post("/v1/chat/completions", json={
             "model": "sketch-rnn", "stream": True, "messages": [{"role": "user", "content": "a dog"}]})
         assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
+
+
+def test_sglang_diffusion_model_info(image_server, http):
+    with image_server.http() as client:
+        info = client.get("/models").json()
+    assert info["id"] == "sketch-rnn" and info["model_path"].endswith("sketch-rnn-quickdraw")
+    assert info["task_type"] == "T2I" and "T2V" in info["tasks"] and info["pipeline_name"] == "sketch_rnn_pipeline"
+    assert info["stages"] == [{"name": "image", "executor": "sketch_rnn", "healthy": True}]
+    r = http.get("/models")  # the default server has no image model
+    assert r.status_code == 400 and "no image-generation model" in r.json()["error"]["message"]

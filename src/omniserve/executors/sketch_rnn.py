@@ -78,7 +78,8 @@ class SketchRnnExecutor(RoundRobinExecutor):
     def load(self) -> dict[str, Any]:
         self.sketches = SketchRnn(Path(self.args.model_path))
         return {"model_path": self.args.model_path, "categories": self.sketches.categories,
-                "pipeline": "sketch-rnn", "task": "text-to-image", "edits": True, "videos": True}
+                "pipeline": "sketch_rnn_pipeline", "task_type": "T2I", "tasks": ["T2I", "TI2I", "T2V", "TI2V"],
+                "edits": True, "videos": True}
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(ImageParams, request.params_for(self.stage))

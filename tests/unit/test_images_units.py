@@ -27,6 +27,17 @@ def test_prompt_to_category(sketches, prompt, category):
     assert sketches.match(prompt) == category
 
 
+def test_prompt_to_category_by_meaning():
+    from omniserve.models.minilm import MiniLm
+
+    sketches = SketchRnn(shared_models() / "sketch-rnn-quickdraw", MiniLm().embed)
+    assert [sketches.match(p) for p in ("a canine", "a crustacean", "an emergency vehicle", "a musical instrument")
+            ] == ["dog", "lobster", "ambulance", "trombone"]
+    assert [sketches.match(p) for p in ("a sailing boat", "Draw a boat", "a car", "the stock market", "please draw")
+            ] == [None] * 5
+    assert sketches.match("a canine next to a sheep") == "sheep"  # a named category wins over meaning
+
+
 def test_parse_size():
     assert parse_size("256x128") == (256, 128) and parse_size("auto") == (512, 512) and parse_size(None) == (512, 512)
     for bad in ("256", "0x10", "99999x2", "ax b"):

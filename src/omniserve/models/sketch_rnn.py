@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,15 +77,27 @@ class SketchModel:
         return Stroke(np.array(offsets, np.float32).reshape(-1, 2), np.array(downs, bool))
 
 
-class SketchRnn:
-    """All categories in a folder; each model loads on first use."""
+# A prompt that names no category by word maps to the nearest one by meaning, if this close
+# (cosine of MiniLM embeddings, the prompt without its request words): "a canine" 0.67 -> dog,
+# "a crustacean" 0.53 -> lobster, "thunderstorm" 0.38 -> rain; "draw a boat" 0.35, "a horse"
+# 0.35, "a car" 0.27, "the stock market" 0.10 -> none.
+MIN_SIMILARITY = 0.37
+REQUEST_WORDS = {"draw", "drawing", "sketch", "paint", "painting", "picture", "image", "photo", "please", "me",
+                 "make", "show", "create", "generate"}
 
-    def __init__(self, folder: Path):
+
+class SketchRnn:
+    """All categories in a folder; each model loads on first use. `embed` (texts -> unit
+    vectors) lets prompts match a category by meaning when no word names one."""
+
+    def __init__(self, folder: Path, embed: Callable[[list[str]], np.ndarray] | None = None):
         self.folder = folder
         self.categories = sorted(p.name.removesuffix(".gen.json") for p in folder.glob("*.gen.json"))
         if not self.categories:
             raise FileNotFoundError(f"{folder} holds no sketch-rnn *.gen.json files")
         self._models: dict[str, SketchModel] = {}
+        self._embed = embed
+        self._vectors = embed([f"a drawing of a {_spoken(c)}" for c in self.categories]) if embed else None
 
     def model(self, category: str) -> SketchModel:
         if category not in self._models:
@@ -92,8 +105,18 @@ class SketchRnn:
         return self._models[category]
 
     def match(self, prompt: str) -> str | None:
-        """The category a prompt names: a category or synonym as whole words, plural or not;
-        the first one in the prompt wins."""
+        """The category a prompt names (see `match_words`), else the one nearest in meaning."""
+        found = self.match_words(prompt)
+        subject = " ".join(w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in REQUEST_WORDS)
+        if found is None and self._embed is not None and subject:
+            similarity = self._vectors @ self._embed([subject])[0]
+            best = int(similarity.argmax())
+            found = self.categories[best] if similarity[best] >= MIN_SIMILARITY else None
+        return found
+
+    def match_words(self, prompt: str) -> str | None:
+        """The category or synonym a prompt names as whole words, plural or not; the first
+        one in the prompt wins."""
         text = " " + " ".join(re.findall(r"[a-z]+", prompt.lower())) + " "
         names = {c.replace("_", " "): c for c in self.categories}
         names.update({w: c for w, c in SYNONYMS.items() if c in self.categories})
@@ -127,6 +150,10 @@ def render(stroke: Stroke, width: int, height: int, line_width: int | None = Non
         if stroke.pen_down[k - 1]:
             draw.line([tuple(xy[k - 1]), tuple(xy[k])], fill=ink, width=line_width)
     return image
+
+
+def _spoken(category: str) -> str:
+    return "an ant doing yoga" if category == "antyoga" else category.replace("_", " ")
 
 
 def _sigmoid(v: np.ndarray) -> np.ndarray:

@@ -20,7 +20,9 @@ def test_help_documents_every_flag():
     for flag in ("--model-path", "--config", "--host", "--port", "--served-model-name", "--log-level",
                  "--api-key", "--max-running-requests", "--max-queued-requests", "--context-length",
                  "--threads", "--model-name", "--text-only", "--colocate", "--mem-fraction-static",
-                 "--enable-cache-report", "--omni"):
+                 "--enable-cache-report", "--omni", "--allowed-local-media-path", "--max-image-pixels",
+                 "--max-video-seconds", "--max-media-items", "--vision-model", "--mmproj", "--image-model",
+                 "--image-ttl-seconds", "--max-video-jobs", "--max-generated-image-size"):
         assert flag in out, flag
 
 
@@ -33,6 +35,11 @@ def test_help_documents_every_flag():
         (["serve", "--max-running-requests", "0"], "--max-running-requests"),
         (["serve", "--mem-fraction-static", "1.5"], "--mem-fraction-static"),
         (["serve", "--log-level", "loud"], "--log-level"),
+        (["serve", "--image-model", "dall-e"], "use KIND:PATH"),
+        (["serve", "--image-model", "sketch-rnn:/nope"], "not a folder of sketch-rnn"),
+        (["serve", "--mmproj", "/nope/mmproj.gguf"], "--mmproj /nope/mmproj.gguf: no such file"),
+        (["serve", "--vision-model", "/nope/classifier.onnx"], "--vision-model"),
+        (["serve", "--max-image-pixels", "0"], "--max-image-pixels"),
     ],
 )
 def test_bad_invocation_exits_with_one_line(args, says):

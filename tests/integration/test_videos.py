@@ -168,3 +168,17 @@ def test_jobs_survive_a_restart(tmp_path):
         for job in (running, waiting):
             assert finished(videos, job.id, timeout=120).status == "completed"
         assert len(frames(videos.download_content(waiting.id).read())) == 3
+
+
+def test_videos_expire(tmp_path):
+    with serve(tmp_path / "ttl", tmp_path / "data", "--image-ttl-seconds", "2") as server:
+        videos = server.openai().videos
+        job = videos.create(prompt="a lantern", size="64x64", extra_body={"num_frames": 2})
+        done = finished(videos, job.id)
+        assert done.expires_at - done.completed_at == 2
+        assert len(frames(videos.download_content(job.id).read())) == 2
+        time.sleep(2.5)
+        with server.http() as http:
+            r = http.get(f"/v1/videos/{job.id}/content")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "video_expired"
+            assert http.get(f"/v1/videos/{job.id}").json()["status"] == "completed"  # the job itself remains

@@ -6,6 +6,7 @@ Jobs live in SQLite (`jobs/store.py`) and run in `jobs/runner.py`."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -122,7 +123,14 @@ async def video_content(request: Request, video_id: str, variant: str = "video")
         detail = f"; error: {job.error['message']}" if job.error else f" ({job.progress}% done)"
         raise NotFound(f"video {video_id} is not ready: its status is {job.status}{detail}", param="video_id",
                        code="video_not_ready")
-    return FileResponse(runner(request).path(video_id), media_type="video/mp4", filename=f"{video_id}.mp4")
+    path = runner(request).path(video_id)
+    expires_at = _resource(request, job)["expires_at"]
+    if expires_at is not None and time.time() >= expires_at:
+        path.unlink(missing_ok=True)
+    if not path.is_file():
+        raise NotFound(f"video {video_id} has expired (videos are kept for --image-ttl-seconds after they "
+                       "complete)", param="video_id", code="video_expired")
+    return FileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4")
 
 
 @router.delete("/v1/videos/{video_id}")

@@ -23,11 +23,10 @@ import json
 import sys
 from pathlib import Path
 
-import httpx
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port, median_time, running  # noqa: E402
+from common import free_port, http, median_time, running  # noqa: E402
 
 THREE = ("The lighthouse keeper climbed the stairs at dusk. He lit the great lamp and watched the ships. "
          "Far away, a storm was gathering over the sea.")
@@ -53,12 +52,12 @@ def raw_tts(threads: int, repeats: int) -> dict[str, float]:
 
 def server_tts(base: str, repeats: int) -> dict[str, float]:
     body = {"input": THREE, "response_format": "wav", "model": "tts-1"}
-    data = httpx.post(base + "/v1/audio/speech", json=body, timeout=120).content
+    data = http.post(base + "/v1/audio/speech", json=body, timeout=120).content
     seconds = sf.info(io.BytesIO(data)).duration
-    total = median_time(lambda: httpx.post(base + "/v1/audio/speech", json=body, timeout=120).content, repeats)
+    total = median_time(lambda: http.post(base + "/v1/audio/speech", json=body, timeout=120).content, repeats)
 
     def first_byte() -> None:
-        with httpx.stream("POST", base + "/v1/audio/speech", json={**body, "response_format": "pcm",
+        with http.stream("POST", base + "/v1/audio/speech", json={**body, "response_format": "pcm",
                                                                    "stream_format": "audio"}, timeout=120) as r:
             next(r.iter_raw())
 
@@ -91,7 +90,7 @@ def raw_asr(threads: int, repeats: int) -> float:
 def server_asr(base: str, repeats: int) -> float:
     def run() -> None:
         for path in clips():
-            r = httpx.post(base + "/v1/audio/transcriptions", files={"file": (path.name, path.read_bytes())},
+            r = http.post(base + "/v1/audio/transcriptions", files={"file": (path.name, path.read_bytes())},
                            data={"model": "whisper-1"}, timeout=120)
             r.raise_for_status()
 
@@ -99,7 +98,7 @@ def server_asr(base: str, repeats: int) -> float:
 
 
 def voice_turn(base: str, repeats: int) -> dict[str, float]:
-    question = httpx.post(base + "/v1/audio/speech", timeout=60,
+    question = http.post(base + "/v1/audio/speech", timeout=60,
                           json={"input": "Tell me about the sea in three sentences.", "response_format": "wav"})
     body = {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {
         "data": base64.b64encode(question.content).decode(), "format": "wav"}}]}],
@@ -107,12 +106,12 @@ def voice_turn(base: str, repeats: int) -> dict[str, float]:
         "temperature": 0, "max_tokens": 80}
 
     def first_audio() -> None:
-        with httpx.stream("POST", base + "/v1/chat/completions", json={**body, "stream": True}, timeout=120) as r:
+        with http.stream("POST", base + "/v1/chat/completions", json={**body, "stream": True}, timeout=120) as r:
             for line in r.iter_lines():
                 if line.startswith("data: {") and '"audio"' in line:
                     return
 
-    total = median_time(lambda: httpx.post(base + "/v1/chat/completions", json=body, timeout=120).json(), repeats)
+    total = median_time(lambda: http.post(base + "/v1/chat/completions", json=body, timeout=120).json(), repeats)
     return {"first_audio_s": median_time(first_audio, repeats), "total_s": total}
 
 

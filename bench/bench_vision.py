@@ -20,10 +20,8 @@ import base64
 import sys
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, free_port, median_time, running  # noqa: E402
+from common import ROOT, free_port, http, median_time, running  # noqa: E402
 
 QUESTIONS = [("chelsea.png", "What animal is this?"), ("page.png", "What does the text say?")]
 MAX_TOKENS = 32
@@ -70,7 +68,7 @@ def server_ask(base: str, png: bytes, question: str) -> str:
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                                       {"type": "text", "text": question}]}],
             "temperature": 0, "max_tokens": MAX_TOKENS, "ignore_eos": True}
-    r = httpx.post(base + "/v1/chat/completions", json=body, timeout=120)
+    r = http.post(base + "/v1/chat/completions", json=body, timeout=120)
     r.raise_for_status()
     return r.json()["choices"][0]["message"]["content"]
 

@@ -82,6 +82,8 @@ def _serve_parser(sub) -> None:
                         "*.gen.json files), or none (default)")
     images.add_argument("--image-ttl-seconds", type=float, help="how long response_format=url images and "
                         "generated videos are kept under --data-dir (default 3600)")
+    images.add_argument("--lora-dir", help="the folder /v1/set_lora loads diffusion LoRA adapters from; paths "
+                        "outside it are refused (default <data-dir>/loras)")
     images.add_argument("--max-video-jobs", type=int, help="video jobs that may wait in the queue (default 16); "
                         "past it POST /v1/videos answers 503")
     compat = p.add_argument_group("compatibility flags (accepted from sglang-omni, SGLang and vLLM-Omni)")

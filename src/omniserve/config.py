@@ -49,6 +49,8 @@ class ServerArgs(BaseSettings):
     image_model: str | None = Field(None, description="image generation: KIND:PATH, e.g. sketch-rnn:/dir")
     image_ttl_seconds: float = Field(3600.0, gt=0)
     max_video_jobs: int = Field(16, ge=1)
+    lora_dir: Path | None = Field(None, description="where /v1/set_lora may load adapters from (default: "
+                                  "<data-dir>/loras)")
     mmproj: Path | None = None
     # Accepted for compatibility with sglang-omni / SGLang / vLLM-Omni command lines.
     text_only: bool = False

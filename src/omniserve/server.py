@@ -17,7 +17,7 @@ from omniserve.config import PipelineConfig, ServerArgs
 from omniserve.errors import ConfigError
 from omniserve.jobs.runner import VideoRunner
 from omniserve.jobs.store import JobStore
-from omniserve.models.image_gen import resolve_image_model
+from omniserve.models.image_gen import DIFFUSION_STAGES, resolve_image_model
 from omniserve.models.registry import speech_models, vision_model
 from omniserve.models.speech import ASR_OPENAI_NAMES, TTS_OPENAI_NAMES
 from omniserve.runtime.client import Client, ServedModel
@@ -60,6 +60,11 @@ def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: C
         elif stage.executor == "sketch_rnn":
             out.append(ServedModel(id=image.id if image else stage.name, max_model_len=None, kind="image",
                                    **common))
+        elif stage.executor == "diffusers_vae":  # the last of the three diffusion stages stands for them
+            denoiser = coordinator.workers[DIFFUSION_STAGES[1]].info
+            common["info"] = {**info, "lora": denoiser.get("lora", False), "lora_stage": DIFFUSION_STAGES[1]}
+            out.append(ServedModel(id=image.id if image else stage.name, max_model_len=None, kind="image",
+                                   route=DIFFUSION_STAGES, **common))
     out.sort(key=lambda m: m.kind != "chat")  # the chat model first: it is the default
     return out
 

@@ -213,6 +213,7 @@ def test_sglang_diffusion_model_info(image_server, http):
         info = client.get("/models").json()
     assert info["id"] == "sketch-rnn" and info["model_path"].endswith("sketch-rnn-quickdraw")
     assert info["task_type"] == "T2I" and "T2V" in info["tasks"] and info["pipeline_name"] == "sketch_rnn_pipeline"
+    assert info["pipeline_class"] == "SketchRnn"
     assert info["stages"] == [{"name": "image", "executor": "sketch_rnn", "healthy": True}]
     r = http.get("/models")  # the default server has no image model
     assert r.status_code == 400 and "no image-generation model" in r.json()["error"]["message"]

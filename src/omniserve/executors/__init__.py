@@ -18,11 +18,17 @@ _EXECUTORS = {
     "describer": ("omniserve.executors.describer", "DescriberExecutor", "DescriberArgs", None),
     "mtmd": ("omniserve.executors.mtmd_encoder", "MtmdEncoderExecutor", "MtmdArgs", None),
     "sketch_rnn": ("omniserve.executors.sketch_rnn", "SketchRnnExecutor", "SketchRnnArgs", "ImageParams"),
+    "diffusers_text_encoder": ("omniserve.executors.diffusers_stages", "DiffusersTextEncoderExecutor",
+                               "DiffusersArgs", "DiffusionParams"),
+    "diffusers_denoiser": ("omniserve.executors.diffusers_stages", "DiffusersDenoiserExecutor", "DiffusersArgs",
+                           "DiffusionParams"),
+    "diffusers_vae": ("omniserve.executors.diffusers_stages", "DiffusersDecoderExecutor", "DiffusersArgs",
+                      "DiffusionParams"),
 }
 
 
 # Executors that implement `feed` (take an upstream stage's outputs on a graph edge).
-_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper"}
+_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "diffusers_denoiser", "diffusers_vae"}
 
 
 def takes_upstream(name: str) -> bool:

@@ -80,7 +80,8 @@ class SketchRnnExecutor(RoundRobinExecutor):
 
         self.sketches = SketchRnn(Path(self.args.model_path), MiniLm(self.args.threads).embed)
         return {"model_path": self.args.model_path, "categories": self.sketches.categories,
-                "pipeline": "sketch_rnn_pipeline", "task_type": "T2I", "tasks": ["T2I", "TI2I", "T2V", "TI2V"],
+                "pipeline_name": "sketch_rnn_pipeline", "pipeline_class": "SketchRnn", "task_type": "T2I",
+                "tasks": ["T2I", "TI2I", "T2V", "TI2V"],
                 "edits": True, "videos": True}
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:

@@ -71,6 +71,14 @@ async def fetch(reference: str, where: str, limits: MediaLimits) -> Fetched:
     return fetched
 
 
+def inside(root: Path, reference: str) -> Path | None:
+    """`reference` (relative to `root`, or absolute) resolved through `..` and symlinks, if it
+    stays inside `root`; None otherwise, whether or not it exists."""
+    base = root.resolve()
+    path = (base / reference).resolve()
+    return path if path.is_relative_to(base) else None
+
+
 def _read_local(reference: str, where: str, limits: MediaLimits) -> bytes:
     if limits.local_root is None:
         raise InvalidRequest(f"{where}: local file paths are off on this server (start it with "
@@ -78,9 +86,8 @@ def _read_local(reference: str, where: str, limits: MediaLimits) -> bytes:
     parts = urlsplit(reference)
     if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
         raise InvalidRequest(f"{where}: a file:// URL must name a local path (file:///...)", param=where)
-    root = limits.local_root.resolve()
-    path = (root / unquote(parts.path if parts.scheme == "file" else reference)).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
+    path = inside(limits.local_root, unquote(parts.path if parts.scheme == "file" else reference))
+    if path is None or not path.is_file():
         raise InvalidRequest(f"{where}: no readable file at that path inside the allowed media folder "
                              "(--allowed-local-media-path)", param=where)
     if path.stat().st_size > limits.max_bytes:

@@ -1,9 +1,10 @@
 """Image generation models: `--image-model KIND:PATH`.
 
 `sketch-rnn:<dir>` is Magenta's sketch-rnn (Quick, Draw! categories; numpy
-only). No image-generation model ships in a package registry, so there is
-no default: point the flag at the weights (see the README for where to get
-them).
+only). `diffusers:<dir>` is any diffusers pipeline folder with a UNet (Stable
+Diffusion style), run as text encoder -> denoiser -> VAE stages. No
+image-generation model ships in a package registry, so there is no default:
+point the flag at the weights (see the README for where to get them).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 from omniserve.errors import ConfigError
 
 # kind -> (executor, served id)
-KINDS = {"sketch-rnn": ("sketch_rnn", "sketch-rnn")}
+KINDS = {"sketch-rnn": ("sketch_rnn", "sketch-rnn"), "diffusers": ("diffusers", None)}
+DIFFUSION_STAGES = ("image_text_encoder", "image_denoiser", "image_vae")
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,11 @@ def resolve_image_model(spec: str | None) -> ImageModel | None:
         raise ConfigError(f"--image-model {spec}: use KIND:PATH with KIND one of {', '.join(KINDS)} "
                           "(e.g. sketch-rnn:/models/sketch-rnn-quickdraw), or none")
     folder = Path(path).expanduser()
-    if not folder.is_dir() or not any(folder.glob("*.gen.json")):
-        raise ConfigError(f"--image-model {spec}: {folder} is not a folder of sketch-rnn *.gen.json files")
     executor, served_id = KINDS[kind]
-    return ImageModel(served_id, executor, str(folder.resolve()))
+    if executor == "diffusers":
+        if not (folder / "model_index.json").is_file() or not (folder / "unet").is_dir():
+            raise ConfigError(f"--image-model {spec}: {folder} is not a diffusers pipeline folder with a unet/ "
+                              "(model_index.json)")
+    elif not folder.is_dir() or not any(folder.glob("*.gen.json")):
+        raise ConfigError(f"--image-model {spec}: {folder} is not a folder of sketch-rnn *.gen.json files")
+    return ImageModel(served_id or folder.resolve().name, executor, str(folder.resolve()))

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from omniserve.config import ServerArgs
-from omniserve.models.image_gen import ImageModel
+from omniserve.models.image_gen import DIFFUSION_STAGES, ImageModel
 from omniserve.models.speech import SpeechModel
 from omniserve.models.vision import VisionModel
 
@@ -47,7 +47,14 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
                        "args": {"model_path": tts.path, "threads": threads}})
         edges.append({"src": "thinker", "dst": "talker", "streaming": True})
         terminals.append("talker")
-    if image is not None:  # a stage of its own: image requests visit it alone
+    if image is not None and image.executor == "diffusers":  # text encoder -> denoiser -> VAE decoder
+        names = DIFFUSION_STAGES
+        for name, executor in zip(names, ("diffusers_text_encoder", "diffusers_denoiser", "diffusers_vae"),
+                                  strict=True):
+            stages.append({"name": name, "executor": executor, "args": {"model_path": image.path, "threads": threads}})
+        edges += [{"src": names[0], "dst": names[1]}, {"src": names[1], "dst": names[2]}]
+        terminals.append(names[2])
+    elif image is not None:  # a stage of its own: image requests visit it alone
         stages.append({"name": "image", "executor": image.executor, "args": {"model_path": image.path}})
         terminals.append("image")
     return {"stages": stages, "edges": edges, "terminals": terminals}

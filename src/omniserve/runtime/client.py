@@ -27,6 +27,7 @@ class ServedModel:
     kind: Literal["chat", "asr", "tts", "vision", "image"] = "chat"
     stage: str = "thinker"
     aliases: tuple[str, ...] = ()
+    route: tuple[str, ...] = ()  # the stages a request to this model visits, when more than `stage`
     info: dict[str, Any] = field(default_factory=dict)  # the stage's load facts (voices, sample rate, ...)
 
 
@@ -51,6 +52,9 @@ class Client:
         if model_id is None:
             return next((m for m in self.served_models if m.kind == kind), None)
         return next((m for m in self.served_models if model_id == m.id or model_id in m.aliases), None)
+
+    def stages_of(self, model: ServedModel) -> list[str]:
+        return list(model.route or (model.stage,))
 
     def stage_executors(self) -> list[tuple[str, str]]:
         """(stage name, executor) for each stage of the pipeline."""

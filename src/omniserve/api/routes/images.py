@@ -45,8 +45,10 @@ async def generate(request: Request, model: ServedModel, body: ImageGenerationRe
     params = {"n": body.n, "width": width, "height": height, "seed": body.seed,
               "transparent": body.background == "transparent", "negative_prompt": body.negative_prompt,
               "num_inference_steps": body.num_inference_steps, "guidance_scale": body.guidance_scale, **extra}
-    omni = OmniRequest(new_id("img"), prompt=body.prompt, images=images or [], route=[model.stage],
-                       emit=[model.stage], params={model.stage: {k: v for k, v in params.items() if v is not None}})
+    stage_params = {k: v for k, v in params.items() if v is not None}
+    route = get_client(request).stages_of(model)
+    omni = OmniRequest(new_id("img"), prompt=body.prompt, images=images or [], route=route, emit=[model.stage],
+                       params={stage: stage_params for stage in route})
     _, stream = await start(get_client(request), omni)
     outputs = await until_disconnect(request, _collect(stream))
     return sorted(outputs, key=lambda o: o.index)
@@ -122,11 +124,12 @@ async def image_model_info(request: Request):
     client = get_client(request)
     model = resolve_model(client, None, "image")
     info = model.info
-    stages = [s for s in client.model_info()["stages"] if s["name"] == model.stage]
+    names = client.stages_of(model)
+    stages = [s for s in client.model_info()["stages"] if s["name"] in names]
     return JSONResponse({
         "id": model.id, "model_path": info.get("model_path"), "task_type": info.get("task_type"),
-        "tasks": info.get("tasks", []), "pipeline_name": info.get("pipeline"),
-        "pipeline_class": stages[0]["executor"] if stages else None, "num_gpus": 0,
+        "tasks": info.get("tasks", []), "pipeline_name": info.get("pipeline_name"),
+        "pipeline_class": info.get("pipeline_class"), "num_gpus": 0,
         "stages": [{"name": s["name"], "executor": s["executor"], "healthy": s["healthy"]} for s in stages],
     })
 

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Build a tiny random-weight Stable-Diffusion-style diffusers pipeline, fully offline.
+
+    python scripts/make_tiny_diffusers.py OUT_DIR [--lora LORA_DIR]
+
+OUT_DIR gets a `StableDiffusionPipeline` folder (`model_index.json`, `unet/`,
+`vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`) small enough to run in
+well under a second on a CPU: a 2-block UNet, a 1-block VAE and a 2-layer CLIP
+text encoder, with a character-level CLIP tokenizer written here (no hub).
+Its images are noise; the tests use it to check the mechanics of the diffusers
+stages. `--lora` also writes a tiny rank-4 LoRA for its UNet (peft), saved the
+way diffusers' `load_lora_weights` reads it. Seeded, so a rebuild is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import string
+import sys
+from pathlib import Path
+
+
+def tokenizer_files(folder: Path) -> None:
+    """A CLIP BPE tokenizer over single characters: every printable character is a token, no merges."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
+def build(out: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    tokenizer_files(out / "_tok")
+    tokenizer = CLIPTokenizer(str(out / "_tok" / "vocab.json"), str(out / "_tok" / "merges.txt"), model_max_length=32)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1, projection_dim=32))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(16, 32),
+                        latent_channels=4, norm_num_groups=8, sample_size=16)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(out)
+    for leftover in (out / "_tok").iterdir():
+        leftover.unlink()
+    (out / "_tok").rmdir()
+
+
+def build_lora(model: Path, out: Path) -> None:
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():  # gaussian init leaves lora_B at zero; make the adapter change something
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(unet),
+                                              safe_serialization=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out")
+    parser.add_argument("--lora", help="also write a tiny LoRA for the UNet here")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if not (out / "model_index.json").is_file():
+        build(out)
+    if args.lora and not (Path(args.lora) / "pytorch_lora_weights.safetensors").is_file():
+        build_lora(out, Path(args.lora))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""SGLang Diffusion's LoRA API for a diffusers image model: `POST /v1/set_lora`,
+`POST /v1/merge_lora_weights`, `POST /v1/unmerge_lora_weights`, `GET /v1/list_loras`.
+
+Each call is a request routed to the model's denoiser stage, which changes its
+adapters between denoising steps. Adapter paths are read only from inside
+`--lora-dir` (like media files: `..` and symlinks resolved, outside refused).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from omniserve.api.protocol.common import parse_body
+from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect
+from omniserve.errors import InvalidRequest
+from omniserve.media.inputs import inside
+from omniserve.runtime.client import ServedModel
+from omniserve.runtime.types import OmniRequest
+
+router = APIRouter()
+DENOISER_TARGETS = ("all", "unet", "transformer", "denoiser")
+
+
+class SetLoraRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    lora_nickname: str | list[str]
+    lora_path: str | list[str] | None = None
+    target: str | list[str] = "all"
+    strength: float | list[float] = 1.0
+
+
+class LoraNameRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+
+
+def _listed(value: Any, count: int, field: str) -> list[Any]:
+    values = value if isinstance(value, list) else [value] * count
+    if len(values) != count:
+        raise InvalidRequest(f"{field}: give one value or one per lora_nickname ({count})", param=field)
+    return values
+
+
+def _lora_model(request: Request, model_id: str | None) -> ServedModel:
+    """The image model a LoRA call names, checked to take adapters."""
+    model = resolve_model(get_client(request), model_id, "image")
+    if not model.info.get("lora"):
+        raise InvalidRequest(f"model `{model.id}` cannot take LoRA adapters", param="model")
+    return model
+
+
+async def _run(request: Request, model: ServedModel, op: dict[str, Any]) -> JSONResponse:
+    stage = model.info["lora_stage"]
+    omni = OmniRequest(new_id("lora"), route=[stage], emit=[stage], params={stage: {"lora": op}})
+    _, stream = await start(get_client(request), omni)
+    outputs = await until_disconnect(request, _collect(stream))
+    return JSONResponse(next(o.info["lora"] for o in outputs if "lora" in o.info))
+
+
+async def _collect(stream) -> list:
+    return [out async for out in stream]
+
+
+@router.post("/v1/set_lora")
+async def set_lora(request: Request):
+    body = parse_body(await request.body(), SetLoraRequest)
+    model = _lora_model(request, body.model)
+    nicknames = body.lora_nickname if isinstance(body.lora_nickname, list) else [body.lora_nickname]
+    if not nicknames or not all(n.strip() for n in nicknames):
+        raise InvalidRequest("lora_nickname: give a name for each adapter", param="lora_nickname")
+    targets = _listed(body.target, len(nicknames), "target")
+    bad = [t for t in targets if t not in DENOISER_TARGETS]
+    if bad:
+        raise InvalidRequest(f"target: {bad[0]!r} is not supported; adapters go to the denoiser "
+                             f"({', '.join(DENOISER_TARGETS)})", param="target")
+    settings = request.app.state.settings
+    root = settings.lora_dir or settings.data_dir / "loras"
+    paths = []
+    for path in _listed(body.lora_path, len(nicknames), "lora_path"):
+        if path is None:
+            raise InvalidRequest("lora_path: give the adapter's path (inside --lora-dir)", param="lora_path")
+        resolved = inside(root, path)
+        if resolved is None or not resolved.exists():
+            raise InvalidRequest(f"lora_path: no adapter at {path!r} inside the LoRA folder (--lora-dir)",
+                                 param="lora_path")
+        paths.append(str(resolved))
+    op = {"op": "set", "nicknames": nicknames, "paths": paths,
+          "strengths": _listed(body.strength, len(nicknames), "strength")}
+    return await _run(request, model, op)
+
+
+@router.post("/v1/merge_lora_weights")
+async def merge_lora(request: Request):
+    body = parse_body(await request.body() or b"{}", LoraNameRequest)
+    return await _run(request, _lora_model(request, body.model), {"op": "merge"})
+
+
+@router.post("/v1/unmerge_lora_weights")
+async def unmerge_lora(request: Request):
+    body = parse_body(await request.body() or b"{}", LoraNameRequest)
+    return await _run(request, _lora_model(request, body.model), {"op": "unmerge"})
+
+
+@router.get("/v1/list_loras")
+async def list_loras(request: Request, model: str | None = None):
+    return await _run(request, _lora_model(request, model), {"op": "list"})

@@ -1,0 +1,127 @@
+"""A diffusers model as three stages (text encoder -> denoiser -> VAE), and SGLang Diffusion's
+LoRA API, on a tiny random-weight Stable Diffusion pipeline built here
+(`scripts/make_tiny_diffusers.py`). Its pictures are noise, so the tests check the
+mechanics against diffusers' own `StableDiffusionPipeline` on the same seed."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import MODEL_DATA, ROOT, run_server
+
+GEN = {"size": "64x64", "extra_body": {"num_inference_steps": 4, "seed": 7, "guidance_scale": 5.0}}
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    out = MODEL_DATA / "tiny-sd"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_diffusers.py"), str(out / "model"),
+                           "--lora", str(out / "lora")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    loras = tmp_path_factory.mktemp("loras")
+    shutil.copytree(out / "lora", loras / "style")
+    (loras / "broken").mkdir()
+    (loras / "broken" / "pytorch_lora_weights.safetensors").write_bytes(b"junk")
+    return out / "model", loras
+
+
+@pytest.fixture(scope="module")
+def sd_server(tiny_sd, tmp_path_factory):
+    model, loras = tiny_sd
+    with run_server("--image-model", f"diffusers:{model}", "--lora-dir", str(loras), "--asr-model", "none",
+                    "--tts-model", "none", "--vision-model", "none",
+                    tmp_path=tmp_path_factory.mktemp("sd")) as server:
+        yield server
+
+
+def pixels(item) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(item.b64_json))).convert("RGB")).astype(int)
+
+
+def generate(server, **extra):
+    return server.openai().images.generate(model="model", prompt="a cat", **{**GEN, **extra})
+
+
+def test_stages_and_model_info(sd_server):
+    with sd_server.http() as http:
+        info = http.get("/models").json()
+    assert info["pipeline_class"] == "StableDiffusionPipeline" and info["task_type"] == "T2I"
+    assert [s["name"] for s in info["stages"]] == ["image_text_encoder", "image_denoiser", "image_vae"]
+
+
+def test_images_match_diffusers_own_pipeline(sd_server, tiny_sd):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    r = generate(sd_server, n=2)
+    assert len(r.data) == 2 and r.size == "64x64"
+    served = [pixels(item) for item in r.data]
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd[0])
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe("a cat", num_inference_steps=4, guidance_scale=5.0, height=64, width=64, num_images_per_prompt=2,
+                     generator=torch.Generator().manual_seed(7), output_type="np").images
+    for got, want in zip(served, reference, strict=True):
+        assert np.abs(got - np.round(want * 255)).max() <= 2
+    assert np.abs(served[0] - served[1]).mean() > 5  # two images, two draws of noise
+    again = pixels(generate(sd_server).data[0])
+    assert np.array_equal(again, served[0])  # the same seed, the same image
+
+
+def test_lora_set_merge_unmerge_list(sd_server):
+    base = pixels(generate(sd_server).data[0])
+    with sd_server.http() as http:
+        r = http.post("/v1/set_lora", json={"lora_nickname": "style", "lora_path": "style", "strength": 1.0})
+        assert r.status_code == 200, r.text
+        assert r.json()["loras"] == [{"lora_nickname": "style", "path": r.json()["loras"][0]["path"],
+                                      "strength": 1.0}]
+        styled = pixels(generate(sd_server).data[0])
+        assert np.abs(styled - base).mean() > 1  # the adapter changes the picture
+        assert http.post("/v1/merge_lora_weights").json()["merged"] is True
+        merged = pixels(generate(sd_server).data[0])
+        assert np.abs(merged - styled).max() <= 3  # merged into the weights: the same picture
+        assert http.post("/v1/unmerge_lora_weights").json()["merged"] is False
+        r = http.post("/v1/set_lora", json={"lora_nickname": ["style"], "lora_path": ["style"], "strength": [0.0],
+                                            "target": "unet"})
+        assert r.status_code == 200, r.text
+        off = pixels(generate(sd_server).data[0])
+        assert np.abs(off - base).max() <= 3  # strength 0: back to the base model
+        listed = http.get("/v1/list_loras").json()
+        assert listed["loras"][0]["strength"] == 0.0 and listed["merged"] is False
+
+
+@pytest.mark.parametrize("body, param, words", [
+    ({"lora_nickname": "x", "lora_path": "../../etc"}, "lora_path", "inside the LoRA folder"),
+    ({"lora_nickname": "x", "lora_path": "/etc/passwd"}, "lora_path", "inside the LoRA folder"),
+    ({"lora_nickname": "x", "lora_path": "broken"}, "lora_path", "could not load"),
+    ({"lora_nickname": "x"}, "lora_path", "give the adapter's path"),
+    ({"lora_nickname": ["a", "b"], "lora_path": ["style"]}, "lora_path", "one per lora_nickname"),
+    ({"lora_nickname": "x", "lora_path": "style", "target": "text_encoder"}, "target", "denoiser"),
+    ({"lora_path": "style"}, "lora_nickname", "required"),
+])
+def test_bad_lora_requests(sd_server, body, param, words):
+    with sd_server.http() as http:
+        r = http.post("/v1/set_lora", json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and words in err["message"], err
+
+
+def test_bad_sizes_and_a_model_without_lora(sd_server, tmp_path):
+    with sd_server.http() as http:
+        r = http.post("/v1/images/generations", json={"prompt": "a cat", "size": "63x64"})
+        assert r.status_code == 400 and "divisible by 2" in r.json()["error"]["message"]
+    from tests.conftest import shared_models
+
+    sketches = shared_models() / "sketch-rnn-quickdraw"
+    with run_server("--image-model", f"sketch-rnn:{sketches}", "--asr-model", "none", "--tts-model", "none",
+                    "--vision-model", "none", tmp_path=tmp_path) as server, server.http() as http:
+        r = http.post("/v1/set_lora", json={"lora_nickname": "x", "lora_path": "style"})
+        assert r.status_code == 400 and "cannot take LoRA" in r.json()["error"]["message"]

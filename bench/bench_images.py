@@ -1,13 +1,18 @@
-"""Images per second through omniserve vs the image executor in-process, in one run.
+"""Images per second through omniserve vs the model in-process, in one run.
 
-In-process: the sketch-rnn executor driven directly (add, step until done),
-plus the PNG encoding the server also does, so the difference is the serving
-path (HTTP, JSON, base64, the pipeline's pipes). Server: `POST
-/v1/images/generations` from 1 and from 4 concurrent clients. Same model,
-size and prompts on both sides; each figure is the median of --repeats runs.
-Targets: at most 10% overhead with 1 client, and more images/s with 4 than 1.
+sketch-rnn (default): in-process is the sketch-rnn executor driven directly
+(add, step until done), plus the PNG encoding the server also does, so the
+difference is the serving path (HTTP, JSON, base64, the pipeline's pipes).
+`--diffusers DIR`: in-process is diffusers' own `StableDiffusionPipeline`,
+one image at a time, and the server runs the three diffusion stages, whose
+denoiser batches concurrent requests into one UNet call.
+Server: `POST /v1/images/generations` from 1 and from 4 concurrent clients.
+Same model, size and prompts on both sides; each figure is the median of
+--repeats runs. Targets: at most 10% overhead with 1 client, and more
+images/s with 4 clients than with 1.
 
     python bench/bench_images.py --repeats 3 --images 40
+    python bench/bench_images.py --diffusers build/test-data/tiny-sd/model --images 16
 """
 
 from __future__ import annotations
@@ -56,10 +61,37 @@ def in_process(images: int, clients: int) -> float:
     return images / (time.perf_counter() - t0)
 
 
-def served(base: str, images: int, clients: int) -> float:
+STEPS = 20  # diffusion steps per image in --diffusers mode
+
+
+def in_process_diffusers(folder: str, images: int, clients: int) -> float:
+    """diffusers' own pipeline, one image per call (`clients` does not apply: it has no server)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    t0 = time.perf_counter()
+    for i in range(images):
+        image = pipe(PROMPTS[i % len(PROMPTS)], num_inference_steps=STEPS, height=SIZE, width=SIZE,
+                     generator=torch.Generator().manual_seed(i), output_type="np").images[0]
+        encode_png(image)
+    return images / (time.perf_counter() - t0)
+
+
+def encode_png(image) -> None:
+    import numpy as np
+
+    from omniserve.media.image_out import encode_image
+
+    encode_image((np.asarray(image) * 255).round().astype("uint8"), "png", 75)
+
+
+def served(base: str, images: int, clients: int, extra: dict | None = None) -> float:
     def one(i: int) -> None:
         http.post(base + "/v1/images/generations",
-                  json={"prompt": PROMPTS[i % len(PROMPTS)], "size": f"{SIZE}x{SIZE}", "seed": i}).raise_for_status()
+                  json={"prompt": PROMPTS[i % len(PROMPTS)], "size": f"{SIZE}x{SIZE}", "seed": i, **(extra or {})}
+                  ).raise_for_status()
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -71,19 +103,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--diffusers", help="a diffusers folder to bench instead of sketch-rnn")
     args = parser.parse_args()
 
-    raw = {c: statistics.median(in_process(args.images, c) for _ in range(args.repeats)) for c in (1, 4)}
+    if args.diffusers:
+        model, extra, name = f"diffusers:{args.diffusers}", {"num_inference_steps": STEPS}, "diffusers"
+        raw1 = statistics.median(in_process_diffusers(args.diffusers, args.images, 1) for _ in range(args.repeats))
+        raw = {1: raw1, 4: raw1}
+    else:
+        model, extra, name = f"sketch-rnn:{sketches_dir()}", {}, "sketch-rnn"
+        raw = {c: statistics.median(in_process(args.images, c) for _ in range(args.repeats)) for c in (1, 4)}
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "omniserve", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--image-model", f"sketch-rnn:{sketches_dir()}", "--asr-model", "none", "--tts-model", "none",
+           "--image-model", model, "--asr-model", "none", "--tts-model", "none",
            "--vision-model", "none", "--data-dir", str(ROOT / "build" / "test-data")]
     with running("omniserve", cmd, base):
-        served(base, len(PROMPTS), 1)  # warm up: every category loaded
-        server = {c: statistics.median(served(base, args.images, c) for _ in range(args.repeats)) for c in (1, 4)}
+        served(base, len(PROMPTS), 1, extra)  # warm up: every category loaded
+        server = {c: statistics.median(served(base, args.images, c, extra) for _ in range(args.repeats))
+                  for c in (1, 4)}
 
-    print(f"sketch-rnn {SIZE}x{SIZE} png, {args.images} images, median of {args.repeats}")
+    print(f"{name} {SIZE}x{SIZE} png, {args.images} images, median of {args.repeats}")
     print(f"{'clients':>7} {'in-process':>12} {'omniserve':>11} {'overhead':>9}")
     for c in (1, 4):
         print(f"{c:>7} {raw[c]:>8.1f} im/s {server[c]:>7.1f} im/s {(raw[c] / server[c] - 1) * 100:>+8.1f}%")

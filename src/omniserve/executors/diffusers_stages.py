@@ -4,9 +4,10 @@ Each stage loads only its components from the folder (`model_index.json` names
 their classes), so the three can sit in different processes or on different
 devices. The text encoder turns the prompt (and the negative prompt, for
 classifier-free guidance) into embeddings; the denoiser runs the scheduler
-loop, one denoising step of one request per engine step, round robin, and
-reports progress; the decoder turns latents into pixels. Requests carry numpy
-arrays between them on the graph's edges.
+loop, one denoising step per engine step for every waiting request whose
+latents have the same shape (one batched UNet call), and reports progress;
+the decoder turns latents into pixels. Requests carry numpy arrays between
+them on the graph's edges.
 
 The denoiser also takes LoRA adapters (SGLang Diffusion's `/v1/set_lora`
 family), through peft: requests with `params["lora"]` change the adapters
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor, request_params
 from omniserve.runtime.types import OmniOutput, OmniRequest
+
+log = logging.getLogger(__name__)
 
 
 class DiffusersArgs(BaseModel):
@@ -164,28 +169,43 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
         super().abort(request_id)
         self._waiting.pop(request_id, None)
 
-    def advance(self, job: _Denoise) -> tuple[list[OmniOutput], bool]:
-        """One denoising step for every image of the request (classifier-free guidance batched)."""
+    def step(self) -> list[OmniOutput]:
+        """One denoising step for the oldest job and for every queued job that can share its UNet
+        call (the same latent shape): requests batch with each other, each at its own timestep."""
+        head = self._jobs.popleft()
+        batch = [head] + [j for j in self._jobs if j.latents.shape[1:] == head.latents.shape[1:]]
+        self._jobs = deque(j for j in self._jobs if all(j is not b for b in batch))
+        if len(batch) > 1:
+            log.debug("one UNet call for %d requests", len(batch))
+        outputs = self._denoise(batch)
+        self._jobs.extend(job for job in batch if job.step < len(job.timesteps))
+        return outputs
+
+    def _denoise(self, batch: list[_Denoise]) -> list[OmniOutput]:
         import torch
 
-        p, t = job.params, job.timesteps[job.step]
-        guided = p.guidance_scale > 1
-        latents = torch.cat([job.latents] * 2) if guided else job.latents
-        latents = job.scheduler.scale_model_input(latents, t)
-        context = job.embeds if guided else job.embeds[1:]
-        context = context.repeat_interleave(p.n, dim=0)
+        inputs, times, contexts = [], [], []
+        for job in batch:  # classifier-free guidance doubles a job's rows: unconditioned, then conditioned
+            t, guided = job.timesteps[job.step], job.params.guidance_scale > 1
+            rows = torch.cat([job.latents] * 2) if guided else job.latents
+            inputs.append(job.scheduler.scale_model_input(rows, t))
+            times.append(t.repeat(len(rows)))
+            contexts.append((job.embeds if guided else job.embeds[1:]).repeat_interleave(job.params.n, dim=0))
         with torch.no_grad():
-            noise = self.unet(latents, t, encoder_hidden_states=context).sample
-        if guided:
-            uncond, cond = noise.chunk(2)
-            noise = uncond + p.guidance_scale * (cond - uncond)
-        job.latents = job.scheduler.step(noise, t, job.latents).prev_sample
-        job.step += 1
-        done = job.step == len(job.timesteps)
-        info = {"progress": round(100 * job.step / len(job.timesteps))}
-        if done:
-            info["latents"] = job.latents.numpy()
-        return [OmniOutput(job.request_id, finish_reason="stop" if done else None, done=done, info=info)], done
+            noise = self.unet(torch.cat(inputs), torch.cat(times), encoder_hidden_states=torch.cat(contexts)).sample
+        outputs = []
+        for job, predicted in zip(batch, noise.split([len(x) for x in inputs]), strict=True):
+            if job.params.guidance_scale > 1:
+                uncond, cond = predicted.chunk(2)
+                predicted = uncond + job.params.guidance_scale * (cond - uncond)
+            job.latents = job.scheduler.step(predicted, job.timesteps[job.step], job.latents).prev_sample
+            job.step += 1
+            done = job.step == len(job.timesteps)
+            info = {"progress": round(100 * job.step / len(job.timesteps))}
+            if done:
+                info["latents"] = job.latents.numpy()
+            outputs.append(OmniOutput(job.request_id, finish_reason="stop" if done else None, done=done, info=info))
+        return outputs
 
     # ---- LoRA (SGLang Diffusion's set_lora / merge / unmerge / list) ----------------------
 

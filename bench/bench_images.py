@@ -3,9 +3,10 @@
 sketch-rnn (default): in-process is the sketch-rnn executor driven directly
 (add, step until done), plus the PNG encoding the server also does, so the
 difference is the serving path (HTTP, JSON, base64, the pipeline's pipes).
-`--diffusers DIR`: in-process is diffusers' own `StableDiffusionPipeline`,
-one image at a time, and the server runs the three diffusion stages, whose
-denoiser batches concurrent requests into one UNet call.
+`--diffusers DIR`: in-process is diffusers' own pipeline (`StableDiffusionPipeline`,
+or `WanPipeline` making one-frame videos), one image at a time, and the server
+runs the three diffusion stages, whose denoiser batches concurrent requests
+into one model call.
 Server: `POST /v1/images/generations` from 1 and from 4 concurrent clients.
 Same model, size and prompts on both sides; each figure is the median of
 --repeats runs. Targets: at most 10% overhead with 1 client, and more
@@ -13,11 +14,13 @@ images/s with 4 clients than with 1.
 
     python bench/bench_images.py --repeats 3 --images 40
     python bench/bench_images.py --diffusers build/test-data/tiny-sd/model --images 16
+    python bench/bench_images.py --diffusers build/test-data/tiny-wan --images 16
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import sys
 import time
@@ -66,17 +69,19 @@ STEPS = 20  # diffusion steps per image in --diffusers mode
 
 
 def in_process_diffusers(folder: str, images: int, clients: int) -> float:
-    """diffusers' own pipeline, one image per call (`clients` does not apply: it has no server)."""
+    """diffusers' own pipeline, one image per call (`clients` does not apply: it has no server);
+    a video pipeline (Wan) makes one-frame videos."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe = DiffusionPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
+    video = "num_frames" in inspect.signature(pipe.__call__).parameters
     t0 = time.perf_counter()
     for i in range(images):
-        image = pipe(PROMPTS[i % len(PROMPTS)], num_inference_steps=STEPS, height=DIFFUSERS_SIZE, width=DIFFUSERS_SIZE,
-                     generator=torch.Generator().manual_seed(i), output_type="np").images[0]
-        encode_png(image)
+        out = pipe(PROMPTS[i % len(PROMPTS)], num_inference_steps=STEPS, height=DIFFUSERS_SIZE, width=DIFFUSERS_SIZE,
+                   generator=torch.Generator().manual_seed(i), output_type="np", **({"num_frames": 1} if video else {}))
+        encode_png(out.frames[0][0] if video else out.images[0])
     return images / (time.perf_counter() - t0)
 
 

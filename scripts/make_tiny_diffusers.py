@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build a tiny random-weight Stable-Diffusion-style diffusers pipeline, fully offline.
 
-    python scripts/make_tiny_diffusers.py OUT_DIR [--lora LORA_DIR]
+    python scripts/make_tiny_diffusers.py OUT_DIR [--lora LORA_DIR] [--wan WAN_DIR]
 
 OUT_DIR gets a `StableDiffusionPipeline` folder (`model_index.json`, `unet/`,
 `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`) small enough to run in
@@ -9,7 +9,10 @@ well under a second on a CPU: a 2-block UNet, a 1-block VAE and a 2-layer CLIP
 text encoder, with a character-level CLIP tokenizer written here (no hub).
 Its images are noise; the tests use it to check the mechanics of the diffusers
 stages. `--lora` also writes a tiny rank-4 LoRA for its UNet (peft), saved the
-way diffusers' `load_lora_weights` reads it. Seeded, so a rebuild is the same.
+way diffusers' `load_lora_weights` reads it. `--wan` also writes a tiny
+`WanPipeline` (text-to-video: a 2-layer UMT5 encoder with a character-level
+Unigram tokenizer, a 2-layer WanTransformer3DModel and a small 3-D VAE), shaped
+like the one in diffusers' own tests. Seeded, so a rebuild is the same.
 """
 
 from __future__ import annotations
@@ -62,6 +65,34 @@ def build(out: Path) -> None:
     (out / "_tok").rmdir()
 
 
+def build_wan(out: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    letters = string.ascii_lowercase + string.digits + string.punctuation
+    pieces = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [(c, -3.0) for c in letters]
+              + [("\u2581" + c, -2.5) for c in string.ascii_lowercase])
+    unigram = Tokenizer(models.Unigram(pieces, unk_id=2))
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.decoder = decoders.Metaspace()
+    tokenizer = T5TokenizerFast(tokenizer_object=unigram, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                extra_ids=0)
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32)
+    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)).save_pretrained(out)
+
+
 def build_lora(model: Path, out: Path) -> None:
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -84,12 +115,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out")
     parser.add_argument("--lora", help="also write a tiny LoRA for the UNet here")
+    parser.add_argument("--wan", help="also write a tiny Wan text-to-video pipeline here")
     args = parser.parse_args()
     out = Path(args.out)
     if not (out / "model_index.json").is_file():
         build(out)
     if args.lora and not (Path(args.lora) / "pytorch_lora_weights.safetensors").is_file():
         build_lora(out, Path(args.lora))
+    if args.wan and not (Path(args.wan) / "model_index.json").is_file():
+        build_wan(Path(args.wan))
     return 0
 
 

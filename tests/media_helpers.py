@@ -14,6 +14,7 @@ import soundfile as sf
 from PIL import Image
 
 from tests.audio_helpers import LIBRIVOX
+from tests.conftest import wait_until
 
 SPOKEN = LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav"  # "he was not an ill disposed young man"
 
@@ -76,3 +77,14 @@ def cat_video(with_sound: bool = True) -> bytes:
     audio, rate = sf.read(SPOKEN, dtype="float32")
     return make_video([(rgb("chelsea.png"), 2.0), (rgb("coffee.png"), 2.0)], audio=audio if with_sound else None,
                       audio_rate=rate)
+
+
+def video_frames(data: bytes) -> list[np.ndarray]:
+    """The frames of an mp4, RGB."""
+    with av.open(io.BytesIO(data)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+
+
+def finished(videos, video_id, timeout=60):
+    """The video job once it is completed or failed (`client.videos`)."""
+    return wait_until(lambda: (v := videos.retrieve(video_id)).status in ("completed", "failed") and v, timeout)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import io
 import time
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import run_server, shared_models, wait_until
-from tests.media_helpers import data_url
+from tests.media_helpers import data_url, finished
+from tests.media_helpers import video_frames as frames
 
 LONG = {"size": "1280x720", "num_frames": 600, "fps": 30}  # several seconds of encoding: time to watch and abort
 
@@ -34,14 +34,6 @@ def video_server(tmp_path_factory):
 def videos(video_server):
     return video_server.openai().videos
 
-
-def frames(data: bytes) -> list[np.ndarray]:
-    with av.open(io.BytesIO(data)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
-
-
-def finished(videos, video_id, timeout=60):
-    return wait_until(lambda: (v := videos.retrieve(video_id)).status in ("completed", "failed") and v, timeout)
 
 
 def test_create_poll_and_download(videos):

@@ -2,12 +2,13 @@
 
 Each stage loads only its components from the folder (`model_index.json` names
 their classes), so the three can sit in different processes or on different
-devices. The text encoder turns the prompt (and the negative prompt, for
-classifier-free guidance) into embeddings; the denoiser runs the scheduler
-loop, one denoising step per engine step for every waiting request whose
-latents have the same shape (one batched UNet call), and reports progress;
-the decoder turns latents into pixels. Requests carry numpy arrays between
-them on the graph's edges.
+devices. The text encoder runs the pipeline's own `encode_prompt` for the
+prompt and the negative prompt (classifier-free guidance); the denoiser runs
+the scheduler loop, one denoising step per engine step for every waiting
+request whose latents have the same shape (one batched model call), and
+reports progress; the decoder turns latents into an image, or a video's
+frames. Requests carry numpy arrays between them on the graph's edges. What
+differs between a UNet pipeline and Wan lives in `models/diffusion_families.py`.
 
 The denoiser also takes LoRA adapters (SGLang Diffusion's `/v1/set_lora`
 family), through peft: requests with `params["lora"]` change the adapters
@@ -17,6 +18,7 @@ between steps instead of making an image.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import random
@@ -30,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor, request_params
+from omniserve.models.diffusion_families import family_of
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,8 @@ class DiffusersArgs(BaseModel):
 
 
 class DiffusionParams(BaseModel):
-    """What a request may set for the diffusion stages (`OmniRequest.params[stage]`)."""
+    """What a request may set for the diffusion stages (`OmniRequest.params[stage]`). Steps and
+    guidance left out take the pipeline's own defaults."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -53,16 +57,30 @@ class DiffusionParams(BaseModel):
     height: int = Field(512, ge=16)
     seed: int | None = None
     negative_prompt: str | None = None
-    num_inference_steps: int = Field(20, ge=1, le=1000)
-    guidance_scale: float = Field(7.5, ge=0, le=100)
+    num_inference_steps: int | None = Field(None, ge=1, le=1000)
+    guidance_scale: float | None = Field(None, ge=0, le=100)
+    video: bool = False  # frames instead of images (a video family only)
+    num_frames: int = Field(1, ge=1, le=3600)
     lora: dict[str, Any] | None = None  # an adapter operation instead of an image (denoiser only)
+
+
+def _index(folder: str) -> dict[str, Any]:
+    return json.loads((Path(folder) / "model_index.json").read_text())
 
 
 def _component(folder: str, name: str, device: str):
     """One component of a diffusers folder, of the class `model_index.json` names."""
-    library, cls = json.loads((Path(folder) / "model_index.json").read_text())[name]
+    library, cls = _index(folder)[name]
     component = getattr(importlib.import_module(library), cls).from_pretrained(folder, subfolder=name)
     return component.to(device) if hasattr(component, "to") else component
+
+
+def _call_defaults(folder: str) -> dict[str, Any]:
+    """The defaults of the pipeline class's own `__call__` (steps, guidance, text length)."""
+    import diffusers
+
+    call = inspect.signature(getattr(diffusers, _index(folder)["_class_name"]).__call__).parameters
+    return {k: p.default for k, p in call.items() if p.default is not inspect.Parameter.empty}
 
 
 def _threads(n: int) -> None:
@@ -75,13 +93,22 @@ def _threads(n: int) -> None:
 
 
 class DiffusersTextEncoderExecutor(RoundRobinExecutor):
+    """The pipeline's own `encode_prompt`, with only its tokenizers and text encoders loaded."""
+
     def __init__(self, args: DiffusersArgs, stage: str = "text_encoder"):
         super().__init__(args, stage)
 
     def load(self) -> dict[str, Any]:
+        from diffusers import DiffusionPipeline
+
         _threads(self.args.threads)
-        self.tokenizer = _component(self.args.model_path, "tokenizer", self.args.device)
-        self.encoder = _component(self.args.model_path, "text_encoder", self.args.device).eval()
+        others = {name: None for name, spec in _index(self.args.model_path).items()
+                  if isinstance(spec, list) and not name.startswith(("tokenizer", "text_encoder"))}
+        self.pipe = DiffusionPipeline.from_pretrained(self.args.model_path, **others).to(self.args.device)
+        accepted = inspect.signature(self.pipe.encode_prompt).parameters
+        options = {"num_images_per_prompt": 1, "num_videos_per_prompt": 1, "device": self.args.device,
+                   "max_sequence_length": _call_defaults(self.args.model_path).get("max_sequence_length")}
+        self.options = {k: v for k, v in options.items() if k in accepted and v is not None}
         return {"model_path": self.args.model_path}
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
@@ -92,10 +119,10 @@ class DiffusersTextEncoderExecutor(RoundRobinExecutor):
     def advance(self, job: _Prompt) -> tuple[list[OmniOutput], bool]:
         import torch
 
-        tokens = self.tokenizer([job.negative, job.prompt], padding="max_length", truncation=True,
-                                max_length=self.tokenizer.model_max_length, return_tensors="pt")
         with torch.no_grad():
-            embeds = self.encoder(tokens.input_ids.to(self.args.device))[0]
+            positive, negative = self.pipe.encode_prompt(prompt=job.prompt, negative_prompt=job.negative,
+                                                         do_classifier_free_guidance=True, **self.options)[:2]
+        embeds = torch.cat([negative, positive])
         return [OmniOutput(job.request_id, finish_reason="stop", done=True,
                            info={"embeds": embeds.float().cpu().numpy()})], True
 
@@ -114,6 +141,7 @@ class _Prompt:
 class _Denoise:
     request_id: str
     params: DiffusionParams
+    guidance: float
     embeds: Any  # torch (2, seq, dim): negative, positive
     latents: Any
     scheduler: Any
@@ -130,11 +158,11 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
 
     def load(self) -> dict[str, Any]:
         _threads(self.args.threads)
-        self.unet = _component(self.args.model_path, "unet", self.args.device).eval()
+        self.family = family_of(self.args.model_path)
+        self.model = _component(self.args.model_path, self.family.denoiser, self.args.device).eval()
         self.scheduler = _component(self.args.model_path, "scheduler", self.args.device)
-        vae = json.loads((Path(self.args.model_path) / "vae" / "config.json").read_text())
-        self.scale = 2 ** (len(vae["block_out_channels"]) - 1)
-        return {"model_path": self.args.model_path, "lora": hasattr(self.unet, "load_lora_adapter")}
+        self.defaults = _call_defaults(self.args.model_path)
+        return {"model_path": self.args.model_path, "lora": hasattr(self.model, "load_lora_adapter")}
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(DiffusionParams, request.params_for(self.stage))
@@ -142,9 +170,9 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
             result = self._lora(params.lora)
             return [OmniOutput(request.request_id, started=True),
                     OmniOutput(request.request_id, finish_reason="stop", done=True, info={"lora": result})]
-        if params.width % self.scale or params.height % self.scale:
-            raise InvalidRequest(f"size: this model needs a width and height divisible by {self.scale}",
-                                 param="size")
+        multiple = self.family.multiple
+        if params.width % multiple or params.height % multiple:
+            raise InvalidRequest(f"size: this model needs a width and height divisible by {multiple}", param="size")
         self._waiting[request.request_id] = params  # starts when the text encoder feeds the embeddings
         return [OmniOutput(request.request_id, started=True)]
 
@@ -157,12 +185,17 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
             return []
         seed = params.seed if params.seed is not None else random.getrandbits(32)
         generator = torch.Generator().manual_seed(seed)
-        shape = (params.n, self.unet.config.in_channels, params.height // self.scale, params.width // self.scale)
+        frames = self.family.frames(params.num_frames if params.video else 1)
+        shape = self.family.latent_shape(self.model, params.n, params.height, params.width, frames)
         scheduler = self.scheduler.__class__.from_config(self.scheduler.config)
-        scheduler.set_timesteps(params.num_inference_steps)
-        latents = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma
-        self._jobs.append(_Denoise(outputs[0].request_id, params, torch.from_numpy(embeds), latents, scheduler,
-                                   timesteps=list(scheduler.timesteps)))
+        scheduler.set_timesteps(params.num_inference_steps or self.defaults.get("num_inference_steps", 50))
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        latents = self.family.first_latents(torch.randn(shape, generator=generator), scheduler)
+        guidance = params.guidance_scale if params.guidance_scale is not None else self.defaults.get(
+            "guidance_scale", 7.5)
+        self._jobs.append(_Denoise(outputs[0].request_id, params, guidance, torch.from_numpy(embeds), latents,
+                                   scheduler, timesteps=list(scheduler.timesteps)))
         return []
 
     def abort(self, request_id: str) -> None:
@@ -170,13 +203,14 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
         self._waiting.pop(request_id, None)
 
     def step(self) -> list[OmniOutput]:
-        """One denoising step for the oldest job and for every queued job that can share its UNet
-        call (the same latent shape): requests batch with each other, each at its own timestep."""
+        """One denoising step for the oldest job and for every queued job that can share its model
+        call (the same latent and text shapes): requests batch with each other, each at its own timestep."""
         head = self._jobs.popleft()
-        batch = [head] + [j for j in self._jobs if j.latents.shape[1:] == head.latents.shape[1:]]
+        batch = [head] + [j for j in self._jobs if j.latents.shape[1:] == head.latents.shape[1:]
+                          and j.embeds.shape[1:] == head.embeds.shape[1:]]
         self._jobs = deque(j for j in self._jobs if all(j is not b for b in batch))
         if len(batch) > 1:
-            log.debug("one UNet call for %d requests", len(batch))
+            log.debug("one denoiser call for %d requests", len(batch))
         outputs = self._denoise(batch)
         self._jobs.extend(job for job in batch if job.step < len(job.timesteps))
         return outputs
@@ -186,18 +220,19 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
 
         inputs, times, contexts = [], [], []
         for job in batch:  # classifier-free guidance doubles a job's rows: unconditioned, then conditioned
-            t, guided = job.timesteps[job.step], job.params.guidance_scale > 1
-            rows = torch.cat([job.latents] * 2) if guided else job.latents
-            inputs.append(job.scheduler.scale_model_input(rows, t))
-            times.append(t.repeat(len(rows)))
+            t, guided = job.timesteps[job.step], job.guidance > 1
+            rows, timesteps = self.family.model_input(job.scheduler, torch.cat([job.latents] * 2) if guided
+                                                      else job.latents, t)
+            inputs.append(rows)
+            times.append(timesteps)
             contexts.append((job.embeds if guided else job.embeds[1:]).repeat_interleave(job.params.n, dim=0))
         with torch.no_grad():
-            noise = self.unet(torch.cat(inputs), torch.cat(times), encoder_hidden_states=torch.cat(contexts)).sample
+            noise = self.family.predict_batch(self.model, inputs, times, contexts)
         outputs = []
         for job, predicted in zip(batch, noise.split([len(x) for x in inputs]), strict=True):
-            if job.params.guidance_scale > 1:
+            if job.guidance > 1:
                 uncond, cond = predicted.chunk(2)
-                predicted = uncond + job.params.guidance_scale * (cond - uncond)
+                predicted = uncond + job.guidance * (cond - uncond)
             job.latents = job.scheduler.step(predicted, job.timesteps[job.step], job.latents).prev_sample
             job.step += 1
             done = job.step == len(job.timesteps)
@@ -210,20 +245,21 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
     # ---- LoRA (SGLang Diffusion's set_lora / merge / unmerge / list) ----------------------
 
     def _lora(self, op: dict[str, Any]) -> dict[str, Any]:
-        if not hasattr(self.unet, "load_lora_adapter"):
+        if not hasattr(self.model, "load_lora_adapter"):
             raise InvalidRequest("this model cannot take LoRA adapters", param="lora_path")
         action = op["op"]
         if action == "set":
             if self.merged:
-                self.unet.unfuse_lora()
+                self.model.unfuse_lora()
                 self.merged = False
             for nickname, path in zip(op["nicknames"], op["paths"], strict=True):
                 if nickname in self.loras and self.loras[nickname]["path"] == path:
                     continue
                 if nickname in self.loras:
-                    self.unet.delete_adapters([nickname])
+                    self.model.delete_adapters([nickname])
                 try:
-                    self.unet.load_lora_adapter(_lora_weights(path), prefix="unet", adapter_name=nickname)
+                    self.model.load_lora_adapter(_lora_weights(path), prefix=self.family.denoiser,
+                                                 adapter_name=nickname)
                 except Exception as exc:  # a wrong file, a mismatched model: the caller's to fix
                     raise InvalidRequest(f"lora_path: could not load {path!r} as {nickname!r}: "
                                          f"{type(exc).__name__}: {exc}", param="lora_path") from None
@@ -231,14 +267,14 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
             for nickname, strength in zip(op["nicknames"], op["strengths"], strict=True):
                 self.loras[nickname]["strength"] = strength
             active = {n: v["strength"] for n, v in self.loras.items() if n in op["nicknames"]}
-            self.unet.set_adapters(list(active), list(active.values()))
+            self.model.set_adapters(list(active), list(active.values()))
         elif action in ("merge", "unmerge"):
             if not self.loras:
                 raise InvalidRequest("no LoRA adapter is set; call /v1/set_lora first", param="lora_nickname")
             if action == "merge" and not self.merged:
-                self.unet.fuse_lora()
+                self.model.fuse_lora()
             elif action == "unmerge" and self.merged:
-                self.unet.unfuse_lora()
+                self.model.unfuse_lora()
             self.merged = action == "merge"
         return {"loras": [{"lora_nickname": n, **v} for n, v in self.loras.items()], "merged": self.merged}
 
@@ -262,25 +298,29 @@ def _lora_weights(path: str) -> dict[str, Any]:
 class DiffusersDecoderExecutor(RoundRobinExecutor):
     def __init__(self, args: DiffusersArgs, stage: str = "vae"):
         super().__init__(args, stage)
-        self._waiting: dict[str, str] = {}
+        self._waiting: dict[str, tuple[str, DiffusionParams]] = {}
 
     def load(self) -> dict[str, Any]:
         _threads(self.args.threads)
+        self.family = family_of(self.args.model_path)
         self.vae = _component(self.args.model_path, "vae", self.args.device).eval()
-        index = json.loads((Path(self.args.model_path) / "model_index.json").read_text())
+        tasks = ["T2V", "T2I"] if self.family.videos else ["T2I"]
         return {"model_path": self.args.model_path, "pipeline_name": "diffusers",
-                "pipeline_class": index.get("_class_name"), "task_type": "T2I", "tasks": ["T2I"],
-                "edits": False, "videos": False}
+                "pipeline_class": _index(self.args.model_path).get("_class_name"), "task_type": tasks[0],
+                "tasks": tasks, "edits": False, "videos": self.family.videos}
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
-        self._waiting[request.request_id] = request.prompt or ""
+        params = request_params(DiffusionParams, request.params_for(self.stage))
+        if params.video and not self.family.videos:
+            raise InvalidRequest("this model makes still images, not videos", param="model")
+        self._waiting[request.request_id] = (request.prompt or "", params)
         return [OmniOutput(request.request_id, started=True)]
 
     def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        prompt = self._waiting.pop(outputs[0].request_id, None)
+        waiting = self._waiting.pop(outputs[0].request_id, None)
         latents = next((o.info["latents"] for o in outputs if "latents" in o.info), None)
-        if prompt is not None and latents is not None:
-            self._jobs.append(_Latents(outputs[0].request_id, prompt, latents))
+        if waiting is not None and latents is not None:
+            self._jobs.append(_Latents(outputs[0].request_id, *waiting, latents))
         return []
 
     def abort(self, request_id: str) -> None:
@@ -288,23 +328,24 @@ class DiffusersDecoderExecutor(RoundRobinExecutor):
         self._waiting.pop(request_id, None)
 
     def advance(self, job: _Latents) -> tuple[list[OmniOutput], bool]:
-        """One image per turn."""
+        """One image (or one video) per turn."""
         import torch
 
         with torch.no_grad():
-            latent = torch.from_numpy(job.latents[job.index:job.index + 1]) / self.vae.config.scaling_factor
-            pixels = self.vae.decode(latent).sample[0]
-        image = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            pixels = self.family.decode(self.vae, torch.from_numpy(job.latents[job.index:job.index + 1]))
+        frames = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
         index = job.index
         job.index += 1
         done = job.index == len(job.latents)
-        return [OmniOutput(job.request_id, index=index, finish_reason="stop", done=done,
-                           info={"image": image, "revised_prompt": job.prompt})], done
+        info = ({"frames": frames, "progress": 100} if job.params.video else
+                {"image": frames[0], "revised_prompt": job.prompt})
+        return [OmniOutput(job.request_id, index=index, finish_reason="stop", done=done, info=info)], done
 
 
 @dataclass
 class _Latents:
     request_id: str
     prompt: str
+    params: DiffusionParams
     latents: np.ndarray
     index: int = 0

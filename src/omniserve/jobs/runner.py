@@ -124,8 +124,9 @@ class VideoRunner:
         if settings["reference"]:
             images.append(np.asarray(Image.open(self.reference_path(job.id)).convert("RGB")))
         stage = {**settings["stage"], "video": True}
+        route = self.client.stages_of(model)  # every stage reports progress; the last one makes the frames
         omni = OmniRequest(f"{job.id}-{int(time.time() * 1000)}", prompt=job.prompt, images=images,
-                           route=[model.stage], emit=[model.stage], params={model.stage: stage})
+                           route=route, emit=route, params=dict.fromkeys(route, stage))
         encoder = VideoEncoder(str(partial), settings["fps"], stage["width"], stage["height"], settings["quality"])
         writing: asyncio.Future | None = None
         try:
@@ -133,6 +134,7 @@ class VideoRunner:
                 if "frames" in out.info:
                     writing = asyncio.ensure_future(asyncio.to_thread(encoder.write, out.info["frames"]))
                     await asyncio.shield(writing)
+                if "progress" in out.info:
                     self.store.update(job.id, progress=min(99, out.info["progress"]))
         finally:
             if writing is not None:  # cancelled mid-write: the thread still runs; the encoder is not thread-safe

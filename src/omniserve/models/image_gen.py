@@ -1,8 +1,9 @@
 """Image generation models: `--image-model KIND:PATH`.
 
 `sketch-rnn:<dir>` is Magenta's sketch-rnn (Quick, Draw! categories; numpy
-only). `diffusers:<dir>` is any diffusers pipeline folder with a UNet (Stable
-Diffusion style), run as text encoder -> denoiser -> VAE stages. No
+only). `diffusers:<dir>` is a diffusers pipeline folder, UNet (Stable
+Diffusion, SD-Turbo) or Wan text-to-video, run as text encoder -> denoiser ->
+VAE stages. No
 image-generation model ships in a package registry, so there is no default:
 point the flag at the weights (see the README for where to get them).
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omniserve.errors import ConfigError
+from omniserve.models.diffusion_families import family_of
 
 # kind -> (executor, served id)
 KINDS = {"sketch-rnn": ("sketch_rnn", "sketch-rnn"), "diffusers": ("diffusers", None)}
@@ -36,9 +38,10 @@ def resolve_image_model(spec: str | None) -> ImageModel | None:
     folder = Path(path).expanduser()
     executor, served_id = KINDS[kind]
     if executor == "diffusers":
-        if not (folder / "model_index.json").is_file() or not (folder / "unet").is_dir():
-            raise ConfigError(f"--image-model {spec}: {folder} is not a diffusers pipeline folder with a unet/ "
-                              "(model_index.json)")
+        try:
+            family_of(folder)
+        except ConfigError as exc:
+            raise ConfigError(f"--image-model {spec}: {exc}") from None
     elif not folder.is_dir() or not any(folder.glob("*.gen.json")):
         raise ConfigError(f"--image-model {spec}: {folder} is not a folder of sketch-rnn *.gen.json files")
     return ImageModel(served_id or folder.resolve().name, executor, str(folder.resolve()))

@@ -60,3 +60,14 @@ def test_store_expires(tmp_path):
     store.save(b"x", "webp")  # saving purges what expired
     assert not (tmp_path / f"{image_id}.png").exists()
     assert store.find("../etc/passwd") is None and store.find("img_../../x") is None
+
+
+@pytest.mark.parametrize("body, seconds, frames", [
+    ({}, "4", 32), ({"num_frames": 9}, "1.125", 9), ({"num_frames": 9, "seconds": "2"}, "2", 9),
+    ({"extra_body": {"num_frames": 12, "fps": 24}}, "0.5", 12), ({"seconds": 1.5, "fps": 10}, "1.5", 15),
+])
+def test_video_length_from_seconds_or_frames(body, seconds, frames):
+    from omniserve.api.protocol.videos import VideoRequest
+
+    request = VideoRequest(prompt="a cat", **body)
+    assert (request.seconds, request.frames()) == (seconds, frames)

@@ -51,5 +51,12 @@ class VideoRequest(BaseModel):
             raise ValueError(f"size: H.264 needs an even width and height; got {value!r}")
         return f"{width}x{height}"
 
+    @model_validator(mode="after")
+    def _seconds_from_frames(self) -> VideoRequest:
+        """`num_frames` without `seconds`: the clip lasts num_frames / fps."""
+        if self.num_frames and "seconds" not in self.model_fields_set:
+            self.seconds = f"{self.num_frames / self.fps:g}"
+        return self
+
     def frames(self) -> int:
         return self.num_frames or max(1, round(float(self.seconds) * self.fps))

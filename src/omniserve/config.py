@@ -45,6 +45,7 @@ class ServerArgs(BaseSettings):
     max_image_pixels: int = Field(25_000_000, ge=1)
     max_video_seconds: float = Field(300.0, gt=0)
     max_media_items: int = Field(16, ge=1)
+    embedding_model: str = Field("all-minilm-l6-v2", description="embeddings: all-minilm-l6-v2, or none")
     vision_model: str = Field("imagenet-ocr", description="image description alias, or none")
     image_model: str | None = Field(None, description="image generation: KIND:PATH, e.g. sketch-rnn:/dir")
     image_ttl_seconds: float = Field(3600.0, gt=0)

@@ -18,6 +18,8 @@ from omniserve.errors import ConfigError
 from omniserve.jobs.runner import VideoRunner
 from omniserve.jobs.store import JobStore
 from omniserve.models.image_gen import DIFFUSION_STAGES, resolve_image_model
+from omniserve.models.minilm import ALIASES as EMBEDDING_ALIASES
+from omniserve.models.minilm import SERVED_ID as EMBEDDING_ID
 from omniserve.models.registry import speech_models, vision_model
 from omniserve.models.speech import ASR_OPENAI_NAMES, TTS_OPENAI_NAMES
 from omniserve.runtime.client import Client, ServedModel
@@ -57,6 +59,9 @@ def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: C
         elif stage.executor in ("describer", "mtmd"):
             out.append(ServedModel(id=vision.id if vision else stage.name, max_model_len=None, kind="vision",
                                    **common))
+        elif stage.executor == "embedder":
+            out.append(ServedModel(id=EMBEDDING_ID, max_model_len=info.get("context_length"), kind="embedding",
+                                   aliases=EMBEDDING_ALIASES, **common))
         elif stage.executor == "sketch_rnn":
             out.append(ServedModel(id=image.id if image else stage.name, max_model_len=None, kind="image",
                                    **common))

@@ -99,7 +99,8 @@ def test_limits_and_stages_turned_off(tmp_path):
         r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
                                                     "modalities": ["text", "audio"]})
         assert error(r)["param"] == "modalities"
-        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["smollm2-135m", "whisper-tiny.en"]
+        ids = [m["id"] for m in http.get("/v1/models").json()["data"]]
+        assert ids == ["smollm2-135m", "whisper-tiny.en", "all-MiniLM-L6-v2"]
         r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
                                                     "images": ["https://example.com/cat.png"]})
         assert error(r)["param"] == "images[0]" and "--vision-model none" in error(r)["message"]

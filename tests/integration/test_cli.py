@@ -92,7 +92,7 @@ def test_config_override_and_served_names(tmp_path):
     with run_server("--config", str(path), "--served-model-name", "alpha", "beta", tmp_path=tmp_path) as s:
         with s.http() as http:
             ids = [m["id"] for m in http.get("/v1/models").json()["data"]]
-            assert ids == ["alpha", "beta", "whisper-tiny.en", "imagenet-ocr", "piper-joe-medium"]
+            assert ids == ["alpha", "beta", "whisper-tiny.en", "imagenet-ocr", "piper-joe-medium", "all-MiniLM-L6-v2"]
             assert http.get("/v1/models/beta").json()["max_model_len"] == 512
             r = http.post("/v1/chat/completions", json={"model": "beta", "messages": [
                 {"role": "user", "content": "word " * 600}]})

@@ -66,7 +66,7 @@ def test_completion_stop(client):
 
 def test_models(client, http):
     ids = [m.id for m in client.models.list().data]
-    assert ids == ["smollm2-135m", "whisper-tiny.en", "imagenet-ocr", "piper-joe-medium"]
+    assert ids == ["smollm2-135m", "whisper-tiny.en", "imagenet-ocr", "piper-joe-medium", "all-MiniLM-L6-v2"]
     card = http.get("/v1/models/smollm2-135m").json()
     assert card["max_model_len"] == 4096
     assert client.models.retrieve("smollm2-135m").id == "smollm2-135m"
@@ -77,6 +77,6 @@ def test_model_info_names_stages(http):
     assert info["model_path"].endswith(".gguf")
     assert info["context_length"] == 4096
     stages = {s["name"]: s for s in info["stages"]}
-    assert [s["executor"] for s in info["stages"]] == ["whisper", "describer", "llamacpp", "piper"]
+    assert [s["executor"] for s in info["stages"]] == ["whisper", "describer", "llamacpp", "piper", "embedder"]
     assert stages["thinker"]["pid"] and stages["asr"]["downstream"] == ["thinker"]
     assert stages["thinker"]["downstream"] == ["talker"] and stages["talker"]["terminal"]

@@ -59,7 +59,7 @@ def reference(tiny_vlm, names: list[str]) -> list[dict]:
 def test_models_list_the_projector(vlm_server):
     with vlm_server.http() as http:
         cards = {m["id"]: m["type"] for m in http.get("/v1/models").json()["data"]}
-    assert cards == {"model": "chat", "mmproj": "vision"}
+    assert cards == {"model": "chat", "mmproj": "vision", "all-MiniLM-L6-v2": "embedding"}
 
 
 def test_image_embeddings_match_llama_cpp(vlm_server, tiny_vlm):

@@ -19,6 +19,7 @@ from typing import Any
 
 from omniserve.config import ServerArgs
 from omniserve.models.image_gen import DIFFUSION_STAGES, ImageModel
+from omniserve.models.minilm import embedding_stage_on
 from omniserve.models.speech import SpeechModel
 from omniserve.models.vision import VisionModel
 
@@ -62,4 +63,7 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
     elif image is not None:  # a stage of its own: image requests visit it alone
         stages.append({"name": "image", "executor": image.executor, "args": {"model_path": image.path}})
         terminals.append("image")
+    if embedding_stage_on(settings.embedding_model):  # a stage of its own too
+        stages.append({"name": "embedder", "executor": "embedder", "args": {"threads": 1}})
+        terminals.append("embedder")
     return {"stages": stages, "edges": edges, "terminals": terminals}

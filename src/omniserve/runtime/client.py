@@ -24,7 +24,7 @@ class ServedModel:
     owned_by: str
     max_model_len: int | None
     root: str
-    kind: Literal["chat", "asr", "tts", "vision", "image"] = "chat"
+    kind: Literal["chat", "asr", "tts", "vision", "image", "embedding"] = "chat"
     stage: str = "thinker"
     aliases: tuple[str, ...] = ()
     route: tuple[str, ...] = ()  # the stages a request to this model visits, when more than `stage`

@@ -35,6 +35,7 @@ _KINDS = {
     "tts": ("a text-to-speech", "/v1/audio/speech"),
     "image": ("an image-generation", "/v1/images/generations"),
     "vision": ("an image-description", "image_url and video_url parts in /v1/chat/completions to the chat model"),
+    "embedding": ("an embedding", "/v1/embeddings"),
 }
 
 

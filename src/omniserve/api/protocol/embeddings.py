@@ -1,0 +1,46 @@
+"""Request model for `POST /v1/embeddings` (OpenAI, with vLLM/SGLang's `truncate_prompt_tokens`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from omniserve.api.protocol.common import merge_extra_body
+
+MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+
+    _merge_extra_body = model_validator(mode="before")(classmethod(lambda cls, data: merge_extra_body(data)))
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if value == "" or value == []:
+            raise ValueError("must not be empty: give a string, a list of strings, or token ids")
+        if isinstance(value, list):
+            if len(value) > MAX_INPUTS and not isinstance(value[0], int):
+                raise ValueError(f"at most {MAX_INPUTS} inputs per request; got {len(value)}")
+            empty = next((i for i, item in enumerate(value) if isinstance(item, str | list) and not
+                          (item.strip() if isinstance(item, str) else item)), None)
+            if empty is not None:
+                raise ValueError(f"input[{empty}] is empty; every input must hold some text or token ids")
+        return value
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        """A list of texts, or a list of token-id lists."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if isinstance(self.input[0], int):
+            return [self.input]  # type: ignore[list-item]
+        return self.input  # type: ignore[return-value]

@@ -46,7 +46,7 @@ def assert_envelope(r, status: int, param: str | None = None, says: str | None =
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
          "messages[0].content[0]"),
         ({"stop": [""]}, None),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
     ],
 )
 def test_chat_400(http, patch, param):

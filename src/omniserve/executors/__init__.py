@@ -17,7 +17,7 @@ _EXECUTORS = {
     "piper": ("omniserve.executors.piper", "PiperExecutor", "PiperArgs", "SpeechParams"),
     "describer": ("omniserve.executors.describer", "DescriberExecutor", "DescriberArgs", None),
     "mtmd": ("omniserve.executors.mtmd_encoder", "MtmdEncoderExecutor", "MtmdArgs", None),
-    "embedder": ("omniserve.executors.embedder", "EmbedderExecutor", "EmbedderArgs", "EmbeddingParams"),
+    "embedder": ("omniserve.executors.onnx_embed", "EmbedderExecutor", "EmbedderArgs", "EmbeddingParams"),
     "sketch_rnn": ("omniserve.executors.sketch_rnn", "SketchRnnExecutor", "SketchRnnArgs", "ImageParams"),
     "diffusers_text_encoder": ("omniserve.executors.diffusers_stages", "DiffusersTextEncoderExecutor",
                                "DiffusersArgs", "DiffusionParams"),

@@ -405,8 +405,16 @@ class LlamaCppExecutor:
 
     def _make_sampler(self, p: SamplingParams, seed: int):
         ll = self._ll
+        grammar = None
+        if p.grammar:  # first, so that no later sampler can pick a token the grammar forbids
+            grammar = ll.llama_sampler_init_grammar(self._vocab, p.grammar.encode(), b"root")
+            if not grammar:
+                raise InvalidRequest("the output grammar does not parse (llama.cpp GBNF, with a `root` rule): "
+                                     "check the ebnf", param="ebnf")
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         add = lambda s: ll.llama_sampler_chain_add(chain, s)  # noqa: E731
+        if grammar:
+            add(grammar)
         if p.logit_bias:
             biases = (ll.llama_logit_bias * len(p.logit_bias))(
                 *(ll.llama_logit_bias(token, bias) for token, bias in p.logit_bias.items()))

@@ -28,6 +28,7 @@ class SamplingParams:
     top_logprobs: int = 0
     ignore_eos: bool = False
     logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF the output must follow (structured output)
 
 
 @dataclass

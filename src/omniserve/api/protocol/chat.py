@@ -57,7 +57,6 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
 
@@ -97,11 +96,6 @@ class ChatCompletionRequest(SamplingFields):
         """`media`: the placeholder parts each media reference became, by its `where` (see
         `media_refs`). `overrides`: this LLM stage's `stage_sampling`, laid over the top-level
         sampling fields."""
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise InvalidRequest(
-                f"response_format type {self.response_format.get('type')!r} is not supported yet; use 'text'",
-                param="response_format",
-            )
         if self.tools:
             raise InvalidRequest("tools are not supported yet by this server", param="tools")
         fields = self

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from omniserve.api.protocol.structured import grammar_for
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.types import SamplingParams
 
@@ -62,6 +63,9 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
+    regex: str | None = None  # SGLang: the output matches this regular expression
+    ebnf: str | None = None  # SGLang: the output follows this grammar (GBNF)
 
     _merge_extra_body = model_validator(mode="before")(classmethod(lambda cls, data: merge_extra_body(data)))
 
@@ -101,6 +105,7 @@ class SamplingFields(BaseModel):
             top_logprobs=top_logprobs,
             ignore_eos=self.ignore_eos,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            grammar=grammar_for(self.response_format, self.regex, self.ebnf),
         )
 
     @property

@@ -147,6 +147,7 @@ class LlamaCppExecutor:
             "max_sequences": self.args.max_sequences,
             "n_vocab": self.n_vocab,
             "has_chat_template": bool(self._template),
+            "template_tools": "tools" in (self._template or ""),  # renders OpenAI tools itself
             "architecture": self._meta("general.architecture"),
             "name": self._meta("general.name"),
         }
@@ -453,13 +454,13 @@ class LlamaCppExecutor:
 
     # ---- text ----------------------------------------------------------------------
 
-    def _render(self, messages: list[dict[str, Any]]) -> str:
+    def _render(self, request: OmniRequest) -> str:
         if self._formatter is None:
             raise InvalidRequest(
                 "this model has no chat template in its GGUF metadata; use /v1/completions", param="messages"
             )
         try:
-            return self._formatter(messages=messages).prompt
+            return self._formatter(messages=request.messages, tools=request.tools).prompt
         except Exception as exc:  # a template may raise on role order etc.
             raise InvalidRequest(f"the model's chat template rejected the messages: {exc}", param="messages") from None
 
@@ -467,7 +468,7 @@ class LlamaCppExecutor:
                             ) -> tuple[list[int], dict[int, tuple[np.ndarray, bool]]]:
         """The rendered chat with each image's encoder chunks where its marker was:
         tokens as they are, embeddings as blocks (their positions hold -1 in the tokens)."""
-        pieces = self._render(request.messages).split(MEDIA_MARKER)
+        pieces = self._render(request).split(MEDIA_MARKER)
         if len(pieces) != len(images) + 1:
             raise InvalidRequest(f"the messages may not contain the text {MEDIA_MARKER!r}", param="messages")
         tokens: list[int] = []
@@ -488,7 +489,7 @@ class LlamaCppExecutor:
 
     def _prompt_tokens(self, request: OmniRequest) -> list[int]:
         if request.messages is not None:
-            return self.tokenize(self._render(request.messages), add_special=False)
+            return self.tokenize(self._render(request), add_special=False)
         if isinstance(request.prompt, list):
             bad = [t for t in request.prompt if not 0 <= t < self.n_vocab]
             if bad:

@@ -50,6 +50,8 @@ class OmniRequest:
     # caller (empty: the pipeline's terminals among them).
     route: list[str] = field(default_factory=list)
     emit: list[str] = field(default_factory=list)
+    # Function tools for a chat template that renders them itself (OpenAI's `tools` entries).
+    tools: list[dict[str, Any]] | None = None
 
     def sampling_for(self, stage: str) -> SamplingParams:
         return self.sampling.get(stage) or SamplingParams()

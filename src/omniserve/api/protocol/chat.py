@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from omniserve.api.protocol.common import SamplingFields, validate_fields
+from omniserve.api.protocol.tools import Tool, call_grammar, forced_names, native_messages, plain_messages
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.types import OmniRequest
 
@@ -57,14 +58,22 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice: give tools to choose from")
         return self
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the answer may hold tool calls (tools given, and tool_choice is not none)."""
+        return bool(self.tools) and forced_names(self.tools, self.tool_choice) != []
 
     @property
     def wants_audio(self) -> bool:
@@ -92,12 +101,11 @@ class ChatCompletionRequest(SamplingFields):
         return merged
 
     def to_omni_request(self, request_id: str, media: dict[str, list[dict[str, Any]]] | None = None,
-                        stage: str = "thinker", overrides: dict[str, Any] | None = None) -> OmniRequest:
+                        stage: str = "thinker", overrides: dict[str, Any] | None = None,
+                        template_tools: bool = False) -> OmniRequest:
         """`media`: the placeholder parts each media reference became, by its `where` (see
         `media_refs`). `overrides`: this LLM stage's `stage_sampling`, laid over the top-level
-        sampling fields."""
-        if self.tools:
-            raise InvalidRequest("tools are not supported yet by this server", param="tools")
+        sampling fields. `template_tools`: the model's chat template renders tools itself."""
         fields = self
         if overrides:
             base = self.model_dump(include=set(SamplingFields.model_fields), exclude_none=True)
@@ -120,12 +128,23 @@ class ChatCompletionRequest(SamplingFields):
             parts = message["content"] if isinstance(message["content"], list) else [
                 {"type": "text", "text": message["content"]}]
             message["content"] = parts + extra
+        tools = self.tools if self.calls_tools else []
+        forced = forced_names(self.tools, self.tool_choice) if tools else None
+        if forced:
+            if sampling.grammar:
+                raise InvalidRequest("tool_choice: a forced tool call cannot be combined with response_format, "
+                                     "regex or ebnf", param="tool_choice")
+            sampling.grammar = call_grammar(tools, forced, self.parallel_tool_calls)
+        elif tools:  # the parameter schemas are checked even when the model may answer in text
+            call_grammar(tools, [t.function.name for t in tools], False)
+        messages = native_messages(messages) if template_tools else plain_messages(messages, tools)
         return OmniRequest(
             request_id=request_id,
             messages=messages,
             sampling={stage: sampling},
             route=[stage],
             emit=[stage],
+            tools=[t.model_dump(exclude_none=True) for t in tools] if template_tools and tools else None,
         )
 
 

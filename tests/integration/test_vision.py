@@ -28,7 +28,9 @@ def test_cat_photo_names_a_cat(client):
 
 
 def test_printed_text_is_quoted(client):
-    answer = ask(client, [{"type": "text", "text": "What does the text say?"}, image_part(photo_url("page.png"))])
+    # image first: with the question first, SmolLM2-135M's greedy answer hangs on float noise (the KV
+    # cache's layout is enough to tip it from quoting the page to paraphrasing it)
+    answer = ask(client, [image_part(photo_url("page.png")), {"type": "text", "text": "What does the text say?"}])
     reply = answer.choices[0].message.content.lower()
     assert any(word in reply for word in PAGE_WORDS), reply
 
@@ -98,7 +100,7 @@ def test_http_image_and_video_urls(open_client, media_url):
     answer = ask(open_client, [video_part(f"{media_url}/short.mp4"), animal])
     assert "cat" in answer.choices[0].message.content.lower()
     text = {"type": "text", "text": "What does the text say?"}
-    answer = ask(open_client, [text, image_part(f"{media_url}/page.png")])
+    answer = ask(open_client, [image_part(f"{media_url}/page.png"), text])
     assert any(word in answer.choices[0].message.content.lower() for word in PAGE_WORDS)
 
 

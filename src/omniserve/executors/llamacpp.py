@@ -10,6 +10,12 @@ The KV cache is one unified pool of `context_length * max_sequences` cells:
 llama.cpp then packs a mixed batch (decode tokens + a prompt chunk) into one
 ubatch, where split per-sequence streams would cut it into many small ones.
 Each sequence is still held to `context_length` tokens by admission checks.
+
+Prefix caching: a slot keeps its prompt's KV when its sequence ends. A new
+sequence takes the free slot whose kept prompt shares the longest prefix with
+its own, or copies the prefix from a running sequence (`llama_memory_seq_cp`,
+which shares the cells), and decodes only the rest, so a long system prompt
+is computed once.
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ class LlamaCppArgs(BaseModel):
     n_batch: int = Field(512, ge=8, description="tokens per llama_decode call")
     n_gpu_layers: int = Field(0, ge=-1)
     chat_template: str | None = None
+    prefix_cache: bool = True  # reuse the KV of shared prompt prefixes across sequences
+    # shorter shared prefixes are decoded again: they save little, and reusing KV made by another
+    # batch shifts the logits by float noise (enough to change a tiny model's greedy answer)
+    prefix_cache_min_tokens: int = Field(64, ge=1)
 
 
 @dataclass(eq=False)
@@ -65,6 +75,7 @@ class _Sequence:
     stream: TextStream
     max_new: int
     n_past: int = 0  # tokens already in the KV cache
+    cached: int = 0  # prompt tokens whose KV came from the prefix cache
     next_token: int | None = None  # sampled, not yet decoded
     generated: int = 0
     batch_pos: int = -1  # where this sequence's logits sit in the current batch
@@ -93,6 +104,7 @@ class LlamaCppExecutor:
         self._running: list[_Sequence] = []
         self._waiting: deque[_Sequence] = deque()
         self._free_slots: list[int] = list(range(args.max_sequences - 1, -1, -1))
+        self._kept: dict[int, list[int]] = {}  # free slot -> the prompt tokens whose KV it keeps
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -386,21 +398,52 @@ class LlamaCppExecutor:
                 finish_reason=reason,
                 done=done,
                 prompt_tokens=req.prompt_tokens,
+                cached_tokens=seq.cached,
                 completion_tokens=seq.generated,
             )
         ]
 
     def _release(self, seq: _Sequence) -> None:
         self._running.remove(seq)
-        self._ll.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+        kept = _reusable(seq.prompt, seq.n_past) if self.args.prefix_cache else 0
+        self._ll.llama_memory_seq_rm(self._mem, seq.slot, kept, -1)  # the prompt's KV stays, the answer's goes
+        if kept:
+            self._kept[seq.slot] = seq.prompt[:kept]
         self._ll.llama_sampler_free(seq.sampler)
         self._free_slots.append(seq.slot)
 
     def _admit_waiting(self) -> None:
         while self._waiting and self._free_slots:
             seq = self._waiting.popleft()
-            seq.slot = self._free_slots.pop()
+            self._place(seq)
             self._running.append(seq)
+
+    def _place(self, seq: _Sequence) -> None:
+        """Give `seq` a free slot, starting it past the longest prompt prefix already in the KV
+        cache: kept by a free slot, or being decoded by a running sequence. The prefix is copied
+        into the free slot that keeps the least (`llama_memory_seq_cp` shares the cells), so the
+        source keeps its own; only when the source is the last free slot is it taken over."""
+        ll, prompt = self._ll, seq.prompt
+        limit = len(prompt) - 1  # the last prompt token is always decoded: its logits start the answer
+        if -1 in prompt:
+            limit = min(limit, prompt.index(-1))  # image embeddings are not matched
+        sources = [(s, kept) for s, kept in self._kept.items()]
+        sources += [(r.slot, r.prompt[:_reusable(r.prompt, r.n_past)]) for r in self._running]
+        source, match = max(((s, min(_common(kept, prompt), limit)) for s, kept in sources),
+                            key=lambda item: item[1], default=(-1, 0))
+        if not self.args.prefix_cache or match < self.args.prefix_cache_min_tokens:
+            match = 0
+        slot = min(self._free_slots, key=lambda s: (len(self._kept.get(s, [])), s == source))
+        if match and source == slot:
+            ll.llama_memory_seq_rm(self._mem, slot, match, -1)  # take over the kept prompt: drop its tail
+        else:
+            ll.llama_memory_seq_rm(self._mem, slot, -1, -1)
+            if match:
+                ll.llama_memory_seq_cp(self._mem, source, slot, 0, match)
+        self._free_slots.remove(slot)
+        self._kept.pop(slot, None)
+        seq.slot = slot
+        seq.n_past = seq.cached = match
 
     # ---- sampling ------------------------------------------------------------------
 
@@ -532,6 +575,19 @@ class LlamaCppExecutor:
 
 
 _llama_log = logging.getLogger("llama.cpp")
+
+
+def _reusable(prompt: list[int], n_past: int) -> int:
+    """How many of a sequence's prompt tokens have their KV in its slot (up to the first image)."""
+    n = min(n_past, len(prompt))
+    return min(n, prompt.index(-1)) if -1 in prompt[:n] else n
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """The length of the common prefix of two token lists."""
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if len(diff) else n
 
 
 def forward_llama_log(level: int, text: bytes, user_data) -> None:

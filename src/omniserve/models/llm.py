@@ -31,6 +31,8 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
                             "max_sequences": settings.max_running_requests}
     if settings.context_length:
         args["context_length"] = settings.context_length
+    if settings.disable_radix_cache:
+        args["prefix_cache"] = False
     stages: list[dict[str, Any]] = [{"name": "thinker", "executor": "llamacpp", "args": args}]
     edges: list[dict[str, Any]] = []
     terminals = ["thinker"]

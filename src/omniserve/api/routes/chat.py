@@ -60,10 +60,11 @@ async def create_chat_completion(request: Request):
     omni, talker = await _omni_request(request, client, body, served, request_id)
     first, stream = await start(client, omni)
     speech = _Speech(body.audio or AudioOutput(), talker) if talker else None
+    report = request.app.state.settings.enable_cache_report
     if body.stream:
-        chunks = _chunks(body, request_id, model, first, stream, speech)
+        chunks = _chunks(body, request_id, model, first, stream, speech, report)
         return StreamingResponse(sse_stream(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
-    result = await until_disconnect(request, _collect(body, request_id, model, first, stream, speech))
+    result = await until_disconnect(request, _collect(body, request_id, model, first, stream, speech, report))
     return JSONResponse(result)
 
 
@@ -190,7 +191,8 @@ async def _load_media(request: Request, body: ChatCompletionRequest, refs: list[
 
 
 async def _collect(body: ChatCompletionRequest, request_id: str, model: str, first: OmniOutput,
-                   stream: AsyncIterator[OmniOutput], speech: _Speech | None) -> dict[str, Any]:
+                   stream: AsyncIterator[OmniOutput], speech: _Speech | None, report: bool) -> dict[str, Any]:
+    """`report`: usage says how many prompt tokens came from the prefix cache (--enable-cache-report)."""
     choices = [ChoiceState() for _ in range(body.n)]
     pcm = bytearray()
     async for out in stream:
@@ -213,7 +215,8 @@ async def _collect(body: ChatCompletionRequest, request_id: str, model: str, fir
             }
             for i, c in enumerate(choices)
         ],
-        "usage": usage(first.prompt_tokens, sum(c.completion_tokens for c in choices)),
+        "usage": usage(first.prompt_tokens, sum(c.completion_tokens for c in choices),
+                       choices[0].cached_tokens if report else None),
     }
     if body.calls_tools:
         for choice in result["choices"]:
@@ -231,7 +234,8 @@ async def _collect(body: ChatCompletionRequest, request_id: str, model: str, fir
 
 
 async def _chunks(body: ChatCompletionRequest, request_id: str, model: str, first: OmniOutput,
-                  stream: AsyncIterator[OmniOutput], speech: _Speech | None) -> AsyncIterator[dict[str, Any]]:
+                  stream: AsyncIterator[OmniOutput], speech: _Speech | None,
+                  report: bool) -> AsyncIterator[dict[str, Any]]:
     created = now()
     with_usage = body.include_usage
 
@@ -249,6 +253,7 @@ async def _chunks(body: ChatCompletionRequest, request_id: str, model: str, firs
         return out
 
     completion_tokens = [0] * body.n
+    cached = 0
     held = [""] * body.n  # with tools, each choice's text until it ends: it may be tool calls
 
     def tool_chunks(index: int, finish_reason: str) -> Iterator[dict]:
@@ -283,6 +288,7 @@ async def _chunks(body: ChatCompletionRequest, request_id: str, model: str, firs
                 yield chunk(out.index, {"content": out.text}, logprobs=lp)
             if out.finish_reason:
                 completion_tokens[out.index] = out.completion_tokens
+                cached = out.cached_tokens if out.index == 0 else cached
                 if body.calls_tools:
                     for piece in tool_chunks(out.index, out.finish_reason):
                         yield piece
@@ -300,7 +306,7 @@ async def _chunks(body: ChatCompletionRequest, request_id: str, model: str, firs
                 "model": model,
                 "system_fingerprint": None,
                 "choices": [],
-                "usage": usage(first.prompt_tokens, sum(completion_tokens)),
+                "usage": usage(first.prompt_tokens, sum(completion_tokens), cached if report else None),
             }
     finally:
         await stream.aclose()  # on disconnect this aborts the request in the pipeline

@@ -139,6 +139,7 @@ class ChoiceState:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     def add(self, out: OmniOutput) -> None:
         self.text.append(out.text)
@@ -147,6 +148,7 @@ class ChoiceState:
         if out.finish_reason:
             self.finish_reason = out.finish_reason
             self.completion_tokens = out.completion_tokens
+            self.cached_tokens = out.cached_tokens
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:

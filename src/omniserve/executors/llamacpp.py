@@ -16,6 +16,12 @@ sequence takes the free slot whose kept prompt shares the longest prefix with
 its own, or copies the prefix from a running sequence (`llama_memory_seq_cp`,
 which shares the cells), and decodes only the rest, so a long system prompt
 is computed once.
+
+LoRA adapters (GGUF) are loaded next to the model; a request names one
+(`SamplingParams.lora`). llama.cpp applies adapters to a whole context, so a
+step decodes the sequences of one adapter (or of none): steps take turns
+between the adapters that have work, and the prefix cache only matches
+prompts decoded with the same adapter.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from omniserve.errors import ContextLengthExceeded, InvalidRequest
+from omniserve.errors import ContextLengthExceeded, InvalidRequest, NotFound
 from omniserve.executors.text_stream import TextStream
 from omniserve.runtime.types import (
     OmniOutput,
@@ -62,6 +68,7 @@ class LlamaCppArgs(BaseModel):
     # shorter shared prefixes are decoded again: they save little, and reusing KV made by another
     # batch shifts the logits by float noise (enough to change a tiny model's greedy answer)
     prefix_cache_min_tokens: int = Field(64, ge=1)
+    lora_paths: dict[str, str] = Field(default_factory=dict, description="LoRA adapter name -> GGUF path")
 
 
 @dataclass(eq=False)
@@ -76,6 +83,7 @@ class _Sequence:
     max_new: int
     n_past: int = 0  # tokens already in the KV cache
     cached: int = 0  # prompt tokens whose KV came from the prefix cache
+    lora: str | None = None  # the adapter it is decoded with
     next_token: int | None = None  # sampled, not yet decoded
     generated: int = 0
     batch_pos: int = -1  # where this sequence's logits sit in the current batch
@@ -104,7 +112,11 @@ class LlamaCppExecutor:
         self._running: list[_Sequence] = []
         self._waiting: deque[_Sequence] = deque()
         self._free_slots: list[int] = list(range(args.max_sequences - 1, -1, -1))
-        self._kept: dict[int, list[int]] = {}  # free slot -> the prompt tokens whose KV it keeps
+        self._kept: dict[int, tuple[str | None, list[int]]] = {}  # free slot -> (adapter, prompt tokens kept)
+        self._loras: dict[str, Any] = {}  # adapter name -> llama_adapter_lora pointer
+        self._lora_paths: dict[str, str] = {}
+        self._active_lora: str | None = None  # set on the context now
+        self._turn = 0  # which adapter group decodes next, when several have work
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -158,6 +170,7 @@ class LlamaCppExecutor:
             "trained_context_length": trained,
             "max_sequences": self.args.max_sequences,
             "n_vocab": self.n_vocab,
+            "loras": self._load_startup_loras(),
             "has_chat_template": bool(self._template),
             "template_tools": "tools" in (self._template or ""),  # renders OpenAI tools itself
             "architecture": self._meta("general.architecture"),
@@ -177,6 +190,11 @@ class LlamaCppExecutor:
     # ---- admission -----------------------------------------------------------------
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
+        op = request.params_for(self.stage).get("lora_op")
+        if op is not None:  # load or unload an adapter (/v1/load_lora_adapter, /v1/unload_lora_adapter)
+            result = self._lora_op(op)
+            return [OmniOutput(request.request_id, started=True),
+                    OmniOutput(request.request_id, finish_reason="stop", done=True, info={"loras": result})]
         kinds = media_kinds(request.messages)
         if kinds:  # starts once the speech and vision stages have fed their text
             self._upstream[request.request_id] = (request, kinds, {})
@@ -225,6 +243,9 @@ class LlamaCppExecutor:
                 f"for the completion). Reduce the {param} or max_tokens.",
                 param="max_tokens",
             )
+        if params.lora is not None and params.lora not in self._loras:
+            raise NotFound(f"LoRA adapter {params.lora!r} is not loaded; loaded: {', '.join(self._loras) or 'none'} "
+                           "(POST /v1/load_lora_adapter)", param="model", code="lora_not_found")
         bad = [t for t in params.logit_bias if not 0 <= t < self.n_vocab]
         if bad:
             raise InvalidRequest(f"logit_bias: token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})",
@@ -243,6 +264,7 @@ class LlamaCppExecutor:
                 stream=TextStream(params.stop),
                 max_new=max_new,
                 blocks=blocks,
+                lora=params.lora,
             )
             req.sequences.append(seq)
             self._waiting.append(seq)
@@ -274,8 +296,9 @@ class LlamaCppExecutor:
     def step(self) -> list[OmniOutput]:
         ll, batch = self._ll, self._batch
         n = 0
+        group = self._lora_group()
         # Decode tokens first: one per generating sequence keeps every stream moving.
-        for seq in self._running:
+        for seq in group:
             seq.batch_pos = -1
             if seq.next_token is not None:
                 self._put(n, seq.next_token, seq.n_past, seq.slot, True)
@@ -286,7 +309,7 @@ class LlamaCppExecutor:
         # per step: arrivals get their first token in order instead of all waiting for
         # one big prefill, and the running streams keep moving in between.
         embedding = None  # a sequence whose prompt continues with image embeddings
-        for seq in self._running:
+        for seq in group:
             if seq.next_token is not None or n >= self._n_batch:
                 continue
             if seq.n_past in seq.blocks or any(s < seq.n_past < s + len(b) for s, (b, _) in seq.blocks.items()):
@@ -309,8 +332,8 @@ class LlamaCppExecutor:
             rc = ll.llama_decode(self._ctx, batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode failed with code {rc}")
-            for seq in list(self._running):
-                if seq.batch_pos >= 0:
+            for seq in list(group):
+                if seq.batch_pos >= 0 and seq in self._running:
                     outputs.extend(self._sample(seq))
         if embedding is not None and embedding in self._running:  # after sampling: a decode overwrites logits
             if self._decode_embeddings(embedding):
@@ -408,7 +431,7 @@ class LlamaCppExecutor:
         kept = _reusable(seq.prompt, seq.n_past) if self.args.prefix_cache else 0
         self._ll.llama_memory_seq_rm(self._mem, seq.slot, kept, -1)  # the prompt's KV stays, the answer's goes
         if kept:
-            self._kept[seq.slot] = seq.prompt[:kept]
+            self._kept[seq.slot] = (seq.lora, seq.prompt[:kept])
         self._ll.llama_sampler_free(seq.sampler)
         self._free_slots.append(seq.slot)
 
@@ -427,13 +450,13 @@ class LlamaCppExecutor:
         limit = len(prompt) - 1  # the last prompt token is always decoded: its logits start the answer
         if -1 in prompt:
             limit = min(limit, prompt.index(-1))  # image embeddings are not matched
-        sources = [(s, kept) for s, kept in self._kept.items()]
-        sources += [(r.slot, r.prompt[:_reusable(r.prompt, r.n_past)]) for r in self._running]
+        sources = [(s, kept) for s, (lora, kept) in self._kept.items() if lora == seq.lora]
+        sources += [(r.slot, r.prompt[:_reusable(r.prompt, r.n_past)]) for r in self._running if r.lora == seq.lora]
         source, match = max(((s, min(_common(kept, prompt), limit)) for s, kept in sources),
                             key=lambda item: item[1], default=(-1, 0))
         if not self.args.prefix_cache or match < self.args.prefix_cache_min_tokens:
             match = 0
-        slot = min(self._free_slots, key=lambda s: (len(self._kept.get(s, [])), s == source))
+        slot = min(self._free_slots, key=lambda s: (len(self._kept.get(s, (None, []))[1]), s == source))
         if match and source == slot:
             ll.llama_memory_seq_rm(self._mem, slot, match, -1)  # take over the kept prompt: drop its tail
         else:
@@ -444,6 +467,71 @@ class LlamaCppExecutor:
         self._kept.pop(slot, None)
         seq.slot = slot
         seq.n_past = seq.cached = match
+
+    # ---- LoRA adapters -------------------------------------------------------------
+
+    def _load_startup_loras(self) -> dict[str, str]:
+        """`--lora-paths`: an adapter that does not load stops the start, naming it."""
+        for name, path in self.args.lora_paths.items():
+            try:
+                self._load_lora(name, path)
+            except InvalidRequest as exc:
+                raise RuntimeError(f"--lora-paths {name}={path}: {exc}") from None
+        return dict(self._lora_paths)
+
+    def _load_lora(self, name: str, path: str) -> None:
+        if name in self._loras:
+            raise InvalidRequest(f"lora_name: an adapter named {name!r} is already loaded", param="lora_name")
+        LOG_TAIL.clear()
+        adapter = self._ll.llama_adapter_lora_init(self._model, path.encode())
+        if not adapter:
+            reason = next((line for line in reversed(LOG_TAIL) if "fail" in line or "error" in line),
+                          "llama.cpp could not read it")
+            raise InvalidRequest(f"lora_path: {path} is not a LoRA adapter for this model: {reason}",
+                                 param="lora_path")
+        self._loras[name] = adapter
+        self._lora_paths[name] = path
+
+    def _lora_op(self, op: dict[str, Any]) -> dict[str, str]:
+        name = op["name"]
+        if op["op"] == "load":
+            self._load_lora(name, op["path"])
+        else:
+            if name not in self._loras:
+                raise NotFound(f"LoRA adapter {name!r} is not loaded; loaded: {', '.join(self._loras) or 'none'}",
+                               param="lora_name", code="lora_not_found")
+            users = sum(s.lora == name for s in list(self._running) + list(self._waiting))
+            if users:
+                raise InvalidRequest(f"lora_name: adapter {name!r} is in use by {users} running sequence(s); "
+                                     "unload it when they finish", param="lora_name")
+            if self._active_lora == name:
+                self._ll.llama_set_adapters_lora(self._ctx, None, 0, None)
+                self._active_lora = None
+            for slot in [s for s, (lora, _) in self._kept.items() if lora == name]:
+                self._ll.llama_memory_seq_rm(self._mem, slot, -1, -1)
+                del self._kept[slot]
+            self._ll.llama_adapter_lora_free(self._loras.pop(name))
+            del self._lora_paths[name]
+        return dict(self._lora_paths)
+
+    def _lora_group(self) -> list[_Sequence]:
+        """The running sequences this step decodes: those of one adapter (None: the base model),
+        the adapters taking turns, and that adapter set on the context."""
+        adapters = list(dict.fromkeys(seq.lora for seq in self._running))
+        if len(adapters) <= 1:
+            chosen = adapters[0] if adapters else self._active_lora
+        else:
+            self._turn = (self._turn + 1) % len(adapters)
+            chosen = adapters[self._turn]
+        if chosen != self._active_lora:
+            ll = self._ll
+            if chosen is None:
+                ll.llama_set_adapters_lora(self._ctx, None, 0, None)
+            else:
+                ll.llama_set_adapters_lora(self._ctx, (ll.llama_adapter_lora_p_ctypes * 1)(self._loras[chosen]), 1,
+                                           (ctypes.c_float * 1)(1.0))
+            self._active_lora = chosen
+        return [seq for seq in self._running if seq.lora == chosen]
 
     # ---- sampling ------------------------------------------------------------------
 
@@ -590,6 +678,10 @@ def _common(a: list[int], b: list[int]) -> int:
     return int(diff[0]) if len(diff) else n
 
 
+LOG_TAIL: deque[str] = deque(maxlen=8)  # llama.cpp's last lines: why a call returned NULL
+
+
 def forward_llama_log(level: int, text: bytes, user_data) -> None:
+    LOG_TAIL.append(text.decode("utf-8", "replace").rstrip())
     if _llama_log.isEnabledFor(logging.DEBUG):
         _llama_log.debug(text.decode("utf-8", "replace").rstrip())

@@ -15,13 +15,29 @@ route through the graph: a transcription visits `asr` alone, speech
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omniserve.config import ServerArgs
+from omniserve.errors import ConfigError
 from omniserve.models.image_gen import DIFFUSION_STAGES, ImageModel
 from omniserve.models.minilm import embedding_stage_on
 from omniserve.models.speech import SpeechModel
 from omniserve.models.vision import VisionModel
+
+
+def lora_paths(specs: list[str]) -> dict[str, str]:
+    """`--lora-paths NAME=PATH ...` (a bare PATH is named after its file) -> {name: absolute path}."""
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).stem, spec
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"--lora-paths {spec}: no such file")
+        out[name] = str(file.resolve())
+    return out
 
 
 def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None, tts: SpeechModel | None,
@@ -33,6 +49,8 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
         args["context_length"] = settings.context_length
     if settings.disable_radix_cache:
         args["prefix_cache"] = False
+    if settings.lora_paths:
+        args["lora_paths"] = lora_paths(settings.lora_paths)
     stages: list[dict[str, Any]] = [{"name": "thinker", "executor": "llamacpp", "args": args}]
     edges: list[dict[str, Any]] = []
     terminals = ["thinker"]

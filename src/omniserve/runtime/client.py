@@ -36,6 +36,9 @@ class Client:
         self.coordinator = coordinator
         self.served_models = served_models
         self.model_path = model_path
+        # the chat model's LoRA adapters, name -> path (kept in step with the thinker by /v1/*_lora_adapter)
+        self.loras: dict[str, str] = dict(next((m.info.get("loras") or {} for m in served_models
+                                                if m.kind == "chat"), {}))
 
     def generate(self, request: OmniRequest) -> AsyncIterator[OmniOutput]:
         return self.coordinator.generate(request)

@@ -29,6 +29,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: str | None = None  # GBNF the output must follow (structured output)
+    lora: str | None = None  # the LoRA adapter to decode with (None: the base model)
 
 
 @dataclass

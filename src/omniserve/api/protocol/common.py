@@ -66,6 +66,7 @@ class SamplingFields(BaseModel):
     response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
     regex: str | None = None  # SGLang: the output matches this regular expression
     ebnf: str | None = None  # SGLang: the output follows this grammar (GBNF)
+    lora_path: str | None = None  # SGLang: the name of a loaded LoRA adapter to answer with
 
     _merge_extra_body = model_validator(mode="before")(classmethod(lambda cls, data: merge_extra_body(data)))
 

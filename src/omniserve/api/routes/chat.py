@@ -28,7 +28,7 @@ from omniserve.api.routes.common import (
     get_client,
     new_id,
     now,
-    resolve_model,
+    resolve_chat_model,
     start,
     until_disconnect,
     usage,
@@ -54,10 +54,11 @@ async def create_chat_completion(request: Request):
     named = client.model(body.model) if body.model else None
     if named is not None and named.kind == "image":
         return await _chat_image(request, raw, body, named)
-    served = resolve_model(client, body.model)
-    model = served.id
+    served, adapter = resolve_chat_model(client, body.model, body.lora_path)
+    model = f"{served.id}:{adapter}" if adapter else served.id
     request_id = new_id("chatcmpl")
     omni, talker = await _omni_request(request, client, body, served, request_id)
+    omni.sampling[served.stage].lora = adapter
     first, stream = await start(client, omni)
     speech = _Speech(body.audio or AudioOutput(), talker) if talker else None
     report = request.app.state.settings.enable_cache_report

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
-from omniserve.errors import InvalidRequest, ModelNotFound, OmniError
+from omniserve.errors import InvalidRequest, ModelNotFound, NotFound, OmniError
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import OmniOutput, OmniRequest, TokenLogprob
 
@@ -51,6 +51,19 @@ def resolve_model(client: Client, model_id: str | None, kind: str | None = "chat
         article, endpoints = _KINDS[served.kind]
         raise InvalidRequest(f"model `{model_id}` is {article} model; use it with {endpoints}", param="model")
     return served
+
+
+def resolve_chat_model(client: Client, model_id: str | None, lora_path: str | None) -> tuple[ServedModel, str | None]:
+    """The chat model and the LoRA adapter a request names: `model: "base:adapter"` (SGLang) or
+    `lora_path: "adapter"`; an adapter that is not loaded is a 404."""
+    adapter = lora_path
+    if model_id and client.model(model_id) is None and ":" in model_id:
+        model_id, adapter = model_id.rsplit(":", 1)
+    served = resolve_model(client, model_id)
+    if adapter is not None and adapter not in client.loras:
+        raise NotFound(f"LoRA adapter {adapter!r} is not loaded; loaded: {', '.join(client.loras) or 'none'} "
+                       "(POST /v1/load_lora_adapter, or --lora-paths)", param="model", code="lora_not_found")
+    return served, adapter
 
 
 async def start(client: Client, request: OmniRequest) -> tuple[OmniOutput, AsyncIterator[OmniOutput]]:

@@ -20,7 +20,7 @@ from omniserve.api.routes.common import (
     merge,
     new_id,
     now,
-    resolve_model,
+    resolve_chat_model,
     start_all,
     until_disconnect,
     usage,
@@ -35,10 +35,13 @@ router = APIRouter()
 async def create_completion(request: Request):
     body = parse_body(await request.body(), CompletionRequest)
     client = get_client(request)
-    served = resolve_model(client, body.model)
-    model = served.id
+    served, adapter = resolve_chat_model(client, body.model, body.lora_path)
+    model = f"{served.id}:{adapter}" if adapter else served.id
     request_id = new_id("cmpl")
-    started = await start_all(client, body.to_omni_requests(request_id, served.stage))
+    requests = body.to_omni_requests(request_id, served.stage)
+    for omni in requests:
+        omni.sampling[served.stage].lora = adapter
+    started = await start_all(client, requests)
     firsts = [f for f, _ in started]
     streams = [s for _, s in started]
     if body.stream:

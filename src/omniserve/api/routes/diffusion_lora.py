@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict
 
 from omniserve.api.protocol.common import parse_body
 from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect
+from omniserve.api.routes.lora import adapter_file
 from omniserve.errors import InvalidRequest
-from omniserve.media.inputs import inside
 from omniserve.runtime.client import ServedModel
 from omniserve.runtime.types import OmniRequest
 
@@ -80,17 +80,11 @@ async def set_lora(request: Request):
     if bad:
         raise InvalidRequest(f"target: {bad[0]!r} is not supported; adapters go to the denoiser "
                              f"({', '.join(DENOISER_TARGETS)})", param="target")
-    settings = request.app.state.settings
-    root = settings.lora_dir or settings.data_dir / "loras"
     paths = []
     for path in _listed(body.lora_path, len(nicknames), "lora_path"):
         if path is None:
             raise InvalidRequest("lora_path: give the adapter's path (inside --lora-dir)", param="lora_path")
-        resolved = inside(root, path)
-        if resolved is None or not resolved.exists():
-            raise InvalidRequest(f"lora_path: no adapter at {path!r} inside the LoRA folder (--lora-dir)",
-                                 param="lora_path")
-        paths.append(str(resolved))
+        paths.append(adapter_file(request, path))
     op = {"op": "set", "nicknames": nicknames, "paths": paths,
           "strengths": _listed(body.strength, len(nicknames), "strength")}
     return await _run(request, model, op)

@@ -27,9 +27,17 @@ def model_card(m: ServedModel) -> dict:
     return card
 
 
+def adapter_cards(client) -> list[dict]:
+    """The chat model's LoRA adapters, each as `base:adapter` (how a request names it)."""
+    base = next((m for m in client.served_models if m.kind == "chat"), None)
+    return [{**model_card(base), "id": f"{base.id}:{name}", "root": path, "parent": base.id}
+            for name, path in client.loras.items()] if base else []
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict:
-    return {"object": "list", "data": [model_card(m) for m in get_client(request).served_models]}
+    client = get_client(request)
+    return {"object": "list", "data": [model_card(m) for m in client.served_models] + adapter_cards(client)}
 
 
 @router.get("/v1/models/{model_id:path}")

@@ -106,7 +106,7 @@ def test_long_input_is_a_400_unless_truncated(http, reference):
     ({"input": "a cat", "dimensions": 0}, "dimensions", "greater than or equal to 1"),
     ({"input": "a cat", "encoding_format": "int8"}, "encoding_format", "float"),
     ({"input": "a cat", "truncate_prompt_tokens": 300}, "truncate_prompt_tokens", "at most 256"),
-    ({"input": "a cat", "model": "smollm2-135m"}, "model", "is a chat model"),
+    ({"input": "a cat", "model": "whisper-tiny.en"}, "model", "is a speech-to-text model"),
     ({}, "input", "required"),
 ])
 def test_bad_requests_are_400(http, body, param, words):
@@ -141,3 +141,45 @@ def test_concurrent_requests_equal_sequential(client):
         together = list(pool.map(one, texts))
     for a, b in zip(alone, together, strict=True):
         assert np.abs(a - b).max() < 1e-5
+
+
+# ---- the chat GGUF in llama.cpp's embedding mode ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gguf_only(tmp_path_factory):
+    from tests.conftest import run_server
+
+    with run_server("--embedding-model", "none", "--asr-model", "none", "--tts-model", "none", "--vision-model",
+                    "none", tmp_path=tmp_path_factory.mktemp("gguf-embed")) as server:
+        yield server.openai()
+
+
+def test_chat_gguf_embeddings_match_llama_cpp(gguf_only):
+    """With no embedding model served, /v1/embeddings uses the chat model: mean pooling over its
+    last hidden states, normalised, as llama-cpp-python's own `Llama(embedding=True)` gives them
+    (cosine > 0.999)."""
+    from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
+
+    from omniserve.models.defaults import ALIASES
+    from tests.conftest import MODEL_DATA
+
+    texts = ["The kitten naps on the rug.", "Stock markets fell sharply today.", CAT]
+    r = gguf_only.embeddings.create(model="smollm2-135m", input=texts, encoding_format="float")
+    got = np.array([d.embedding for d in r.data])
+    assert got.shape == (3, 576) and r.model == "smollm2-135m"
+    assert got[0] @ got[2] > got[1] @ got[2]  # the kitten is nearer the cat than the markets are
+    llama = Llama(str(ALIASES["smollm2-135m"].materialize(MODEL_DATA)), embedding=True, verbose=False,
+                  pooling_type=LLAMA_POOLING_TYPE_MEAN, n_ctx=512)
+    want = np.array(llama.embed(texts, normalize=True))
+    # float noise only: llama.cpp's kernels round differently for other batch and ubatch sizes (its own
+    # batched and one-by-one vectors differ by 2e-3)
+    assert min(float(a @ b) for a, b in zip(got, want, strict=True)) > 0.999
+    assert np.abs(got - want).max() < 0.02
+    default = gguf_only.embeddings.create(model=MODEL, input=CAT, encoding_format="float")  # the only model
+    assert default.model == MODEL and len(default.data[0].embedding) == 576
+
+
+def test_naming_the_chat_model_embeds_with_it(client):
+    r = client.embeddings.create(model="smollm2-135m", input=CAT, encoding_format="float")
+    assert len(r.data[0].embedding) == 576 and r.usage.prompt_tokens > 5

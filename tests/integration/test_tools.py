@@ -108,3 +108,36 @@ def test_bad_tool_requests_are_400(http, patch, param, words):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == param and words in err["message"], err
+
+
+TOOLS_TEMPLATE = """{%- if tools %}<|im_start|>system
+Tools: {% for t in tools %}{{ t.function.name }} {% endfor %}<|im_end|>
+{% endif %}{%- for m in messages %}<|im_start|>{{ m.role }}
+{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}\
+{% else %}{{ m.content }}{% endif %}<|im_end|>
+{% endfor %}<|im_start|>assistant
+"""
+
+
+def test_a_template_that_renders_tools_gets_them(client, tmp_path):
+    """A chat template that knows `tools` renders them itself (here: their names only), and gets
+    earlier calls with their arguments as objects."""
+    import yaml
+
+    from tests.conftest import run_server
+
+    config = tmp_path / "tools.yaml"
+    config.write_text(yaml.safe_dump({"stages": {"thinker": {"args": {"chat_template": TOOLS_TEMPLATE}}}}))
+    with run_server("--config", str(config), "--asr-model", "none", "--tts-model", "none", "--vision-model", "none",
+                    "--embedding-model", "none", tmp_path=tmp_path) as server:
+        native = server.openai()
+        bare = native.chat.completions.create(model=MODEL, messages=ASK, max_tokens=1).usage.prompt_tokens
+        r = create(native, tool_choice="required", seed=1)
+        assert r.usage.prompt_tokens - bare < 20  # "Tools: get_weather get_time", not the Hermes system prompt
+        check_calls(r.choices[0].message.tool_calls)
+        call = r.choices[0].message.tool_calls[0]
+        turn = ASK + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                      {"role": "tool", "tool_call_id": call.id, "content": "18 degrees"}]
+        assert create(native, messages=turn, max_tokens=5).choices[0].finish_reason in ("stop", "length")
+    hermes = create(client, tool_choice="required", seed=1).usage.prompt_tokens
+    assert hermes - client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=1).usage.prompt_tokens > 80

@@ -50,6 +50,7 @@ from omniserve.runtime.types import (
 
 # Where an image's encoder output goes in the rendered prompt (llama.cpp's default media marker).
 MEDIA_MARKER = "<__media__>"
+EMBED_MAX_TOKENS = 1024  # longest /v1/embeddings input (one ubatch; its compute buffer grows with it)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class LlamaCppExecutor:
         self._loras: dict[str, Any] = {}  # adapter name -> llama_adapter_lora pointer
         self._lora_paths: dict[str, str] = {}
         self._active_lora: str | None = None  # set on the context now
+        self._embed_ctx = None  # a second context in embedding mode, made on the first /v1/embeddings call
         self._turn = 0  # which adapter group decodes next, when several have work
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -171,6 +173,7 @@ class LlamaCppExecutor:
             "max_sequences": self.args.max_sequences,
             "n_vocab": self.n_vocab,
             "loras": self._load_startup_loras(),
+            "dimensions": self.n_embd,  # of /v1/embeddings from this model (llama.cpp embedding mode)
             "has_chat_template": bool(self._template),
             "template_tools": "tools" in (self._template or ""),  # renders OpenAI tools itself
             "architecture": self._meta("general.architecture"),
@@ -184,6 +187,8 @@ class LlamaCppExecutor:
         ll.llama_batch_free(self._batch)
         if self._embd_batch is not None:
             ll.llama_batch_free(self._embd_batch)
+        if self._embed_ctx is not None:
+            ll.llama_free(self._embed_ctx)
         ll.llama_free(self._ctx)
         ll.llama_model_free(self._model)
 
@@ -195,6 +200,9 @@ class LlamaCppExecutor:
             result = self._lora_op(op)
             return [OmniOutput(request.request_id, started=True),
                     OmniOutput(request.request_id, finish_reason="stop", done=True, info={"loras": result})]
+        embed = request.params_for(self.stage).get("embed")
+        if embed is not None:
+            return self._embed(request.request_id, embed["input"], embed.get("truncate_prompt_tokens"))
         kinds = media_kinds(request.messages)
         if kinds:  # starts once the speech and vision stages have fed their text
             self._upstream[request.request_id] = (request, kinds, {})
@@ -467,6 +475,53 @@ class LlamaCppExecutor:
         self._kept.pop(slot, None)
         seq.slot = slot
         seq.n_past = seq.cached = match
+
+    # ---- embeddings ----------------------------------------------------------------
+
+    def _embed(self, request_id: str, inputs: list, truncate: int | None) -> list[OmniOutput]:
+        """/v1/embeddings from this model: each input decoded alone in a context in embedding
+        mode (mean pooling over its tokens), then L2-normalised. Runs between steps: the
+        running sequences wait for it, as for a prompt chunk."""
+        ll = self._ll
+        longest = min(self.context_length, EMBED_MAX_TOKENS)
+        limit = longest if truncate in (None, -1) else truncate
+        if limit > longest:
+            raise InvalidRequest(f"truncate_prompt_tokens: this model embeds at most {longest} tokens; got {limit}",
+                                 param="truncate_prompt_tokens")
+        ids = [self.tokenize(x, add_special=True) if isinstance(x, str) else list(x) for x in inputs]
+        for i, tokens in enumerate(ids):
+            where = f"input[{i}]" if len(ids) > 1 else "input"
+            if any(not 0 <= t < self.n_vocab for t in tokens):
+                raise InvalidRequest(f"{where}: token ids must be 0 to {self.n_vocab - 1} (this model's vocabulary)",
+                                     param="input")
+            if len(tokens) > limit:
+                if truncate is None:
+                    raise InvalidRequest(f"{where} is {len(tokens)} tokens; this model embeds at most {longest}. "
+                                         "Shorten it, or set truncate_prompt_tokens to keep its last tokens",
+                                         param="input")
+                ids[i] = tokens[-limit:]
+        if self._embed_ctx is None:
+            cparams = ll.llama_context_default_params()
+            cparams.embeddings = True
+            cparams.pooling_type = ll.LLAMA_POOLING_TYPE_MEAN
+            cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = longest  # one input, one ubatch
+            cparams.n_threads = cparams.n_threads_batch = self.args.threads
+            self._embed_ctx = ll.llama_init_from_model(self._model, cparams)
+            if not self._embed_ctx:
+                raise RuntimeError("llama.cpp could not create an embedding context (out of memory?)")
+        vectors = np.zeros((len(ids), self.n_embd), np.float32)
+        memory = ll.llama_get_memory(self._embed_ctx)
+        for row, tokens in enumerate(ids):
+            ll.llama_memory_clear(memory, True)
+            array = (ll.llama_token * len(tokens))(*tokens)  # the batch points into it: keep it alive
+            batch = ll.llama_batch_get_one(array, len(tokens))
+            if ll.llama_decode(self._embed_ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed in embedding mode")
+            pooled = np.ctypeslib.as_array(ll.llama_get_embeddings_seq(self._embed_ctx, 0), (self.n_embd,))
+            vectors[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+        return [OmniOutput(request_id, started=True, info={"prompt_tokens": sum(map(len, ids))}),
+                OmniOutput(request_id, finish_reason="stop", done=True,
+                           info={"indices": list(range(len(ids))), "embeddings": vectors})]
 
     # ---- LoRA adapters -------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """`POST /v1/embeddings`: validate -> OmniRequest to the embedding stage -> vectors, as floats
 or base64 (little-endian float32, as OpenAI's SDK decodes them), cut to `dimensions` and
-normalised again."""
+normalised again. Naming the chat model, or asking a server that serves no embedding model,
+embeds with the chat GGUF itself (llama.cpp's embedding mode, in the thinker stage)."""
 
 from __future__ import annotations
 
@@ -14,22 +15,26 @@ from omniserve.api.protocol.common import parse_body
 from omniserve.api.protocol.embeddings import EmbeddingRequest
 from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect
 from omniserve.errors import InvalidRequest
+from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import OmniRequest
 
 router = APIRouter()
+OPENAI_EMBEDDING_NAMES = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
 
 
 @router.post("/v1/embeddings")
 async def create_embeddings(request: Request):
     body = parse_body(await request.body(), EmbeddingRequest)
     client = get_client(request)
-    model = resolve_model(client, body.model, "embedding")
+    model = embedding_model(client, body.model)
     width = model.info["dimensions"]
     if body.dimensions is not None and body.dimensions > width:
         raise InvalidRequest(f"dimensions: this model's embeddings have {width} dimensions; got {body.dimensions}",
                              param="dimensions")
     inputs = body.inputs()
     params = {"input": inputs, "truncate_prompt_tokens": body.truncate_prompt_tokens}
+    if model.kind == "chat":
+        params = {"embed": params}
     omni = OmniRequest(new_id("embd"), route=[model.stage], emit=[model.stage], params={model.stage: params})
     first, stream = await start(client, omni)
     vectors = np.zeros((len(inputs), width), np.float32)
@@ -48,6 +53,17 @@ async def create_embeddings(request: Request):
     tokens = first.info["prompt_tokens"]
     return JSONResponse({"object": "list", "data": data, "model": body.model or model.id,
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def embedding_model(client: Client, model_id: str | None) -> ServedModel:
+    """The model a request names: an embedding model, or the chat model (named, or the only choice,
+    which OpenAI's embedding model names then reach too)."""
+    if client.model(None, "embedding") is None and (model_id is None or model_id in OPENAI_EMBEDDING_NAMES):
+        return resolve_model(client, None, "chat")
+    named = client.model(model_id) if model_id else None
+    if named is not None and named.kind == "chat":
+        return named
+    return resolve_model(client, model_id, "embedding")
 
 
 def _encoded(vector: np.ndarray, encoding: str) -> list[float] | str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build a tiny random-weight Stable-Diffusion-style diffusers pipeline, fully offline.
 
-    python scripts/make_tiny_diffusers.py OUT_DIR [--lora LORA_DIR] [--wan WAN_DIR]
+    python scripts/make_tiny_diffusers.py OUT_DIR [--lora LORA_DIR] [--wan WAN_DIR [--wan-lora DIR]]
 
 OUT_DIR gets a `StableDiffusionPipeline` folder (`model_index.json`, `unet/`,
 `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`) small enough to run in
@@ -12,7 +12,7 @@ stages. `--lora` also writes a tiny rank-4 LoRA for its UNet (peft), saved the
 way diffusers' `load_lora_weights` reads it. `--wan` also writes a tiny
 `WanPipeline` (text-to-video: a 2-layer UMT5 encoder with a character-level
 Unigram tokenizer, a 2-layer WanTransformer3DModel and a small 3-D VAE), shaped
-like the one in diffusers' own tests. Seeded, so a rebuild is the same.
+like the one in diffusers' own tests, and `--wan-lora` a LoRA for its transformer. Seeded, so a rebuild is the same.
 """
 
 from __future__ import annotations
@@ -93,22 +93,27 @@ def build_wan(out: Path) -> None:
                 scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)).save_pretrained(out)
 
 
-def build_lora(model: Path, out: Path) -> None:
+def build_lora(model: Path, out: Path, denoiser: str = "unet") -> None:
+    """A rank-4 LoRA for the pipeline's denoiser (`unet`, or a Wan `transformer`), saved the way
+    the pipeline's `save_lora_weights` writes it."""
+    import diffusers
     import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
+    index = json.loads((model / "model_index.json").read_text())
     torch.manual_seed(1)
-    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    component = getattr(diffusers, index[denoiser][1]).from_pretrained(model, subfolder=denoiser)
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    if denoiser == "transformer":  # the tiny Wan's attention barely moves its output; its projections do
+        targets += ["ffn.net.0.proj", "ffn.net.2", "proj_out"]
+    component.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets))
     with torch.no_grad():  # gaussian init leaves lora_B at zero; make the adapter change something
-        for name, param in unet.named_parameters():
+        for name, param in component.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(unet),
-                                              safe_serialization=True)
+    getattr(diffusers, index["_class_name"]).save_lora_weights(
+        out, **{f"{denoiser}_lora_layers": get_peft_model_state_dict(component)}, safe_serialization=True)
 
 
 def main() -> int:
@@ -116,6 +121,7 @@ def main() -> int:
     parser.add_argument("out")
     parser.add_argument("--lora", help="also write a tiny LoRA for the UNet here")
     parser.add_argument("--wan", help="also write a tiny Wan text-to-video pipeline here")
+    parser.add_argument("--wan-lora", help="and a tiny LoRA for its transformer here (needs --wan)")
     args = parser.parse_args()
     out = Path(args.out)
     if not (out / "model_index.json").is_file():
@@ -124,6 +130,8 @@ def main() -> int:
         build_lora(out, Path(args.lora))
     if args.wan and not (Path(args.wan) / "model_index.json").is_file():
         build_wan(Path(args.wan))
+    if args.wan_lora and not (Path(args.wan_lora) / "pytorch_lora_weights.safetensors").is_file():
+        build_lora(Path(args.wan), Path(args.wan_lora), "transformer")
     return 0
 
 

@@ -106,6 +106,7 @@ def test_long_input_is_a_400_unless_truncated(http, reference):
     ({"input": "a cat", "dimensions": 0}, "dimensions", "greater than or equal to 1"),
     ({"input": "a cat", "encoding_format": "int8"}, "encoding_format", "float"),
     ({"input": "a cat", "truncate_prompt_tokens": 300}, "truncate_prompt_tokens", "at most 256"),
+    ({"input": "a cat", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens", "at least 1"),
     ({"input": "a cat", "model": "whisper-tiny.en"}, "model", "is a speech-to-text model"),
     ({}, "input", "required"),
 ])

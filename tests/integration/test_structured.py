@@ -84,6 +84,8 @@ def test_ebnf(client):
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "array",
                                                                                          "uniqueItems": True}}}},
      "response_format.json_schema.schema", "'uniqueItems'"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {
+        "type": "object", "properties": {"a": True}}}}}, "response_format.json_schema.schema", "'true (use {}"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "strng"}}}},
      "response_format.json_schema.schema", "not a valid JSON Schema"),
     ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}},

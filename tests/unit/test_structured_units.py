@@ -18,6 +18,7 @@ from omniserve.errors import InvalidRequest
     ({"type": "object", "additionalProperties": {"type": "number", "multipleOf": 2}},
      ("multipleOf", "#/additionalProperties")),
     ({"type": "object", "properties": {"x": False}}, ("false", "#/properties/x")),
+    ({"type": "array", "items": True}, ("true (use {} for any value)", "#/items")),
 ])
 def test_unsupported_keyword(schema, found):
     assert unsupported_keyword(schema) == found

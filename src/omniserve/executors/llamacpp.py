@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from omniserve.errors import ContextLengthExceeded, InvalidRequest, NotFound
+from omniserve.errors import ContextLengthExceeded, InvalidRequest, NotFound, OmniError
 from omniserve.executors.text_stream import TextStream
 from omniserve.runtime.types import (
     OmniOutput,
@@ -51,6 +51,7 @@ from omniserve.runtime.types import (
 # Where an image's encoder output goes in the rendered prompt (llama.cpp's default media marker).
 MEDIA_MARKER = "<__media__>"
 EMBED_MAX_TOKENS = 1024  # longest /v1/embeddings input (one ubatch; its compute buffer grows with it)
+EMBED_MAX_REQUEST_TOKENS = 16384  # all inputs of one /v1/embeddings request to the chat model
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,10 @@ class LlamaCppExecutor:
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
         self.n_embd = ll.llama_model_n_embd_inp(self._model)
+        self.n_embd_out = ll.llama_model_n_embd_out(self._model)  # pooled embeddings have this width
+        # recurrent and hybrid models keep one state per sequence: it cannot be cut back to a prefix
+        self._prefix_cache = self.args.prefix_cache and not (ll.llama_model_is_recurrent(self._model)
+                                                             or ll.llama_model_is_hybrid(self._model))
         self._mem = ll.llama_get_memory(self._ctx)
         self._n_batch = cparams.n_batch
         self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
@@ -173,7 +178,7 @@ class LlamaCppExecutor:
             "max_sequences": self.args.max_sequences,
             "n_vocab": self.n_vocab,
             "loras": self._load_startup_loras(),
-            "dimensions": self.n_embd,  # of /v1/embeddings from this model (llama.cpp embedding mode)
+            "dimensions": self.n_embd_out,  # of /v1/embeddings from this model (llama.cpp embedding mode)
             "has_chat_template": bool(self._template),
             "template_tools": "tools" in (self._template or ""),  # renders OpenAI tools itself
             "architecture": self._meta("general.architecture"),
@@ -436,7 +441,7 @@ class LlamaCppExecutor:
 
     def _release(self, seq: _Sequence) -> None:
         self._running.remove(seq)
-        kept = _reusable(seq.prompt, seq.n_past) if self.args.prefix_cache else 0
+        kept = _reusable(seq.prompt, seq.n_past) if self._prefix_cache else 0
         self._ll.llama_memory_seq_rm(self._mem, seq.slot, kept, -1)  # the prompt's KV stays, the answer's goes
         if kept:
             self._kept[seq.slot] = (seq.lora, seq.prompt[:kept])
@@ -462,7 +467,7 @@ class LlamaCppExecutor:
         sources += [(r.slot, r.prompt[:_reusable(r.prompt, r.n_past)]) for r in self._running if r.lora == seq.lora]
         source, match = max(((s, min(_common(kept, prompt), limit)) for s, kept in sources),
                             key=lambda item: item[1], default=(-1, 0))
-        if not self.args.prefix_cache or match < self.args.prefix_cache_min_tokens:
+        if not self._prefix_cache or match < self.args.prefix_cache_min_tokens:
             match = 0
         slot = min(self._free_slots, key=lambda s: (len(self._kept.get(s, (None, []))[1]), s == source))
         if match and source == slot:
@@ -499,7 +504,12 @@ class LlamaCppExecutor:
                     raise InvalidRequest(f"{where} is {len(tokens)} tokens; this model embeds at most {longest}. "
                                          "Shorten it, or set truncate_prompt_tokens to keep its last tokens",
                                          param="input")
-                ids[i] = tokens[-limit:]
+                ids[i] = tokens[len(tokens) - limit:]
+        total = sum(map(len, ids))
+        if total > EMBED_MAX_REQUEST_TOKENS:  # it runs between decoding steps: every chat waits for it
+            raise InvalidRequest(f"input: {total} tokens in one request; this model embeds at most "
+                                 f"{EMBED_MAX_REQUEST_TOKENS} per request (send fewer inputs per request)",
+                                 param="input")
         if self._embed_ctx is None:
             cparams = ll.llama_context_default_params()
             cparams.embeddings = True
@@ -509,15 +519,15 @@ class LlamaCppExecutor:
             self._embed_ctx = ll.llama_init_from_model(self._model, cparams)
             if not self._embed_ctx:
                 raise RuntimeError("llama.cpp could not create an embedding context (out of memory?)")
-        vectors = np.zeros((len(ids), self.n_embd), np.float32)
+        vectors = np.zeros((len(ids), self.n_embd_out), np.float32)
         memory = ll.llama_get_memory(self._embed_ctx)
         for row, tokens in enumerate(ids):
             ll.llama_memory_clear(memory, True)
             array = (ll.llama_token * len(tokens))(*tokens)  # the batch points into it: keep it alive
             batch = ll.llama_batch_get_one(array, len(tokens))
-            if ll.llama_decode(self._embed_ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed in embedding mode")
-            pooled = np.ctypeslib.as_array(ll.llama_get_embeddings_seq(self._embed_ctx, 0), (self.n_embd,))
+            if ll.llama_decode(self._embed_ctx, batch) != 0:  # a failed request, not a dead worker
+                raise OmniError(f"llama.cpp could not embed input[{row}] ({len(tokens)} tokens)")
+            pooled = np.ctypeslib.as_array(ll.llama_get_embeddings_seq(self._embed_ctx, 0), (self.n_embd_out,))
             vectors[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
         return [OmniOutput(request_id, started=True, info={"prompt_tokens": sum(map(len, ids))}),
                 OmniOutput(request_id, finish_reason="stop", done=True,

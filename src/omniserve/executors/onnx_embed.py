@@ -89,7 +89,7 @@ class EmbedderExecutor:
                     raise InvalidRequest(
                         f"{where} is {len(tokens)} tokens; this model takes at most {model.max_tokens}. Shorten "
                         "it, or set truncate_prompt_tokens to keep its last tokens", param="input")
-                tokens = tokens[:1] + tokens[len(tokens) - limit + 1:] if texts else tokens[-limit:]  # keep [CLS]
+                tokens = tokens[:1] + tokens[len(tokens) - limit + 1:] if texts else tokens[len(tokens) - limit:]
             out.append(tokens)
         return out
 

@@ -23,6 +23,13 @@ class EmbeddingRequest(BaseModel):
 
     _merge_extra_body = model_validator(mode="before")(classmethod(lambda cls, data: merge_extra_body(data)))
 
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _not_zero(cls, value: int | None) -> int | None:
+        if value == 0:
+            raise ValueError("must be -1 (the model's limit) or a number of tokens to keep, at least 1")
+        return value
+
     @field_validator("input")
     @classmethod
     def _not_empty(cls, value: Any) -> Any:

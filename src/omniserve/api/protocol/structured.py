@@ -91,7 +91,7 @@ def schema_rules(schema: dict[str, Any], name: str, where: str, prop_order: list
                                 dotall=False, raw_pattern=False)
     try:
         converter.visit(converter.resolve_refs(schema, where), name)
-    except (AssertionError, ValueError, KeyError, TypeError) as exc:
+    except (AssertionError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidRequest(f"{where}: the grammar engine cannot compile this schema: {exc}", param=where) from None
     # the converter's string characters include raw control characters, which JSON forbids
     return converter.format_grammar().replace(_LOOSE_CHAR, _JSON_CHAR)
@@ -103,8 +103,8 @@ _JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
 def unsupported_keyword(schema: Any, path: str = "#") -> tuple[str, str] | None:
     """The first keyword the converter would skip, with its JSON pointer; None when all are enforced."""
-    if isinstance(schema, bool):
-        return None if schema else ("false", path)
+    if isinstance(schema, bool):  # the converter takes only object subschemas
+        return ("true (use {} for any value)" if schema else "false", path)
     for key, value in schema.items():
         here = f"{path}/{key}"
         if key not in ENFORCED and key not in ANNOTATIONS:
@@ -116,7 +116,8 @@ def unsupported_keyword(schema: Any, path: str = "#") -> tuple[str, str] | None:
                          None)
         elif key in SCHEMA_LISTS:
             found = next((p for i, sub in enumerate(value) if (p := unsupported_keyword(sub, f"{here}/{i}"))), None)
-        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+        elif (key == "items" and isinstance(value, dict | bool)) or (key == "additionalProperties"
+                                                                    and isinstance(value, dict)):
             found = unsupported_keyword(value, here)
         else:
             found = None

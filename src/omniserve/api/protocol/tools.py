@@ -78,10 +78,10 @@ def call_grammar(tools: list[Tool], names: list[str], parallel: bool) -> str:
                         "properties": {"name": {"const": tool.function.name},
                                        "arguments": {k: v for k, v in params.items() if k != "$defs"}}})
     schema = {"anyOf": options, **({"$defs": defs} if defs else {})}
-    more = ' ("\\n" block)?' * (MAX_PARALLEL_CALLS - 1) if parallel else ""
-    return (f"root ::= block{more}\n"
-            'block ::= "<tool_call>\\n" call "\\n</tool_call>"\n'
-            + schema_rules(schema, "call", "tools", prop_order=["name", "arguments"]))
+    more = ' ("\\n" tool-call-block)?' * (MAX_PARALLEL_CALLS - 1) if parallel else ""
+    return (f"root ::= tool-call-block{more}\n"  # names the converter does not make from a schema
+            'tool-call-block ::= "<tool_call>\\n" tool-call "\\n</tool_call>"\n'
+            + schema_rules(schema, "tool-call", "tools", prop_order=["name", "arguments"]))
 
 
 def system_prompt(tools: list[Tool]) -> str:

@@ -2,7 +2,7 @@
 # Set up (if needed) and run the whole test suite against the real server and real models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh --test
 # The speech tests transcribe real LibriVox clips from Debian's pocketsphinx-testdata.
 if [ ! -f /usr/share/pocketsphinx/test/data/librivox/transcription ] && command -v apt-get >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

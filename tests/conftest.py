@@ -116,6 +116,13 @@ def http(server):
         yield c
 
 
+def idle(http) -> bool:
+    """Nothing running or queued, in all and at every stage."""
+    load = http.get("/get_load").json()
+    return (load["running"], load["queued"]) == (0, 0) and all(
+        (s["running"], s["queued"]) == (0, 0) for s in load["stages"].values())
+
+
 def wait_until(predicate, timeout: float = 30, interval: float = 0.1):
     deadline = time.time() + timeout
     while time.time() < deadline:

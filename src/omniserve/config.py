@@ -31,6 +31,8 @@ class ServerArgs(BaseSettings):
     api_key: str | None = None
     max_running_requests: int = Field(8, ge=1, le=256)
     max_queued_requests: int = Field(128, ge=0)
+    grammar_timeout: float = Field(5.0, gt=0, description="longest a structured-output grammar may take to build")
+    stall_timeout: float = Field(300.0, ge=0, description="restart a stage worker stuck this long (0: never)")
     context_length: int | None = Field(None, ge=16)
     threads: int | None = Field(None, ge=1)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
@@ -41,6 +43,7 @@ class ServerArgs(BaseSettings):
     tts_model: str = Field("piper-joe-medium", description="text-to-speech alias, Piper .onnx, or none")
     max_audio_seconds: float = Field(600.0, gt=0)
     max_media_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    media_fetch_timeout: float = Field(30.0, gt=0, description="deadline for fetching one media URL")
     allow_private_media_urls: bool = False
     allowed_local_media_path: Path | None = None
     max_image_pixels: int = Field(25_000_000, ge=1)
@@ -100,6 +103,9 @@ class StageConfig(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
     placement: Placement = Field(default_factory=Placement)
     max_restarts: int = Field(5, ge=0)
+    # admission for this stage alone (None: --max-running-requests / --max-queued-requests)
+    max_running_requests: int | None = Field(None, ge=1)
+    max_queued_requests: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _check_executor_args(self) -> StageConfig:

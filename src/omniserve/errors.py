@@ -3,7 +3,7 @@
 Each error knows its HTTP status and OpenAI error type, so the API maps it to
 the envelope in one place (`api/errors.py`) and nobody classifies errors by
 matching message strings. Errors cross process boundaries as
-`(class name, message, param)` and are rebuilt with `from_wire`.
+`(class name, message, param, code)` and are rebuilt with `from_wire`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ class OmniError(Exception):
         if code is not None:
             self.code = code
 
-    def to_wire(self) -> tuple[str, str, str | None]:
-        return (type(self).__name__, self.message, self.param)
+    def to_wire(self) -> tuple[str, str, str | None, str | None]:
+        return (type(self).__name__, self.message, self.param, self.code)
 
     @staticmethod
-    def from_wire(wire: tuple[str, str, str | None]) -> OmniError:
-        name, message, param = wire
+    def from_wire(wire: tuple[str, str, str | None, str | None]) -> OmniError:
+        name, message, param, code = wire
         cls = _BY_NAME.get(name, OmniError)
-        return cls(message, param=param)
+        return cls(message, param=param, code=code)
 
 
 class InvalidRequest(OmniError):

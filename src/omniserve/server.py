@@ -76,7 +76,7 @@ def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: C
 
 async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
     coordinator = Coordinator(pipeline, settings.max_running_requests, settings.max_queued_requests,
-                              settings.log_level)
+                              settings.log_level, settings.stall_timeout)
     try:
         await coordinator.start()
     except StageLoadError as exc:
@@ -88,7 +88,8 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
         store = JobStore(settings.data_dir / "jobs.sqlite3")
         video_runner = VideoRunner(store, client, settings.data_dir / "videos")
         video_runner.start()
-        config = uvicorn.Config(create_app(settings, client, video_runner), host=settings.host, port=settings.port,
+        app = create_app(settings, client, video_runner)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port,
                                 log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
         log.info("omniserve %s serving %s on http://%s:%d (pid %d)", __version__, [m.id for m in served],
                  settings.host, settings.port, os.getpid())
@@ -96,6 +97,7 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
             await uvicorn.Server(config).serve()
         finally:
             await video_runner.stop()
+            app.state.grammars.close()
             store.close()
     finally:
         await coordinator.shutdown()

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.audio_helpers import decode, librivox_clips, wer
+from tests.conftest import idle, wait_until
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -250,13 +251,9 @@ def test_voice_chat_disconnect_frees_every_stage(server, http):
             for line in r.iter_lines():
                 if '"audio"' in line:
                     break
-    from tests.conftest import wait_until
-
     wait_until(lambda: http.get("/get_load").json()["running"] == 0, timeout=5)
 
 
 def test_no_request_left_running(http):
     """Every speech request above released its slot (runs last in this file)."""
-    from tests.conftest import wait_until
-
-    wait_until(lambda: http.get("/get_load").json() == {"running": 0, "queued": 0}, timeout=10)
+    wait_until(lambda: idle(http), timeout=10)

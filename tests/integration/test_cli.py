@@ -60,7 +60,8 @@ def test_not_a_gguf(tmp_path):
 def test_corrupt_gguf_fails_with_one_line(tmp_path):
     bogus = tmp_path / "broken.gguf"
     bogus.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
-    r = omniserve("serve", "--model-path", str(bogus))
+    # its own data dir: on a fresh machine the first start also converts the image classifier (and says so)
+    r = omniserve("serve", "--model-path", str(bogus), "--data-dir", str(tmp_path), "--vision-model", "none")
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode != 0 and len(lines) == 1, r.stderr
     assert "failed to start" in lines[0] and "broken.gguf" in lines[0]

@@ -3,13 +3,11 @@ addresses and file paths outside the allowed folder are refused without revealin
 
 from __future__ import annotations
 
-import io
 import os
 
 import pytest
-from PIL import Image
 
-from tests.media_helpers import SPOKEN, data_url, image_part, photo_url, skimage_photo, video_part
+from tests.media_helpers import SPOKEN, data_url, image_part, photo_url, png_bytes, skimage_photo, video_part
 
 
 def post(http, content, **extra):
@@ -20,12 +18,6 @@ def post(http, content, **extra):
 def error(r, status: int = 400) -> dict:
     assert r.status_code == status, r.text
     return r.json()["error"]
-
-
-def png_bytes(size=(8, 8), mode="RGB") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 QUESTION = {"type": "text", "text": "What is this?"}

@@ -32,7 +32,8 @@ _ACCEPTED_MIME = {
 def media_limits(request: Request) -> MediaLimits:
     settings = request.app.state.settings
     return MediaLimits(max_bytes=settings.max_media_bytes, allow_private_urls=settings.allow_private_media_urls,
-                       local_root=settings.allowed_local_media_path)
+                       local_root=settings.allowed_local_media_path, deadline_s=settings.media_fetch_timeout,
+                       timeout_s=min(10.0, settings.media_fetch_timeout))
 
 
 async def fetch_media(request: Request, ref: Any, where: str, kind: str) -> bytes:

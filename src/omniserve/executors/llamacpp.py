@@ -163,6 +163,9 @@ class LlamaCppExecutor:
         self._n_batch = cparams.n_batch
         self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
 
+        # no token spells more bytes than this: a text longer than context * this cannot fit,
+        # and is refused before it is tokenized (a 30 MB prompt would take the worker half a minute)
+        self._max_piece_bytes = max(len(self._piece(t, special=True)) for t in range(self.n_vocab)) or 1
         self._template = self.args.chat_template or self._meta("tokenizer.chat_template")
         self._bos = self._piece_text(ll.llama_vocab_bos(self._vocab), special=True)
         self._eos = self._piece_text(ll.llama_vocab_eos(self._vocab), special=True)
@@ -258,7 +261,7 @@ class LlamaCppExecutor:
             )
         if params.lora is not None and params.lora not in self._loras:
             raise NotFound(f"LoRA adapter {params.lora!r} is not loaded; loaded: {', '.join(self._loras) or 'none'} "
-                           "(POST /v1/load_lora_adapter)", param="model", code="lora_not_found")
+                           "(POST /v1/load_lora_adapter, or --lora-paths)", param="model", code="lora_not_found")
         bad = [t for t in params.logit_bias if not 0 <= t < self.n_vocab]
         if bad:
             raise InvalidRequest(f"logit_bias: token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})",
@@ -685,13 +688,23 @@ class LlamaCppExecutor:
 
     def _prompt_tokens(self, request: OmniRequest) -> list[int]:
         if request.messages is not None:
-            return self.tokenize(self._render(request), add_special=False)
+            return self.tokenize(self._fitting(self._render(request), "messages"), add_special=False)
         if isinstance(request.prompt, list):
             bad = [t for t in request.prompt if not 0 <= t < self.n_vocab]
             if bad:
                 raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})", "prompt")
             return list(request.prompt)
-        return self.tokenize(request.prompt or "", add_special=True)
+        return self.tokenize(self._fitting(request.prompt or "", "prompt"), add_special=True)
+
+    def _fitting(self, text: str, param: str) -> str:
+        """`text`, unless it is too long for the context however it tokenizes (checked before
+        tokenizing it, which takes long for a huge text)."""
+        fewest = -(-len(text.encode("utf-8", "surrogatepass")) // self._max_piece_bytes)
+        if fewest >= self.context_length:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_length} tokens, but the {param} has at least "
+                f"{fewest} tokens ({len(text)} characters). Shorten the {param}.", param=param)
+        return text
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         ll = self._ll

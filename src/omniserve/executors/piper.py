@@ -25,6 +25,8 @@ from omniserve.runtime.types import OmniOutput, OmniRequest
 # A sentence ends at . ! ? ; : or a newline followed by white space.
 _SENTENCE_END = re.compile(r"[.!?;:]+[\"')\]]*\s+|\n+")
 _MAX_CHUNK_CHARS = 300  # a run-on "sentence" is cut at a space past this length
+# Control characters say nothing, and espeak-ng's phonemizer refuses a NUL: spoken text goes without them.
+_UNSPOKEN = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
 
 class PiperArgs(BaseModel):
@@ -153,7 +155,7 @@ class PiperExecutor:
         return out
 
     def _take_text(self, job: _Job, text: str, final: bool) -> None:
-        sentences, job.buffer = split_sentences(job.buffer + text, final)
+        sentences, job.buffer = split_sentences(job.buffer + text.translate(_UNSPOKEN), final)
         job.text_done = final
         if sentences and not job.sentences:
             self._turns.append(job.request_id)

@@ -2,8 +2,9 @@
 
 Every media input a client names goes through `fetch`:
 - `data:` URLs are decoded;
-- http(s) URLs are fetched with a timeout, a size cap and at most three
-  redirects. Each hop's host is resolved and checked against private,
+- http(s) URLs are fetched with a timeout per read, a deadline for the
+  whole fetch (a source trickling a byte at a time cannot hold a request),
+  a size cap and at most three redirects. Each hop's host is resolved and checked against private,
   loopback, link-local and metadata addresses (unless
   `--allow-private-media-urls`), and the connection goes to the address
   that was checked, so a second DNS answer cannot swap it (DNS rebinding);
@@ -36,7 +37,8 @@ MAX_REDIRECTS = 3
 class MediaLimits:
     max_bytes: int = 32 * 1024 * 1024
     allow_private_urls: bool = False
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # per connect and read
+    deadline_s: float = 30.0  # for the whole fetch, redirects included (--media-fetch-timeout)
     local_root: Path | None = None  # --allowed-local-media-path; None: no file access
 
 
@@ -61,7 +63,11 @@ async def fetch(reference: str, where: str, limits: MediaLimits) -> Fetched:
             raise InvalidRequest(f"{where}: a data URL must look like data:<mime>;base64,<data>", param=where)
         fetched = Fetched(decode_base64(payload, where), header[5:].removesuffix(";base64").lower() or None)
     elif scheme in ("http", "https"):
-        fetched = await _fetch_http(reference, where, limits)
+        try:
+            fetched = await asyncio.wait_for(_fetch_http(reference, where, limits), limits.deadline_s)
+        except TimeoutError:
+            raise InvalidRequest(f"{where}: fetching {reference} took longer than {limits.deadline_s:g} s "
+                                 "(--media-fetch-timeout)", param=where, code="media_fetch_timeout") from None
     elif scheme == "file" or not scheme:
         fetched = Fetched(await asyncio.to_thread(_read_local, reference, where, limits), None)
     else:

@@ -43,13 +43,14 @@ def build_pipeline(settings):
     from omniserve.config import load_yaml, validate_pipeline
     from omniserve.models.llm import omni_pipeline
 
+    # What only reads flags and small files comes first, so that a bad command line fails before
+    # any model is assembled or converted (which logs, and takes time).
+    image = resolve_image_model(settings.image_model)
+    overrides = load_yaml(settings.config) if settings.config is not None else None
     _, gguf = resolve_model_path(settings.model_path, settings.data_dir)
     asr, tts = speech_models(settings)
-    pipeline = validate_pipeline(omni_pipeline(gguf, settings, asr, tts, vision_model(settings),
-                                               resolve_image_model(settings.image_model)))
-    if settings.config is not None:
-        pipeline = pipeline.with_overrides(load_yaml(settings.config))
-    return pipeline
+    pipeline = validate_pipeline(omni_pipeline(gguf, settings, asr, tts, vision_model(settings), image))
+    return pipeline.with_overrides(overrides) if overrides is not None else pipeline
 
 
 def speech_models(settings) -> tuple[SpeechModel | None, SpeechModel | None]:

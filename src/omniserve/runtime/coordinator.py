@@ -1,16 +1,21 @@
 """The Coordinator owns the request lifecycle.
 
-- Admission: at most `max_running` requests run; up to `max_queued` wait in
-  FIFO order; beyond that, 503 at once.
+- Admission, per stage (`admission.py`): a request takes a slot on every
+  stage of its route at once, or waits in line holding none; a full line
+  for one of its stages is a 503 at once. A stage gives its slot back as
+  soon as it is done with the request, not when the client has read it all.
 - Routing: a request visits the stages of its route (all by default); each
   of them learns of it at once (`add`), so it can check it and hold its
   place. A stage's outputs go to its downstream stages on the route (per
   chunk on streaming edges, all at once when it is done otherwise) and,
   for the stages the request emits from, to the request's output stream.
-- Abort: when the consumer goes away the request is aborted at every stage;
-  its slot counts as running until the worker confirms the abort.
-- Health: a worker whose pipe closes is restarted; meanwhile its in-flight
-  requests fail with `WorkerCrashed` and new ones get 503.
+- Abort: when the consumer goes away the request is aborted at every stage
+  still holding it; each keeps its slot until the worker confirms.
+- Health, per stage: a worker whose pipe closes is restarted; meanwhile its
+  in-flight requests fail with `WorkerCrashed` and new requests that need
+  that stage get 503 (others go on). A worker whose loop has not turned for
+  `stall_timeout` seconds (it sends a heartbeat every second) is stuck: it
+  is killed and restarted the same way, so a hang never looks healthy.
 
 It knows stage names and edges, not models and not HTTP.
 """
@@ -19,43 +24,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from omniserve.config import PipelineConfig
-from omniserve.errors import InvalidRequest, OmniError, Overloaded, Unavailable, WorkerCrashed
+from omniserve.errors import InvalidRequest, OmniError, Unavailable, WorkerCrashed
+from omniserve.runtime.admission import Admission, StageLimits
 from omniserve.runtime.launcher import StageLoadError, WorkerHandle, launch_worker
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 log = logging.getLogger(__name__)
+
+WATCHDOG_INTERVAL_S = 1.0
 
 
 @dataclass(eq=False)
 class _Tracked:
     request: OmniRequest
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    route: set[str] = field(default_factory=set)
+    route: frozenset[str] = frozenset()
     emit: set[str] = field(default_factory=set)
-    stages: set[str] = field(default_factory=set)  # stages still holding this request
+    stages: set[str] = field(default_factory=set)  # stages still holding this request (and a slot)
     open_terminals: set[str] = field(default_factory=set)
     buffered: dict[tuple[str, str], list[OmniOutput]] = field(default_factory=dict)  # non-streaming edges
     finished: bool = False
 
 
 class Coordinator:
-    def __init__(self, pipeline: PipelineConfig, max_running: int, max_queued: int, log_level: str = "info"):
+    def __init__(self, pipeline: PipelineConfig, max_running: int, max_queued: int, log_level: str = "info",
+                 stall_timeout: float = 0.0):
         self.pipeline = pipeline
-        self.max_running = max_running
-        self.max_queued = max_queued
         self.log_level = log_level
+        self.stall_timeout = stall_timeout  # 0: never call a worker stuck
+        self.admission = Admission({
+            s.name: StageLimits(s.max_running_requests or max_running,
+                                max_queued if s.max_queued_requests is None else s.max_queued_requests)
+            for s in pipeline.stages
+        })
         self.workers: dict[str, WorkerHandle] = {}
-        self.restarting: set[str] = set()
+        self.restarting: dict[str, str] = {}  # stage -> why
         self.failed: dict[str, str] = {}
         self._running: dict[str, _Tracked] = {}
-        self._waiting: deque[asyncio.Future] = deque()
-        self._restart_tasks: set[asyncio.Task] = set()
+        self._last_seen: dict[str, float] = {}  # stage -> when its worker last sent anything
+        self._tasks: set[asyncio.Task] = set()
         self.crashes = 0
         self._closing = False
 
@@ -71,14 +84,17 @@ class Coordinator:
         for stage, result in zip(self.pipeline.stages, results, strict=True):
             if not isinstance(result, BaseException):
                 self.workers[stage.name] = result
+                self._last_seen[stage.name] = time.monotonic()
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
+        if self.stall_timeout > 0:
+            self._spawn(self._watchdog())
         log.info("stages ready: %s", ", ".join(f"{name} (pid {h.pid})" for name, h in self.workers.items()))
 
     async def shutdown(self) -> None:
         self._closing = True
-        for task in self._restart_tasks:
+        for task in self._tasks:
             task.cancel()
         for handle in self.workers.values():
             handle.transport.send(("stop",))
@@ -86,18 +102,31 @@ class Coordinator:
             await asyncio.to_thread(handle.process.join, 5)
             handle.kill()
 
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # ---- state ---------------------------------------------------------------------
 
-    def healthy(self) -> bool:
-        return not self.restarting and not self.failed and len(self.workers) == len(self.pipeline.stages)
+    def stage_problem(self, stage: str) -> str | None:
+        """Why `stage` cannot take requests now (None: it can)."""
+        if stage in self.failed:
+            return f"stage {stage!r} is down: {self.failed[stage]}"
+        if stage in self.restarting:
+            return f"stage {stage!r} is restarting ({self.restarting[stage]}); retry shortly"
+        if stage not in self.workers:
+            return f"stage {stage!r} is starting"
+        return None
 
-    def unhealthy_reason(self) -> str:
-        if self.failed:
-            name, why = next(iter(self.failed.items()))
-            return f"stage {name!r} is down: {why}"
-        if self.restarting:
-            return f"stage {sorted(self.restarting)[0]!r} is restarting after a crash; retry shortly"
-        return "the runtime is starting"
+    def healthy(self, stages: set[str] | frozenset[str] | None = None) -> bool:
+        """Whether every stage (or each of `stages`) can take requests."""
+        names = stages if stages is not None else [s.name for s in self.pipeline.stages]
+        return all(self.stage_problem(name) is None for name in names)
+
+    def unhealthy_reason(self, stages: set[str] | frozenset[str] | None = None) -> str:
+        names = stages if stages is not None else [s.name for s in self.pipeline.stages]
+        return next((p for p in map(self.stage_problem, sorted(names)) if p), "")
 
     @property
     def num_running(self) -> int:
@@ -105,17 +134,22 @@ class Coordinator:
 
     @property
     def num_queued(self) -> int:
-        return len(self._waiting)
+        return self.admission.queued()
 
     def stage_info(self) -> list[dict[str, Any]]:
         out = []
         for stage in self.pipeline.stages:
             handle = self.workers.get(stage.name)
+            limits = self.admission.limits[stage.name]
             out.append({
                 "name": stage.name,
                 "executor": stage.executor,
                 "pid": handle.pid if handle else None,
-                "healthy": stage.name not in self.restarting and stage.name not in self.failed,
+                "healthy": self.stage_problem(stage.name) is None,
+                "running": self.admission.running(stage.name),
+                "queued": self.admission.queued(stage.name),
+                "max_running_requests": limits.max_running,
+                "max_queued_requests": limits.max_queued,
                 "info": handle.info if handle else {},
                 "downstream": [e.dst for e in self.pipeline.downstream(stage.name)],
                 "terminal": stage.name in self.pipeline.terminals,
@@ -126,11 +160,11 @@ class Coordinator:
 
     async def generate(self, request: OmniRequest) -> AsyncIterator[OmniOutput]:
         """Run one request; yield terminal-stage outputs; abort if the consumer leaves."""
-        if not self.healthy():
-            raise Unavailable(self.unhealthy_reason())
         route, emit = self._plan(request)
-        await self._admit()
-        tracked = _Tracked(request, route=route, emit=emit, open_terminals=set(emit))
+        if not self.healthy(route):
+            raise Unavailable(self.unhealthy_reason(route))
+        await self.admission.acquire(route)
+        tracked = _Tracked(request, route=route, emit=emit, stages=set(route), open_terminals=set(emit))
         self._running[request.request_id] = tracked
         try:
             for stage in self.pipeline.stages:
@@ -144,17 +178,14 @@ class Coordinator:
                 if item.done:
                     tracked.open_terminals.discard(item.stage)
                     if not tracked.open_terminals:
-                        tracked.finished = True
                         return
         finally:
-            if tracked.stages and not tracked.finished:
-                self.abort(request.request_id)
-            else:
-                self._release(request.request_id)
+            tracked.finished = True
+            self.abort(request.request_id)
 
-    def _plan(self, request: OmniRequest) -> tuple[set[str], set[str]]:
+    def _plan(self, request: OmniRequest) -> tuple[frozenset[str], set[str]]:
         names = [s.name for s in self.pipeline.stages]
-        route = set(request.route or names)
+        route = frozenset(request.route or names)
         emit = set(request.emit) if request.emit else route & set(self.pipeline.terminals)
         unknown = (route | emit) - set(names)
         if unknown:
@@ -164,6 +195,8 @@ class Coordinator:
         return route, emit
 
     def abort(self, request_id: str) -> None:
+        """Stop a request at every stage still holding it; each frees its slot once its worker
+        confirms. Nothing more reaches the consumer."""
         tracked = self._running.get(request_id)
         if tracked is None:
             return
@@ -171,51 +204,30 @@ class Coordinator:
         for name in list(tracked.stages):
             handle = self.workers.get(name)
             if handle is None or not handle.transport.send(("abort", request_id)):
-                tracked.stages.discard(name)
-        if not tracked.stages:
-            self._release(request_id)
+                self._stage_done(tracked, name)
+        self._forget_if_done(tracked)
 
-    async def _admit(self) -> None:
-        if len(self._running) < self.max_running and not self._waiting:
-            return
-        if len(self._waiting) >= self.max_queued:
-            raise Overloaded(
-                f"the server is at capacity ({self.max_running} running, {len(self._waiting)} queued); retry later"
-            )
-        ticket = asyncio.get_running_loop().create_future()
-        self._waiting.append(ticket)
-        try:
-            await ticket
-        except BaseException:
-            if ticket in self._waiting:
-                self._waiting.remove(ticket)
-            elif ticket.done() and not ticket.cancelled() and ticket.exception() is None:
-                self._wake_next()  # we were handed a slot we will not use
-            raise
-        if isinstance(ticket.result(), OmniError):
-            raise ticket.result()
+    def _stage_done(self, tracked: _Tracked, stage: str) -> None:
+        """`stage` no longer holds the request: its slot goes to the next in line."""
+        if stage in tracked.stages:
+            tracked.stages.discard(stage)
+            self.admission.release({stage})
+        self._forget_if_done(tracked)
 
-    def _release(self, request_id: str) -> None:
-        if self._running.pop(request_id, None) is not None:
-            self._wake_next()
-
-    def _wake_next(self) -> None:
-        while self._waiting and len(self._running) < self.max_running:
-            ticket = self._waiting.popleft()
-            if not ticket.done():
-                ticket.set_result(None)
-                return
+    def _forget_if_done(self, tracked: _Tracked) -> None:
+        if tracked.finished and not tracked.stages:
+            self._running.pop(tracked.request.request_id, None)
 
     def _add(self, stage: str, tracked: _Tracked) -> None:
         handle = self.workers.get(stage)
-        tracked.stages.add(stage)
         if handle is None or not handle.transport.send(("add", tracked.request)):
-            tracked.stages.discard(stage)
-            tracked.queue.put_nowait(Unavailable(self.unhealthy_reason()))
+            self._stage_done(tracked, stage)
+            tracked.queue.put_nowait(Unavailable(self.unhealthy_reason({stage}) or f"stage {stage!r} is down"))
 
     # ---- messages from workers -----------------------------------------------------
 
     def _on_message(self, stage: str, message: Any) -> None:
+        self._last_seen[stage] = time.monotonic()
         kind = message[0]
         if kind == "outputs":
             for output in message[1]:
@@ -223,14 +235,12 @@ class Coordinator:
         elif kind == "error":
             tracked = self._running.get(message[1])
             if tracked is not None:
-                tracked.stages.discard(stage)
+                self._stage_done(tracked, stage)
                 tracked.queue.put_nowait(OmniError.from_wire(message[2]))
         elif kind == "aborted":
             tracked = self._running.get(message[1])
             if tracked is not None:
-                tracked.stages.discard(stage)
-                if not tracked.stages:
-                    self._release(message[1])
+                self._stage_done(tracked, stage)
 
     def _route(self, stage: str, output: OmniOutput) -> None:
         tracked = self._running.get(output.request_id)
@@ -238,10 +248,8 @@ class Coordinator:
             return
         output.stage = stage
         if output.done:
-            tracked.stages.discard(stage)
+            self._stage_done(tracked, stage)
         if tracked.finished:  # complete or being aborted: nothing flows any more
-            if not tracked.stages:
-                self._release(output.request_id)
             return
         for edge in self.pipeline.downstream(stage):
             if edge.dst not in tracked.stages:  # off this request's route, or already done with it
@@ -259,34 +267,45 @@ class Coordinator:
     def _feed(self, stage: str, tracked: _Tracked, outputs: list[OmniOutput]) -> None:
         handle = self.workers.get(stage)
         if handle is None or not handle.transport.send(("feed", outputs)):
-            tracked.stages.discard(stage)
-            tracked.queue.put_nowait(Unavailable(self.unhealthy_reason()))
+            self._stage_done(tracked, stage)
+            tracked.queue.put_nowait(Unavailable(self.unhealthy_reason({stage}) or f"stage {stage!r} is down"))
 
-    # ---- crashes -------------------------------------------------------------------
+    # ---- crashes and hangs ---------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """Kill a worker whose loop has not turned for `stall_timeout` s; the pipe closing
+        then restarts it like any crash."""
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            now = time.monotonic()
+            for stage, handle in list(self.workers.items()):
+                silent = now - self._last_seen.get(stage, now)
+                if silent > self.stall_timeout and handle.stalled is None:
+                    log.error("stage %s worker (pid %d) sent nothing for %.0f s; killing it", stage, handle.pid,
+                              silent)
+                    handle.stalled = f"it made no progress for {silent:.0f} s"
+                    handle.process.kill()
 
     def _on_worker_closed(self, stage: str, handle: WorkerHandle) -> None:
         if self.workers.get(stage) is not handle or self._closing:
             return
         self.crashes += 1
         code = handle.process.exitcode
-        log.error("stage %s worker (pid %d) died (exit code %s); restarting", stage, handle.pid, code)
+        why = handle.stalled or (f"exit code {code}" if code is not None else "its pipe closed")
+        log.error("stage %s worker (pid %d) died (%s); restarting", stage, handle.pid, why)
         del self.workers[stage]
-        self.restarting.add(stage)
+        self.restarting[stage] = f"its worker died: {why}"
+        self.admission.pause(stage)
         error = WorkerCrashed(
-            f"the {stage!r} stage worker crashed while running this request (exit code {code}); "
-            "the request was aborted, retry it"
+            f"the {stage!r} stage worker {'was stuck' if handle.stalled else 'crashed'} while running this request "
+            f"({why}); the request was aborted, retry it"
         )
-        for request_id, tracked in list(self._running.items()):
+        for tracked in list(self._running.values()):
             if stage in tracked.stages:
-                tracked.stages.discard(stage)
-                if tracked.finished:
-                    if not tracked.stages:
-                        self._release(request_id)
-                else:
+                if not tracked.finished:
                     tracked.queue.put_nowait(error)
-        task = asyncio.get_running_loop().create_task(self._restart(stage, handle))
-        self._restart_tasks.add(task)
-        task.add_done_callback(self._restart_tasks.discard)
+                self._stage_done(tracked, stage)
+        self._spawn(self._restart(stage, handle))
 
     async def _restart(self, stage: str, dead: WorkerHandle) -> None:
         await asyncio.to_thread(dead.kill)
@@ -296,16 +315,15 @@ class Coordinator:
                 self.workers[stage] = await launch_worker(
                     config, self.log_level, self._on_message, self._on_worker_closed
                 )
-                self.restarting.discard(stage)
+                self._last_seen[stage] = time.monotonic()
+                del self.restarting[stage]
+                self.admission.resume(stage)
                 log.info("stage %s restarted (pid %d)", stage, self.workers[stage].pid)
                 return
             except StageLoadError as exc:
                 log.error("restart %d of stage %s failed: %s", attempt, stage, exc)
                 await asyncio.sleep(min(2**attempt, 30))
-        self.restarting.discard(stage)
+        del self.restarting[stage]
         self.failed[stage] = f"gave up after {config.max_restarts} restarts"
-        # Nobody will serve the queue: answer it now rather than let it wait forever.
-        while self._waiting:
-            ticket = self._waiting.popleft()
-            if not ticket.done():
-                ticket.set_result(Unavailable(self.unhealthy_reason()))
+        # Nobody will serve this stage's line: answer it now rather than let it wait forever.
+        self.admission.fail_waiters(stage, Unavailable(self.unhealthy_reason({stage})))

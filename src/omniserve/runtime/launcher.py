@@ -24,6 +24,7 @@ class WorkerHandle:
     process: Any
     transport: PipeTransport
     info: dict[str, Any]
+    stalled: str | None = None  # why the watchdog killed it
 
     @property
     def pid(self) -> int:

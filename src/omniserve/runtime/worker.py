@@ -2,12 +2,15 @@
 
 It owns the model, so a crash here (segfault, OOM kill) takes down only this
 stage; the coordinator sees the pipe close, fails this stage's in-flight
-requests and starts a new worker.
+requests and starts a new worker. An exception while admitting a request
+(`add`, `feed`) fails that request only.
 
 Wire protocol (tuples over a multiprocessing pipe):
   in:  ("add", OmniRequest) | ("feed", [OmniOutput]) | ("abort", request_id) | ("stop",)
   out: ("ready", info) | ("outputs", [OmniOutput]) | ("error", request_id, wire_error)
-       | ("aborted", request_id) | ("load_failed", message)
+       | ("aborted", request_id) | ("load_failed", message) | ("alive",)
+The loop sends something at least every `HEARTBEAT_S` while it turns ("alive" when
+it has nothing else), so the coordinator can tell a busy worker from a stuck one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,6 +26,8 @@ from omniserve.errors import OmniError
 from omniserve.executors import create_executor
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
 
 
 def run_stage_worker(stage: dict[str, Any], conn: Connection, log_level: str) -> None:
@@ -35,52 +41,68 @@ def run_stage_worker(stage: dict[str, Any], conn: Connection, log_level: str) ->
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        executor = create_executor(stage["executor"], stage["args"], stage["name"])
-        info = executor.load()
-    except Exception as exc:
-        # The parent reports the reason in one line; the traceback is for --log-level debug.
-        log.debug("stage %s failed to load", stage["name"], exc_info=True)
-        conn.send(("load_failed", f"{type(exc).__name__}: {exc}"))
-        return
-    info["pid"] = os.getpid()
-    conn.send(("ready", info))
-    _loop(executor, conn)
+        try:
+            executor = create_executor(stage["executor"], stage["args"], stage["name"])
+            info = executor.load()
+        except Exception as exc:
+            # The parent reports the reason in one line; the traceback is for --log-level debug.
+            log.debug("stage %s failed to load", stage["name"], exc_info=True)
+            conn.send(("load_failed", f"{type(exc).__name__}: {exc}"))
+            return
+        info["pid"] = os.getpid()
+        conn.send(("ready", info))
+        _Loop(executor, conn, stage["name"]).run()
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        pass  # the server went away (shut down or killed): nobody is left to tell
 
 
-def _loop(executor, conn: Connection) -> None:
-    while True:
-        # Block only when idle; otherwise drain what arrived during the last step.
-        if not executor.has_work():
-            try:
-                conn.poll(None)
-            except (EOFError, OSError):
-                return
-        outputs = []
-        while conn.poll(0):
-            try:
+class _Loop:
+    def __init__(self, executor, conn: Connection, stage: str):
+        self.executor = executor
+        self.conn = conn
+        self.stage = stage
+        self.last_sent = time.monotonic()
+
+    def send(self, message: tuple) -> None:
+        self.conn.send(message)
+        self.last_sent = time.monotonic()
+
+    def run(self) -> None:
+        executor, conn = self.executor, self.conn
+        while True:
+            # Block only when idle (waking to say we are alive); otherwise drain what
+            # arrived during the last step.
+            if not executor.has_work():
+                conn.poll(HEARTBEAT_S)
+            outputs: list = []
+            while conn.poll(0):
                 message = conn.recv()
-            except (EOFError, OSError):
-                return
-            kind = message[0]
-            if kind == "stop":
-                executor.close()
-                return
+                if message[0] == "stop":
+                    executor.close()
+                    return
+                outputs.extend(self.handle(message))
+            if executor.has_work():
+                outputs.extend(executor.step())
+            if outputs:
+                self.send(("outputs", outputs))
+            elif time.monotonic() - self.last_sent >= HEARTBEAT_S:
+                self.send(("alive",))
+
+    def handle(self, message: tuple) -> list:
+        kind = message[0]
+        if kind == "abort":
+            self.executor.abort(message[1])
+            self.send(("aborted", message[1]))
+            return []
+        request_id = message[1].request_id if kind == "add" else message[1][0].request_id
+        try:
             if kind == "add":
-                request = message[1]
-                try:
-                    outputs.extend(executor.add(request))
-                except OmniError as exc:
-                    conn.send(("error", request.request_id, exc.to_wire()))
-            elif kind == "feed":  # upstream stage outputs on a graph edge
-                try:
-                    outputs.extend(executor.feed(message[1]))
-                except OmniError as exc:
-                    executor.abort(message[1][0].request_id)
-                    conn.send(("error", message[1][0].request_id, exc.to_wire()))
-            elif kind == "abort":
-                executor.abort(message[1])
-                conn.send(("aborted", message[1]))
-        if executor.has_work():
-            outputs.extend(executor.step())
-        if outputs:
-            conn.send(("outputs", outputs))
+                return self.executor.add(message[1])
+            return self.executor.feed(message[1])  # upstream stage outputs on a graph edge
+        except Exception as exc:
+            if not isinstance(exc, OmniError):  # a bug, but this request's alone: the stage goes on
+                log.exception("stage %s failed on request %s", self.stage, request_id)
+                exc = OmniError(f"the {self.stage!r} stage failed on this request ({type(exc).__name__}: {exc})")
+            self.executor.abort(request_id)  # whatever it holds of the request goes
+            self.send(("error", request_id, exc.to_wire()))
+            return []

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from omniserve.api.protocol.common import NonBlankStr
+from omniserve.api.protocol.common import TextStr
 
 MAX_SPEECH_INPUT_CHARS = 4096
 
@@ -20,7 +20,7 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    input: NonBlankStr = Field(max_length=MAX_SPEECH_INPUT_CHARS)
+    input: TextStr = Field(max_length=MAX_SPEECH_INPUT_CHARS)
     voice: str | None = None
     instructions: str | None = None  # accepted; a Piper voice has no style control
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"

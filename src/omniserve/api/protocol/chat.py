@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from omniserve.api.protocol.common import SamplingFields, validate_fields
-from omniserve.api.protocol.tools import Tool, call_grammar, forced_names, native_messages, plain_messages
+from omniserve.api.protocol.structured import GrammarSpec
+from omniserve.api.protocol.tools import Tool, forced_names, native_messages, plain_messages
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.types import OmniRequest
 
@@ -17,14 +19,42 @@ MEDIA_PART_TYPES = {"input_audio": "audio", "audio_url": "audio", "image_url": "
 TOP_LEVEL_MEDIA = {"images": "image", "videos": "video", "audios": "audio"}
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content; its `type` says which other key holds the data."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = "{}"  # JSON text, as the model wrote it
+
+
+class ToolCall(BaseModel):
+    """A call an earlier assistant turn made (OpenAI's `tool_calls` entries)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @property
+    def parts(self) -> list[dict[str, Any]]:
+        """The content parts as plain dicts ([] for text content)."""
+        return [p.model_dump() for p in self.content] if isinstance(self.content, list) else []
 
 
 class AudioOutput(BaseModel):
@@ -84,7 +114,7 @@ class ChatCompletionRequest(SamplingFields):
         top-level `images`, `videos` and `audios`."""
         refs = []
         for i, message in enumerate(self.messages):
-            for j, part in enumerate(message.content if isinstance(message.content, list) else []):
+            for j, part in enumerate(message.parts):
                 kind = MEDIA_PART_TYPES.get(part.get("type"))
                 if kind:
                     refs.append((f"messages[{i}].content[{j}]", kind, part.get(part["type"])))
@@ -100,17 +130,33 @@ class ChatCompletionRequest(SamplingFields):
                 merged.setdefault(stage, {}).update(values)
         return merged
 
+    def stage_fields(self, stage: str, overrides: dict[str, Any] | None) -> SamplingFields:
+        """The sampling fields for an LLM `stage`: its `stage_sampling` laid over the top-level ones."""
+        if not overrides:
+            return self
+        base = self.model_dump(include=set(SamplingFields.model_fields), exclude_none=True)
+        return validate_fields({**base, **overrides}, SamplingFields, prefix=f"stage_sampling.{stage}")
+
+    def answer_grammar_spec(self, stage: str = "thinker", overrides: dict[str, Any] | None = None
+                            ) -> GrammarSpec | None:
+        """What the answer's grammar is built from: a forced tool call, or the response format, regex
+        or ebnf (None: free text). The tools' parameter schemas must compile even when not forced."""
+        spec = SamplingFields.grammar_spec(self.stage_fields(stage, overrides))
+        tools = self.tools if self.calls_tools else []
+        if not tools:
+            return spec
+        forced = forced_names(self.tools, self.tool_choice)
+        return replace(spec or GrammarSpec(), tools=tuple(t.model_dump(exclude_none=True) for t in tools),
+                       forced=tuple(forced) if forced else None, parallel=self.parallel_tool_calls)
+
     def to_omni_request(self, request_id: str, media: dict[str, list[dict[str, Any]]] | None = None,
                         stage: str = "thinker", overrides: dict[str, Any] | None = None,
                         template_tools: bool = False) -> OmniRequest:
         """`media`: the placeholder parts each media reference became, by its `where` (see
         `media_refs`). `overrides`: this LLM stage's `stage_sampling`, laid over the top-level
-        sampling fields. `template_tools`: the model's chat template renders tools itself."""
-        fields = self
-        if overrides:
-            base = self.model_dump(include=set(SamplingFields.model_fields), exclude_none=True)
-            fields = validate_fields({**base, **overrides}, SamplingFields, prefix=f"stage_sampling.{stage}")
-        sampling = fields.sampling_params(
+        sampling fields. `template_tools`: the model's chat template renders tools itself.
+        The output grammar is not set here: see `answer_grammar_spec`."""
+        sampling = self.stage_fields(stage, overrides).sampling_params(
             overrides.get("max_tokens") if overrides and "max_tokens" in overrides
             else self.max_completion_tokens or self.max_tokens,
             self.logprobs, self.top_logprobs or 0,
@@ -129,14 +175,6 @@ class ChatCompletionRequest(SamplingFields):
                 {"type": "text", "text": message["content"]}]
             message["content"] = parts + extra
         tools = self.tools if self.calls_tools else []
-        forced = forced_names(self.tools, self.tool_choice) if tools else None
-        if forced:
-            if sampling.grammar:
-                raise InvalidRequest("tool_choice: a forced tool call cannot be combined with response_format, "
-                                     "regex or ebnf", param="tool_choice")
-            sampling.grammar = call_grammar(tools, forced, self.parallel_tool_calls)
-        elif tools:  # the parameter schemas are checked even when the model may answer in text
-            call_grammar(tools, [t.function.name for t in tools], False)
         messages = native_messages(messages) if template_tools else plain_messages(messages, tools)
         return OmniRequest(
             request_id=request_id,
@@ -154,7 +192,7 @@ def _template_message(i: int, message: ChatMessage, media: dict[str, list[dict[s
     content = message.content
     if isinstance(content, list):
         parts: list[dict[str, Any]] = []
-        for j, part in enumerate(content):
+        for j, part in enumerate(message.parts):
             kind = part.get("type")
             where = f"messages[{i}].content[{j}]"
             if kind in MEDIA_PART_TYPES:
@@ -171,8 +209,10 @@ def _template_message(i: int, message: ChatMessage, media: dict[str, list[dict[s
         content = parts if has_media else "".join(p["text"] for p in parts)
     out: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
                            "content": content or ""}
-    for key in ("name", "tool_call_id", "tool_calls"):
+    for key in ("name", "tool_call_id"):
         value = getattr(message, key)
         if value is not None:
             out[key] = value
+    if message.tool_calls is not None:
+        out["tool_calls"] = [call.model_dump() for call in message.tool_calls]
     return out

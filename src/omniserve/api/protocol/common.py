@@ -12,11 +12,14 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from omniserve.api.protocol.structured import grammar_for
+from omniserve.api.protocol.structured import GrammarSpec
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.types import SamplingParams
 
 M = TypeVar("M", bound=BaseModel)
+MAX_BODY_NESTING = 100
+_UNION_MEMBERS = {"str", "int", "float", "bool", "dict", "list", "none"}  # pydantic's names in error locations
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class StreamOptions(BaseModel):
@@ -31,6 +34,15 @@ def _not_blank(value: str) -> str:
 
 
 NonBlankStr = Annotated[str, AfterValidator(_not_blank)]  # a prompt or text that must say something
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(f"must not contain a NUL character (at offset {value.index(chr(0))})")
+    return value
+
+
+TextStr = Annotated[NonBlankStr, AfterValidator(_no_nul)]  # text for a model that reads characters, not bytes
 
 
 def merge_extra_body(data: Any) -> Any:
@@ -78,7 +90,7 @@ class SamplingFields(BaseModel):
         if any(s == "" for s in stops):
             raise ValueError("stop: stop sequences must be non-empty strings")
         for key, bias in (self.logit_bias or {}).items():
-            if not key.lstrip("-").isdigit():
+            if not re.fullmatch(r"-?[0-9]{1,10}", key):
                 raise ValueError(f"logit_bias: keys must be token ids, got {key!r}")
             if not -100 <= bias <= 100:
                 raise ValueError(f"logit_bias: bias for token {key} must be between -100 and 100")
@@ -106,8 +118,12 @@ class SamplingFields(BaseModel):
             top_logprobs=top_logprobs,
             ignore_eos=self.ignore_eos,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
-            grammar=grammar_for(self.response_format, self.regex, self.ebnf),
         )
+
+    def grammar_spec(self) -> GrammarSpec | None:
+        """What the output grammar is built from (`api/grammar.py` builds it), or None for free text."""
+        spec = GrammarSpec(self.response_format, self.regex, self.ebnf)
+        return spec if spec.given else None
 
     @property
     def include_usage(self) -> bool:
@@ -116,13 +132,35 @@ class SamplingFields(BaseModel):
 
 def parse_body(raw: bytes, model: type[M]) -> M:
     """JSON bytes -> validated model, or InvalidRequest naming the parameter."""
+    too_deep = InvalidRequest(f"the request body nests objects and arrays more than {MAX_BODY_NESTING} levels deep")
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise too_deep from None
+    if _nesting(data) > MAX_BODY_NESTING:  # what reads it next (schemas, grammars, pickling) recurses too
+        raise too_deep
+    if _SURROGATE_ESCAPE.search(raw):  # JSON can spell a lone UTF-16 surrogate, which is no text at all
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("the request body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff) in a "
+                                 "string; send valid Unicode text") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
     return validate_fields(data, model)
+
+
+def _nesting(data: Any) -> int:
+    """How deep objects and arrays nest in `data` (counted without recursion)."""
+    deepest, stack = 0, [(data, 1)] if isinstance(data, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node
+        stack += [(child, depth + 1) for child in children if isinstance(child, dict | list)]
+    return deepest
 
 
 def validate_fields(data: dict[str, Any], model: type[M], prefix: str = "") -> M:
@@ -131,7 +169,8 @@ def validate_fields(data: dict[str, Any], model: type[M], prefix: str = "") -> M
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # the deepest error is the most specific: a union reports each of its members' errors
+        err = max(exc.errors(), key=lambda e: len(e["loc"]))
         param = loc_to_param((*prefix.split("."), *err["loc"]) if prefix else err["loc"])
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
@@ -149,7 +188,8 @@ def loc_to_param(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and (part[:1].isupper() or "[" in part or part.startswith("function-")):
+        elif isinstance(part, str) and (part[:1].isupper() or "[" in part or part.startswith("function-")
+                                        or part in _UNION_MEMBERS):
             continue  # union member names such as 'list[str]'
         else:
             out += f".{part}" if out else part

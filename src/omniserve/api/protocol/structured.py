@@ -5,14 +5,53 @@ tokens the grammar allows can be drawn, and a finished answer always parses.
 A JSON Schema goes through llama.cpp's own converter (`json_schema_to_gbnf`). That converter
 skips keywords it does not know, which would let an answer break the schema, so a schema is
 first checked for them: an unsupported keyword is a 400 naming it and where it stands. A regex
-becomes a finite automaton (`interegular`) and each state a grammar rule.
+becomes a finite automaton (`interegular`) and each state a grammar rule. A GBNF grammar given
+as `ebnf` is checked for what crashes llama.cpp rather than failing cleanly there: nesting past
+a bound, and character classes that match nothing.
+
+Building a grammar can take long or recurse deep on a hostile input, so it runs out of the
+server process (`api/grammar.py`), from a `GrammarSpec`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from omniserve.errors import InvalidRequest
+
+MAX_EBNF_CHARS = 65536
+MAX_EBNF_NESTING = 64  # llama.cpp's parser recurses per group: thousands overflow its stack
+MAX_REGEX_STATES = 4096  # rules in a regex's grammar (one per automaton state)
+MAX_CODEPOINT = 0x10FFFF
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """What a request's output grammar is made from: `response_format`, `regex` or `ebnf`, or a
+    forced call to one of `forced` among `tools` (each tool's parameter schema must compile even
+    when the call is not forced)."""
+
+    response_format: dict[str, Any] | None = None
+    regex: str | None = None
+    ebnf: str | None = None
+    tools: tuple[dict[str, Any], ...] = ()
+    forced: tuple[str, ...] | None = None
+    parallel: bool = False
+
+    @property
+    def param(self) -> str:
+        """The request parameter the grammar comes from, for errors."""
+        if self.forced is not None or (self.tools and not self.given):
+            return "tools"
+        return self.given[0] if self.given else "response_format"
+
+    @property
+    def given(self) -> list[str]:
+        rf = self.response_format
+        return [name for name, value in (("response_format", rf and rf.get("type", "text") != "text"),
+                                         ("regex", self.regex is not None), ("ebnf", self.ebnf is not None))
+                if value]
 
 # What llama.cpp's converter turns into grammar rules, and keywords that only annotate.
 ENFORCED = {"type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems",
@@ -24,20 +63,24 @@ SCHEMA_VALUED = {"properties", "$defs", "definitions"}  # maps of name -> subsch
 SCHEMA_LISTS = {"anyOf", "oneOf", "allOf", "prefixItems"}
 
 
-def grammar_for(response_format: dict[str, Any] | None, regex: str | None, ebnf: str | None) -> str | None:
-    """The GBNF grammar a request's output must follow, or None for free text."""
-    given = [name for name, value in (("response_format", response_format and response_format.get("type",
-                                                                                                "text") != "text"),
-                                      ("regex", regex), ("ebnf", ebnf)) if value]
+def check_choice(spec: GrammarSpec) -> None:
+    """One source of grammar at most (cheap: before any work is done)."""
+    given = spec.given
     if len(given) > 1:
         raise InvalidRequest(f"{given[1]}: give one of response_format, regex and ebnf, not several",
                              param=given[1])
+    if spec.forced and given:
+        raise InvalidRequest("tool_choice: a forced tool call cannot be combined with response_format, "
+                             "regex or ebnf", param="tool_choice")
+
+
+def grammar_for(response_format: dict[str, Any] | None, regex: str | None, ebnf: str | None) -> str | None:
+    """The GBNF grammar a request's output must follow, or None for free text."""
+    check_choice(GrammarSpec(response_format, regex, ebnf))
     if regex is not None:
         return regex_grammar(regex)
     if ebnf is not None:
-        if not ebnf.strip():
-            raise InvalidRequest("ebnf: the grammar is empty", param="ebnf")
-        return ebnf
+        return checked_ebnf(ebnf)
     if not response_format:
         return None
     kind = response_format.get("type", "text")
@@ -145,6 +188,9 @@ def regex_grammar(pattern: str) -> str:
         live |= more
     if fsm.initial not in live:
         raise InvalidRequest(f"regex: {pattern!r} matches nothing", param="regex")
+    if len(live) > MAX_REGEX_STATES:
+        raise InvalidRequest(f"regex: its automaton has {len(live)} states; the limit is {MAX_REGEX_STATES} "
+                             "(bounded repeats of character classes multiply states: simplify it)", param="regex")
     rules = []
     for state in sorted(live):
         alternatives = [f"{_char_class(classes[t], explicit)} s{target}"
@@ -166,3 +212,102 @@ def _char_class(chars: list, explicit: set[str]) -> str:
 
 def _escape(char: str) -> str:
     return char if char.isalnum() and char.isascii() else f"\\U{ord(char):08X}"
+
+
+# ---- GBNF given as `ebnf` -------------------------------------------------------------------
+
+def checked_ebnf(grammar: str) -> str:
+    """`grammar`, unless it holds what llama.cpp's parser or sampler would crash on (a 400)."""
+    if not grammar.strip():
+        raise InvalidRequest("ebnf: the grammar is empty", param="ebnf")
+    if len(grammar) > MAX_EBNF_CHARS:
+        raise InvalidRequest(f"ebnf: the grammar is {len(grammar)} characters; the limit is {MAX_EBNF_CHARS}",
+                             param="ebnf")
+    problem = _GbnfScan(grammar).problem()
+    if problem:
+        raise InvalidRequest(f"ebnf: {problem}", param="ebnf")
+    return grammar
+
+
+class _GbnfScan:
+    """A pass over GBNF text as llama.cpp's parser reads it (literals, character classes,
+    comments, groups), finding too deep nesting and characters no token can spell: character
+    classes that match nothing, and NUL (llama.cpp matches token text as C strings, which end
+    there). The sampler aborts the process when a grammar leaves no token to choose."""
+
+    _ESCAPES = {"t": 9, "n": 10, "r": 13, "\\": 92, '"': 34, "[": 91, "]": 93}
+
+    def __init__(self, text: str):
+        self.text = text
+        self.pos = 0
+
+    def problem(self) -> str | None:
+        depth, text = 0, self.text
+        while self.pos < len(text):
+            c = text[self.pos]
+            if c == "#":
+                end = text.find("\n", self.pos)
+                self.pos = len(text) if end < 0 else end
+            elif c == '"':
+                start = self.pos
+                self.pos += 1
+                while self.pos < len(text) and text[self.pos] != '"':
+                    if self._char() == 0:
+                        return f"the literal at offset {start} holds a NUL character, which no token can spell"
+                self.pos += 1
+            elif c == "[":
+                start = self.pos
+                if not self._class_matches():
+                    return f"the character class {text[start:self.pos]} (at offset {start}) matches no character"
+            elif c == "(":
+                depth += 1
+                if depth > MAX_EBNF_NESTING:
+                    return f"groups nest deeper than {MAX_EBNF_NESTING} levels (at offset {self.pos})"
+                self.pos += 1
+            else:
+                depth -= c == ")"
+                self.pos += 1
+        return None
+
+    def _char(self) -> int:
+        """One character of a literal or class, escapes decoded."""
+        text = self.text
+        if text[self.pos] != "\\" or self.pos + 1 >= len(text):
+            self.pos += 1
+            return ord(text[self.pos - 1])
+        kind = text[self.pos + 1]
+        width = {"x": 2, "u": 4, "U": 8}.get(kind)
+        if width:
+            digits = text[self.pos + 2:self.pos + 2 + width]
+            self.pos += 2 + width
+            try:
+                return int(digits, 16)
+            except ValueError:
+                return -1  # llama.cpp refuses it when parsing
+        self.pos += 2
+        return self._ESCAPES.get(kind, -1)
+
+    def _class_matches(self) -> bool:
+        text = self.text
+        self.pos += 1
+        negated = self.pos < len(text) and text[self.pos] == "^"
+        self.pos += negated
+        ranges = []
+        while self.pos < len(text) and text[self.pos] != "]":
+            low = self._char()
+            high = low
+            if self.pos + 1 < len(text) and text[self.pos] == "-" and text[self.pos + 1] != "]":
+                self.pos += 1
+                high = self._char()
+            low = max(low, 1) if low >= 0 else low  # NUL is no character a token can spell
+            if 0 < low <= high:
+                ranges.append((low, min(high, MAX_CODEPOINT)))
+        self.pos += 1
+        if not negated:
+            return bool(ranges)
+        covered = 1  # does the union of the ranges leave any code point (past NUL) out?
+        for low, high in sorted(ranges):
+            if low > covered:
+                return True
+            covered = max(covered, high + 1)
+        return covered <= MAX_CODEPOINT

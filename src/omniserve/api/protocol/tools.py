@@ -98,7 +98,7 @@ def call_block(call: dict[str, Any]) -> str:
     arguments = function.get("arguments") or "{}"
     try:
         arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         pass
     return f"<tool_call>\n{json.dumps({'name': function.get('name'), 'arguments': arguments})}\n</tool_call>"
 
@@ -136,7 +136,7 @@ def native_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 function = dict(call.get("function") or {})
                 try:
                     function["arguments"] = json.loads(function.get("arguments") or "{}")
-                except (TypeError, json.JSONDecodeError):
+                except (TypeError, ValueError, RecursionError):
                     pass
                 calls.append({**call, "function": function})
             message = {**message, "tool_calls": calls}
@@ -152,7 +152,7 @@ def parse_calls(text: str, tools: list[Tool]) -> tuple[str | None, list[dict[str
     for match in CALL.finditer(text):
         try:
             call = json.loads(match.group(1))
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             continue
         if not isinstance(call, dict) or call.get("name") not in names or not isinstance(call.get("arguments", {}),
                                                                                          dict):

@@ -36,7 +36,7 @@ async def create_speech(request: Request):
               "noise_scale": body.noise_scale, "noise_w_scale": body.noise_w_scale}
     omni = OmniRequest(new_id("speech"), prompt=body.input, route=[model.stage], emit=[model.stage],
                        params={model.stage: params})
-    _, stream = await start(client, omni)
+    _, stream = await start(request, client, omni)
     rate = model.info["sample_rate"]
     encoder = AudioEncoder(body.response_format, rate)
     headers = {"X-Sample-Rate": str(rate)}
@@ -129,7 +129,7 @@ async def _speech_to_text(request: Request, task: str):
               "word_timestamps": "word" in body.timestamp_granularities}
     omni = OmniRequest(new_id("transcription"), audios=[audio], route=[model.stage], emit=[model.stage],
                        params={model.stage: params})
-    _, stream = await start(client, omni)
+    _, stream = await start(request, client, omni)
     if body.stream:
         return StreamingResponse(sse_stream(_transcript_events(stream), done=False), media_type="text/event-stream",
                                  headers=SSE_HEADERS)

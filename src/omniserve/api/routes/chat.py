@@ -59,7 +59,7 @@ async def create_chat_completion(request: Request):
     request_id = new_id("chatcmpl")
     omni, talker = await _omni_request(request, client, body, served, request_id)
     omni.sampling[served.stage].lora = adapter
-    first, stream = await start(client, omni)
+    first, stream = await start(request, client, omni)
     speech = _Speech(body.audio or AudioOutput(), talker) if talker else None
     report = request.app.state.settings.enable_cache_report
     if body.stream:
@@ -75,9 +75,8 @@ async def _chat_image(request: Request, raw: bytes, body: ChatCompletionRequest,
     if body.stream:
         raise InvalidRequest(f"stream: model `{model.id}` makes images; ask without streaming", param="stream")
     user = next((m for m in reversed(body.messages) if m.role == "user"), None)
-    content = user.content if user else None
-    prompt = content if isinstance(content, str) else " ".join(
-        p.get("text", "") for p in content or [] if p.get("type") == "text")
+    prompt = user.content if user and isinstance(user.content, str) else " ".join(
+        str(p.get("text", "")) for p in (user.parts if user else []) if p["type"] == "text")
     fields = {k: v for k, v in parse_body(raw, ImageChatFields).model_dump(exclude_none=True).items()}
     image_body = validate_fields({**fields, "prompt": prompt}, ImageGenerationRequest)
     outputs = await generate(request, model, image_body, image_body.dimensions())
@@ -140,6 +139,8 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
     placeholders, audios, images = await _load_media(request, body, refs, with_video_audio=asr is not None)
     omni = body.to_omni_request(request_id, placeholders, served.stage, per_stage.get(served.stage),
                                 served.info.get("template_tools", False))
+    omni.sampling[served.stage].grammar = await request.app.state.grammars.build(
+        body.answer_grammar_spec(served.stage, per_stage.get(served.stage)))
     omni.audios, omni.images = audios, images
     upstream = [m for m, items in ((asr, audios), (vision, images)) if items]
     omni.route = [served.stage] + [m.stage for m in upstream + [talker] if m is not None]

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
-from omniserve.errors import InvalidRequest, ModelNotFound, NotFound, OmniError
+from omniserve.errors import InvalidRequest, ModelNotFound, OmniError
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import OmniOutput, OmniRequest, TokenLogprob
 
@@ -55,20 +55,29 @@ def resolve_model(client: Client, model_id: str | None, kind: str | None = "chat
 
 def resolve_chat_model(client: Client, model_id: str | None, lora_path: str | None) -> tuple[ServedModel, str | None]:
     """The chat model and the LoRA adapter a request names: `model: "base:adapter"` (SGLang) or
-    `lora_path: "adapter"`; an adapter that is not loaded is a 404."""
+    `lora_path: "adapter"`. The thinker, which holds the adapters, answers 404 for one it has not
+    loaded (the list here, for /v1/models, can lag behind it: a restarted worker has lost the
+    adapters loaded at run time)."""
     adapter = lora_path
     if model_id and client.model(model_id) is None and ":" in model_id:
         model_id, adapter = model_id.rsplit(":", 1)
-    served = resolve_model(client, model_id)
-    if adapter is not None and adapter not in client.loras:
-        raise NotFound(f"LoRA adapter {adapter!r} is not loaded; loaded: {', '.join(client.loras) or 'none'} "
-                       "(POST /v1/load_lora_adapter, or --lora-paths)", param="model", code="lora_not_found")
-    return served, adapter
+    return resolve_model(client, model_id), adapter
 
 
-async def start(client: Client, request: OmniRequest) -> tuple[OmniOutput, AsyncIterator[OmniOutput]]:
+async def start(http: Request, client: Client, request: OmniRequest) -> tuple[OmniOutput, AsyncIterator[OmniOutput]]:
     """Start a request and wait for its first output, so that validation errors
-    (prompt too long, ...) become a proper 4xx before any stream begins."""
+    (prompt too long, ...) become a proper 4xx before any stream begins. A client
+    that leaves while the request waits for a slot takes it out of the line."""
+    return await until_disconnect(http, _first(client, request))
+
+
+async def start_all(http: Request, client: Client, requests: list[OmniRequest]
+                    ) -> list[tuple[OmniOutput, AsyncIterator[OmniOutput]]]:
+    """Start several requests together; if one is rejected (or the client leaves), end the others."""
+    return await until_disconnect(http, _first_of_all(client, requests))
+
+
+async def _first(client: Client, request: OmniRequest) -> tuple[OmniOutput, AsyncIterator[OmniOutput]]:
     stream = client.generate(request)
     try:
         first = await anext(stream)
@@ -77,16 +86,19 @@ async def start(client: Client, request: OmniRequest) -> tuple[OmniOutput, Async
     return first, stream
 
 
-async def start_all(client: Client, requests: list[OmniRequest]) -> list[tuple[OmniOutput, AsyncIterator[OmniOutput]]]:
-    """Start several requests together; if one is rejected, abort the others."""
-    results = await asyncio.gather(*(start(client, r) for r in requests), return_exceptions=True)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
-        for r in results:
-            if not isinstance(r, BaseException):
-                await r[1].aclose()
-        raise errors[0]
-    return results  # type: ignore[return-value]
+async def _first_of_all(client: Client, requests: list[OmniRequest]
+                        ) -> list[tuple[OmniOutput, AsyncIterator[OmniOutput]]]:
+    tasks = [asyncio.ensure_future(_first(client, r)) for r in requests]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is None:
+                await task.result()[1].aclose()
+        raise
 
 
 async def merge(streams: list[AsyncIterator[OmniOutput]]) -> AsyncIterator[tuple[int, OmniOutput]]:
@@ -124,6 +136,8 @@ async def merge(streams: list[AsyncIterator[OmniOutput]]) -> AsyncIterator[tuple
     finally:
         for task in tasks:
             task.cancel()
+        # a stream is closed only once its pump has stopped iterating it
+        await asyncio.gather(*tasks, return_exceptions=True)
         for stream in streams:
             await stream.aclose()
 

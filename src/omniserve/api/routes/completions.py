@@ -39,9 +39,11 @@ async def create_completion(request: Request):
     model = f"{served.id}:{adapter}" if adapter else served.id
     request_id = new_id("cmpl")
     requests = body.to_omni_requests(request_id, served.stage)
+    grammar = await request.app.state.grammars.build(body.grammar_spec())
     for omni in requests:
         omni.sampling[served.stage].lora = adapter
-    started = await start_all(client, requests)
+        omni.sampling[served.stage].grammar = grammar
+    started = await start_all(request, client, requests)
     firsts = [f for f, _ in started]
     streams = [s for _, s in started]
     if body.stream:

@@ -59,7 +59,7 @@ def _lora_model(request: Request, model_id: str | None) -> ServedModel:
 async def _run(request: Request, model: ServedModel, op: dict[str, Any]) -> JSONResponse:
     stage = model.info["lora_stage"]
     omni = OmniRequest(new_id("lora"), route=[stage], emit=[stage], params={stage: {"lora": op}})
-    _, stream = await start(get_client(request), omni)
+    _, stream = await start(request, get_client(request), omni)
     outputs = await until_disconnect(request, _collect(stream))
     return JSONResponse(next(o.info["lora"] for o in outputs if "lora" in o.info))
 

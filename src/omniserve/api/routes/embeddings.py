@@ -36,7 +36,7 @@ async def create_embeddings(request: Request):
     if model.kind == "chat":
         params = {"embed": params}
     omni = OmniRequest(new_id("embd"), route=[model.stage], emit=[model.stage], params={model.stage: params})
-    first, stream = await start(client, omni)
+    first, stream = await start(request, client, omni)
     vectors = np.zeros((len(inputs), width), np.float32)
 
     async def collect() -> None:

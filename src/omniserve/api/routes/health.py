@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -13,12 +13,16 @@ from omniserve.runtime.client import Client
 router = APIRouter()
 
 
+@router.head("/health", include_in_schema=False)
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    ok, reason = get_client(request).health()
+    client = get_client(request)
+    ok, reason = client.health()
     if ok:
         return JSONResponse({"status": "healthy", "running": True})
-    return JSONResponse({"status": "unhealthy", "running": False, "reason": reason}, status_code=503)
+    stages = {name: "healthy" if problem is None else problem for name, problem in client.stage_health().items()}
+    return JSONResponse({"status": "unhealthy", "running": False, "reason": reason, "stages": stages},
+                        status_code=503)
 
 
 @router.get("/get_model_info")
@@ -31,7 +35,9 @@ async def load(request: Request) -> dict:
     return get_client(request).load()
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses={200: {
+    "content": {"text/plain": {"schema": {"type": "string", "description": "Prometheus text exposition format"}}},
+    "description": "Prometheus metrics"}})
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 

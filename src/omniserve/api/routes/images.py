@@ -49,7 +49,7 @@ async def generate(request: Request, model: ServedModel, body: ImageGenerationRe
     route = get_client(request).stages_of(model)
     omni = OmniRequest(new_id("img"), prompt=body.prompt, images=images or [], route=route, emit=[model.stage],
                        params={stage: stage_params for stage in route})
-    _, stream = await start(get_client(request), omni)
+    _, stream = await start(request, get_client(request), omni)
     outputs = await until_disconnect(request, _collect(stream))
     return sorted(outputs, key=lambda o: o.index)
 

@@ -45,7 +45,7 @@ async def _run(request: Request, op: dict) -> JSONResponse:
     client = get_client(request)
     stage = resolve_model(client, None).stage
     omni = OmniRequest(new_id("lora"), route=[stage], emit=[stage], params={stage: {"lora_op": op}})
-    _, stream = await start(client, omni)
+    _, stream = await start(request, client, omni)
     outputs = await until_disconnect(request, _collect(stream))
     client.loras = next(o.info["loras"] for o in outputs if "loras" in o.info)
     return JSONResponse({"success": True, "error_message": "", "loaded_adapters": client.loras})

@@ -1,0 +1,189 @@
+"""Structured-output grammars are built and checked out of the server process.
+
+A short regex can expand into an automaton of millions of states, a JSON Schema can nest past
+Python's recursion limit, and a GBNF grammar can crash llama.cpp's parser (a stack overflow on
+deep nesting) or its sampler (a rule that leaves no token to choose). So a `GrammarSpec` is
+turned into GBNF in a helper process, which then parses it with llama.cpp itself, on the served
+model's vocabulary, and checks that the grammar allows a first token. A helper gets
+`timeout` seconds a grammar; one that runs over is killed and one that crashes is replaced,
+and the request gets a 400 either way. The event loop only waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import multiprocessing as mp
+import time
+from collections import OrderedDict
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from omniserve.api.protocol.structured import GrammarSpec, check_choice, grammar_for
+from omniserve.errors import InvalidRequest, OmniError
+
+log = logging.getLogger(__name__)
+
+_CTX = mp.get_context("spawn")
+CACHE_SIZE = 256  # clients tend to send the same schema again and again
+
+
+class GrammarBuilder:
+    """The server's side: up to `helpers` grammars are built at once, each in its own process."""
+
+    def __init__(self, vocab_path: str | None, timeout: float, helpers: int = 2):
+        self.vocab_path = vocab_path  # a GGUF to read the vocabulary from (None: skip llama.cpp's check)
+        self.timeout = timeout
+        self._idle: list[_Helper] = []
+        self._slots = asyncio.Semaphore(helpers)
+        self._built: OrderedDict[str, str | None] = OrderedDict()  # the last CACHE_SIZE specs that built
+
+    async def build(self, spec: GrammarSpec | None) -> str | None:
+        """The GBNF for `spec` (None for free text), or an InvalidRequest naming the parameter."""
+        if spec is None:
+            return None
+        check_choice(spec)
+        key = json.dumps(asdict(spec), sort_keys=True, default=str)
+        if key in self._built:
+            self._built.move_to_end(key)
+            return self._built[key]
+        async with self._slots:
+            helper = self._idle.pop() if self._idle else await asyncio.to_thread(_Helper, self.vocab_path)
+            try:
+                reply = await asyncio.to_thread(helper.run, spec, self.timeout)
+            except BaseException:
+                helper.kill()  # timed out, crashed, or our caller left: its state is unknown
+                raise
+            self._idle.append(helper)
+        if isinstance(reply, OmniError):
+            raise reply
+        self._built[key] = reply
+        if len(self._built) > CACHE_SIZE:
+            self._built.popitem(last=False)
+        return reply
+
+    def close(self) -> None:
+        for helper in self._idle:
+            helper.kill()
+        self._idle.clear()
+
+
+class _Helper:
+    """One helper process and its pipe."""
+
+    def __init__(self, vocab_path: str | None):
+        self.conn, child = _CTX.Pipe()
+        self.process = _CTX.Process(target=_serve, args=(child, vocab_path), name="omniserve-grammar", daemon=True)
+        self.process.start()
+        child.close()
+        if not self.conn.poll(60) or self.conn.recv() != "ready":
+            self.kill()
+            raise OmniError("the grammar helper process did not start")
+
+    def run(self, spec: GrammarSpec, timeout: float) -> str | None | OmniError:
+        started = time.monotonic()
+        self.conn.send(spec)
+        if not self.conn.poll(timeout):
+            raise InvalidRequest(f"{spec.param}: building the output grammar took longer than {timeout:g} s; "
+                                 "simplify it (long bounded repeats and deep nesting grow it fast)", param=spec.param)
+        try:
+            kind, value = self.conn.recv()
+        except (EOFError, OSError):
+            raise InvalidRequest(f"{spec.param}: the grammar engine crashed on this grammar; simplify it",
+                                 param=spec.param) from None
+        log.debug("grammar for %s built in %.3f s", spec.param, time.monotonic() - started)
+        return OmniError.from_wire(value) if kind == "error" else value
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+
+# ---- the helper process ---------------------------------------------------------------------
+
+def _serve(conn: Connection, vocab_path: str | None) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl+C is not ours to act on
+    checker = _LlamaCheck(vocab_path) if vocab_path else None
+    conn.send("ready")
+    while True:
+        try:
+            spec = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            grammar = build(spec)
+            if grammar is not None and checker is not None:
+                checker.check(grammar, spec.param)
+            reply: tuple[str, Any] = ("ok", grammar)
+        except OmniError as exc:
+            reply = ("error", exc.to_wire())
+        except RecursionError:
+            reply = ("error", InvalidRequest(f"{spec.param}: nested too deeply to compile", param=spec.param
+                                             ).to_wire())
+        except Exception as exc:  # a converter's own failure on an input it did not expect
+            reply = ("error", InvalidRequest(f"{spec.param}: cannot compile the grammar: {type(exc).__name__}: "
+                                             f"{exc}", param=spec.param).to_wire())
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            return
+
+
+def build(spec: GrammarSpec) -> str | None:
+    """GBNF for `spec`: a forced tool call, or the response format, regex or ebnf given."""
+    from omniserve.api.protocol.tools import Tool, call_grammar
+
+    tools = [Tool.model_validate(t) for t in spec.tools]
+    if spec.forced:
+        return call_grammar(tools, list(spec.forced), spec.parallel)
+    if tools:  # the parameter schemas are checked even when the model may answer in text
+        call_grammar(tools, [t.function.name for t in tools], False)
+    return grammar_for(spec.response_format, spec.regex, spec.ebnf)
+
+
+class _LlamaCheck:
+    """llama.cpp's own parser on the model's vocabulary (loaded alone, without weights)."""
+
+    def __init__(self, vocab_path: str):
+        import llama_cpp as ll
+
+        from omniserve.executors.llamacpp import forward_llama_log
+
+        self.ll = ll
+        self._log = ll.llama_log_callback(forward_llama_log)  # quiet: to Python logging at debug level
+        ll.llama_log_set(self._log, ctypes.c_void_p(0))
+        params = ll.llama_model_default_params()
+        params.vocab_only = True
+        self.model = ll.llama_model_load_from_file(vocab_path.encode(), params)
+        if not self.model:
+            raise RuntimeError(f"cannot read the vocabulary of {vocab_path}")
+        self.vocab = ll.llama_model_get_vocab(self.model)
+        # every token at logit 0, as a llama_token_data array (id, logit, p) that numpy can read back
+        self.tokens = np.zeros(ll.llama_vocab_n_tokens(self.vocab), dtype=[("id", "<i4"), ("logit", "<f4"),
+                                                                             ("p", "<f4")])
+        self.tokens["id"] = np.arange(len(self.tokens))
+
+    def check(self, grammar: str, param: str) -> None:
+        ll = self.ll
+        sampler = ll.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise InvalidRequest(f"{param}: the grammar does not parse (llama.cpp GBNF, with a `root` rule)",
+                                 param=param)
+        try:
+            self.tokens["logit"] = 0.0
+            data = self.tokens.ctypes.data_as(ctypes.POINTER(ll.llama_token_data))
+            candidates = ll.llama_token_data_array(data, len(self.tokens), -1, False)
+            ll.llama_sampler_apply(sampler, ctypes.byref(candidates))
+            if np.isneginf(self.tokens["logit"]).all():
+                raise InvalidRequest(f"{param}: the grammar allows no output at all", param=param)
+        finally:
+            ll.llama_sampler_free(sampler)

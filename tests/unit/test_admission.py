@@ -1,0 +1,135 @@
+"""Per-stage admission: all of a route's slots at once or none, a line per stage, no hold-and-wait."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from omniserve.errors import Overloaded, Unavailable
+from omniserve.runtime.admission import Admission, StageLimits
+
+ROUTE_T = frozenset({"thinker"})
+ROUTE_S = frozenset({"talker"})
+ROUTE_TS = frozenset({"thinker", "talker"})
+
+
+def admission(running: int = 1, queued: int = 2) -> Admission:
+    return Admission({"thinker": StageLimits(running, queued), "talker": StageLimits(running, queued)})
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_a_busy_stage_does_not_hold_up_another():
+    async def main():
+        a = admission()
+        await a.acquire(ROUTE_T)
+        waiting = asyncio.ensure_future(a.acquire(ROUTE_T))
+        await settle()
+        assert not waiting.done() and a.queued("thinker") == 1
+        await asyncio.wait_for(a.acquire(ROUTE_S), 1)  # the talker is free: no wait behind the thinker's line
+        assert a.queued("talker") == 0
+        a.release(ROUTE_T)
+        await asyncio.wait_for(waiting, 1)
+        assert a.running("thinker") == 1
+
+    run(main())
+
+
+def test_waiters_hold_no_slots():
+    """A two-stage request waiting for the thinker holds no talker slot meanwhile."""
+    async def main():
+        a = admission()
+        await a.acquire(ROUTE_T)
+        both = asyncio.ensure_future(a.acquire(ROUTE_TS))
+        await settle()
+        assert a.running("talker") == 0
+        await asyncio.wait_for(a.acquire(ROUTE_S), 1)
+        a.release(ROUTE_T)
+        await settle()
+        assert not both.done()  # the talker is busy now
+        a.release(ROUTE_S)
+        await asyncio.wait_for(both, 1)
+        assert (a.running("thinker"), a.running("talker")) == (1, 1)
+
+    run(main())
+
+
+def test_a_full_line_is_refused_at_once_naming_the_stage():
+    async def main():
+        a = admission(queued=1)
+        await a.acquire(ROUTE_T)
+        first = asyncio.ensure_future(a.acquire(ROUTE_T))
+        await settle()
+        with pytest.raises(Overloaded, match="'thinker' stage is at capacity"):
+            await a.acquire(ROUTE_TS)
+        first.cancel()
+
+    run(main())
+
+
+def test_a_waiter_that_leaves_frees_its_place_and_a_let_in_one_its_slots():
+    async def main():
+        a = admission()
+        await a.acquire(ROUTE_T)
+        gone = asyncio.ensure_future(a.acquire(ROUTE_T))
+        await settle()
+        gone.cancel()
+        await settle()
+        assert a.queued() == 0
+        # let in, then cancelled before it resumed: the slot goes back
+        late = asyncio.ensure_future(a.acquire(ROUTE_T))
+        await settle()
+        a.release(ROUTE_T)
+        late.cancel()
+        await settle()
+        assert a.running("thinker") == 0
+
+    run(main())
+
+
+def test_paused_stage_keeps_its_line_until_resumed_or_failed():
+    async def main():
+        a = admission()
+        a.pause("thinker")
+        waiting = asyncio.ensure_future(a.acquire(ROUTE_T))
+        await settle()
+        assert not waiting.done()
+        a.resume("thinker")
+        await asyncio.wait_for(waiting, 1)
+        a.pause("thinker")
+        doomed = asyncio.ensure_future(a.acquire(ROUTE_T))
+        await settle()
+        a.fail_waiters("thinker", Unavailable("down"))
+        with pytest.raises(Unavailable):
+            await doomed
+
+    run(main())
+
+
+def test_line_order_is_kept_for_one_stage():
+    async def main():
+        a = admission(queued=5)
+        await a.acquire(ROUTE_T)
+        order: list[int] = []
+
+        async def one(i: int):
+            await a.acquire(ROUTE_T)
+            order.append(i)
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(4)]
+        await settle()
+        for _ in range(4):
+            a.release(ROUTE_T)
+            await settle()
+        await asyncio.gather(*tasks)
+        assert order == [0, 1, 2, 3]
+
+    run(main())

@@ -95,6 +95,9 @@ def _serve_parser(sub) -> None:
                         "*.gen.json files), or none (default)")
     images.add_argument("--image-ttl-seconds", type=float, help="how long response_format=url images and "
                         "generated videos are kept under --data-dir (default 3600)")
+    images.add_argument("--strict-image-prompts", action="store_true", default=None,
+                        help="sketch-rnn: a prompt that names none of its things, nor anything near one, is a 400 "
+                        "(default: the nearest thing is drawn, and revised_prompt says which)")
     images.add_argument("--lora-dir", help="the folder /v1/set_lora loads diffusion LoRA adapters from; paths "
                         "outside it are refused (default <data-dir>/loras)")
     images.add_argument("--max-video-jobs", type=int, help="video jobs that may wait in the queue (default 16); "

@@ -53,6 +53,7 @@ class ServerArgs(BaseSettings):
     vision_model: str = Field("imagenet-ocr", description="image description alias, or none")
     image_model: str | None = Field(None, description="image generation: KIND:PATH, e.g. sketch-rnn:/dir")
     image_ttl_seconds: float = Field(3600.0, gt=0)
+    strict_image_prompts: bool = False
     max_video_jobs: int = Field(16, ge=1)
     lora_dir: Path | None = Field(None, description="where /v1/set_lora may load adapters from (default: "
                                   "<data-dir>/loras)")

@@ -72,7 +72,9 @@ def test_transcription_stream(http):
     deltas = [e["delta"] for e in events if e["type"] == "transcript.text.delta"]
     assert len(deltas) >= 2  # one per segment, as each is decoded
     assert events[-1]["type"] == "transcript.text.done"
-    assert events[-1]["text"] == "".join(deltas).strip()
+    assert events[-1]["text"] == "".join(deltas)  # the deltas add up to the text, with no leading space
+    plain = http.post("/v1/audio/transcriptions", files={"file": (wav.name, wav.read_bytes())}).json()["text"]
+    assert plain == events[-1]["text"]
     assert events[-1]["usage"]["type"] == "duration"
     assert wer([reference], [events[-1]["text"]]) <= 0.1
 

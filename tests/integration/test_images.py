@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_server, shared_models
+from tests.conftest import run_server, shared_models, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,32 @@ def test_url_images_are_served_then_expire(images, image_server):
         assert http.get("/v1/images/..%2F..%2Fetc%2Fpasswd/content").status_code == 404
 
 
+def test_a_prompt_naming_nothing_it_knows_draws_the_nearest(images, image_server):
+    """OpenAI clients send any prompt: the nearest of the 28 things is drawn, and revised_prompt says which."""
+    r = images.images.generate(model="sketch-rnn", prompt="a calico cat playing a piano", size="64x64")
+    with image_server.http() as http:
+        stage = next(s for s in http.get("/get_model_info").json()["stages"] if s["name"] == "image")
+        categories = [c.replace("_", " ") for c in stage["info"]["categories"]]
+    drawn = r.data[0].revised_prompt.removeprefix("a drawing of a ")
+    assert drawn in categories and 0.003 < ink(decode(r.data[0].b64_json)) < 0.5
+
+
+def test_strict_image_prompts_refuses_them(tmp_path):
+    sketches = shared_models() / "sketch-rnn-quickdraw"
+    with run_server("--image-model", f"sketch-rnn:{sketches}", "--strict-image-prompts", "--asr-model", "none",
+                    "--tts-model", "none", "--vision-model", "none", "--embedding-model", "none",
+                    tmp_path=tmp_path) as s, s.http() as http:
+        r = http.post("/v1/images/generations", json={"prompt": "a sailing boat at sea"})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == "prompt" and "ambulance, antyoga, bear" in err["message"]
+        assert http.post("/v1/images/generations", json={"prompt": "a dog", "size": "64x64"}).status_code == 200
+        # a video job learns it when it runs: the job fails, saying why
+        job = http.post("/v1/videos", json={"prompt": "a sailing boat", "size": "64x64", "seconds": "1"}).json()
+        failed = wait_until(lambda: (j := http.get(f"/v1/videos/{job['id']}").json())["status"] == "failed" and j)
+        assert "ambulance" in failed["error"]["message"] and failed["error"]["code"]
+
+
 @pytest.mark.parametrize("body, param, words", [
     ({"prompt": ""}, "prompt", "empty"),
     ({"prompt": "   "}, "prompt", "empty"),
@@ -121,7 +147,6 @@ def test_url_images_are_served_then_expire(images, image_server):
     ({"prompt": "a dog", "response_format": "file"}, "response_format", "b64_json"),
     ({"prompt": "a dog", "output_compression": 101}, "output_compression", "100"),
     ({"prompt": "a dog", "background": "transparent", "output_format": "jpeg"}, "background", "png or webp"),
-    ({"prompt": "a sailing boat at sea"}, "prompt", "ambulance, antyoga, bear"),
     ({"prompt": "a dog", "model": "smollm2-135m"}, "model", "/v1/chat/completions"),
 ])
 def test_bad_requests_are_400(image_server, body, param, words):
@@ -166,6 +191,32 @@ def test_edit_without_mask_and_with_size(images):
         assert image.size == (300, 200) and 0.002 < ink(image) < 0.4
 
 
+def test_edit_as_json_with_urls(image_server):
+    """OpenAI's JSON edit: images and the mask by URL (data URLs here)."""
+    base = np.full((128, 128, 3), 255, np.uint8)
+    mask = np.full((128, 128, 4), 255, np.uint8)
+    mask[:, 64:, 3] = 0
+    url = lambda data: "data:image/png;base64," + base64.b64encode(data).decode()  # noqa: E731
+    with image_server.http() as http:
+        r = http.post("/v1/images/edits", json={"prompt": "a cat", "seed": 3, "images": [{"image_url": url(png(base))}],
+                                               "mask": {"image_url": url(png(mask))}})
+    assert r.status_code == 200, r.text
+    edited = np.asarray(decode(r.json()["data"][0]["b64_json"]).convert("RGB"))
+    changed = (edited != 255).any(axis=2)
+    assert changed[:, 64:].mean() > 0.003 and not changed[:, :64].any()
+
+
+def test_edit_several_images_edits_each(image_server):
+    """`image[]` several times: each image is edited, n results per image, in order."""
+    wide = png(np.full((64, 96, 3), 255, np.uint8))
+    tall = png(np.full((96, 64, 3), 255, np.uint8))
+    with image_server.http() as http:
+        r = http.post("/v1/images/edits", files=[("image[]", ("a.png", wide)), ("image[]", ("b.png", tall))],
+                      data={"prompt": "a dog", "n": "2"})
+    assert r.status_code == 200, r.text
+    assert [decode(d["b64_json"]).size for d in r.json()["data"]] == [(96, 64), (96, 64), (64, 96), (64, 96)]
+
+
 def test_edit_bad_input(image_server):
     base = png(np.full((64, 64, 3), 255, np.uint8))
     opaque = png(np.full((64, 64, 4), 255, np.uint8))
@@ -185,6 +236,10 @@ def test_edit_bad_input(image_server):
         r = http.post("/v1/images/edits", files={"image": ("a.png", base)}, data={"prompt": ""})
         assert r.json()["error"]["param"] == "prompt"
         r = http.post("/v1/images/edits", json={"prompt": "a dog"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "images", r.text
+        r = http.post("/v1/images/edits", json={"prompt": "a dog", "images": [{"file_id": "file-1"}]})
+        assert r.status_code == 400 and "Files API" in r.json()["error"]["message"], r.text
+        r = http.post("/v1/images/edits", content=b"prompt=a+dog", headers={"content-type": "text/plain"})
         assert r.status_code == 400 and "multipart" in r.json()["error"]["message"]
 
 
@@ -202,7 +257,7 @@ def test_chat_with_an_image_model_returns_images(image_server):
         assert image.size == (160, 128) and 0.003 < ink(image) < 0.4
         r = http.post("/v1/chat/completions", json={
             "model": "sketch-rnn", "messages": [{"role": "user", "content": "Draw a boat"}]})
-        assert r.status_code == 400 and "ambulance" in r.json()["error"]["message"]
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"][0]["type"] == "image_url"
         r = http.post("/v1/chat/completions", json={
             "model": "sketch-rnn", "stream": True, "messages": [{"role": "user", "content": "a dog"}]})
         assert r.status_code == 400 and r.json()["error"]["param"] == "stream"

@@ -108,19 +108,11 @@ def test_delete_aborts_a_running_job(video_server, videos):
     ({"prompt": "a dog", "size": "huge"}, "size", "WIDTHxHEIGHT"),
     ({"prompt": "a dog", "fps": 0}, "fps", "greater than or equal to 1"),
     ({"prompt": "a dog", "input_reference": "http://127.0.0.1/x.png"}, "input_reference", "private"),
-    ({"prompt": "a boat"}, "prompt", "ambulance"),
     ({"prompt": "a dog", "model": "smollm2-135m"}, "model", "chat model"),
 ])
 def test_bad_jobs_are_400(video_server, body, param, words):
     with video_server.http() as http:
         r = http.post("/v1/videos", json=body)
-    if param == "prompt" and words == "ambulance":  # the category is checked when the job runs
-        assert r.status_code == 200
-        with video_server.http() as http:
-            job = wait_until(lambda: (j := http.get(f"/v1/videos/{r.json()['id']}").json())["status"] == "failed"
-                             and j)
-        assert words in job["error"]["message"] and job["error"]["code"]
-        return
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == param and words in err["message"], err

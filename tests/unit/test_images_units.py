@@ -36,6 +36,8 @@ def test_prompt_to_category_by_meaning():
     assert [sketches.match(p) for p in ("a sailing boat", "Draw a boat", "a car", "the stock market", "please draw")
             ] == [None] * 5
     assert sketches.match("a canine next to a sheep") == "sheep"  # a named category wins over meaning
+    # not strict: the nearest category, however far
+    assert all(sketches.match(p, strict=False) in sketches.categories for p in ("a car", "please draw", "?"))
 
 
 def test_parse_size():

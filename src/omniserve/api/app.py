@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from omniserve import __version__
 from omniserve.api.errors import install_error_handlers
+from omniserve.api import openapi
 from omniserve.api.grammar import GrammarBuilder
 from omniserve.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from omniserve.api.routes import (
@@ -37,6 +38,7 @@ def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner |
     app.state.grammars = GrammarBuilder(llm.root if llm and llm.info.get("n_vocab") else None,
                                         settings.grammar_timeout)
     install_error_handlers(app)
+    openapi.install(app)
     for router in (chat.router, completions.router, embeddings.router, audio.router, images.router, videos.router,
                    diffusion_lora.router, lora.router, models.router, health.router):
         app.include_router(router)

@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from omniserve.api import openapi
+
 from omniserve.api.protocol.common import loc_to_param
 from omniserve.errors import OmniError
 
@@ -60,7 +62,9 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         response = error_response(exc.status_code, message)
-        response.headers.update(exc.headers or {})  # Allow, on a 405
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # every method the path takes, not just those of the route that matched
+            response.headers["Allow"] = ", ".join(openapi.methods_for(request.app, request.url.path))
         return response
 
     @app.exception_handler(Exception)

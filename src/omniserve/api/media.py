@@ -58,10 +58,10 @@ def _check_mime(fetched: Fetched, kind: str, where: str) -> None:
     raise InvalidRequest(f"{where}: expected {kind} but the data is declared as {mime!r}", param=where)
 
 
-async def load_image(request: Request, ref: Any, where: str) -> np.ndarray:
+async def load_image(request: Request, ref: Any, where: str, alpha: bool = False) -> np.ndarray:
     data = await fetch_media(request, ref, where, "image")
     max_pixels = request.app.state.settings.max_image_pixels
-    return await asyncio.to_thread(decode_image, data, where=where, max_pixels=max_pixels)
+    return await asyncio.to_thread(decode_image, data, where=where, max_pixels=max_pixels, alpha=alpha)
 
 
 async def decode_uploaded_image(request: Request, upload: Any, where: str, alpha: bool = False) -> np.ndarray:

@@ -89,6 +89,8 @@ class _Sequence:
     next_token: int | None = None  # sampled, not yet decoded
     generated: int = 0
     batch_pos: int = -1  # where this sequence's logits sit in the current batch
+    # the prompt tokens' logprobs, collected while the prompt is decoded (None: not wanted)
+    prompt_logprobs: list[TokenLogprob] | None = None
     # Image embeddings in the prompt (a vision-language model): start position -> (rows, causal).
     # `prompt` holds -1 at their positions.
     blocks: dict[int, tuple[np.ndarray, bool]] = field(default_factory=dict)
@@ -281,6 +283,7 @@ class LlamaCppExecutor:
                 max_new=max_new,
                 blocks=blocks,
                 lora=params.lora,
+                prompt_logprobs=[] if params.prompt_logprobs and index == 0 and not blocks else None,
             )
             req.sequences.append(seq)
             self._waiting.append(seq)
@@ -325,6 +328,7 @@ class LlamaCppExecutor:
         # per step: arrivals get their first token in order instead of all waiting for
         # one big prefill, and the running streams keep moving in between.
         embedding = None  # a sequence whose prompt continues with image embeddings
+        prefill = None  # (sequence, batch index, position) of a prompt chunk whose logprobs are wanted
         for seq in group:
             if seq.next_token is not None or n >= self._n_batch:
                 continue
@@ -333,10 +337,12 @@ class LlamaCppExecutor:
                 break
             end = min((s for s in seq.blocks if s > seq.n_past), default=len(seq.prompt))
             take = min(end - seq.n_past, self._n_batch - n)
+            scored = seq.prompt_logprobs is not None
+            prefill = (seq, n, seq.n_past) if scored else None
             for k in range(take):
                 pos = seq.n_past + k
                 last = pos == len(seq.prompt) - 1
-                self._put(n, seq.prompt[pos], pos, seq.slot, last)
+                self._put(n, seq.prompt[pos], pos, seq.slot, last or scored)
                 if last:
                     seq.batch_pos = n
                 n += 1
@@ -348,6 +354,8 @@ class LlamaCppExecutor:
             rc = ll.llama_decode(self._ctx, batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode failed with code {rc}")
+            if prefill is not None:
+                outputs += self._score_prompt(*prefill, n)
             for seq in list(group):
                 if seq.batch_pos >= 0 and seq in self._running:
                     outputs.extend(self._sample(seq))
@@ -356,6 +364,21 @@ class LlamaCppExecutor:
                 outputs.extend(self._sample(embedding))
         self._admit_waiting()
         return outputs
+
+    def _score_prompt(self, seq: _Sequence, first: int, start: int, end: int) -> list[OmniOutput]:
+        """The logprob of each prompt token in this chunk, from the logits before it; with the
+        chunk that ends the prompt, all of them go out (once, before the first sampled token)."""
+        lps = seq.prompt_logprobs
+        if start == 0:
+            lps.append(self._token_logprob(seq.prompt[0], None, 0))
+        for i in range(first, end):
+            pos = start + i - first
+            if pos + 1 < len(seq.prompt):
+                lps.append(self._token_logprob(seq.prompt[pos + 1], i, seq.params.top_logprobs))
+        if seq.n_past < len(seq.prompt):
+            return []
+        seq.prompt_logprobs = None
+        return [OmniOutput(seq.request_id, "thinker", seq.index, prompt_logprobs=lps)]
 
     def _decode_embeddings(self, seq: _Sequence) -> bool:
         """Decode the next rows of the image block `seq` is in, as one batch of embeddings.
@@ -407,7 +430,7 @@ class LlamaCppExecutor:
             return self._finish(seq, req, "stop", "", [], None)
         seq.generated += 1
         piece = self._piece(token)
-        logprobs = [self._logprob(seq, token, piece)] if seq.params.logprobs else None
+        logprobs = [self._token_logprob(token, seq.batch_pos, seq.params.top_logprobs)] if seq.params.logprobs else None
         text = seq.stream.push(piece)
         if seq.stream.stopped:
             return self._finish(seq, req, "stop", text, [token], logprobs)
@@ -470,8 +493,8 @@ class LlamaCppExecutor:
         sources += [(r.slot, r.prompt[:_reusable(r.prompt, r.n_past)]) for r in self._running if r.lora == seq.lora]
         source, match = max(((s, min(_common(kept, prompt), limit)) for s, kept in sources),
                             key=lambda item: item[1], default=(-1, 0))
-        if not self._prefix_cache or match < self.args.prefix_cache_min_tokens:
-            match = 0
+        if not self._prefix_cache or match < self.args.prefix_cache_min_tokens or seq.prompt_logprobs is not None:
+            match = 0  # (a prompt's logprobs need its every token decoded)
         slot = min(self._free_slots, key=lambda s: (len(self._kept.get(s, (None, []))[1]), s == source))
         if match and source == slot:
             ll.llama_memory_seq_rm(self._mem, slot, match, -1)  # take over the kept prompt: drop its tail
@@ -635,14 +658,17 @@ class LlamaCppExecutor:
         add(ll.llama_sampler_init_dist(seed))
         return chain
 
-    def _logprob(self, seq: _Sequence, token: int, piece: bytes) -> TokenLogprob:
-        """Log-probabilities of the model's own distribution at this position."""
-        ptr = self._ll.llama_get_logits_ith(self._ctx, seq.batch_pos)
+    def _token_logprob(self, token: int, batch_pos: int | None, k: int) -> TokenLogprob:
+        """`token`'s log-probability in the model's own distribution at `batch_pos` of the last
+        decode, with the `k` likeliest there (None: a first token, which nothing predicts)."""
+        piece = self._piece(token)
+        if batch_pos is None:
+            return TokenLogprob(piece.decode("utf-8", "replace"), None, list(piece))
+        ptr = self._ll.llama_get_logits_ith(self._ctx, batch_pos)
         logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
         peak = logits.max()
         logz = peak + np.log(np.exp(logits - peak).sum())
         top: list[tuple[str, float, list[int]]] = []
-        k = seq.params.top_logprobs
         if k:
             ids = np.argpartition(-logits, k)[:k]
             ids = ids[np.argsort(-logits[ids])]

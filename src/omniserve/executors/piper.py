@@ -1,10 +1,11 @@
 """Text to speech with a Piper voice (VITS, ONNX).
 
 A request's text arrives whole (`OmniRequest.prompt`, the speech endpoint)
-or as a stream of upstream text chunks (the thinker, on a streaming edge).
+or as a stream of upstream text chunks (the thinker, on a streaming edge),
+where each of the answer's choices (`index`) gets a voice of its own.
 Either way it is cut into sentences and each step speaks one sentence of
-one request, round robin: the first audio leaves after the first sentence,
-not after the whole text, and concurrent requests take turns.
+one choice of one request, round robin: the first audio leaves after the
+first sentence, not after the whole text, and concurrent requests take turns.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class SpeechParams(BaseModel):
     speed: float = Field(1.0, ge=0.25, le=4.0)
     noise_scale: float | None = Field(None, ge=0, le=2)
     noise_w_scale: float | None = Field(None, ge=0, le=2)
+    choices: int = Field(1, ge=1, le=16, description="the upstream answer's choices, each spoken on its own")
 
 
 def split_sentences(buffer: str, final: bool) -> tuple[list[str], str]:
@@ -67,14 +69,23 @@ def split_sentences(buffer: str, final: bool) -> tuple[list[str], str]:
 
 
 @dataclass
-class _Job:
-    request_id: str
-    config: Any  # piper SynthesisConfig
+class _Voice:
+    """The speech of one choice of a request."""
+
+    index: int
     sentences: deque[str] = field(default_factory=deque)
     buffer: str = ""
     text_done: bool = False  # no more text will come
+    finished: bool = False
     samples: int = 0
     characters: int = 0
+
+
+@dataclass
+class _Job:
+    request_id: str
+    config: Any  # piper SynthesisConfig
+    voices: list[_Voice]
 
 
 class PiperExecutor:
@@ -82,7 +93,7 @@ class PiperExecutor:
         self.args = args
         self.stage = stage
         self._jobs: dict[str, _Job] = {}
-        self._turns: deque[str] = deque()  # round robin over jobs with a sentence ready
+        self._turns: deque[tuple[str, int]] = deque()  # round robin over (request, choice) with a sentence ready
 
     def load(self) -> dict[str, Any]:
         import onnxruntime
@@ -115,22 +126,21 @@ class PiperExecutor:
                                  param="voice")
         config = SynthesisConfig(length_scale=self._voice.config.length_scale / params.speed,
                                  noise_scale=params.noise_scale, noise_w_scale=params.noise_w_scale)
-        job = _Job(request.request_id, config)
+        job = _Job(request.request_id, config, [_Voice(i) for i in range(params.choices)])
         self._jobs[job.request_id] = job
         if isinstance(request.prompt, str):  # the whole text is here: speak it
-            self._take_text(job, request.prompt, final=True)
-            started = [OmniOutput(request.request_id, started=True)]
-            return started + (self._finish(job) if not job.sentences else [])
+            return [OmniOutput(request.request_id, started=True)] + self._take_text(job, 0, request.prompt, True)
         return []  # text will stream in from upstream
 
     def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
         job = self._jobs.get(outputs[0].request_id)
         if job is None:
             return []
-        # Speak the first choice; `done` from upstream means no more text.
-        text = "".join(o.text for o in outputs if o.index == 0)
-        self._take_text(job, text, final=any(o.done for o in outputs))
-        return self._finish(job) if job.text_done and not job.sentences else []
+        out = []
+        for o in outputs:  # a choice's finish_reason (or the request's done) means no more text for it
+            if o.index < len(job.voices) and job.request_id in self._jobs:
+                out += self._take_text(job, o.index, o.text, final=o.finish_reason is not None or o.done)
+        return out
 
     def abort(self, request_id: str) -> None:
         self._jobs.pop(request_id, None)
@@ -139,27 +149,32 @@ class PiperExecutor:
         return bool(self._turns)
 
     def step(self) -> list[OmniOutput]:
-        request_id = self._turns.popleft()
+        request_id, index = self._turns.popleft()
         job = self._jobs.get(request_id)
-        if job is None or not job.sentences:
+        if job is None or not job.voices[index].sentences:
             return []
-        sentence = job.sentences.popleft()
+        voice = job.voices[index]
+        sentence = voice.sentences.popleft()
         pcm = self._speak(sentence, job.config)
-        job.samples += len(pcm) // 2
-        job.characters += len(sentence)
-        out = [OmniOutput(request_id, text=sentence, audio=pcm, sample_rate=self.sample_rate)]
-        if job.sentences:
-            self._turns.append(request_id)
-        elif job.text_done:
-            out += self._finish(job)
+        voice.samples += len(pcm) // 2
+        voice.characters += len(sentence)
+        out = [OmniOutput(request_id, index=index, text=sentence, audio=pcm, sample_rate=self.sample_rate)]
+        if voice.sentences:
+            self._turns.append((request_id, index))
+        elif voice.text_done:
+            out += self._finish(job, voice)
         return out
 
-    def _take_text(self, job: _Job, text: str, final: bool) -> None:
-        sentences, job.buffer = split_sentences(job.buffer + text.translate(_UNSPOKEN), final)
-        job.text_done = final
-        if sentences and not job.sentences:
-            self._turns.append(job.request_id)
-        job.sentences.extend(sentences)
+    def _take_text(self, job: _Job, index: int, text: str, final: bool) -> list[OmniOutput]:
+        voice = job.voices[index]
+        if voice.finished:
+            return []
+        sentences, voice.buffer = split_sentences(voice.buffer + text.translate(_UNSPOKEN), final)
+        voice.text_done = voice.text_done or final
+        if sentences and not voice.sentences:
+            self._turns.append((job.request_id, index))
+        voice.sentences.extend(sentences)
+        return self._finish(job, voice) if voice.text_done and not voice.sentences else []
 
     def _speak(self, text: str, config) -> bytes:
         import numpy as np
@@ -175,8 +190,12 @@ class PiperExecutor:
         audio = np.clip(np.concatenate(pieces), -1.0, 1.0)
         return (audio * 32767).astype(np.int16).tobytes()
 
-    def _finish(self, job: _Job) -> list[OmniOutput]:
-        del self._jobs[job.request_id]
-        seconds = job.samples / self.sample_rate
-        return [OmniOutput(job.request_id, finish_reason="stop", done=True, sample_rate=self.sample_rate,
-                           info={"seconds": seconds, "characters": job.characters})]
+    def _finish(self, job: _Job, voice: _Voice) -> list[OmniOutput]:
+        """A choice's last output; the request's too (`done`) once every choice has ended."""
+        voice.finished = True
+        done = all(v.finished for v in job.voices)
+        if done:
+            del self._jobs[job.request_id]
+        return [OmniOutput(job.request_id, index=voice.index, finish_reason="stop", done=done,
+                           sample_rate=self.sample_rate,
+                           info={"seconds": voice.samples / self.sample_rate, "characters": voice.characters})]

@@ -33,6 +33,9 @@ class SketchRnnArgs(BaseModel):
 
     model_path: str
     threads: int = Field(1, ge=1)  # numpy on one thread: a drawing takes about 10 ms
+    # a prompt naming none of the categories, nor anything near one in meaning: a 400 (True), or the nearest
+    # category all the same, said in revised_prompt (False)
+    strict_prompts: bool = False
 
 
 class ImageParams(BaseModel):
@@ -87,11 +90,12 @@ class SketchRnnExecutor(RoundRobinExecutor):
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(ImageParams, request.params_for(self.stage))
         prompt = request.prompt if isinstance(request.prompt, str) else ""
-        category = self.sketches.match(prompt)
+        category = self.sketches.match(prompt, strict=self.args.strict_prompts)
         if category is None:
             raise InvalidRequest(
                 f"prompt: this model draws one of {len(self.sketches.categories)} things and the prompt names none "
-                f"of them; name one of: {', '.join(c.replace('_', ' ') for c in self.sketches.categories)}",
+                f"of them; name one of: {', '.join(c.replace('_', ' ') for c in self.sketches.categories)} (this server "
+                "runs with --strict-image-prompts)",
                 param="prompt")
         if params.edit and not request.images:
             raise InvalidRequest("image: an edit needs an image", param="image")

@@ -81,7 +81,10 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
         edges += [{"src": names[0], "dst": names[1]}, {"src": names[1], "dst": names[2]}]
         terminals.append(names[2])
     elif image is not None:  # a stage of its own: image requests visit it alone
-        stages.append({"name": "image", "executor": image.executor, "args": {"model_path": image.path}})
+        image_args = {"model_path": image.path}
+        if settings.strict_image_prompts:
+            image_args["strict_prompts"] = True
+        stages.append({"name": "image", "executor": image.executor, "args": image_args})
         terminals.append("image")
     if embedding_stage_on(settings.embedding_model):  # a stage of its own too
         stages.append({"name": "embedder", "executor": "embedder", "args": {"threads": 1}})

@@ -104,15 +104,18 @@ class SketchRnn:
             self._models[category] = SketchModel(self.folder / f"{category}.gen.json")
         return self._models[category]
 
-    def match(self, prompt: str) -> str | None:
-        """The category a prompt names (see `match_words`), else the one nearest in meaning."""
+    def match(self, prompt: str, strict: bool = True) -> str | None:
+        """The category a prompt names (see `match_words`), else the one nearest in meaning: only if
+        it is near enough when `strict`, whatever it is otherwise (None: no match)."""
         found = self.match_words(prompt)
+        if found is not None or self._embed is None:
+            return found
         subject = " ".join(w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in REQUEST_WORDS)
-        if found is None and self._embed is not None and subject:
-            similarity = self._vectors @ self._embed([subject])[0]
-            best = int(similarity.argmax())
-            found = self.categories[best] if similarity[best] >= MIN_SIMILARITY else None
-        return found
+        if not subject and strict:
+            return None
+        similarity = self._vectors @ self._embed([subject or prompt])[0]
+        best = int(similarity.argmax())
+        return self.categories[best] if similarity[best] >= MIN_SIMILARITY or not strict else None
 
     def match_words(self, prompt: str) -> str | None:
         """The category or synonym a prompt names as whole words, plural or not; the first

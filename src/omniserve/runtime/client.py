@@ -7,10 +7,12 @@ coordinator lives in the same process; a remote client would keep this API.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from omniserve import __version__
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
@@ -29,6 +31,11 @@ class ServedModel:
     aliases: tuple[str, ...] = ()
     route: tuple[str, ...] = ()  # the stages a request to this model visits, when more than `stage`
     info: dict[str, Any] = field(default_factory=dict)  # the stage's load facts (voices, sample rate, ...)
+
+    @property
+    def fingerprint(self) -> str:
+        """OpenAI's `system_fingerprint`: it changes when the model file or the server version does."""
+        return "fp_" + hashlib.sha256(f"{__version__}:{self.root}".encode()).hexdigest()[:12]
 
 
 class Client:

@@ -26,6 +26,7 @@ class SamplingParams:
     n: int = 1
     logprobs: bool = False
     top_logprobs: int = 0
+    prompt_logprobs: bool = False  # also the prompt tokens' logprobs (completions' echo with logprobs)
     ignore_eos: bool = False
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: str | None = None  # GBNF the output must follow (structured output)
@@ -148,7 +149,7 @@ def fill_media_parts(messages: list[dict[str, Any]], texts: dict[tuple[str, int]
 @dataclass
 class TokenLogprob:
     token: str
-    logprob: float
+    logprob: float | None  # None: the prompt's first token, which nothing predicts
     token_bytes: list[int]
     top: list[tuple[str, float, list[int]]] = field(default_factory=list)
 
@@ -168,6 +169,7 @@ class OmniOutput:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None  # once per request, before its first token
     finish_reason: str | None = None
     started: bool = False
     done: bool = False

@@ -51,3 +51,85 @@ class TranscriptionForm(BaseModel):
     temperature: float = Field(0.0, ge=0, le=1)
     timestamp_granularities: list[Literal["segment", "word"]] = Field(default_factory=lambda: ["segment"])
     stream: bool = False
+
+
+class TranscriptionUpload(TranscriptionForm):
+    """The multipart form as /openapi.json shows it: the fields, and the audio file."""
+
+    file: bytes = Field(description="the audio: flac, m4a, mp3, mp4, mpeg, mpga, oga, ogg, opus, wav, webm, aac")
+
+
+# ---- responses ---------------------------------------------------------------------------------------
+
+class DurationUsage(BaseModel):
+    type: Literal["duration"]
+    seconds: float
+
+
+class Transcription(BaseModel):
+    """`response_format` json (text, srt and vtt are plain text)."""
+
+    text: str
+    usage: DurationUsage | None = None
+
+
+class TranscriptionVerbose(Transcription):
+    """`response_format` verbose_json."""
+
+    task: Literal["transcribe", "translate"]
+    language: str
+    duration: float
+    segments: list[dict[str, Any]] | None = None
+    words: list[dict[str, Any]] | None = None
+
+
+class TranscriptEvent(BaseModel):
+    """A streamed transcription's events: `transcript.text.delta` (delta), then `transcript.text.done`
+    (text, usage)."""
+
+    type: Literal["transcript.text.delta", "transcript.text.done"]
+    delta: str | None = None
+    text: str | None = None
+    usage: DurationUsage | None = None
+
+
+class SpeechEvent(BaseModel):
+    """`stream_format: "sse"`: `speech.audio.delta` events (base64 audio), then `speech.audio.done`."""
+
+    type: Literal["speech.audio.delta", "speech.audio.done"]
+    audio: str | None = None
+    usage: dict[str, int] | None = None
+
+
+class SpeechChunkAudio(BaseModel):
+    data: str  # base64 of a whole audio file in `format`
+    format: str
+    mime_type: str
+    sample_rate: int
+
+
+class SpeechChunk(BaseModel):
+    """`stream: true` without stream_format (sglang-omni, vLLM-Omni): one self-contained file per event,
+    then one with `finish_reason` and usage; the stream ends with `data: [DONE]`."""
+
+    id: str
+    object: Literal["audio.speech.chunk"]
+    index: int
+    audio: SpeechChunkAudio | None
+    finish_reason: Literal["stop"] | None
+    usage: dict[str, int] | None = None
+
+
+class Voice(BaseModel):
+    id: str
+    object: Literal["voice"]
+    model: str
+    sample_rate: int | None
+    default: bool
+    aliases: list[str]
+
+
+class VoiceList(BaseModel):
+    object: Literal["list"]
+    data: list[Voice]
+    voices: list[str]

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from omniserve.api.protocol.common import SamplingFields, validate_fields
+from omniserve.api.protocol.common import SamplingFields, Usage, validate_fields
 from omniserve.api.protocol.structured import GrammarSpec
 from omniserve.api.protocol.tools import Tool, forced_names, native_messages, plain_messages
 from omniserve.errors import InvalidRequest
@@ -135,7 +135,7 @@ class ChatCompletionRequest(SamplingFields):
         if not overrides:
             return self
         base = self.model_dump(include=set(SamplingFields.model_fields), exclude_none=True)
-        return validate_fields({**base, **overrides}, SamplingFields, prefix=f"stage_sampling.{stage}")
+        return validate_fields({**base, **overrides}, SamplingFields, prefix=f"stage_sampling.{stage}", strict=True)
 
     def answer_grammar_spec(self, stage: str = "thinker", overrides: dict[str, Any] | None = None
                             ) -> GrammarSpec | None:
@@ -184,6 +184,59 @@ class ChatCompletionRequest(SamplingFields):
             emit=[stage],
             tools=[t.model_dump(exclude_none=True) for t in tools] if template_tools and tools else None,
         )
+
+
+# ---- responses ---------------------------------------------------------------------------------------
+
+class AnswerAudio(BaseModel):
+    id: str
+    data: str  # base64 of the audio in the requested format
+    expires_at: int
+    transcript: str
+
+
+class AnswerMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | list[dict[str, Any]] | None  # a list of image_url parts from an image model
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    audio: AnswerAudio | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AnswerMessage
+    logprobs: dict[str, Any] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: dict[str, Any]  # role, content, audio or tool_calls
+    logprobs: dict[str, Any] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One `data:` event of a streamed chat completion; the stream ends with `data: [DONE]`."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None  # only on the last chunk, with stream_options.include_usage
 
 
 def _template_message(i: int, message: ChatMessage, media: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

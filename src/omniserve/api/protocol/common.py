@@ -66,7 +66,7 @@ class SamplingFields(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     stop: str | list[str] | None = None
     max_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=16)
@@ -84,6 +84,8 @@ class SamplingFields(BaseModel):
 
     @model_validator(mode="after")
     def _check_stop(self) -> SamplingFields:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError('stream_options: only allowed when stream is true')
         stops = self.stop_list()
         if len(stops) > 16:
             raise ValueError("stop: at most 16 stop sequences are allowed")
@@ -149,7 +151,7 @@ def parse_body(raw: bytes, model: type[M]) -> M:
                                  "string; send valid Unicode text") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
-    return validate_fields(data, model)
+    return validate_fields(data, model, strict=True)
 
 
 def _nesting(data: Any) -> int:
@@ -163,11 +165,13 @@ def _nesting(data: Any) -> int:
     return deepest
 
 
-def validate_fields(data: dict[str, Any], model: type[M], prefix: str = "") -> M:
+def validate_fields(data: dict[str, Any], model: type[M], prefix: str = "", strict: bool = False) -> M:
     """A JSON body or form fields -> validated model, or InvalidRequest naming the parameter
-    (under `prefix` when the fields sit deeper in the body, e.g. `stage_sampling.talker`)."""
+    (under `prefix` when the fields sit deeper in the body, e.g. `stage_sampling.talker`).
+    `strict`: JSON types as the spec gives them (no "5" for 5, no 0 for false); form fields
+    are all text, so they are read leniently."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         # the deepest error is the most specific: a union reports each of its members' errors
         err = max(exc.errors(), key=lambda e: len(e["loc"]))
@@ -194,3 +198,25 @@ def loc_to_param(loc: tuple) -> str:
         else:
             out += f".{part}" if out else part
     return out
+
+
+# ---- responses (for /openapi.json; the routes build the same shapes) ---------------------------------
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+    prompt_tokens_details: dict[str, int] | None = None  # cached_tokens, with --enable-cache-report
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, in OpenAI's envelope."""
+
+    error: ErrorDetail

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Literal
 
-from omniserve.api.protocol.common import SamplingFields
+from pydantic import BaseModel, Field, model_validator
+
+from omniserve.api.protocol.common import SamplingFields, Usage
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.types import OmniRequest
 
@@ -22,8 +24,6 @@ class CompletionRequest(SamplingFields):
             raise ValueError("suffix: fill-in-the-middle is not supported by this model")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of: only best_of equal to n is supported")
-        if self.echo and self.logprobs is not None:
-            raise ValueError("echo: echo together with logprobs is not supported")
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt: must not be an empty list")
         return self
@@ -43,8 +43,37 @@ class CompletionRequest(SamplingFields):
         if self.echo and any(not isinstance(p, str) for p in prompts):
             raise InvalidRequest("echo is supported for text prompts only", param="echo")
         sampling = self.sampling_params(self.max_tokens or 16, self.logprobs is not None, self.logprobs or 0)
+        sampling.prompt_logprobs = self.echo and self.logprobs is not None
         return [
             OmniRequest(request_id=f"{request_id}-{i}", prompt=p, sampling={stage: sampling}, route=[stage],
                         emit=[stage])
             for i, p in enumerate(prompts)
         ]
+
+
+# ---- responses ---------------------------------------------------------------------------------------
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]  # None: the prompt's first token (echo)
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class Completion(BaseModel):
+    """A completion, and each `data:` event of a streamed one (which ends with `data: [DONE]`)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None  # in a stream: only on the last event, with stream_options.include_usage

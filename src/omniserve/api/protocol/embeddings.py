@@ -15,7 +15,8 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description=f"a text, a list of at most {MAX_INPUTS} texts, token ids, or a list of token-id lists")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
@@ -51,3 +52,23 @@ class EmbeddingRequest(BaseModel):
         if isinstance(self.input[0], int):
             return [self.input]  # type: ignore[list-item]
         return self.input  # type: ignore[return-value]
+
+
+# ---- responses ---------------------------------------------------------------------------------------
+
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -60,6 +60,60 @@ class ImageGenerationRequest(BaseModel):
         width, height = parse_size(self.size)
         return self.width or width, self.height or height
 
+
+
+class ImageReference(BaseModel):
+    """An input image of a JSON edit: `{"image_url": URL or data URL}` (OpenAI's `file_id` needs a
+    Files API this server does not have)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_url: str | None = None
+    file_id: str | None = None
+
+    @model_validator(mode="after")
+    def _url(self) -> ImageReference:
+        if self.file_id is not None:
+            raise ValueError("file_id: this server has no Files API; send the image as image_url (a URL or a "
+                             "data URL)")
+        if not self.image_url:
+            raise ValueError("image_url: this parameter is required")
+        return self
+
+
+MAX_EDIT_IMAGES = 16
+
+
+class ImageEditRequest(ImageGenerationRequest):
+    """`POST /v1/images/edits` as JSON: the images (each edited in turn) and a mask by URL."""
+
+    images: list[ImageReference] = Field(min_length=1, max_length=MAX_EDIT_IMAGES)
+    mask: ImageReference | None = None
+
+
+class ImageEditUpload(ImageGenerationRequest):
+    """The multipart edit as /openapi.json shows it: the fields, the image(s) and the mask."""
+
+    image: bytes | list[bytes] = Field(description="the image to edit (png, jpeg, webp, ...); or several as image[]")
+    mask: bytes | None = Field(None, description="an RGBA png: the prompt is drawn where it is transparent")
+
+
+# ---- responses ---------------------------------------------------------------------------------------
+
+class GeneratedImage(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[GeneratedImage]
+    background: Literal["transparent", "opaque"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    size: str | None = None
+    quality: str | None = None
+    usage: dict[str, Any] | None = None
 
 
 class ImageChatFields(BaseModel):

@@ -60,3 +60,41 @@ class VideoRequest(BaseModel):
 
     def frames(self) -> int:
         return self.num_frames or max(1, round(float(self.seconds) * self.fps))
+
+
+class VideoUpload(VideoRequest):
+    """The multipart form as /openapi.json shows it: the fields, and a reference image file."""
+
+    input_reference: bytes | None = Field(None, description="an image the video starts from")  # type: ignore
+
+
+# ---- responses ---------------------------------------------------------------------------------------
+
+class Video(BaseModel):
+    id: str
+    object: Literal["video"]
+    model: str
+    status: Literal["queued", "in_progress", "completed", "failed"]
+    progress: int
+    created_at: int
+    completed_at: int | None
+    expires_at: int | None
+    prompt: str | None
+    size: str
+    seconds: str
+    remixed_from_video_id: str | None = None
+    error: dict[str, Any] | None = None
+
+
+class VideoList(BaseModel):
+    object: Literal["list"]
+    data: list[Video]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class DeletedVideo(BaseModel):
+    id: str
+    object: Literal["video.deleted"]
+    deleted: bool

@@ -18,7 +18,7 @@ from omniserve.api.protocol.common import parse_body, validate_fields
 from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect
 from omniserve.api.sse import SSE_HEADERS, sse_stream
 from omniserve.errors import InvalidRequest
-from omniserve.media.audio import AudioEncoder, encode_audio
+from omniserve.media.audio import AudioEncoder, encode_audio, output_format
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 router = APIRouter()
@@ -45,8 +45,11 @@ async def create_speech(request: Request):
         events = _speech_events(stream, encoder, len(body.input))
         return StreamingResponse(sse_stream(events, done=False), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **headers})
-    if body.stream_format == "audio" or body.stream:
+    if body.stream_format == "audio":
         return StreamingResponse(_audio_bytes(stream, encoder), media_type=media_type, headers=headers)
+    if body.stream:  # sglang-omni's and vLLM-Omni's shape: one self-contained audio file per event
+        events = _speech_chunks(omni.request_id, stream, body.response_format, rate, len(body.input))
+        return StreamingResponse(sse_stream(events), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
     pcm = await until_disconnect(request, _collect_pcm(stream))
     return Response(encode_audio(pcm, rate, body.response_format), media_type=media_type, headers=headers)
 
@@ -76,6 +79,26 @@ async def _speech_events(stream: AsyncIterator[OmniOutput], encoder: AudioEncode
         if tail := encoder.close():
             yield {"type": "speech.audio.delta", "audio": base64.b64encode(tail).decode()}
         yield {"type": "speech.audio.done",
+               "usage": {"input_tokens": characters, "output_tokens": 0, "total_tokens": characters}}
+    finally:
+        await stream.aclose()
+
+
+async def _speech_chunks(request_id: str, stream: AsyncIterator[OmniOutput], fmt: str, rate: int,
+                         characters: int) -> AsyncIterator[dict[str, Any]]:
+    """`audio.speech.chunk` events, each sentence's audio a whole file in `fmt` (playable alone),
+    then one with `finish_reason` and usage; `sse_stream` ends them with [DONE]."""
+    index = 0
+    head = {"id": request_id, "object": "audio.speech.chunk"}
+    try:
+        async for out in stream:
+            if out.audio:
+                data = encode_audio(out.audio, rate, fmt)
+                yield {**head, "index": index, "finish_reason": None,
+                       "audio": {"data": base64.b64encode(data).decode(), "format": fmt,
+                                 "mime_type": output_format(fmt, "response_format").media_type, "sample_rate": rate}}
+                index += 1
+        yield {**head, "index": index, "audio": None, "finish_reason": "stop",
                "usage": {"input_tokens": characters, "output_tokens": 0, "total_tokens": characters}}
     finally:
         await stream.aclose()
@@ -146,10 +169,14 @@ async def _collect_segments(stream: AsyncIterator[OmniOutput]) -> tuple[list[dic
 
 
 async def _transcript_events(stream: AsyncIterator[OmniOutput]) -> AsyncIterator[dict[str, Any]]:
+    """Deltas that add up to the final text (Whisper starts each segment with a space: not the first)."""
+    said = False
     try:
         async for out in stream:
-            if out.text:
-                yield {"type": "transcript.text.delta", "delta": out.text}
+            delta = out.text if said else out.text.lstrip()
+            if delta:
+                said = True
+                yield {"type": "transcript.text.delta", "delta": delta}
             if out.finish_reason:
                 yield {"type": "transcript.text.done", "text": out.info.get("text", ""),
                        "usage": {"type": "duration", "seconds": round(out.info.get("duration", 0.0), 3)}}

@@ -24,6 +24,7 @@ from omniserve.api.protocol.images import ImageChatFields, ImageGenerationReques
 from omniserve.api.protocol.tools import parse_calls
 from omniserve.api.routes.common import (
     ChoiceState,
+    Head,
     chat_logprobs,
     get_client,
     new_id,
@@ -62,10 +63,11 @@ async def create_chat_completion(request: Request):
     first, stream = await start(request, client, omni)
     speech = _Speech(body.audio or AudioOutput(), talker) if talker else None
     report = request.app.state.settings.enable_cache_report
+    head = Head(request_id, model, served.fingerprint)
     if body.stream:
-        chunks = _chunks(body, request_id, model, first, stream, speech, report)
+        chunks = _chunks(body, head, first, stream, speech, report)
         return StreamingResponse(sse_stream(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
-    result = await until_disconnect(request, _collect(body, request_id, model, first, stream, speech, report))
+    result = await until_disconnect(request, _collect(body, head, first, stream, speech, report))
     return JSONResponse(result)
 
 
@@ -84,8 +86,7 @@ async def _chat_image(request: Request, raw: bytes, body: ChatCompletionRequest,
                                                         f"{base64.b64encode(blob).decode()}"}}
              for blob in await encoded(image_body, outputs)]
     return JSONResponse({
-        "id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": model.id,
-        "system_fingerprint": None,
+        **Head(new_id("chatcmpl"), model.id, model.fingerprint)("chat.completion"),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": parts, "refusal": None},
                      "logprobs": None, "finish_reason": "stop"}],
         "usage": usage(len(prompt.split()), 0),
@@ -93,17 +94,23 @@ async def _chat_image(request: Request, raw: bytes, body: ChatCompletionRequest,
 
 
 class _Speech:
-    """The talker's side of an answer: which stage speaks, and the encoder for its audio."""
+    """The talker's side of an answer: which stage speaks, and each choice's audio encoder."""
 
     def __init__(self, audio: AudioOutput, talker: ServedModel):
         self.stage = talker.stage
         self.format = audio.encoding
-        self.encoder = AudioEncoder(self.format, talker.info["sample_rate"])
-        self.id = new_id("audio")
+        self.rate = talker.info["sample_rate"]
+        self.encoders: dict[int, AudioEncoder] = {}
+        self.ids: dict[int, str] = {}
 
     def encode(self, out: OmniOutput) -> bytes:
-        data = self.encoder.write(out.audio)
-        return data + self.encoder.close() if out.done else data
+        """Choice `out.index`'s audio so far, encoded; its end closes the encoder."""
+        if out.index not in self.encoders:
+            self.encoders[out.index] = AudioEncoder(self.format, self.rate)
+            self.ids[out.index] = new_id("audio")
+        encoder = self.encoders[out.index]
+        data = encoder.write(out.audio)
+        return data + encoder.close() if out.finish_reason else data
 
 
 async def _omni_request(request: Request, client: Client, body: ChatCompletionRequest, served: ServedModel,
@@ -124,12 +131,9 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
             raise InvalidRequest(f"this server has no vision stage for {kind} input (it was started with "
                                  "--vision-model none)", param=where)
     talker = client.model(None, "tts") if body.wants_audio else None
-    if body.wants_audio:
-        if talker is None:
-            raise InvalidRequest("this server has no text-to-speech stage for audio output (--text-only or "
-                                 "--tts-model none); drop 'audio' from modalities", param="modalities")
-        if body.n > 1:
-            raise InvalidRequest("n: audio output supports one choice only", param="n")
+    if body.wants_audio and talker is None:
+        raise InvalidRequest("this server has no text-to-speech stage for audio output (--text-only or "
+                             "--tts-model none); drop 'audio' from modalities", param="modalities")
     per_stage = body.per_stage()
     stages = dict(client.stage_executors())
     for name in per_stage:
@@ -152,7 +156,7 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
             omni.params[name] = values
     if talker is not None:
         voice = resolve_voice(talker, (body.audio or AudioOutput()).voice_name, "audio.voice")
-        omni.params[talker.stage] = {**omni.params.get(talker.stage, {}), "voice": voice}
+        omni.params[talker.stage] = {**omni.params.get(talker.stage, {}), "voice": voice, "choices": body.n}
     return omni, talker
 
 
@@ -192,22 +196,18 @@ async def _load_media(request: Request, body: ChatCompletionRequest, refs: list[
     return placeholders, audios, images
 
 
-async def _collect(body: ChatCompletionRequest, request_id: str, model: str, first: OmniOutput,
-                   stream: AsyncIterator[OmniOutput], speech: _Speech | None, report: bool) -> dict[str, Any]:
+async def _collect(body: ChatCompletionRequest, head: Head, first: OmniOutput, stream: AsyncIterator[OmniOutput],
+                   speech: _Speech | None, report: bool) -> dict[str, Any]:
     """`report`: usage says how many prompt tokens came from the prefix cache (--enable-cache-report)."""
     choices = [ChoiceState() for _ in range(body.n)]
-    pcm = bytearray()
+    audio = [bytearray() for _ in range(body.n)]
     async for out in stream:
         if speech and out.stage == speech.stage:
-            pcm += out.audio
+            audio[out.index] += speech.encode(out)
         else:
             choices[out.index].add(out)
     result = {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": now(),
-        "model": model,
-        "system_fingerprint": None,
+        **head("chat.completion"),
         "choices": [
             {
                 "index": i,
@@ -227,36 +227,24 @@ async def _collect(body: ChatCompletionRequest, request_id: str, model: str, fir
                 choice["message"].update(content=content, tool_calls=calls)
                 choice["finish_reason"] = "tool_calls" if choice["finish_reason"] == "stop" else choice["finish_reason"]
     if speech:
-        data = speech.encoder.write(bytes(pcm)) + speech.encoder.close()
-        result["choices"][0]["message"]["audio"] = {
-            "id": speech.id, "data": base64.b64encode(data).decode(), "expires_at": now() + AUDIO_TTL_S,
-            "transcript": "".join(choices[0].text),
-        }
+        for i, choice in enumerate(result["choices"]):
+            choice["message"]["audio"] = {"id": speech.ids.get(i) or new_id("audio"),
+                                          "data": base64.b64encode(audio[i]).decode(),
+                                          "expires_at": now() + AUDIO_TTL_S, "transcript": "".join(choices[i].text)}
     return result
 
 
-async def _chunks(body: ChatCompletionRequest, request_id: str, model: str, first: OmniOutput,
-                  stream: AsyncIterator[OmniOutput], speech: _Speech | None,
-                  report: bool) -> AsyncIterator[dict[str, Any]]:
-    created = now()
-    with_usage = body.include_usage
-
+async def _chunks(body: ChatCompletionRequest, head: Head, first: OmniOutput, stream: AsyncIterator[OmniOutput],
+                  speech: _Speech | None, report: bool) -> AsyncIterator[dict[str, Any]]:
     def chunk(index: int, delta: dict, finish_reason: str | None = None, logprobs: Any = None) -> dict:
-        out = {
-            "id": request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": None,
-            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
-        }
-        if with_usage:
-            out["usage"] = None
-        return out
+        return {**head("chat.completion.chunk"),
+                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
     completion_tokens = [0] * body.n
     cached = 0
     held = [""] * body.n  # with tools, each choice's text until it ends: it may be tool calls
+    # with audio, a choice's finish_reason waits for its last audio: (text's reason, audio ended) per choice
+    ending: list[list[Any]] = [[None, False] for _ in range(body.n)]
 
     def tool_chunks(index: int, finish_reason: str) -> Iterator[dict]:
         """The held text of a choice as OpenAI streams tool calls: per call, its id and name,
@@ -270,18 +258,27 @@ async def _chunks(body: ChatCompletionRequest, request_id: str, model: str, firs
             yield chunk(index, {"tool_calls": [{"index": k, "function": {"arguments": call["function"]["arguments"]}}]})
         yield chunk(index, {}, finish_reason="tool_calls" if calls and finish_reason == "stop" else finish_reason)
 
+    def end_spoken(index: int) -> Iterator[dict]:
+        reason, spoken = ending[index]
+        if reason and spoken:
+            yield chunk(index, {}, finish_reason=reason)
+
     try:
         for i in range(body.n):
             yield chunk(i, {"role": "assistant", "content": ""})
-        finish_reason = None  # with audio, the last chunk carries it, after the last audio
         async for out in stream:
             if speech and out.stage == speech.stage:
                 data = speech.encode(out)
-                if data or out.text or out.done:
-                    audio = {"id": speech.id, "data": base64.b64encode(data).decode(), "transcript": out.text}
-                    if out.done:
+                if data or out.text or out.finish_reason:
+                    audio = {"id": speech.ids[out.index], "data": base64.b64encode(data).decode(),
+                             "transcript": out.text}
+                    if out.finish_reason:
                         audio["expires_at"] = now() + AUDIO_TTL_S
-                    yield chunk(0, {"audio": audio})
+                    yield chunk(out.index, {"audio": audio})
+                if out.finish_reason:
+                    ending[out.index][1] = True
+                    for piece in end_spoken(out.index):
+                        yield piece
                 continue
             if body.calls_tools:
                 held[out.index] += out.text
@@ -295,20 +292,13 @@ async def _chunks(body: ChatCompletionRequest, request_id: str, model: str, firs
                     for piece in tool_chunks(out.index, out.finish_reason):
                         yield piece
                 elif speech:
-                    finish_reason = out.finish_reason
+                    ending[out.index][0] = out.finish_reason
+                    for piece in end_spoken(out.index):
+                        yield piece
                 else:
                     yield chunk(out.index, {}, finish_reason=out.finish_reason)
-        if finish_reason:
-            yield chunk(0, {}, finish_reason=finish_reason)
-        if with_usage:
-            yield {
-                "id": request_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "system_fingerprint": None,
-                "choices": [],
-                "usage": usage(first.prompt_tokens, sum(completion_tokens), cached if report else None),
-            }
+        if body.include_usage:
+            yield {**head("chat.completion.chunk"), "choices": [],
+                   "usage": usage(first.prompt_tokens, sum(completion_tokens), cached if report else None)}
     finally:
         await stream.aclose()  # on disconnect this aborts the request in the pipeline

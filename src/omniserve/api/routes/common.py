@@ -17,6 +17,20 @@ from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import OmniOutput, OmniRequest, TokenLogprob
 
 
+@dataclass(frozen=True)
+class Head:
+    """The fields every response and stream chunk of one request begins with."""
+
+    id: str
+    model: str
+    system_fingerprint: str
+    created: int = field(default_factory=lambda: now())
+
+    def __call__(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "system_fingerprint": self.system_fingerprint}
+
+
 def get_client(request: Request) -> Client:
     return request.app.state.client
 
@@ -212,6 +226,6 @@ def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any
     return {
         "tokens": [lp.token for lp in items],
         "token_logprobs": [lp.logprob for lp in items],
-        "top_logprobs": [{t: v for t, v, _ in lp.top} for lp in items],
+        "top_logprobs": [{t: v for t, v, _ in lp.top} if lp.logprob is not None else None for lp in items],
         "text_offset": offsets,
     }

@@ -5,7 +5,7 @@ Choice `index` is `prompt_number * n + choice`, as at OpenAI.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,18 +15,18 @@ from omniserve.api.protocol.common import parse_body
 from omniserve.api.protocol.completions import CompletionRequest
 from omniserve.api.routes.common import (
     ChoiceState,
+    Head,
     completion_logprobs,
     get_client,
     merge,
     new_id,
-    now,
     resolve_chat_model,
     start_all,
     until_disconnect,
     usage,
 )
 from omniserve.api.sse import SSE_HEADERS, sse_stream
-from omniserve.runtime.types import OmniOutput
+from omniserve.runtime.types import OmniOutput, TokenLogprob
 
 router = APIRouter()
 
@@ -36,9 +36,8 @@ async def create_completion(request: Request):
     body = parse_body(await request.body(), CompletionRequest)
     client = get_client(request)
     served, adapter = resolve_chat_model(client, body.model, body.lora_path)
-    model = f"{served.id}:{adapter}" if adapter else served.id
-    request_id = new_id("cmpl")
-    requests = body.to_omni_requests(request_id, served.stage)
+    head = Head(new_id("cmpl"), f"{served.id}:{adapter}" if adapter else served.id, served.fingerprint)
+    requests = body.to_omni_requests(head.id, served.stage)
     grammar = await request.app.state.grammars.build(body.grammar_spec())
     for omni in requests:
         omni.sampling[served.stage].lora = adapter
@@ -46,34 +45,48 @@ async def create_completion(request: Request):
     started = await start_all(request, client, requests)
     firsts = [f for f, _ in started]
     streams = [s for _, s in started]
+    report = request.app.state.settings.enable_cache_report
     if body.stream:
-        chunks = _chunks(body, request_id, model, firsts, streams, request.app.state.settings.enable_cache_report)
+        chunks = _chunks(body, head, firsts, streams, report)
         return StreamingResponse(sse_stream(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
-    result = await until_disconnect(request, _collect(body, request_id, model, firsts, streams,
-                                                      request.app.state.settings.enable_cache_report))
-    return JSONResponse(result)
+    return JSONResponse(await until_disconnect(request, _collect(body, head, firsts, streams, report)))
 
 
-def _echo(body: CompletionRequest, prompt_number: int) -> str:
-    return body.prompts()[prompt_number] if body.echo else ""  # type: ignore[return-value]
+class _Echo:
+    """What `echo` puts before each choice: its prompt, and with `logprobs`, the prompt's own
+    logprobs (the thinker sends them once per prompt, before the first token)."""
+
+    def __init__(self, body: CompletionRequest):
+        self.body = body
+        self.prompt_logprobs: dict[int, list[TokenLogprob]] = {}
+
+    def text(self, index: int) -> str:
+        return self.body.prompts()[index // self.body.n] if self.body.echo else ""  # type: ignore[return-value]
+
+    def logprobs(self, index: int) -> list[TokenLogprob]:
+        return self.prompt_logprobs.get(index // self.body.n, []) if self.body.echo else []
+
+    def ready(self, index: int) -> bool:
+        """Whether the echo of `index` can go out (its prompt's logprobs are here, if wanted)."""
+        return self.body.logprobs is None or index // self.body.n in self.prompt_logprobs
 
 
-async def _collect(body: CompletionRequest, request_id: str, model: str, firsts: list[OmniOutput],
+async def _collect(body: CompletionRequest, head: Head, firsts: list[OmniOutput],
                    streams: list[AsyncIterator[OmniOutput]], report: bool) -> dict[str, Any]:
+    echo = _Echo(body)
     choices = [ChoiceState() for _ in range(len(streams) * body.n)]
     async for p, out in merge(streams):
+        if out.prompt_logprobs is not None:
+            echo.prompt_logprobs[p] = out.prompt_logprobs
         choices[p * body.n + out.index].add(out)
     return {
-        "id": request_id,
-        "object": "text_completion",
-        "created": now(),
-        "model": model,
-        "system_fingerprint": None,
+        **head("text_completion"),
         "choices": [
             {
                 "index": i,
-                "text": _echo(body, i // body.n) + "".join(c.text),
-                "logprobs": completion_logprobs(c.logprobs, 0) if body.logprobs is not None else None,
+                "text": echo.text(i) + "".join(c.text),
+                "logprobs": completion_logprobs(echo.logprobs(i) + c.logprobs, 0) if body.logprobs is not None
+                else None,
                 "finish_reason": c.finish_reason,
             }
             for i, c in enumerate(choices)
@@ -83,33 +96,20 @@ async def _collect(body: CompletionRequest, request_id: str, model: str, firsts:
     }
 
 
-async def _chunks(body: CompletionRequest, request_id: str, model: str, firsts: list[OmniOutput],
+async def _chunks(body: CompletionRequest, head: Head, firsts: list[OmniOutput],
                   streams: list[AsyncIterator[OmniOutput]], report: bool) -> AsyncIterator[dict[str, Any]]:
-    created = now()
-    with_usage = body.include_usage
-    offsets = [0] * (len(streams) * body.n)
-    completion_tokens = [0] * len(offsets)
-    cached = [0] * len(offsets)
+    echo = _Echo(body)
+    count = len(streams) * body.n
+    offsets = [0] * count
+    completion_tokens = [0] * count
+    cached = [0] * count
+    waiting: dict[int, list[OmniOutput]] = {i: [] for i in range(count)}  # until each choice's echo is out
 
     def chunk(index: int, text: str, finish_reason: str | None = None, logprobs: Any = None) -> dict:
-        out = {
-            "id": request_id,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "system_fingerprint": None,
-            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
-        }
-        if with_usage:
-            out["usage"] = None
-        return out
+        return {**head("text_completion"),
+                "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
-    if body.echo:
-        for i in range(len(offsets)):
-            offsets[i] = len(_echo(body, i // body.n))
-            yield chunk(i, _echo(body, i // body.n))
-    async for p, out in merge(streams):
-        index = p * body.n + out.index
+    def pieces(index: int, out: OmniOutput) -> Iterator[dict]:
         if out.text or out.logprobs:
             lp = completion_logprobs(out.logprobs or [], offsets[index]) if body.logprobs is not None else None
             offsets[index] += len(out.text)
@@ -118,14 +118,37 @@ async def _chunks(body: CompletionRequest, request_id: str, model: str, firsts: 
             completion_tokens[index] = out.completion_tokens
             cached[index] = out.cached_tokens
             yield chunk(index, "", finish_reason=out.finish_reason)
-    if with_usage:
-        yield {
-            "id": request_id,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "system_fingerprint": None,
-            "choices": [],
-            "usage": usage(sum(f.prompt_tokens for f in firsts), sum(completion_tokens),
-                           sum(cached[::body.n]) if report else None),
-        }
+
+    def release(index: int) -> Iterator[dict]:
+        """The echo of `index` once it can go out, then what waited behind it."""
+        if waiting.get(index) is None or not echo.ready(index):
+            return
+        text = echo.text(index)
+        lp = completion_logprobs(echo.logprobs(index), 0) if body.logprobs is not None else None
+        offsets[index] = len(text)
+        yield chunk(index, text, logprobs=lp)
+        for out in waiting.pop(index):
+            yield from pieces(index, out)
+
+    if body.echo:
+        for i in range(count):
+            for piece in release(i):
+                yield piece
+    else:
+        waiting.clear()
+    async for p, out in merge(streams):
+        index = p * body.n + out.index
+        if out.prompt_logprobs is not None:
+            echo.prompt_logprobs[p] = out.prompt_logprobs
+            for i in range(p * body.n, (p + 1) * body.n):
+                for piece in release(i):
+                    yield piece
+        if index in waiting:
+            waiting[index].append(out)
+        else:
+            for piece in pieces(index, out):
+                yield piece
+    if body.include_usage:
+        yield {**head("text_completion"), "choices": [],
+               "usage": usage(sum(f.prompt_tokens for f in firsts), sum(completion_tokens),
+                              sum(cached[::body.n]) if report else None)}

@@ -1,4 +1,4 @@
-"""`POST /v1/images/generations`, `POST /v1/images/edits` (multipart) and
+"""`POST /v1/images/generations`, `POST /v1/images/edits` (multipart or JSON) and
 `GET /v1/images/{id}/content`: validate -> OmniRequest routed to the image
 stage -> encoded images, inline (`b64_json`) or stored for a while and
 linked (`url`). Chat with an image model (vLLM-Omni's universal endpoint)
@@ -15,9 +15,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
-from omniserve.api.media import decode_uploaded_image
+from omniserve.api.media import decode_uploaded_image, load_image
 from omniserve.api.protocol.common import parse_body, validate_fields
-from omniserve.api.protocol.images import ImageGenerationRequest
+from omniserve.api.protocol.images import MAX_EDIT_IMAGES, ImageEditRequest, ImageGenerationRequest
 from omniserve.api.routes.common import get_client, new_id, now, resolve_model, start, until_disconnect
 from omniserve.errors import InvalidRequest, NotFound
 from omniserve.media.image_out import ImageStore, encode_image, encoding_quality
@@ -93,29 +93,53 @@ async def create_images(request: Request):
 
 @router.post("/v1/images/edits")
 async def edit_images(request: Request):
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise InvalidRequest("an edit is a multipart/form-data upload with image, prompt and optionally mask")
-    form = await request.form()
-    uploads = [v for k in ("image", "image[]") for v in form.getlist(k) if isinstance(v, UploadFile)]
-    if not uploads:
-        raise InvalidRequest("image: upload the image to edit as a file field named image", param="image")
-    fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-    body = validate_fields(fields, ImageGenerationRequest)
+    """Each input image is edited in turn: `data` holds `n` results per image, in order. The mask's
+    transparent area is where the prompt is drawn; it applies to every image."""
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        body, images, mask = await _edit_upload(request)
+    elif kind.startswith("application/json"):
+        body, images, mask = await _edit_json(request)
+    else:
+        raise InvalidRequest("an edit is a multipart/form-data upload (image or image[], prompt, optionally mask) "
+                             'or JSON ({"images": [{"image_url": ...}], "prompt": ..., "mask": {"image_url": ...}})')
     model = resolve_model(get_client(request), body.model, "image")
     if not model.info.get("edits"):
         raise InvalidRequest(f"model `{model.id}` cannot edit images", param="model")
-    base = await decode_uploaded_image(request, uploads[0], "image")
-    images = [base]
+    for i, image in enumerate(images):
+        if mask is not None and mask.shape[:2] != image.shape[:2]:
+            raise InvalidRequest(f"mask: the mask is {mask.shape[1]}x{mask.shape[0]} but image {i} is "
+                                 f"{image.shape[1]}x{image.shape[0]}; they must be the same size", param="mask")
+    custom_size = body.dimensions() if body.size or body.width or body.height else None
+    results = await asyncio.gather(*(
+        generate(request, model, body, custom_size or (image.shape[1], image.shape[0]),
+                 [image] + ([mask] if mask is not None else []), edit=True, mask=mask is not None)
+        for image in images))
+    return await images_response(request, body, [out for outputs in results for out in outputs])
+
+
+async def _edit_upload(request: Request) -> tuple[ImageGenerationRequest, list[np.ndarray], np.ndarray | None]:
+    form = await request.form()
+    uploads = [v for k in ("image", "image[]") for v in form.getlist(k) if isinstance(v, UploadFile)]
+    if not uploads:
+        raise InvalidRequest("image: upload the image to edit as a file field named image (or several as image[])",
+                             param="image")
+    if len(uploads) > MAX_EDIT_IMAGES:
+        raise InvalidRequest(f"image: at most {MAX_EDIT_IMAGES} images per edit; got {len(uploads)}", param="image")
+    body = validate_fields({k: v for k, v in form.multi_items() if isinstance(v, str)}, ImageGenerationRequest)
+    where = "image" if len(uploads) == 1 else "image[{}]"
+    images = [await decode_uploaded_image(request, u, where.format(i)) for i, u in enumerate(uploads)]
     mask = form.get("mask")
-    if isinstance(mask, UploadFile):
-        mask_pixels = await decode_uploaded_image(request, mask, "mask", alpha=True)
-        if mask_pixels.shape[:2] != base.shape[:2]:
-            raise InvalidRequest(f"mask: the mask is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} but the image is "
-                                 f"{base.shape[1]}x{base.shape[0]}; they must be the same size", param="mask")
-        images.append(mask_pixels)
-    size = body.dimensions() if body.size or body.width or body.height else (base.shape[1], base.shape[0])
-    outputs = await generate(request, model, body, size, images, edit=True, mask=len(images) > 1)
-    return await images_response(request, body, outputs)
+    return body, images, (await decode_uploaded_image(request, mask, "mask", alpha=True)
+                          if isinstance(mask, UploadFile) else None)
+
+
+async def _edit_json(request: Request) -> tuple[ImageGenerationRequest, list[np.ndarray], np.ndarray | None]:
+    body = parse_body(await request.body(), ImageEditRequest)
+    images = await asyncio.gather(*(load_image(request, ref.image_url, f"images[{i}].image_url")
+                                    for i, ref in enumerate(body.images)))
+    mask = await load_image(request, body.mask.image_url, "mask.image_url", alpha=True) if body.mask else None
+    return body, list(images), mask
 
 
 @router.get("/models")

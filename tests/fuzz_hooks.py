@@ -1,0 +1,33 @@
+"""Schemathesis hooks for `test_fuzz.py` (loaded with SCHEMATHESIS_HOOKS).
+
+A run on 2 cores must stay short while every request is answered within a few seconds, so a
+request's large but valid values (many output tokens, choices, long speech, many inputs) are
+trimmed before it is sent. Schemathesis re-checks a trimmed request against the schema, so a
+request that breaks the schema still tests that it is refused. A chat that sets no limit on its
+tokens gets one (it would write up to the context's end).
+"""
+
+from __future__ import annotations
+
+import schemathesis
+
+SMALL = {"max_tokens": 24, "max_completion_tokens": 24, "n": 2}
+SPEECH_CHARS = 200
+EMBEDDING_INPUTS = 16
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    body = case.body
+    if not isinstance(body, dict):
+        return
+    for key, most in SMALL.items():
+        if type(body.get(key)) is int and body[key] > most:
+            body[key] = most
+    if "messages" in body and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        body["max_tokens"] = SMALL["max_tokens"]
+    text = body.get("input")
+    if isinstance(text, str) and len(text) > SPEECH_CHARS:
+        body["input"] = text[:SPEECH_CHARS]
+    elif isinstance(text, list) and len(text) > EMBEDDING_INPUTS:
+        body["input"] = text[:EMBEDDING_INPUTS]

@@ -80,7 +80,9 @@ def test_worker_crash_fails_in_flight_then_recovers(own_server):
         assert idle(http)
         ok = s.openai().chat.completions.create(model="smollm2-135m", messages=LONG["messages"], max_tokens=5)
         assert ok.choices[0].message.content
-        assert "omniserve_worker_crashes_total 1.0" in http.get("/metrics").text
+        metrics = http.get("/metrics").text
+        assert "omniserve_worker_crashes_total 1.0" in metrics
+        assert 'omniserve_worker_restarts_total{model="smollm2-135m",stage="thinker"} 1.0' in metrics
 
 
 def test_stream_disconnect_aborts_and_frees_slot(server):

@@ -33,7 +33,6 @@ def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner |
     app.state.client = client
     app.state.videos = video_runner
     app.state.settings = settings
-    app.state.metrics_registry = health.metrics_registry(client)
     llm = client.model(None, "chat")
     app.state.grammars = GrammarBuilder(llm.root if llm and llm.info.get("n_vocab") else None,
                                         settings.grammar_timeout)

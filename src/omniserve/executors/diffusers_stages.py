@@ -209,6 +209,7 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
         batch = [head] + [j for j in self._jobs if j.latents.shape[1:] == head.latents.shape[1:]
                           and j.embeds.shape[1:] == head.embeds.shape[1:]]
         self._jobs = deque(j for j in self._jobs if all(j is not b for b in batch))
+        self.batch_size = len(batch)
         if len(batch) > 1:
             log.debug("one denoiser call for %d requests", len(batch))
         outputs = self._denoise(batch)

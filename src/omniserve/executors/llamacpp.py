@@ -317,6 +317,7 @@ class LlamaCppExecutor:
         n = 0
         group = self._lora_group()
         # Decode tokens first: one per generating sequence keeps every stream moving.
+        self.batch_size = 0  # sequences in this step (for the metrics)
         for seq in group:
             seq.batch_pos = -1
             if seq.next_token is not None:
@@ -324,6 +325,7 @@ class LlamaCppExecutor:
                 seq.batch_pos = n
                 seq.n_past += 1
                 n += 1
+                self.batch_size += 1
         # Then a prompt chunk of the oldest admitted sequence still in prefill. One prompt
         # per step: arrivals get their first token in order instead of all waiting for
         # one big prefill, and the running streams keep moving in between.
@@ -332,6 +334,7 @@ class LlamaCppExecutor:
         for seq in group:
             if seq.next_token is not None or n >= self._n_batch:
                 continue
+            self.batch_size += 1
             if seq.n_past in seq.blocks or any(s < seq.n_past < s + len(b) for s, (b, _) in seq.blocks.items()):
                 embedding = seq
                 break

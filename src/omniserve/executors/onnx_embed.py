@@ -105,6 +105,7 @@ class EmbedderExecutor:
 
     def step(self) -> list[OmniOutput]:
         batch = [self._items.popleft() for _ in range(min(BATCH, len(self._items)))]
+        self.batch_size = len(batch)
         vectors = self.model.embed_ids([item.ids for item in batch])
         by_request: dict[str, list[int]] = {}
         for row, item in enumerate(batch):

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from prometheus_client import CollectorRegistry
+
 from omniserve import __version__
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.types import OmniOutput, OmniRequest
@@ -43,6 +45,8 @@ class Client:
         self.coordinator = coordinator
         self.served_models = served_models
         self.model_path = model_path
+        # metrics say which model each stage runs
+        coordinator.metrics.set_models({stage: m.id for m in reversed(served_models) for stage in self.stages_of(m)})
         # the chat model's LoRA adapters, name -> path (kept in step with the thinker by /v1/*_lora_adapter)
         self.loras: dict[str, str] = dict(next((m.info.get("loras") or {} for m in served_models
                                                 if m.kind == "chat"), {}))
@@ -75,6 +79,9 @@ class Client:
         c = self.coordinator
         return {"running": c.num_running, "queued": c.num_queued,
                 "stages": {s["name"]: {"running": s["running"], "queued": s["queued"]} for s in c.stage_info()}}
+
+    def metrics_registry(self) -> CollectorRegistry:
+        return self.coordinator.metrics.registry
 
     def stage_health(self) -> dict[str, str | None]:
         """Each stage's problem (None: healthy)."""

@@ -33,6 +33,7 @@ from omniserve.config import PipelineConfig
 from omniserve.errors import InvalidRequest, OmniError, Unavailable, WorkerCrashed
 from omniserve.runtime.admission import Admission, StageLimits
 from omniserve.runtime.launcher import StageLoadError, WorkerHandle, launch_worker
+from omniserve.runtime.metrics import RequestClock, StageMetrics
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class _Tracked:
     open_terminals: set[str] = field(default_factory=set)
     buffered: dict[tuple[str, str], list[OmniOutput]] = field(default_factory=dict)  # non-streaming edges
     finished: bool = False
+    clock: RequestClock = field(default_factory=RequestClock)
 
 
 class Coordinator:
@@ -71,6 +73,8 @@ class Coordinator:
         self._tasks: set[asyncio.Task] = set()
         self.crashes = 0
         self._closing = False
+        self.metrics = StageMetrics(s.name for s in pipeline.stages)
+        self.metrics.watch(self)
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -160,12 +164,15 @@ class Coordinator:
 
     async def generate(self, request: OmniRequest) -> AsyncIterator[OmniOutput]:
         """Run one request; yield terminal-stage outputs; abort if the consumer leaves."""
+        clock = RequestClock()
         route, emit = self._plan(request)
         if not self.healthy(route):
             raise Unavailable(self.unhealthy_reason(route))
         await self.admission.acquire(route)
-        tracked = _Tracked(request, route=route, emit=emit, stages=set(route), open_terminals=set(emit))
+        self.metrics.admitted(clock, route)
+        tracked = _Tracked(request, route=route, emit=emit, stages=set(route), open_terminals=set(emit), clock=clock)
         self._running[request.request_id] = tracked
+        ending = "abort"  # unless it completes or fails: the consumer left
         try:
             for stage in self.pipeline.stages:
                 if stage.name in route:
@@ -173,13 +180,16 @@ class Coordinator:
             while True:
                 item = await tracked.queue.get()
                 if isinstance(item, OmniError):
+                    ending = "error"
                     raise item
                 yield item
                 if item.done:
                     tracked.open_terminals.discard(item.stage)
                     if not tracked.open_terminals:
+                        ending = None
                         return
         finally:
+            self.metrics.ended(clock, emit, ending)
             tracked.finished = True
             self.abort(request.request_id)
 
@@ -229,6 +239,8 @@ class Coordinator:
     def _on_message(self, stage: str, message: Any) -> None:
         self._last_seen[stage] = time.monotonic()
         kind = message[0]
+        if kind in ("outputs", "alive"):  # each with the batch sizes of the worker's steps since its last message
+            self.metrics.steps(stage, message[-1])
         if kind == "outputs":
             for output in message[1]:
                 self._route(stage, output)
@@ -247,6 +259,7 @@ class Coordinator:
         if tracked is None:
             return
         output.stage = stage
+        self.metrics.output(tracked.clock, stage, output)
         if output.done:
             self._stage_done(tracked, stage)
         if tracked.finished:  # complete or being aborted: nothing flows any more
@@ -290,6 +303,7 @@ class Coordinator:
         if self.workers.get(stage) is not handle or self._closing:
             return
         self.crashes += 1
+        self.metrics.restarted(stage)
         code = handle.process.exitcode
         why = handle.stalled or (f"exit code {code}" if code is not None else "its pipe closed")
         log.error("stage %s worker (pid %d) died (%s); restarting", stage, handle.pid, why)

@@ -7,10 +7,12 @@ requests and starts a new worker. An exception while admitting a request
 
 Wire protocol (tuples over a multiprocessing pipe):
   in:  ("add", OmniRequest) | ("feed", [OmniOutput]) | ("abort", request_id) | ("stop",)
-  out: ("ready", info) | ("outputs", [OmniOutput]) | ("error", request_id, wire_error)
-       | ("aborted", request_id) | ("load_failed", message) | ("alive",)
+  out: ("ready", info) | ("outputs", [OmniOutput], [batch size]) | ("error", request_id, wire_error)
+       | ("aborted", request_id) | ("load_failed", message) | ("alive", [batch size])
 The loop sends something at least every `HEARTBEAT_S` while it turns ("alive" when
 it has nothing else), so the coordinator can tell a busy worker from a stuck one.
+"outputs" and "alive" carry the batch size of each step since the last of them (the
+executor's `batch_size`, or 1), for the metrics.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class _Loop:
         self.conn = conn
         self.stage = stage
         self.last_sent = time.monotonic()
+        self.batches: list[int] = []  # batch sizes of the steps not yet reported
 
     def send(self, message: tuple) -> None:
         self.conn.send(message)
@@ -83,10 +86,13 @@ class _Loop:
                 outputs.extend(self.handle(message))
             if executor.has_work():
                 outputs.extend(executor.step())
+                self.batches.append(getattr(executor, "batch_size", 1))
             if outputs:
-                self.send(("outputs", outputs))
+                self.send(("outputs", outputs, self.batches))
+                self.batches = []
             elif time.monotonic() - self.last_sent >= HEARTBEAT_S:
-                self.send(("alive",))
+                self.send(("alive", self.batches))
+                self.batches = []
 
     def handle(self, message: tuple) -> list:
         kind = message[0]

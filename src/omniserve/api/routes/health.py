@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from omniserve.api.routes.common import get_client
-from omniserve.runtime.client import Client
 
 router = APIRouter()
 
@@ -39,24 +37,4 @@ async def load(request: Request) -> dict:
     "content": {"text/plain": {"schema": {"type": "string", "description": "Prometheus text exposition format"}}},
     "description": "Prometheus metrics"}})
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
-
-
-class RuntimeCollector:
-    """Reads the coordinator's state at scrape time; nothing to keep in sync."""
-
-    def __init__(self, client: Client):
-        self.client = client
-
-    def collect(self):
-        c = self.client.coordinator
-        yield GaugeMetricFamily("omniserve_num_running_requests", "Requests admitted and running", value=c.num_running)
-        yield GaugeMetricFamily("omniserve_num_queued_requests", "Requests waiting for a slot", value=c.num_queued)
-        yield GaugeMetricFamily("omniserve_healthy", "1 when every stage is up", value=int(c.healthy()))
-        yield CounterMetricFamily("omniserve_worker_crashes", "Stage worker processes that died", value=c.crashes)
-
-
-def metrics_registry(client: Client) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(RuntimeCollector(client))
-    return registry
+    return Response(generate_latest(get_client(request).metrics_registry()), media_type=CONTENT_TYPE_LATEST)

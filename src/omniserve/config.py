@@ -107,6 +107,8 @@ class StageConfig(_Strict):
     # admission for this stage alone (None: --max-running-requests / --max-queued-requests)
     max_running_requests: int | None = Field(None, ge=1)
     max_queued_requests: int | None = Field(None, ge=0)
+    # seconds its worker may spend in one step before it counts as stuck (None: --stall-timeout; 0: never)
+    stall_timeout: float | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _check_executor_args(self) -> StageConfig:

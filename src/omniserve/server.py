@@ -13,6 +13,7 @@ import uvicorn
 
 from omniserve import __version__
 from omniserve.api.app import create_app
+from omniserve.api.protocol.grammar import build as build_grammar
 from omniserve.config import PipelineConfig, ServerArgs
 from omniserve.errors import ConfigError
 from omniserve.jobs.runner import VideoRunner
@@ -24,6 +25,7 @@ from omniserve.models.registry import speech_models, vision_model
 from omniserve.models.speech import ASR_OPENAI_NAMES, TTS_OPENAI_NAMES
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.coordinator import Coordinator
+from omniserve.runtime.grammar import GrammarBuilder
 from omniserve.runtime.launcher import StageLoadError
 
 log = logging.getLogger(__name__)
@@ -84,12 +86,13 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
         raise ConfigError(str(exc)) from None
     try:
         served = served_models(settings, pipeline, coordinator)
-        client = Client(coordinator, served, served[0].root)
+        llm = next((m for m in served if m.kind == "chat" and m.info.get("n_vocab")), None)
+        grammars = GrammarBuilder(build_grammar, llm.root, settings.grammar_timeout) if llm else None
+        client = Client(coordinator, served, served[0].root, grammars)
         store = JobStore(settings.data_dir / "jobs.sqlite3")
         video_runner = VideoRunner(store, client, settings.data_dir / "videos")
         video_runner.start()
-        app = create_app(settings, client, video_runner)
-        config = uvicorn.Config(app, host=settings.host, port=settings.port,
+        config = uvicorn.Config(create_app(settings, client, video_runner), host=settings.host, port=settings.port,
                                 log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
         log.info("omniserve %s serving %s on http://%s:%d (pid %d)", __version__, [m.id for m in served],
                  settings.host, settings.port, os.getpid())
@@ -97,7 +100,7 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
             await uvicorn.Server(config).serve()
         finally:
             await video_runner.stop()
-            app.state.grammars.close()
+            client.close()
             store.close()
     finally:
         await coordinator.shutdown()

@@ -122,3 +122,10 @@ def test_speech_stream_true_is_sglang_omnis_event_stream(http):
         rate, seconds, _ = decode(base64.b64decode(c["audio"]["data"]))  # each chunk is a whole file
         assert rate == 22050 and seconds > 0.2
     assert last["audio"] is None and last["finish_reason"] == "stop" and last["usage"]["input_tokens"] == 16
+
+
+def test_n_is_set_at_the_top_level_only(http):
+    """Every stage answers the request's n choices (the talker speaks each): a stage cannot change it."""
+    r = http.post("/v1/chat/completions", json={"messages": MSG, "modalities": ["text", "audio"],
+                                                "stage_sampling": {"thinker": {"n": 3}}})
+    assert_envelope(r, 400, "stage_sampling.thinker.n", "top level")

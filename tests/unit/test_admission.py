@@ -44,20 +44,18 @@ def test_a_busy_stage_does_not_hold_up_another():
 
 
 def test_waiters_hold_no_slots():
-    """A two-stage request waiting for the thinker holds no talker slot meanwhile."""
+    """A two-stage request waiting for the thinker holds no talker slot meanwhile: only a claim on one,
+    which leaves the rest of the talker's slots to others."""
     async def main():
-        a = admission()
+        a = Admission({"thinker": StageLimits(1, 5), "talker": StageLimits(2, 5)})
         await a.acquire(ROUTE_T)
         both = asyncio.ensure_future(a.acquire(ROUTE_TS))
         await settle()
         assert a.running("talker") == 0
         await asyncio.wait_for(a.acquire(ROUTE_S), 1)
         a.release(ROUTE_T)
-        await settle()
-        assert not both.done()  # the talker is busy now
-        a.release(ROUTE_S)
         await asyncio.wait_for(both, 1)
-        assert (a.running("thinker"), a.running("talker")) == (1, 1)
+        assert (a.running("thinker"), a.running("talker")) == (1, 2)
 
     run(main())
 
@@ -131,5 +129,45 @@ def test_line_order_is_kept_for_one_stage():
             await settle()
         await asyncio.gather(*tasks)
         assert order == [0, 1, 2, 3]
+
+    run(main())
+
+
+def test_a_two_stage_waiter_is_not_starved_by_one_stage_traffic():
+    """Whenever the talker frees, a talker-only request could take it before the thinker frees; the
+    earlier two-stage waiter's claim keeps the talker slot for it."""
+    async def main():
+        a = admission(queued=100)
+        await a.acquire(ROUTE_T)
+        await a.acquire(ROUTE_S)
+        both = asyncio.ensure_future(a.acquire(ROUTE_TS))
+        await settle()
+        a.release(ROUTE_S)
+        later = [asyncio.ensure_future(a.acquire(ROUTE_S)) for _ in range(5)]
+        await settle()
+        assert not any(t.done() for t in later), "a later talker request took the slot the waiter claims"
+        a.release(ROUTE_T)
+        await asyncio.wait_for(both, 1)
+        assert (a.running("thinker"), a.running("talker")) == (1, 1)
+        for t in later:
+            t.cancel()
+
+    run(main())
+
+
+def test_spare_capacity_is_not_held_for_a_waiter_blocked_elsewhere():
+    async def main():
+        a = Admission({"thinker": StageLimits(1, 5), "talker": StageLimits(3, 5)})
+        await a.acquire(ROUTE_T)
+        both = asyncio.ensure_future(a.acquire(ROUTE_TS))  # waits for the thinker, claims one talker slot
+        await settle()
+        await asyncio.wait_for(a.acquire(ROUTE_S), 1)  # two talker slots are left beside the claim
+        await asyncio.wait_for(a.acquire(ROUTE_S), 1)
+        late = asyncio.ensure_future(a.acquire(ROUTE_S))
+        await settle()
+        assert not late.done()  # the last one is claimed
+        a.release(ROUTE_T)
+        await asyncio.wait_for(both, 1)
+        late.cancel()
 
     run(main())

@@ -9,7 +9,6 @@ from fastapi import FastAPI
 from omniserve import __version__
 from omniserve.api.errors import install_error_handlers
 from omniserve.api import openapi
-from omniserve.api.grammar import GrammarBuilder
 from omniserve.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from omniserve.api.routes import (
     audio,
@@ -33,9 +32,6 @@ def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner |
     app.state.client = client
     app.state.videos = video_runner
     app.state.settings = settings
-    llm = client.model(None, "chat")
-    app.state.grammars = GrammarBuilder(llm.root if llm and llm.info.get("n_vocab") else None,
-                                        settings.grammar_timeout)
     install_error_handlers(app)
     openapi.install(app)
     for router in (chat.router, completions.router, embeddings.router, audio.router, images.router, videos.router,

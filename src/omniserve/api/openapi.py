@@ -21,8 +21,7 @@ from pydantic.json_schema import models_json_schema
 
 from omniserve.api.protocol import audio, chat, completions, embeddings, images, models, videos
 from omniserve.api.protocol.common import ErrorResponse
-from omniserve.api.routes.diffusion_lora import LoraNameRequest, SetLoraRequest
-from omniserve.api.routes.lora import LoadLoraRequest, UnloadLoraRequest
+from omniserve.api.protocol.lora import LoadLoraRequest, LoraNameRequest, SetLoraRequest, UnloadLoraRequest
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -78,16 +77,26 @@ OPERATIONS = (
 
 
 def methods_for(app: FastAPI, path: str) -> list[str]:
-    """The methods the spec gives `path` (what a 405's `Allow` lists); a path written out wins over
-    templates it also fits (`/v1/videos/sync` over `/v1/videos/{video_id}`)."""
+    """The methods the spec gives `path` (what a 405's `Allow` lists): a path written out wins over
+    templates it also fits (`/v1/videos/sync` over `/v1/videos/{video_id}`); a parameter spans one
+    path segment, or, failing that, a last one the rest (a model id may hold a slash)."""
     paths = app.openapi()["paths"]
     if path in paths:
         return sorted(method.upper() for method in paths[path])
-    found = set()
-    for template, operations in paths.items():
-        if re.fullmatch(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)), path):
-            found |= {method.upper() for method in operations}
-    return sorted(found)
+    for rest in (False, True):
+        found = {method.upper() for template, operations in paths.items() if _pattern(template, rest).fullmatch(path)
+                 for method in operations}
+        if found:
+            return sorted(found)
+    return []
+
+
+def _pattern(template: str, rest: bool) -> re.Pattern[str]:
+    parts = re.split(r"\{[^}]+\}", template)
+    params = ["[^/]+"] * (len(parts) - 1)
+    if rest and params and not parts[-1]:
+        params[-1] = ".+"
+    return re.compile("".join(re.escape(part) + param for part, param in zip(parts, params + [""], strict=True)))
 
 
 def install(app: FastAPI) -> None:
@@ -153,7 +162,7 @@ def _media(kind: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _spec_path(spec: dict[str, Any], path: str) -> str:
-    """The spec's key for `path` (FastAPI writes `{model_id:path}` as `{model_id}`)."""
+    """`path` itself, checked to be a route (the table must not drift from the routes)."""
     if path not in spec["paths"]:
         raise KeyError(f"the OpenAPI table names {path}, which no route serves")
     return path

@@ -137,9 +137,12 @@ class PiperExecutor:
         if job is None:
             return []
         out = []
-        for o in outputs:  # a choice's finish_reason (or the request's done) means no more text for it
-            if o.index < len(job.voices) and job.request_id in self._jobs:
+        for o in outputs:  # a choice's finish_reason means no more text for it
+            if o.index < len(job.voices):
                 out += self._take_text(job, o.index, o.text, final=o.finish_reason is not None or o.done)
+            if o.done:  # the request is over upstream: so is every choice's text
+                for voice in job.voices:
+                    out += self._take_text(job, voice.index, "", final=True)
         return out
 
     def abort(self, request_id: str) -> None:
@@ -167,7 +170,7 @@ class PiperExecutor:
 
     def _take_text(self, job: _Job, index: int, text: str, final: bool) -> list[OmniOutput]:
         voice = job.voices[index]
-        if voice.finished:
+        if voice.finished or job.request_id not in self._jobs:
             return []
         sentences, voice.buffer = split_sentences(voice.buffer + text.translate(_UNSPOKEN), final)
         voice.text_done = voice.text_done or final

@@ -7,9 +7,14 @@ Each stage lets `max_running` requests in and `max_queued` wait; past that a
 request for it is refused at once (503). A request only ever waits for the
 stages on its own route, so a busy thinker does not hold up embeddings.
 
-When slots free up, the line is scanned in arrival order and every waiter
-whose stages all have room goes in. A stage that is restarting is paused:
-its waiters stay in line until it is back.
+When slots free up, the line is scanned in arrival order: a waiter whose
+stages all have room goes in; one that does not fit keeps a claim on a slot
+of each of its stages, so a later waiter only takes what is left after the
+earlier ones' claims. Per stage, the line is first come, first served, and a
+request that needs two stages is not starved by a stream of requests for
+one of them; yet a later request for a stage with room to spare does not
+wait behind an earlier one held up by another stage. A stage that is
+restarting is paused: its waiters stay in line until it is back.
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ class Admission:
         return sum(1 for w in self._line if stage is None or stage in w.stages)
 
     async def acquire(self, stages: frozenset[str]) -> None:
-        """Take a slot on each of `stages`, waiting in line if one is full."""
-        if self._fits(stages):
+        """Take a slot on each of `stages`, waiting in line if one is full (or claimed)."""
+        if not self._line and self._fits(stages):
             self._take(stages)
             return
         full = next((s for s in sorted(stages) if self.queued(s) >= self.limits[s].max_queued), None)
@@ -59,6 +64,7 @@ class Admission:
                              f"{self.queued(full)} queued); retry later")
         waiter = _Waiter(stages)
         self._line.append(waiter)
+        self._wake()  # the line may let it in at once
         try:
             result = await waiter.future
         except BaseException:
@@ -72,6 +78,7 @@ class Admission:
 
     def release(self, stages: frozenset[str] | set[str]) -> None:
         for stage in stages:
+            assert self._running[stage] > 0, f"stage {stage!r} released more slots than it gave"
             self._running[stage] -= 1
         self._wake()
 
@@ -97,10 +104,15 @@ class Admission:
             self._running[stage] += 1
 
     def _wake(self) -> None:
+        free = {s: limits.max_running - self._running[s] for s, limits in self.limits.items()}
         for waiter in list(self._line):
             if waiter.future.done():  # cancelled while waiting
                 self._line.remove(waiter)
-            elif self._fits(waiter.stages):
+                continue
+            fits = all(s not in self._paused and free[s] > 0 for s in waiter.stages)
+            for stage in waiter.stages:  # taken, or claimed for when it fits
+                free[stage] -= 1
+            if fits:
                 self._line.remove(waiter)
                 self._take(waiter.stages)
                 waiter.future.set_result(None)

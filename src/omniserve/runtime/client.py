@@ -15,7 +15,9 @@ from typing import Any, Literal
 from prometheus_client import CollectorRegistry
 
 from omniserve import __version__
+from omniserve.errors import InvalidRequest
 from omniserve.runtime.coordinator import Coordinator
+from omniserve.runtime.grammar import GrammarBuilder
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 
@@ -41,8 +43,10 @@ class ServedModel:
 
 
 class Client:
-    def __init__(self, coordinator: Coordinator, served_models: list[ServedModel], model_path: str):
+    def __init__(self, coordinator: Coordinator, served_models: list[ServedModel], model_path: str,
+                 grammars: GrammarBuilder | None = None):
         self.coordinator = coordinator
+        self.grammars = grammars
         self.served_models = served_models
         self.model_path = model_path
         # metrics say which model each stage runs
@@ -53,6 +57,18 @@ class Client:
 
     def generate(self, request: OmniRequest) -> AsyncIterator[OmniOutput]:
         return self.coordinator.generate(request)
+
+    async def build_grammar(self, spec: Any) -> str | None:
+        """The GBNF a request's output must follow (None: free text), built out of this process."""
+        if spec is None:
+            return None
+        if self.grammars is None:
+            raise InvalidRequest(f"{spec.param}: this server's chat model takes no output grammar", param=spec.param)
+        return await self.grammars.build(spec)
+
+    def close(self) -> None:
+        if self.grammars is not None:
+            self.grammars.close()
 
     def abort(self, request_id: str) -> None:
         self.coordinator.abort(request_id)

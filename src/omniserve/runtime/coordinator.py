@@ -92,7 +92,7 @@ class Coordinator:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
-        if self.stall_timeout > 0:
+        if any(self._stall_timeout(s.name) for s in self.pipeline.stages):
             self._spawn(self._watchdog())
         log.info("stages ready: %s", ", ".join(f"{name} (pid {h.pid})" for name, h in self.workers.items()))
 
@@ -285,15 +285,25 @@ class Coordinator:
 
     # ---- crashes and hangs ---------------------------------------------------------
 
+    def _stall_timeout(self, stage: str) -> float:
+        own = self.pipeline.stage(stage).stall_timeout
+        return self.stall_timeout if own is None else own
+
     async def _watchdog(self) -> None:
-        """Kill a worker whose loop has not turned for `stall_timeout` s; the pipe closing
-        then restarts it like any crash."""
+        """Kill a worker whose loop has not turned for its stall timeout; the pipe closing then
+        restarts it like any crash. A round the event loop itself was late for is skipped: the
+        workers' messages were late to be read, not late to be sent."""
+        last = time.monotonic()
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             now = time.monotonic()
+            late, last = now - last > 5 * WATCHDOG_INTERVAL_S, now
+            if late:
+                continue
             for stage, handle in list(self.workers.items()):
                 silent = now - self._last_seen.get(stage, now)
-                if silent > self.stall_timeout and handle.stalled is None:
+                timeout = self._stall_timeout(stage)
+                if timeout and silent > timeout and handle.stalled is None:
                     log.error("stage %s worker (pid %d) sent nothing for %.0f s; killing it", stage, handle.pid,
                               silent)
                     handle.stalled = f"it made no progress for {silent:.0f} s"

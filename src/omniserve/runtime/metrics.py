@@ -34,7 +34,7 @@ class RequestClock:
 
     arrived: float = field(default_factory=time.monotonic)
     admitted: float | None = None
-    first: set[str] = field(default_factory=set)  # stages whose first token or audio went out
+    first: set[tuple[str, str]] = field(default_factory=set)  # (stage, "token" or "audio") already out
     last_token: dict[tuple[str, int], float] = field(default_factory=dict)  # (stage, choice) -> when
     audio_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -94,16 +94,16 @@ class StageMetrics:
         if out.started and out.prompt_tokens:
             self.prompt_tokens.labels(*on).inc(out.prompt_tokens)
         if out.token_ids:
-            if stage not in clock.first:
-                clock.first.add(stage)
+            if (stage, "token") not in clock.first:
+                clock.first.add((stage, "token"))
                 self.ttft.labels(*on).observe(now - clock.arrived)
             last = clock.last_token.get((stage, out.index))
             if last is not None:
                 self.itl.labels(*on).observe((now - last) / len(out.token_ids))
             clock.last_token[(stage, out.index)] = now
         if out.audio and out.sample_rate:
-            if stage not in clock.first:
-                clock.first.add(stage)
+            if (stage, "audio") not in clock.first:
+                clock.first.add((stage, "audio"))
                 self.ttfa.labels(*on).observe(now - clock.arrived)
             clock.audio_seconds[stage] = clock.audio_seconds.get(stage, 0.0) + len(out.audio) / 2 / out.sample_rate
         if out.finish_reason:
@@ -125,7 +125,8 @@ class StageMetrics:
     def steps(self, stage: str, batch_sizes: Iterable[int]) -> None:
         histogram = self.batch.labels(*self._on(stage))
         for size in batch_sizes:
-            histogram.observe(size)
+            if size:  # a step that only waited for others (an image block, a turn with nothing ready)
+                histogram.observe(size)
 
     def restarted(self, stage: str) -> None:
         self.restarts.labels(*self._on(stage)).inc()

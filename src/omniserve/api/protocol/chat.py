@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from omniserve.api.protocol.common import SamplingFields, Usage, validate_fields
-from omniserve.api.protocol.structured import GrammarSpec
+from omniserve.api.protocol.structured import GrammarSpec, check_choice
 from omniserve.api.protocol.tools import Tool, forced_names, native_messages, plain_messages
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.types import OmniRequest
@@ -134,6 +134,9 @@ class ChatCompletionRequest(SamplingFields):
         """The sampling fields for an LLM `stage`: its `stage_sampling` laid over the top-level ones."""
         if not overrides:
             return self
+        if "n" in overrides:
+            raise InvalidRequest(f"stage_sampling.{stage}.n: set n at the top level (every stage answers n choices)",
+                                 param=f"stage_sampling.{stage}.n")
         base = self.model_dump(include=set(SamplingFields.model_fields), exclude_none=True)
         return validate_fields({**base, **overrides}, SamplingFields, prefix=f"stage_sampling.{stage}", strict=True)
 
@@ -146,8 +149,10 @@ class ChatCompletionRequest(SamplingFields):
         if not tools:
             return spec
         forced = forced_names(self.tools, self.tool_choice)
-        return replace(spec or GrammarSpec(), tools=tuple(t.model_dump(exclude_none=True) for t in tools),
+        spec = replace(spec or GrammarSpec(), tools=tuple(t.model_dump(exclude_none=True) for t in tools),
                        forced=tuple(forced) if forced else None, parallel=self.parallel_tool_calls)
+        check_choice(spec)
+        return spec
 
     def to_omni_request(self, request_id: str, media: dict[str, list[dict[str, Any]]] | None = None,
                         stage: str = "thinker", overrides: dict[str, Any] | None = None,

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from omniserve.api.protocol.structured import GrammarSpec
+from omniserve.api.protocol.structured import GrammarSpec, check_choice
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.types import SamplingParams
 
@@ -125,6 +125,7 @@ class SamplingFields(BaseModel):
     def grammar_spec(self) -> GrammarSpec | None:
         """What the output grammar is built from (`api/grammar.py` builds it), or None for free text."""
         spec = GrammarSpec(self.response_format, self.regex, self.ebnf)
+        check_choice(spec)
         return spec if spec.given else None
 
     @property

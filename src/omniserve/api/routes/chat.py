@@ -140,11 +140,12 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
         if name not in stages:
             raise InvalidRequest(f"stage_sampling: unknown stage {name!r}; this pipeline's stages are "
                                  f"{', '.join(stages)}", param="stage_sampling")
+    # the grammar first: a bad one is a 400 before any media is fetched
+    grammar = await client.build_grammar(body.answer_grammar_spec(served.stage, per_stage.get(served.stage)))
     placeholders, audios, images = await _load_media(request, body, refs, with_video_audio=asr is not None)
     omni = body.to_omni_request(request_id, placeholders, served.stage, per_stage.get(served.stage),
                                 served.info.get("template_tools", False))
-    omni.sampling[served.stage].grammar = await request.app.state.grammars.build(
-        body.answer_grammar_spec(served.stage, per_stage.get(served.stage)))
+    omni.sampling[served.stage].grammar = grammar
     omni.audios, omni.images = audios, images
     upstream = [m for m, items in ((asr, audios), (vision, images)) if items]
     omni.route = [served.stage] + [m.stage for m in upstream + [talker] if m is not None]

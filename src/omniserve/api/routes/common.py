@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 
@@ -29,6 +29,9 @@ class Head:
     def __call__(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "system_fingerprint": self.system_fingerprint}
+
+
+T = TypeVar("T")
 
 
 def get_client(request: Request) -> Client:
@@ -102,7 +105,13 @@ async def _first(client: Client, request: OmniRequest) -> tuple[OmniOutput, Asyn
 
 async def _first_of_all(client: Client, requests: list[OmniRequest]
                         ) -> list[tuple[OmniOutput, AsyncIterator[OmniOutput]]]:
-    tasks = [asyncio.ensure_future(_first(client, r)) for r in requests]
+    return await together([_first(client, r) for r in requests], undo=lambda started: started[1].aclose())
+
+
+async def together(coros: list[Awaitable[T]], undo: Callable[[T], Awaitable[Any]] | None = None) -> list[T]:
+    """Run `coros` at once. If one fails (or the caller leaves), cancel the others, which aborts their
+    requests, `undo` those that had finished, and raise."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:
@@ -110,8 +119,8 @@ async def _first_of_all(client: Client, requests: list[OmniRequest]
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for task in tasks:
-            if not task.cancelled() and task.exception() is None:
-                await task.result()[1].aclose()
+            if undo is not None and not task.cancelled() and task.exception() is None:
+                await undo(task.result())
         raise
 
 

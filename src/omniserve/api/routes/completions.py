@@ -38,7 +38,7 @@ async def create_completion(request: Request):
     served, adapter = resolve_chat_model(client, body.model, body.lora_path)
     head = Head(new_id("cmpl"), f"{served.id}:{adapter}" if adapter else served.id, served.fingerprint)
     requests = body.to_omni_requests(head.id, served.stage)
-    grammar = await request.app.state.grammars.build(body.grammar_spec())
+    grammar = await client.build_grammar(body.grammar_spec())
     for omni in requests:
         omni.sampling[served.stage].lora = adapter
         omni.sampling[served.stage].grammar = grammar

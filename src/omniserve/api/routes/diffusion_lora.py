@@ -12,9 +12,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
-
 from omniserve.api.protocol.common import parse_body
+from omniserve.api.protocol.lora import LoraNameRequest, SetLoraRequest
 from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect
 from omniserve.api.routes.lora import adapter_file
 from omniserve.errors import InvalidRequest
@@ -23,22 +22,6 @@ from omniserve.runtime.types import OmniRequest
 
 router = APIRouter()
 DENOISER_TARGETS = ("all", "unet", "transformer", "denoiser")
-
-
-class SetLoraRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    lora_nickname: str | list[str]
-    lora_path: str | list[str] | None = None
-    target: str | list[str] = "all"
-    strength: float | list[float] = 1.0
-
-
-class LoraNameRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
 
 
 def _listed(value: Any, count: int, field: str) -> list[Any]:

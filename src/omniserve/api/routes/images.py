@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 from omniserve.api.media import decode_uploaded_image, load_image
 from omniserve.api.protocol.common import parse_body, validate_fields
 from omniserve.api.protocol.images import MAX_EDIT_IMAGES, ImageEditRequest, ImageGenerationRequest
-from omniserve.api.routes.common import get_client, new_id, now, resolve_model, start, until_disconnect
+from omniserve.api.routes.common import get_client, new_id, now, resolve_model, start, together, until_disconnect
 from omniserve.errors import InvalidRequest, NotFound
 from omniserve.media.image_out import ImageStore, encode_image, encoding_quality
 from omniserve.runtime.client import ServedModel
@@ -111,10 +111,10 @@ async def edit_images(request: Request):
             raise InvalidRequest(f"mask: the mask is {mask.shape[1]}x{mask.shape[0]} but image {i} is "
                                  f"{image.shape[1]}x{image.shape[0]}; they must be the same size", param="mask")
     custom_size = body.dimensions() if body.size or body.width or body.height else None
-    results = await asyncio.gather(*(
+    results = await together([
         generate(request, model, body, custom_size or (image.shape[1], image.shape[0]),
                  [image] + ([mask] if mask is not None else []), edit=True, mask=mask is not None)
-        for image in images))
+        for image in images])
     return await images_response(request, body, [out for outputs in results for out in outputs])
 
 

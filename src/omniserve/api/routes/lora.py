@@ -7,28 +7,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
-
 from omniserve.api.protocol.common import parse_body
+from omniserve.api.protocol.lora import LoadLoraRequest, UnloadLoraRequest
 from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect
 from omniserve.errors import InvalidRequest
 from omniserve.media.inputs import inside
 from omniserve.runtime.types import OmniRequest
 
 router = APIRouter()
-
-
-class LoadLoraRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    lora_name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    lora_path: str
-
-
-class UnloadLoraRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    lora_name: str
 
 
 def adapter_file(request: Request, path: str) -> str:

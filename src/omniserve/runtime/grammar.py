@@ -2,11 +2,13 @@
 
 A short regex can expand into an automaton of millions of states, a JSON Schema can nest past
 Python's recursion limit, and a GBNF grammar can crash llama.cpp's parser (a stack overflow on
-deep nesting) or its sampler (a rule that leaves no token to choose). So a `GrammarSpec` is
-turned into GBNF in a helper process, which then parses it with llama.cpp itself, on the served
-model's vocabulary, and checks that the grammar allows a first token. A helper gets
-`timeout` seconds a grammar; one that runs over is killed and one that crashes is replaced,
-and the request gets a 400 either way. The event loop only waits.
+deep nesting) or its sampler (a rule that leaves no token to choose). So a grammar is made
+(by the `make` function the server gives, from the request's spec) in a helper process, which
+then parses it with llama.cpp itself, on the served model's vocabulary, and checks that the
+grammar allows a first token. A helper gets `timeout` seconds a grammar; one that runs over is
+killed and one that crashes is replaced, and the request gets a 400 either way. The event loop
+only waits. Outcomes are kept for the last `CACHE_SIZE` specs, refusals too, so a client that
+sends the same grammar again (good or bad) costs nothing.
 """
 
 from __future__ import annotations
@@ -18,54 +20,85 @@ import logging
 import multiprocessing as mp
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
-from omniserve.api.protocol.structured import GrammarSpec, check_choice, grammar_for
-from omniserve.errors import InvalidRequest, OmniError
+from omniserve.errors import InvalidRequest, OmniError, Unavailable
 
 log = logging.getLogger(__name__)
 
 _CTX = mp.get_context("spawn")
-CACHE_SIZE = 256  # clients tend to send the same schema again and again
+CACHE_SIZE = 256
+Outcome = str | None | OmniError
 
 
 class GrammarBuilder:
-    """The server's side: up to `helpers` grammars are built at once, each in its own process."""
+    """The server's side: up to `helpers` grammars are built at once, each in its own process.
+    `make(spec)` turns a spec (a frozen dataclass with a `param`) into GBNF; it must be importable."""
 
-    def __init__(self, vocab_path: str | None, timeout: float, helpers: int = 2):
+    def __init__(self, make: Callable[[Any], str | None], vocab_path: str | None, timeout: float, helpers: int = 2):
+        self.make = make
         self.vocab_path = vocab_path  # a GGUF to read the vocabulary from (None: skip llama.cpp's check)
         self.timeout = timeout
         self._idle: list[_Helper] = []
         self._slots = asyncio.Semaphore(helpers)
-        self._built: OrderedDict[str, str | None] = OrderedDict()  # the last CACHE_SIZE specs that built
+        self._outcomes: OrderedDict[str, Outcome] = OrderedDict()
+        self._pending: dict[str, asyncio.Task] = {}  # builds under way, which the same spec joins
 
-    async def build(self, spec: GrammarSpec | None) -> str | None:
+    async def build(self, spec: Any) -> str | None:
         """The GBNF for `spec` (None for free text), or an InvalidRequest naming the parameter."""
         if spec is None:
             return None
-        check_choice(spec)
         key = json.dumps(asdict(spec), sort_keys=True, default=str)
-        if key in self._built:
-            self._built.move_to_end(key)
-            return self._built[key]
+        if key in self._outcomes:
+            self._outcomes.move_to_end(key)
+            outcome = self._outcomes[key]
+        else:
+            if key not in self._pending:
+                self._pending[key] = asyncio.ensure_future(self._build_and_keep(key, spec))
+            # shielded: a client that leaves does not cut a build short and strand its helper
+            outcome = await asyncio.shield(self._pending[key])
+        if isinstance(outcome, OmniError):
+            raise outcome
+        return outcome
+
+    async def _build_and_keep(self, key: str, spec: Any) -> Outcome:
+        try:
+            outcome = await self._build(spec)
+        finally:
+            del self._pending[key]
+        if not isinstance(outcome, Unavailable):
+            self._outcomes[key] = outcome
+            if len(self._outcomes) > CACHE_SIZE:
+                self._outcomes.popitem(last=False)
+        return outcome
+
+    async def _build(self, spec: Any) -> Outcome:
         async with self._slots:
-            helper = self._idle.pop() if self._idle else await asyncio.to_thread(_Helper, self.vocab_path)
-            try:
-                reply = await asyncio.to_thread(helper.run, spec, self.timeout)
-            except BaseException:
-                helper.kill()  # timed out, crashed, or our caller left: its state is unknown
-                raise
-            self._idle.append(helper)
-        if isinstance(reply, OmniError):
-            raise reply
-        self._built[key] = reply
-        if len(self._built) > CACHE_SIZE:
-            self._built.popitem(last=False)
-        return reply
+            for attempt in (1, 2):  # an idle helper may have died since it was last used: then a new one
+                reused = bool(self._idle)
+                try:
+                    helper = self._idle.pop() if reused else await asyncio.to_thread(_Helper, self.make,
+                                                                                      self.vocab_path)
+                except OSError as exc:
+                    return Unavailable(f"the grammar helper process could not start ({exc}); retry later")
+                try:
+                    outcome = await asyncio.to_thread(helper.run, spec, self.timeout)
+                except _Gone:
+                    helper.kill()
+                    if reused and attempt == 1:
+                        continue
+                    return Unavailable("the grammar helper process is gone; retry later")
+                if isinstance(outcome, _Failed):  # stuck or crashed on this grammar: never use it again
+                    helper.kill()
+                    return outcome.error
+                self._idle.append(helper)
+                return outcome
+        return Unavailable("the grammar helper process is gone; retry later")
 
     def close(self) -> None:
         for helper in self._idle:
@@ -73,29 +106,45 @@ class GrammarBuilder:
         self._idle.clear()
 
 
+class _Gone(Exception):
+    """The helper was dead before it got the grammar."""
+
+
+class _Failed:
+    """The helper ran over its time or crashed on this grammar."""
+
+    def __init__(self, error: InvalidRequest):
+        self.error = error
+
+
 class _Helper:
     """One helper process and its pipe."""
 
-    def __init__(self, vocab_path: str | None):
+    def __init__(self, make: Callable[[Any], str | None], vocab_path: str | None):
         self.conn, child = _CTX.Pipe()
-        self.process = _CTX.Process(target=_serve, args=(child, vocab_path), name="omniserve-grammar", daemon=True)
+        self.process = _CTX.Process(target=_serve, args=(child, make, vocab_path), name="omniserve-grammar",
+                                    daemon=True)
         self.process.start()
         child.close()
         if not self.conn.poll(60) or self.conn.recv() != "ready":
             self.kill()
-            raise OmniError("the grammar helper process did not start")
+            raise OSError("it did not say it was ready")
 
-    def run(self, spec: GrammarSpec, timeout: float) -> str | None | OmniError:
+    def run(self, spec: Any, timeout: float) -> str | None | OmniError | _Failed:
         started = time.monotonic()
-        self.conn.send(spec)
+        try:
+            self.conn.send(spec)
+        except OSError:
+            raise _Gone() from None
         if not self.conn.poll(timeout):
-            raise InvalidRequest(f"{spec.param}: building the output grammar took longer than {timeout:g} s; "
-                                 "simplify it (long bounded repeats and deep nesting grow it fast)", param=spec.param)
+            return _Failed(InvalidRequest(f"{spec.param}: building the output grammar took longer than {timeout:g} s; "
+                                          "simplify it (long bounded repeats and deep nesting grow it fast)",
+                                          param=spec.param))
         try:
             kind, value = self.conn.recv()
         except (EOFError, OSError):
-            raise InvalidRequest(f"{spec.param}: the grammar engine crashed on this grammar; simplify it",
-                                 param=spec.param) from None
+            return _Failed(InvalidRequest(f"{spec.param}: the grammar engine crashed on this grammar; simplify it",
+                                          param=spec.param))
         log.debug("grammar for %s built in %.3f s", spec.param, time.monotonic() - started)
         return OmniError.from_wire(value) if kind == "error" else value
 
@@ -108,7 +157,7 @@ class _Helper:
 
 # ---- the helper process ---------------------------------------------------------------------
 
-def _serve(conn: Connection, vocab_path: str | None) -> None:
+def _serve(conn: Connection, make: Callable[[Any], str | None], vocab_path: str | None) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl+C is not ours to act on
@@ -120,7 +169,7 @@ def _serve(conn: Connection, vocab_path: str | None) -> None:
         except (EOFError, OSError):
             return
         try:
-            grammar = build(spec)
+            grammar = make(spec)
             if grammar is not None and checker is not None:
                 checker.check(grammar, spec.param)
             reply: tuple[str, Any] = ("ok", grammar)
@@ -136,18 +185,6 @@ def _serve(conn: Connection, vocab_path: str | None) -> None:
             conn.send(reply)
         except (BrokenPipeError, OSError):
             return
-
-
-def build(spec: GrammarSpec) -> str | None:
-    """GBNF for `spec`: a forced tool call, or the response format, regex or ebnf given."""
-    from omniserve.api.protocol.tools import Tool, call_grammar
-
-    tools = [Tool.model_validate(t) for t in spec.tools]
-    if spec.forced:
-        return call_grammar(tools, list(spec.forced), spec.parallel)
-    if tools:  # the parameter schemas are checked even when the model may answer in text
-        call_grammar(tools, [t.function.name for t in tools], False)
-    return grammar_for(spec.response_format, spec.regex, spec.ebnf)
 
 
 class _LlamaCheck:

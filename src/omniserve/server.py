@@ -42,7 +42,7 @@ def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: C
     """The ids /v1/models lists: the chat model(s), then one per speech and vision stage."""
     created = int(time.time())
     asr, tts = speech_models(settings)
-    vision = vision_model(settings)
+    vision = vision_model(settings, make=False)
     image = resolve_image_model(settings.image_model)
     out = []
     for stage in pipeline.stages:

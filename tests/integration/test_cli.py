@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -11,8 +13,11 @@ from tests.conftest import run_server
 
 
 def omniserve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "omniserve", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    """The CLI as on a fresh machine: an empty home (no ~/.cache), no OMNISERVE_* settings."""
+    with tempfile.TemporaryDirectory() as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")} | {"HOME": home}
+        return subprocess.run([sys.executable, "-m", "omniserve", *args], capture_output=True, text=True,
+                              timeout=timeout, env=env)
 
 
 def test_help_documents_every_flag():

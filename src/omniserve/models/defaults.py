@@ -31,6 +31,10 @@ class PackagedFile:
     def materialize(self, data_dir: Path) -> Path:
         return self.path()
 
+    def target(self, data_dir: Path) -> Path:
+        """Where the file is (nothing to make)."""
+        return self.path()
+
     def path(self) -> Path:
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
@@ -49,8 +53,12 @@ class SplitPackages:
     pip_specs: tuple[str, ...]
     filename: str
 
+    def target(self, data_dir: Path) -> Path:
+        """Where the assembled file is, or will be."""
+        return data_dir / "models" / self.filename
+
     def materialize(self, data_dir: Path) -> Path:
-        target = data_dir / "models" / self.filename
+        target = self.target(data_dir)
         if target.exists():
             return target
         parts = []

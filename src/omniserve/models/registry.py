@@ -15,12 +15,13 @@ from omniserve.models.speech import SpeechModel, resolve_asr, resolve_tts
 from omniserve.models.vision import VisionModel, resolve_vision
 
 
-def resolve_model_path(model_path: str | None, data_dir: Path) -> tuple[str, str]:
-    """Return (alias or path as given, absolute GGUF path). Raises ConfigError."""
+def resolve_model_path(model_path: str | None, data_dir: Path, make: bool = True) -> tuple[str, str]:
+    """Return (alias or path as given, absolute GGUF path). Raises ConfigError. `make`: assemble an
+    alias split across packages now (else only say where it will be)."""
     name = model_path or DEFAULT_ALIAS
     alias = ALIASES.get(name.lower())
     if alias is not None:
-        return name, str(alias.materialize(data_dir))
+        return name, str(alias.materialize(data_dir) if make else alias.target(data_dir))
     path = Path(name).expanduser()
     if path.is_dir():
         ggufs = sorted(p for p in path.glob("*.gguf") if "mmproj" not in p.name.lower())
@@ -43,14 +44,18 @@ def build_pipeline(settings):
     from omniserve.config import load_yaml, validate_pipeline
     from omniserve.models.llm import omni_pipeline
 
-    # What only reads flags and small files comes first, so that a bad command line fails before
-    # any model is assembled or converted (which logs, and takes time).
+    # Everything is checked, the YAML overrides too, before any model is assembled or converted (which
+    # logs, and takes time): a bad command line fails first, with one line.
     image = resolve_image_model(settings.image_model)
     overrides = load_yaml(settings.config) if settings.config is not None else None
-    _, gguf = resolve_model_path(settings.model_path, settings.data_dir)
+    _, gguf = resolve_model_path(settings.model_path, settings.data_dir, make=False)
     asr, tts = speech_models(settings)
-    pipeline = validate_pipeline(omni_pipeline(gguf, settings, asr, tts, vision_model(settings), image))
-    return pipeline.with_overrides(overrides) if overrides is not None else pipeline
+    pipeline = validate_pipeline(omni_pipeline(gguf, settings, asr, tts, vision_model(settings, make=False), image))
+    if overrides is not None:
+        pipeline = pipeline.with_overrides(overrides)
+    resolve_model_path(settings.model_path, settings.data_dir)  # now make them: the same paths
+    vision_model(settings)
+    return pipeline
 
 
 def speech_models(settings) -> tuple[SpeechModel | None, SpeechModel | None]:
@@ -59,6 +64,6 @@ def speech_models(settings) -> tuple[SpeechModel | None, SpeechModel | None]:
     return resolve_asr(settings.asr_model, settings.data_dir), tts
 
 
-def vision_model(settings) -> VisionModel | None:
-    """The image describer to serve (None: off)."""
-    return resolve_vision(settings.vision_model, settings.data_dir, settings.mmproj)
+def vision_model(settings, make: bool = True) -> VisionModel | None:
+    """The image describer to serve (None: off); `make`: convert the default classifier now if needed."""
+    return resolve_vision(settings.vision_model, settings.data_dir, settings.mmproj, make)

@@ -40,7 +40,8 @@ class VisionModel:
     path: str  # the classifier .onnx, or the mmproj .gguf
 
 
-def resolve_vision(spec: str, data_dir: Path, mmproj: Path | None = None) -> VisionModel | None:
+def resolve_vision(spec: str, data_dir: Path, mmproj: Path | None = None, make: bool = True) -> VisionModel | None:
+    """`make`: convert the default classifier now if it is missing (else only say where it will be)."""
     if mmproj is not None:
         path = Path(mmproj).expanduser()
         if not path.is_file():
@@ -49,7 +50,8 @@ def resolve_vision(spec: str, data_dir: Path, mmproj: Path | None = None) -> Vis
     if spec.lower() == "none":
         return None
     if spec == DEFAULT_VISION:
-        return VisionModel(spec, "describer", str(exported_classifier(data_dir)))
+        path = exported_classifier(data_dir) if make else data_dir / "models" / CLASSIFIER_FILE
+        return VisionModel(spec, "describer", str(path))
     path = Path(spec).expanduser()
     if path.suffix != ".onnx" or not path.is_file():
         raise ConfigError(f"--vision-model {spec}: not an alias ({DEFAULT_VISION}) nor an ImageNet classifier .onnx")
@@ -58,7 +60,7 @@ def resolve_vision(spec: str, data_dir: Path, mmproj: Path | None = None) -> Vis
 
 def exported_classifier(data_dir: Path) -> Path:
     """The ONNX classifier in the data dir, converted from the checkpoint on first use."""
-    target = data_dir / "models" / CLASSIFIER_FILE
+    target = data_dir / "models" / CLASSIFIER_FILE  # (resolve_vision names the same path without making it)
     if target.is_file():
         return target
     missing = [m for m in EXPORT_NEEDS if importlib.util.find_spec(m) is None]

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from omniserve.api.protocol.common import SamplingFields, Usage, validate_fields
+from omniserve.api.protocol.common import ResponseHead, SamplingFields, Usage, validate_fields
 from omniserve.api.protocol.structured import GrammarSpec, check_choice
 from omniserve.api.protocol.tools import Tool, forced_names, native_messages, plain_messages
 from omniserve.errors import InvalidRequest
@@ -208,38 +208,30 @@ class AnswerMessage(BaseModel):
     audio: AnswerAudio | None = None
 
 
-class ChatChoice(BaseModel):
+class _Choice(BaseModel):
     index: int
-    message: AnswerMessage
     logprobs: dict[str, Any] | None = None
     finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None
 
 
-class ChatCompletion(BaseModel):
-    id: str
+class ChatChoice(_Choice):
+    message: AnswerMessage
+
+
+class ChunkChoice(_Choice):
+    delta: dict[str, Any]  # role, content, audio or tool_calls
+
+
+class ChatCompletion(ResponseHead):
     object: Literal["chat.completion"]
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[ChatChoice]
     usage: Usage
 
 
-class ChunkChoice(BaseModel):
-    index: int
-    delta: dict[str, Any]  # role, content, audio or tool_calls
-    logprobs: dict[str, Any] | None = None
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None
-
-
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(ResponseHead):
     """One `data:` event of a streamed chat completion; the stream ends with `data: [DONE]`."""
 
-    id: str
     object: Literal["chat.completion.chunk"]
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[ChunkChoice]
     usage: Usage | None = None  # only on the last chunk, with stream_options.include_usage
 

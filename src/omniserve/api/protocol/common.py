@@ -203,6 +203,15 @@ def loc_to_param(loc: tuple) -> str:
 
 # ---- responses (for /openapi.json; the routes build the same shapes) ---------------------------------
 
+class ResponseHead(BaseModel):
+    """What every completion and chunk starts with (its `object` comes with each kind)."""
+
+    id: str
+    created: int
+    model: str
+    system_fingerprint: str
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int = 0

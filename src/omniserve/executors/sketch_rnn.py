@@ -94,8 +94,8 @@ class SketchRnnExecutor(RoundRobinExecutor):
         if category is None:
             raise InvalidRequest(
                 f"prompt: this model draws one of {len(self.sketches.categories)} things and the prompt names none "
-                f"of them; name one of: {', '.join(c.replace('_', ' ') for c in self.sketches.categories)} (this server "
-                "runs with --strict-image-prompts)",
+                f"of them; name one of: {', '.join(c.replace('_', ' ') for c in self.sketches.categories)} "
+                "(this server runs with --strict-image-prompts)",
                 param="prompt")
         if params.edit and not request.images:
             raise InvalidRequest("image: an edit needs an image", param="image")

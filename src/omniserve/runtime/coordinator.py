@@ -45,7 +45,6 @@ WATCHDOG_INTERVAL_S = 1.0
 class _Tracked:
     request: OmniRequest
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    route: frozenset[str] = frozenset()
     emit: set[str] = field(default_factory=set)
     stages: set[str] = field(default_factory=set)  # stages still holding this request (and a slot)
     open_terminals: set[str] = field(default_factory=set)
@@ -170,7 +169,7 @@ class Coordinator:
             raise Unavailable(self.unhealthy_reason(route))
         await self.admission.acquire(route)
         self.metrics.admitted(clock, route)
-        tracked = _Tracked(request, route=route, emit=emit, stages=set(route), open_terminals=set(emit), clock=clock)
+        tracked = _Tracked(request, emit=emit, stages=set(route), open_terminals=set(emit), clock=clock)
         self._running[request.request_id] = tracked
         ending = "abort"  # unless it completes or fails: the consumer left
         try:

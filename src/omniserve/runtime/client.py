@@ -78,10 +78,12 @@ class Client:
         return ok, "" if ok else self.coordinator.unhealthy_reason()
 
     def model(self, model_id: str | None, kind: str = "chat") -> ServedModel | None:
-        """The served model for a request's `model` field (None: the first of that kind)."""
+        """The served model for a request's `model` field (None: the first of that kind). One id may
+        name models of several kinds (an omni checkpoint chats and speaks): `kind`'s comes first."""
         if model_id is None:
             return next((m for m in self.served_models if m.kind == kind), None)
-        return next((m for m in self.served_models if model_id == m.id or model_id in m.aliases), None)
+        named = [m for m in self.served_models if model_id == m.id or model_id in m.aliases]
+        return next((m for m in named if m.kind == kind), named[0] if named else None)
 
     def stages_of(self, model: ServedModel) -> list[str]:
         return list(model.route or (model.stage,))

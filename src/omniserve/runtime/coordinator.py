@@ -26,10 +26,10 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from omniserve.config import PipelineConfig
+from omniserve.config import PipelineConfig, StageConfig
 from omniserve.errors import InvalidRequest, OmniError, Unavailable, WorkerCrashed
 from omniserve.runtime.admission import Admission, StageLimits
 from omniserve.runtime.launcher import StageLoadError, WorkerHandle, launch_worker
@@ -77,17 +77,28 @@ class Coordinator:
 
     # ---- lifecycle -----------------------------------------------------------------
 
+    def _process_groups(self) -> list[list[StageConfig]]:
+        """The stages each worker process runs: a process group's stages together, any other alone."""
+        groups: dict[str, list[StageConfig]] = {}
+        for stage in self.pipeline.stages:
+            groups.setdefault(stage.placement.process_group or f"stage:{stage.name}", []).append(stage)
+        return list(groups.values())
+
+    def _group_of(self, stage: str) -> list[StageConfig]:
+        return next(g for g in self._process_groups() if any(s.name == stage for s in g))
+
     async def start(self) -> None:
         """Load every stage at once; if one fails, the caller shuts the rest down."""
+        groups = self._process_groups()
         results = await asyncio.gather(
-            *(launch_worker(stage, self.log_level, self._on_message, self._on_worker_closed)
-              for stage in self.pipeline.stages),
+            *(launch_worker(group, self.log_level, self._on_message, self._on_worker_closed) for group in groups),
             return_exceptions=True,
         )
-        for stage, result in zip(self.pipeline.stages, results, strict=True):
+        for group, result in zip(groups, results, strict=True):
             if not isinstance(result, BaseException):
-                self.workers[stage.name] = result
-                self._last_seen[stage.name] = time.monotonic()
+                for stage, handle in zip(group, result, strict=True):
+                    self.workers[stage.name] = handle
+                    self._last_seen[stage.name] = time.monotonic()
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
@@ -274,7 +285,7 @@ class Coordinator:
             if output.done:
                 self._feed(edge.dst, tracked, tracked.buffered.pop((stage, edge.dst)))
         if stage in tracked.emit:
-            tracked.queue.put_nowait(output)
+            tracked.queue.put_nowait(replace(output, payload=None) if output.payload is not None else output)
 
     def _feed(self, stage: str, tracked: _Tracked, outputs: list[OmniOutput]) -> None:
         handle = self.workers.get(stage)
@@ -309,44 +320,51 @@ class Coordinator:
                     handle.process.kill()
 
     def _on_worker_closed(self, stage: str, handle: WorkerHandle) -> None:
+        """A worker process died: every stage it ran fails its requests and waits for the restart."""
         if self.workers.get(stage) is not handle or self._closing:
             return
-        self.crashes += 1
-        self.metrics.restarted(stage)
         code = handle.process.exitcode
         why = handle.stalled or (f"exit code {code}" if code is not None else "its pipe closed")
-        log.error("stage %s worker (pid %d) died (%s); restarting", stage, handle.pid, why)
-        del self.workers[stage]
-        self.restarting[stage] = f"its worker died: {why}"
-        self.admission.pause(stage)
-        error = WorkerCrashed(
-            f"the {stage!r} stage worker {'was stuck' if handle.stalled else 'crashed'} while running this request "
-            f"({why}); the request was aborted, retry it"
-        )
-        for tracked in list(self._running.values()):
-            if stage in tracked.stages:
-                if not tracked.finished:
-                    tracked.queue.put_nowait(error)
-                self._stage_done(tracked, stage)
-        self._spawn(self._restart(stage, handle))
+        group = [s.name for s in self._group_of(stage)]
+        log.error("stage %s worker (pid %d) died (%s); restarting", "+".join(group), handle.pid, why)
+        for name in group:
+            if self.workers.get(name) is None or self.workers[name].process is not handle.process:
+                continue
+            self.crashes += 1
+            self.metrics.restarted(name)
+            del self.workers[name]
+            self.restarting[name] = f"its worker died: {why}"
+            self.admission.pause(name)
+            error = WorkerCrashed(
+                f"the {name!r} stage worker {'was stuck' if handle.stalled else 'crashed'} while running this "
+                f"request ({why}); the request was aborted, retry it"
+            )
+            for tracked in list(self._running.values()):
+                if name in tracked.stages:
+                    if not tracked.finished:
+                        tracked.queue.put_nowait(error)
+                    self._stage_done(tracked, name)
+        self._spawn(self._restart(group, handle))
 
-    async def _restart(self, stage: str, dead: WorkerHandle) -> None:
+    async def _restart(self, group: list[str], dead: WorkerHandle) -> None:
         await asyncio.to_thread(dead.kill)
-        config = self.pipeline.stage(stage)
-        for attempt in range(1, config.max_restarts + 1):
+        configs = [self.pipeline.stage(name) for name in group]
+        tries = max(c.max_restarts for c in configs)
+        for attempt in range(1, tries + 1):
             try:
-                self.workers[stage] = await launch_worker(
-                    config, self.log_level, self._on_message, self._on_worker_closed
-                )
-                self._last_seen[stage] = time.monotonic()
-                del self.restarting[stage]
-                self.admission.resume(stage)
-                log.info("stage %s restarted (pid %d)", stage, self.workers[stage].pid)
+                handles = await launch_worker(configs, self.log_level, self._on_message, self._on_worker_closed)
+                for name, handle in zip(group, handles, strict=True):
+                    self.workers[name] = handle
+                    self._last_seen[name] = time.monotonic()
+                    del self.restarting[name]
+                    self.admission.resume(name)
+                log.info("stage %s restarted (pid %d)", "+".join(group), handles[0].pid)
                 return
             except StageLoadError as exc:
-                log.error("restart %d of stage %s failed: %s", attempt, stage, exc)
+                log.error("restart %d of stage %s failed: %s", attempt, "+".join(group), exc)
                 await asyncio.sleep(min(2**attempt, 30))
-        del self.restarting[stage]
-        self.failed[stage] = f"gave up after {config.max_restarts} restarts"
-        # Nobody will serve this stage's line: answer it now rather than let it wait forever.
-        self.admission.fail_waiters(stage, Unavailable(self.unhealthy_reason({stage})))
+        for name in group:
+            del self.restarting[name]
+            self.failed[name] = f"gave up after {tries} restarts"
+            # Nobody will serve this stage's line: answer it now rather than let it wait forever.
+            self.admission.fail_waiters(name, Unavailable(self.unhealthy_reason({name})))

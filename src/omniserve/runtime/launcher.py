@@ -38,42 +38,53 @@ class WorkerHandle:
 
 
 async def launch_worker(
-    stage: StageConfig,
+    stages: list[StageConfig],
     log_level: str,
     on_message: Callable[[str, Any], None],
     on_closed: Callable[[str, WorkerHandle], None],
-) -> WorkerHandle:
-    """Spawn the worker, wait for ("ready", info), then route its messages."""
+) -> list[WorkerHandle]:
+    """Spawn one worker process for `stages` (one, or a process group's), wait for each stage's
+    ("ready", info), then route their messages. Each stage has its own pipe and handle."""
     loop = asyncio.get_running_loop()
-    parent, child = _CTX.Pipe()
+    pipes = [_CTX.Pipe() for _ in stages]
+    names = "+".join(stage.name for stage in stages)
     process = _CTX.Process(
         target=run_stage_worker,
-        args=(stage.model_dump(), child, log_level),
-        name=f"omniserve-{stage.name}",
+        args=([stage.model_dump() for stage in stages], [child for _, child in pipes], log_level),
+        name=f"omniserve-{names}",
         daemon=True,
     )
     process.start()
-    child.close()
-    first: asyncio.Future = loop.create_future()
-    handle: WorkerHandle | None = None
+    for _, child in pipes:
+        child.close()
+    handles: dict[str, WorkerHandle] = {}
+    firsts: list[asyncio.Future] = []
+    transports = []
+    for stage, (parent, _) in zip(stages, pipes, strict=True):
+        first: asyncio.Future = loop.create_future()
+        firsts.append(first)
 
-    def route(message: Any) -> None:
-        if not first.done():
-            first.set_result(message)
-        else:
-            on_message(stage.name, message)
+        def route(message: Any, first=first, name=stage.name) -> None:
+            if not first.done():
+                first.set_result(message)
+            else:
+                on_message(name, message)
 
-    def closed() -> None:
-        if not first.done():
-            first.set_result(("load_failed", f"worker exited with code {process.exitcode}"))
-        elif handle is not None:
-            on_closed(stage.name, handle)
+        def closed(first=first, name=stage.name) -> None:
+            if not first.done():
+                first.set_result(("load_failed", f"worker exited with code {process.exitcode}"))
+            elif name in handles:
+                on_closed(name, handles[name])
 
-    transport = PipeTransport(parent, loop, route, closed)
-    message = await first
-    if message[0] != "ready":
-        transport.close()
+        transports.append(PipeTransport(parent, loop, route, closed))
+    messages = await asyncio.gather(*firsts)
+    failed = next((m for m in messages if m[0] != "ready"), None)
+    if failed is not None:
+        for transport in transports:
+            transport.close()
         process.join(timeout=5)
-        raise StageLoadError(f"stage {stage.name!r} failed to start: {message[1]}")
-    handle = WorkerHandle(process, transport, message[1])
-    return handle
+        what = f"stage {stages[0].name!r}" if len(stages) == 1 else f"stages {names}"
+        raise StageLoadError(f"{what} failed to start: {failed[1]}")
+    for stage, transport, message in zip(stages, transports, messages, strict=True):
+        handles[stage.name] = WorkerHandle(process, transport, message[1])
+    return [handles[stage.name] for stage in stages]

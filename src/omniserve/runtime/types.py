@@ -182,3 +182,5 @@ class OmniOutput:
     # Speech in: timed segments {start, end, text, ...} and facts such as language, duration.
     segments: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    # For the downstream stages only (hidden states, codec codes); the caller never sees it.
+    payload: Any = None

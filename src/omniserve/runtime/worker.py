@@ -1,4 +1,5 @@
-"""The stage worker: a process that runs one executor in a batching loop.
+"""The stage worker: a process that runs one executor in a batching loop (or, for a process group such as
+`--colocate`, the executors of several stages in turn, each behind its own pipe).
 
 It owns the model, so a crash here (segfault, OOM kill) takes down only this
 stage; the coordinator sees the pipe close, fails this stage's in-flight
@@ -21,7 +22,7 @@ import logging
 import os
 import signal
 import time
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from omniserve.errors import OmniError
@@ -32,10 +33,12 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 
 
-def run_stage_worker(stage: dict[str, Any], conn: Connection, log_level: str) -> None:
-    """Process entry point (must stay importable for the `spawn` start method)."""
+def run_stage_worker(stages: list[dict[str, Any]], conns: list[Connection], log_level: str) -> None:
+    """Process entry point (must stay importable for the `spawn` start method). One stage, or the
+    stages of one process group (`--colocate`), each with its own pipe to the coordinator."""
+    names = "+".join(stage["name"] for stage in stages)
     logging.basicConfig(level=log_level.upper() if log_level != "trace" else "DEBUG",
-                        format=f"%(asctime)s %(levelname)s [{stage['name']}] %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s [{names}] %(name)s: %(message)s")
     if log_level not in ("debug", "trace"):
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # a line per request otherwise
     # Ctrl+C or a SIGTERM to the process group reaches us too; the parent decides when
@@ -43,56 +46,39 @@ def run_stage_worker(stage: dict[str, Any], conn: Connection, log_level: str) ->
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        try:
-            executor = create_executor(stage["executor"], stage["args"], stage["name"])
-            info = executor.load()
-        except Exception as exc:
-            # The parent reports the reason in one line; the traceback is for --log-level debug.
-            log.debug("stage %s failed to load", stage["name"], exc_info=True)
-            conn.send(("load_failed", f"{type(exc).__name__}: {exc}"))
-            return
-        info["pid"] = os.getpid()
-        conn.send(("ready", info))
-        _Loop(executor, conn, stage["name"]).run()
+        lanes = []
+        for stage, conn in zip(stages, conns, strict=True):
+            try:
+                executor = create_executor(stage["executor"], stage["args"], stage["name"])
+                info = executor.load()
+            except Exception as exc:
+                # The parent reports the reason in one line; the traceback is for --log-level debug.
+                log.debug("stage %s failed to load", stage["name"], exc_info=True)
+                for other in conns:
+                    other.send(("load_failed", f"{type(exc).__name__}: {exc}"))
+                return
+            lanes.append(_Lane(executor, conn, stage["name"], {**info, "pid": os.getpid()}))
+        for lane in lanes:
+            lane.send(("ready", lane.info))
+        _Loop(lanes).run()
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the server went away (shut down or killed): nobody is left to tell
 
 
-class _Loop:
-    def __init__(self, executor, conn: Connection, stage: str):
+class _Lane:
+    """One stage in this process: its executor and its pipe."""
+
+    def __init__(self, executor, conn: Connection, stage: str, info: dict[str, Any]):
         self.executor = executor
         self.conn = conn
         self.stage = stage
+        self.info = info
         self.last_sent = time.monotonic()
         self.batches: list[int] = []  # batch sizes of the steps not yet reported
 
     def send(self, message: tuple) -> None:
         self.conn.send(message)
         self.last_sent = time.monotonic()
-
-    def run(self) -> None:
-        executor, conn = self.executor, self.conn
-        while True:
-            # Block only when idle (waking to say we are alive); otherwise drain what
-            # arrived during the last step.
-            if not executor.has_work():
-                conn.poll(HEARTBEAT_S)
-            outputs: list = []
-            while conn.poll(0):
-                message = conn.recv()
-                if message[0] == "stop":
-                    executor.close()
-                    return
-                outputs.extend(self.handle(message))
-            if executor.has_work():
-                outputs.extend(executor.step())
-                self.batches.append(getattr(executor, "batch_size", 1))
-            if outputs:
-                self.send(("outputs", outputs, self.batches))
-                self.batches = []
-            elif time.monotonic() - self.last_sent >= HEARTBEAT_S:
-                self.send(("alive", self.batches))
-                self.batches = []
 
     def handle(self, message: tuple) -> list:
         kind = message[0]
@@ -112,3 +98,34 @@ class _Loop:
             self.executor.abort(request_id)  # whatever it holds of the request goes
             self.send(("error", request_id, exc.to_wire()))
             return []
+
+
+class _Loop:
+    def __init__(self, lanes: list[_Lane]):
+        self.lanes = lanes
+
+    def run(self) -> None:
+        conns = [lane.conn for lane in self.lanes]
+        while True:
+            # Block only when idle (waking to say we are alive); otherwise drain what
+            # arrived during the last steps.
+            if not any(lane.executor.has_work() for lane in self.lanes):
+                wait(conns, HEARTBEAT_S)
+            for lane in self.lanes:
+                outputs: list = []
+                while lane.conn.poll(0):
+                    message = lane.conn.recv()
+                    if message[0] == "stop":
+                        for each in self.lanes:
+                            each.executor.close()
+                        return
+                    outputs.extend(lane.handle(message))
+                if lane.executor.has_work():
+                    outputs.extend(lane.executor.step())
+                    lane.batches.append(getattr(lane.executor, "batch_size", 1))
+                if outputs:
+                    lane.send(("outputs", outputs, lane.batches))
+                    lane.batches = []
+                elif time.monotonic() - lane.last_sent >= HEARTBEAT_S:
+                    lane.send(("alive", lane.batches))
+                    lane.batches = []

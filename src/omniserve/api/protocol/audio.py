@@ -27,6 +27,7 @@ class SpeechRequest(BaseModel):
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: Literal["sse", "audio"] | None = None
     stream: bool = False  # vLLM-Omni: a chunked audio body, as stream_format="audio"
+    seed: int | None = Field(None, ge=0, lt=2**63)  # a voice that samples (an omni checkpoint's talker) repeats
     # Piper's own knobs, for those who know them.
     noise_scale: float | None = Field(None, ge=0, le=2)
     noise_w_scale: float | None = Field(None, ge=0, le=2)

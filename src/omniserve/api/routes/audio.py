@@ -18,6 +18,7 @@ from omniserve.api.protocol.common import parse_body, validate_fields
 from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect
 from omniserve.api.sse import SSE_HEADERS, sse_stream
 from omniserve.errors import InvalidRequest
+from omniserve.executors import request_params_model
 from omniserve.media.audio import AudioEncoder, encode_audio, output_format
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
@@ -34,8 +35,15 @@ async def create_speech(request: Request):
     model = resolve_model(client, body.model, "tts")
     params = {"voice": resolve_voice(model, body.voice), "speed": body.speed,
               "noise_scale": body.noise_scale, "noise_w_scale": body.noise_w_scale}
-    omni = OmniRequest(new_id("speech"), prompt=body.input, route=[model.stage], emit=[model.stage],
-                       params={model.stage: params})
+    route = client.stages_of(model)  # an omni checkpoint reads the text aloud through all its stages
+    omni = OmniRequest(new_id("speech"), prompt=body.input, route=route, emit=[model.stage],
+                       output_modalities=["audio"])
+    executors = dict(client.stage_executors())
+    for stage in route:
+        params_model = request_params_model(executors[stage])
+        if params_model is not None:
+            seeded = body.seed is not None and "seed" in params_model.model_fields
+            omni.params[stage] = {**params, "seed": body.seed} if seeded else params
     _, stream = await start(request, client, omni)
     rate = model.info["sample_rate"]
     encoder = AudioEncoder(body.response_format, rate)

@@ -121,9 +121,12 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
     if len(refs) > limit:
         raise InvalidRequest(f"the request has {len(refs)} media items; the limit is {limit} (--max-media-items)",
                              param=refs[limit][0])
+    native = set(served.info.get("native_media", ()))  # kinds the chat model reads itself (an omni checkpoint)
     asr = client.model(None, "asr")
     vision = client.model(None, "vision")
     for where, kind, _ in refs:
+        if kind in native:
+            continue
         if kind == "audio" and asr is None:
             raise InvalidRequest("this server has no speech-to-text stage for audio input (it was started with "
                                  "--asr-model none)", param=where)
@@ -142,14 +145,18 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
                                  f"{', '.join(stages)}", param="stage_sampling")
     # the grammar first: a bad one is a 400 before any media is fetched
     grammar = await client.build_grammar(body.answer_grammar_spec(served.stage, per_stage.get(served.stage)))
-    placeholders, audios, images = await _load_media(request, body, refs, with_video_audio=asr is not None)
+    placeholders, audios, images = await _load_media(request, body, refs,
+                                                     with_video_audio=asr is not None or "audio" in native)
     omni = body.to_omni_request(request_id, placeholders, served.stage, per_stage.get(served.stage),
                                 served.info.get("template_tools", False))
     omni.sampling[served.stage].grammar = grammar
     omni.audios, omni.images = audios, images
-    upstream = [m for m, items in ((asr, audios), (vision, images)) if items]
-    omni.route = [served.stage] + [m.stage for m in upstream + [talker] if m is not None]
+    upstream = [m for m, kind, items in ((asr, "audio", audios), (vision, "image", images))
+                if items and kind not in native]
+    omni.route = [served.stage] + [m.stage for m in upstream] + (client.stages_of(talker) if talker else [])
     omni.emit = [served.stage] + ([talker.stage] if talker else [])
+    if talker:
+        omni.output_modalities = ["text", "audio"]
     for name, values in per_stage.items():
         params_model = request_params_model(stages[name])
         if params_model is not None:
@@ -157,7 +164,14 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
             omni.params[name] = values
     if talker is not None:
         voice = resolve_voice(talker, (body.audio or AudioOutput()).voice_name, "audio.voice")
-        omni.params[talker.stage] = {**omni.params.get(talker.stage, {}), "voice": voice, "choices": body.n}
+        for stage in client.stages_of(talker):
+            params_model = request_params_model(stages[stage])
+            if params_model is None:
+                continue
+            values = {**omni.params.get(stage, {}), "voice": voice, "choices": body.n}
+            if "seed" in params_model.model_fields and body.seed is not None:
+                values.setdefault("seed", body.seed)  # one seed for the whole answer, its voice too
+            omni.params[stage] = values
     return omni, talker
 
 
@@ -202,7 +216,9 @@ async def _collect(body: ChatCompletionRequest, head: Head, first: OmniOutput, s
     """`report`: usage says how many prompt tokens came from the prefix cache (--enable-cache-report)."""
     choices = [ChoiceState() for _ in range(body.n)]
     audio = [bytearray() for _ in range(body.n)]
+    prompt_tokens = first.prompt_tokens  # the thinker's; with audio, the talker's first output may come first
     async for out in stream:
+        prompt_tokens = out.prompt_tokens or prompt_tokens
         if speech and out.stage == speech.stage:
             audio[out.index] += speech.encode(out)
         else:
@@ -218,7 +234,7 @@ async def _collect(body: ChatCompletionRequest, head: Head, first: OmniOutput, s
             }
             for i, c in enumerate(choices)
         ],
-        "usage": usage(first.prompt_tokens, sum(c.completion_tokens for c in choices),
+        "usage": usage(prompt_tokens, sum(c.completion_tokens for c in choices),
                        choices[0].cached_tokens if report else None),
     }
     if body.calls_tools:
@@ -242,6 +258,7 @@ async def _chunks(body: ChatCompletionRequest, head: Head, first: OmniOutput, st
                 "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
     completion_tokens = [0] * body.n
+    prompt_tokens = first.prompt_tokens
     cached = 0
     held = [""] * body.n  # with tools, each choice's text until it ends: it may be tool calls
     # with audio, a choice's finish_reason waits for its last audio: (text's reason, audio ended) per choice
@@ -268,6 +285,7 @@ async def _chunks(body: ChatCompletionRequest, head: Head, first: OmniOutput, st
         for i in range(body.n):
             yield chunk(i, {"role": "assistant", "content": ""})
         async for out in stream:
+            prompt_tokens = out.prompt_tokens or prompt_tokens
             if speech and out.stage == speech.stage:
                 data = speech.encode(out)
                 if data or out.text or out.finish_reason:
@@ -300,6 +318,6 @@ async def _chunks(body: ChatCompletionRequest, head: Head, first: OmniOutput, st
                     yield chunk(out.index, {}, finish_reason=out.finish_reason)
         if body.include_usage:
             yield {**head("chat.completion.chunk"), "choices": [],
-                   "usage": usage(first.prompt_tokens, sum(completion_tokens), cached if report else None)}
+                   "usage": usage(prompt_tokens, sum(completion_tokens), cached if report else None)}
     finally:
         await stream.aclose()  # on disconnect this aborts the request in the pipeline

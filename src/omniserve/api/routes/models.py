@@ -37,7 +37,10 @@ def adapter_cards(client) -> list[dict]:
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict:
     client = get_client(request)
-    return {"object": "list", "data": [model_card(m) for m in client.served_models] + adapter_cards(client)}
+    # one card per id: an omni checkpoint chats and speaks under one name, and lists as its chat model
+    unique = {m.id: m for m in reversed(client.served_models)}
+    cards = [model_card(m) for m in client.served_models if unique[m.id] is m]
+    return {"object": "list", "data": cards + adapter_cards(client)}
 
 
 @router.get("/v1/models/{model_id:path}")

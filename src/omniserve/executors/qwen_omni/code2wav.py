@@ -1,0 +1,208 @@
+"""Codec tokens to a waveform, in chunks: Qwen2.5-Omni's token2wav (a DiT that turns codes into a mel
+spectrogram by flow matching, then BigVGAN).
+
+The first chunk is `chunk_frames` codes, and each next one twice the last, up to `max_chunk_frames`:
+early audio, then fewer passes. The DiT makes each block's mel once, seeing the blocks its look-back
+and look-ahead layers reach; the vocoder turns each chunk's mel into audio inside a window with left
+and right context, and only the chunk's own samples are kept, so audio leaves long before the talker
+is done. Windows start on block boundaries, and the starting noise of every mel frame comes from one
+stream per request (the request's seed), the same noise transformers draws for the whole answer at
+once. Where a checkpoint's DiT looks only within its blocks, the chunks joined are the whole-answer
+waveform; with look-ahead and look-back layers, the context makes the joins inaudible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from omniserve.executors.base import request_params
+from omniserve.executors.qwen_omni.runtime import LoadedPart, OmniStageArgs, read_speakers
+from omniserve.executors.qwen_omni.talker import VoiceParams, voice_of
+from omniserve.runtime.types import OmniOutput, OmniRequest
+
+Code2WavArgs = OmniStageArgs
+NOISE_FRAMES = 4096  # the first noise block; it doubles as an answer grows
+
+
+@dataclass
+class _Speech:
+    request_id: str
+    speaker: str
+    seed: int
+    codes: list[int] = field(default_factory=list)
+    codes_done: bool = False
+    decoded: int = 0  # codes whose audio has left
+    text: str = ""
+    noise: Any = None
+    samples: int = 0
+    mel: Any = None  # the mel spectrogram of codes [0, mel_codes), computed once
+    mel_codes: int = 0
+    chunks: int = 0  # chunks decoded so far
+
+    def chunk(self, first: int, largest: int) -> int:
+        """The size of the next chunk: the first is small, for early audio; each next one doubles, up to
+        `largest`, since every DiT pass costs the same fixed overhead (36 model calls) however long it is."""
+        return min(first << min(self.chunks, 16), largest)
+
+
+class QwenOmniCode2WavExecutor:
+    def __init__(self, args: Code2WavArgs, stage: str = "code2wav"):
+        self.args = args
+        self.stage = stage
+        self._jobs: dict[str, _Speech] = {}
+        self._turns: deque[str] = deque()
+
+    def load(self) -> dict[str, Any]:
+        import torch
+
+        self.torch = torch
+        args = self.args.model_copy(update={"dtype": "float32"})  # transformers runs token2wav in float32 too
+        part = LoadedPart(args, "code2wav")
+        self.part, self.model, self.device = part, part.model, part.device
+        self.speakers = read_speakers(part.checkpoint.path)
+        self.default_voice = part.family.default_voice if part.family.default_voice in self.speakers \
+            else next(iter(self.speakers))
+        dit = part.config.token2wav_config.dit_config
+        vocoder = part.config.token2wav_config.bigvgan_config
+        self.repeats = dit.repeats
+        self.mel_dim = dit.mel_dim
+        self.hop = math.prod(vocoder.upsample_rates)  # samples per mel frame
+        self.block = block = max(1, dit.block_size // dit.repeats)  # codes per DiT block
+        # what one DiT pass can see beyond a block: a block back per look-back layer, ahead per look-ahead layer
+        self.dit_left, self.dit_right = block * len(dit.look_backward_layers), block * len(dit.look_ahead_layers)
+        self.chunk = self.args.chunk_frames or max(block, 24 // block * block)
+        self.largest = max(self.chunk, self.args.max_chunk_frames or 8 * self.chunk)
+        self.left = self.args.left_context_frames if self.args.left_context_frames is not None else self.chunk
+        self.right = self.args.right_context_frames if self.args.right_context_frames is not None else block
+        for name, value in (("chunk_frames", self.chunk), ("max_chunk_frames", self.largest),
+                            ("right_context_frames", self.right)):
+            if value % block:
+                raise ValueError(f"{name} {value} must be a multiple of the DiT block ({block} codes)")
+        self.sample_rate = part.family.sample_rate
+        return {**part.info(), "sample_rate": self.sample_rate, "voices": list(self.speakers),
+                "chunk_frames": self.chunk, "max_chunk_frames": self.largest, "left_context_frames": self.left,
+                "right_context_frames": self.right}
+
+    def close(self) -> None:
+        self._jobs.clear()
+
+    def add(self, request: OmniRequest) -> list[OmniOutput]:
+        params = request_params(VoiceParams, request.params_for(self.stage))
+        speaker = voice_of(params, self.speakers, self.default_voice)
+        seed = params.seed if params.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self._jobs[request.request_id] = _Speech(request.request_id, speaker, seed)
+        return [OmniOutput(request.request_id, started=True, sample_rate=self.sample_rate)]
+
+    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        for out in outputs:
+            job = self._jobs.get(out.request_id)
+            if job is None:
+                continue
+            job.codes += out.token_ids
+            job.text += out.text
+            job.codes_done = job.codes_done or out.done
+            if self._ready(job) and job.request_id not in self._turns:
+                self._turns.append(job.request_id)
+        return []
+
+    def abort(self, request_id: str) -> None:
+        self._jobs.pop(request_id, None)
+        if request_id in self._turns:
+            self._turns.remove(request_id)
+
+    def has_work(self) -> bool:
+        return bool(self._turns)
+
+    def _ready(self, job: _Speech) -> bool:
+        if job.codes_done:
+            return True  # the rest, or the end
+        return len(job.codes) >= job.decoded + job.chunk(self.chunk, self.largest) + self.right + self.dit_right
+
+    def step(self) -> list[OmniOutput]:
+        """One chunk of the request whose turn it is."""
+        job = self._jobs[self._turns.popleft()]
+        end = min(job.decoded + job.chunk(self.chunk, self.largest), len(job.codes))
+        job.chunks += 1
+        audio = b""
+        if end > job.decoded:
+            with self.torch.no_grad():
+                audio = self._decode(job, job.decoded, end)
+            job.decoded = end
+        last = job.codes_done and job.decoded == len(job.codes)
+        text, job.text = job.text, ""
+        out = OmniOutput(job.request_id, audio=audio, sample_rate=self.sample_rate, text=text)
+        job.samples += len(audio) // 2
+        if last:
+            out.finish_reason, out.done = "stop", True
+            out.info = {"duration": job.samples / self.sample_rate}
+            del self._jobs[job.request_id]
+        elif self._ready(job):
+            self._turns.append(job.request_id)
+        return [out]
+
+    def _decode(self, job: _Speech, start: int, end: int) -> bytes:
+        """Codes [start, end) as 16-bit PCM: the vocoder runs on their mel with left and right context,
+        and the DiT runs once per block, on the blocks it has not made yet (with the context it can see)."""
+        torch = self.torch
+        need = min(len(job.codes), end + self.right)
+        if need > job.mel_codes:
+            first = max(0, job.mel_codes - self.dit_left)
+            last = min(len(job.codes), need + self.dit_right)
+            codes = torch.tensor([job.codes[first:last]], device=self.device)
+            speaker = self.speakers[job.speaker]
+            cond = speaker["cond"].to(self.device).float()
+            ref_mel = speaker["ref_mel"].to(self.device).float()
+            noise = self._noise(job, last * self.repeats)[:, first * self.repeats:last * self.repeats]
+            mel = dit_sample(self.model.code2wav_dit_model, noise, cond, ref_mel, codes)
+            mel = mel[..., (job.mel_codes - first) * self.repeats:(need - first) * self.repeats]
+            job.mel = mel if job.mel is None else torch.cat([job.mel, mel], dim=-1)
+            job.mel_codes = need
+        first = max(0, start - self.left)
+        wave = self.model.code2wav_bigvgan_model(job.mel[..., first * self.repeats:need * self.repeats]).reshape(-1)
+        cut = (start - first) * self.repeats * self.hop
+        wave = wave[cut:cut + (end - start) * self.repeats * self.hop]
+        return (wave.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
+
+    def _noise(self, job: _Speech, frames: int):
+        """The first `frames` mel frames of this request's noise (one stream per seed, so a longer draw
+        starts with the shorter one)."""
+        torch = self.torch
+        if job.noise is None or job.noise.shape[1] < frames:
+            size = NOISE_FRAMES
+            while size < frames:
+                size *= 2
+            generator = torch.Generator(device=self.device).manual_seed(job.seed & 0xFFFF_FFFF_FFFF_FFFF)
+            job.noise = torch.randn([1, size, self.mel_dim], generator=generator, device=self.device)
+        return job.noise
+
+
+def dit_sample(dit, noise, cond, ref_mel, codes, num_steps: int = 10, guidance_scale: float = 0.5,
+               sway_coefficient: float = -1.0):
+    """The DiT's flow-matching ODE from given starting noise; what `Qwen2_5OmniToken2WavDiTModel.sample`
+    computes, except that it draws its noise itself."""
+    import torch
+    from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import RungeKutta4ODESolver
+
+    frames = noise.shape[1]
+    speaker = cond.unsqueeze(1).repeat(1, frames, 1)
+
+    def velocity(time_step, hidden):
+        if guidance_scale < 1e-5:
+            return dit(hidden_states=hidden, speaker_embedding=speaker, condition_vector=ref_mel,
+                       quantized_code=codes, time_step=time_step, drop_audio_conditioning=False, drop_code=False,
+                       apply_cfg=False)
+        out = dit(hidden_states=hidden, quantized_code=codes, speaker_embedding=speaker, condition_vector=ref_mel,
+                  time_step=time_step, apply_cfg=True)
+        guided, null = torch.chunk(out, 2, dim=0)
+        return guided + (guided - null) * guidance_scale
+
+    times = torch.linspace(0, 1, num_steps, device=codes.device, dtype=speaker.dtype)
+    if sway_coefficient is not None:
+        times += sway_coefficient * (torch.cos(torch.pi / 2 * times) - 1 + times)
+    trajectory = RungeKutta4ODESolver(function=velocity, initial_value=noise).integrate(times)
+    return trajectory[-1].permute(0, 2, 1)

@@ -1,0 +1,185 @@
+"""What the Qwen-Omni stages share: their load-time arguments, loading one part of a checkpoint on its
+device and dtype, and a sampler that makes the same choices as transformers' `generate`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from omniserve.errors import InvalidRequest
+from omniserve.models.qwen_omni import find_checkpoint
+from omniserve.runtime.types import SamplingParams
+
+log = logging.getLogger(__name__)
+
+_FRACTIONS: dict[int, float] = {}  # CUDA device -> the memory share this process has been given
+
+
+class OmniStageArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str
+    device: str = "auto"  # auto: the first CUDA device if there is one, else the CPU
+    dtype: str = Field("auto", pattern="^(auto|float32|bfloat16|float16)$")  # auto: bfloat16 on CUDA, else float32
+    threads: int = Field(2, ge=1)
+    mem_fraction: float | None = Field(None, gt=0, lt=1)  # of the device's memory this stage may use (CUDA)
+    max_sequences: int = Field(8, ge=1)
+    context_length: int | None = Field(None, ge=16)
+    # code2wav: codec frames in the first chunk (each next one doubles, up to the largest), and the frames
+    # before (and after) a chunk that the vocoder sees as context
+    chunk_frames: int | None = Field(None, ge=1)
+    max_chunk_frames: int | None = Field(None, ge=1)
+    left_context_frames: int | None = Field(None, ge=0)
+    right_context_frames: int | None = Field(None, ge=0)
+
+
+class LoadedPart:
+    """One part (thinker, talker or code2wav) of a checkpoint, on its device."""
+
+    def __init__(self, args: OmniStageArgs, part: str):
+        import torch
+        import transformers
+        from transformers.utils import logging as hf_logging
+
+        checkpoint = find_checkpoint(args.model_path)
+        assert checkpoint is not None, args.model_path
+        self.checkpoint = checkpoint
+        self.mem_fraction = args.mem_fraction
+        self.family = checkpoint.family
+        self.device = resolve_device(args.device)
+        torch.set_num_threads(args.threads)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            if args.mem_fraction is not None:  # colocated stages on one device add up their shares
+                _FRACTIONS[self.device.index] = min(0.99, _FRACTIONS.get(self.device.index, 0) + args.mem_fraction)
+                torch.cuda.set_per_process_memory_fraction(_FRACTIONS[self.device.index], self.device)
+        elif checkpoint.quantization == "fp8":
+            raise ValueError(f"{checkpoint.path} holds FP8 weights, which need a CUDA GPU; this stage runs on the CPU "
+                             "(serve a bfloat16 checkpoint on the CPU, or give the stage a GPU)")
+        self.dtype = resolve_dtype(args.dtype, self.device)
+        hf_logging.set_verbosity_error()  # the other parts' weights are "unexpected" here, by design
+        config = getattr(transformers, self.family.config_class).from_pretrained(checkpoint.path)
+        class_name, sub_config, prefix = getattr(self.family, part)
+        self.config = config
+        hf_logging.enable_progress_bar()
+        self.model = getattr(transformers, class_name).from_pretrained(
+            checkpoint.path, config=getattr(config, sub_config), key_mapping={rf"^{prefix}\.": ""},
+            dtype=self.dtype, device_map=self.device).eval()
+
+    def info(self) -> dict[str, Any]:
+        return {"model_path": str(self.checkpoint.path), "family": self.family.name, "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."), "mem_fraction": self.mem_fraction}
+
+
+def resolve_device(spec: str):
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"device {spec!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = device.index or 0
+        if index >= count:
+            raise ValueError(f"device {spec!r} does not exist: this machine has {count} CUDA device(s)")
+        return torch.device("cuda", index)
+    if device.type != "cpu":
+        raise ValueError(f"device {spec!r} is not supported (use cpu, cuda or cuda:N)")
+    return device
+
+
+def resolve_dtype(spec: str, device):
+    import torch
+
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, spec)
+
+
+def read_speakers(path: Path) -> dict[str, dict[str, Any]]:
+    """Qwen2.5-Omni's speakers (`spk_dict.pt`): per name, the talker's text-start token and the
+    code2wav conditioning."""
+    import torch
+
+    file = path / "spk_dict.pt"
+    if not file.is_file():
+        raise ValueError(f"{file} is missing: Qwen2.5-Omni keeps its voices there")
+    return torch.load(file, weights_only=True)
+
+
+class Sampler:
+    """The next token of one sequence, chosen as transformers' `generate` chooses it: repetition penalty
+    and suppressed tokens, then temperature, top-k and top-p, then a draw from this sequence's own
+    generator (greedy at temperature 0)."""
+
+    def __init__(self, params: SamplingParams, device, suppress: list[int] | None = None):
+        import torch
+        from transformers import (
+            LogitsProcessorList,
+            MinPLogitsWarper,
+            RepetitionPenaltyLogitsProcessor,
+            SuppressTokensLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self.greedy = params.temperature == 0
+        processors: list[Any] = []
+        if params.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        if suppress:
+            processors.append(SuppressTokensLogitsProcessor(suppress, device=device))
+        if not self.greedy:
+            if params.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_k and params.top_k > 0:
+                processors.append(TopKLogitsWarper(params.top_k))
+            if params.top_p < 1.0:
+                processors.append(TopPLogitsWarper(params.top_p))
+            if params.min_p > 0:
+                processors.append(MinPLogitsWarper(params.min_p))
+        self.processors = LogitsProcessorList(processors)
+        self.bias = dict(params.logit_bias)
+        self.presence = params.presence_penalty
+        self.frequency = params.frequency_penalty
+        self.generator = torch.Generator(device=device)
+        if params.seed is not None:
+            self.generator.manual_seed(params.seed & 0xFFFF_FFFF_FFFF_FFFF)
+        else:
+            self.generator.seed()
+
+    def __call__(self, logits, seen, generated: list[int]) -> int:
+        """`logits`: (1, vocab) float32; `seen`: (1, n) the sequence so far (prompt included);
+        `generated`: the tokens chosen so far (for the OpenAI penalties)."""
+        import torch
+
+        scores = logits
+        if self.bias or ((self.presence or self.frequency) and generated):
+            scores = scores.clone()
+            for token, bias in self.bias.items():
+                if 0 <= token < scores.shape[-1]:
+                    scores[0, token] += bias
+            if generated and (self.presence or self.frequency):
+                ids, counts = torch.unique(torch.tensor(generated, device=scores.device), return_counts=True)
+                scores[0, ids] -= self.presence + self.frequency * counts.to(scores.dtype)
+        scores = self.processors(seen, scores)
+        if self.greedy:
+            return int(torch.argmax(scores, dim=-1)[0])
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, num_samples=1, generator=self.generator)[0, 0])
+
+
+def check_sampling(stage: str, params: SamplingParams) -> None:
+    """What these stages cannot do is a 400 naming the field."""
+    for field, unsupported in (("n", params.n != 1), ("logprobs", params.logprobs or params.prompt_logprobs),
+                               ("response_format", params.grammar is not None), ("lora_path", params.lora)):
+        if unsupported:
+            raise InvalidRequest(f"{field}: not supported by this model's {stage} (a Qwen-Omni checkpoint)",
+                                 param=field)

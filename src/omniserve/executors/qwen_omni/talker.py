@@ -1,0 +1,202 @@
+"""The talker of a Qwen2.5-Omni checkpoint: codec tokens from the thinker's hidden states, as they arrive.
+
+It starts as soon as the thinker has fed its first answer token (the prompt's states plus that token's),
+and takes one more of the thinker's states per step after that, then the text-end and text-pad
+embeddings, exactly as transformers' `generate(return_audio=True)` lays them out, so its tokens are
+transformers' tokens. Each token goes on to code2wav at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from omniserve.errors import InvalidRequest
+from omniserve.executors.base import request_params
+from omniserve.executors.qwen_omni.runtime import LoadedPart, OmniStageArgs, Sampler, read_speakers
+from omniserve.executors.qwen_omni.thinker import ReplyStates, TalkerStart
+from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams
+
+TalkerArgs = OmniStageArgs
+
+
+class VoiceParams(BaseModel):
+    """What a request may set for the talker and code2wav stages (`stage_sampling.talker`, `audio.voice`).
+    Left out, sampling takes the talker's own defaults (transformers' `generate` for this model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    voice: str | None = None
+    choices: int = Field(1, ge=1, le=1, description="a Qwen-Omni answer has one choice")
+    seed: int | None = None
+    temperature: float = Field(0.9, ge=0, le=2)
+    top_p: float = Field(0.8, gt=0, le=1)
+    top_k: int = Field(40, ge=0)
+    repetition_penalty: float = Field(1.05, gt=0, le=2)
+    max_tokens: int = Field(4096, ge=1, le=32768)
+    ignore_eos: bool = False  # speak exactly max_tokens codec tokens (benchmarks)
+    speed: float = Field(1.0, ge=1.0, le=1.0, description="this voice speaks at one speed")
+    noise_scale: None = None
+    noise_w_scale: None = None
+
+
+def voice_of(params: VoiceParams, speakers: dict[str, Any], default: str) -> str:
+    """The speaker a request picked (case-insensitive), or a 400 listing them."""
+    wanted = params.voice or default
+    name = next((s for s in speakers if s.lower() == wanted.lower()), None)
+    if name is None:
+        raise InvalidRequest(f"voice: unknown voice {wanted!r}; this model speaks as {', '.join(speakers)}",
+                             param="voice")
+    return name
+
+
+@dataclass
+class _Voice:
+    request_id: str
+    speaker: str
+    sampler: Sampler
+    max_tokens: int
+    start: TalkerStart | None = None
+    reply: list[np.ndarray] = field(default_factory=list)  # the thinker's states for answer tokens 0, 1, ...
+    reply_final: bool = False
+    steps: int = 0  # forward passes so far (0: not prefilled)
+    cache: Any = None
+    rope_delta: Any = None
+    seen: list[int] = field(default_factory=list)  # the talker's input ids (for the repetition penalty)
+    codes: list[int] = field(default_factory=list)
+    text: str = ""  # the thinker's text not passed on yet
+
+
+class QwenOmniTalkerExecutor:
+    def __init__(self, args: TalkerArgs, stage: str = "talker"):
+        self.args = args
+        self.stage = stage
+        self._voices: dict[str, _Voice] = {}
+        self.batch_size = 1
+
+    def load(self) -> dict[str, Any]:
+        import torch
+
+        self.torch = torch
+        part = LoadedPart(self.args, "talker")
+        self.part, self.model, self.device = part, part.model, part.device
+        self.speakers = read_speakers(part.checkpoint.path)
+        self.default_voice = next(iter(self.speakers)) if part.family.default_voice not in self.speakers \
+            else part.family.default_voice
+        talker = part.config.talker_config
+        self.codec = {"bos": talker.tts_codec_start_token_id, "eos": talker.tts_codec_end_token_id,
+                      "pad": talker.tts_codec_pad_token_id, "mask": talker.tts_codec_mask_token_id}
+        self.text_ids = {"eos": talker.tts_text_end_token_id, "pad": talker.tts_text_pad_token_id}
+        return {**part.info(), "voices": list(self.speakers), "sample_rate": part.family.sample_rate}
+
+    def close(self) -> None:
+        self._voices.clear()
+
+    def add(self, request: OmniRequest) -> list[OmniOutput]:
+        params = request_params(VoiceParams, request.params_for(self.stage))
+        speaker = voice_of(params, self.speakers, self.default_voice)
+        sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+                                  repetition_penalty=params.repetition_penalty, seed=params.seed)
+        stops = [self.codec["eos"], self.codec["pad"]] if params.ignore_eos else []
+        sampler = Sampler(sampling, self.device, suppress=[self.codec["bos"], *stops])
+        self._voices[request.request_id] = _Voice(request.request_id, speaker, sampler, params.max_tokens)
+        return [OmniOutput(request.request_id, started=True)]
+
+    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        ended = []
+        for out in outputs:
+            voice = self._voices.get(out.request_id)
+            if voice is None:
+                continue
+            voice.text += out.text
+            for item in out.payload or []:
+                if isinstance(item, TalkerStart):
+                    voice.start = item
+                elif isinstance(item, ReplyStates):
+                    voice.reply += item.states
+                    voice.reply_final = voice.reply_final or item.final
+            if out.done and not voice.reply_final:  # the thinker ended without states: nothing to say
+                voice.reply_final = True
+            if voice.reply_final and voice.steps == 0 and not voice.reply:
+                ended.append(self._finish(voice))
+        return ended
+
+    def abort(self, request_id: str) -> None:
+        self._voices.pop(request_id, None)
+
+    def has_work(self) -> bool:
+        return any(self._ready(v) for v in self._voices.values())
+
+    def _ready(self, voice: _Voice) -> bool:
+        if voice.steps == 0:
+            return voice.start is not None and bool(voice.reply)
+        return voice.steps < len(voice.reply) or voice.reply_final
+
+    def step(self) -> list[OmniOutput]:
+        outputs = []
+        ready = [v for v in self._voices.values() if self._ready(v)]
+        self.batch_size = max(1, len(ready))
+        with self.torch.no_grad():
+            for voice in ready:
+                outputs.append(self._forward(voice))
+        return outputs
+
+    def _forward(self, v: _Voice) -> OmniOutput:
+        torch = self.torch
+        model = self.model
+        embed = model.get_input_embeddings()
+        if v.steps == 0:
+            start = v.start
+            bos_text = self.speakers[v.speaker]["bos_token"]
+            rows = [start.prompt, start.special_embeds[bos_text][None], v.reply[0][None]]
+            embeds = torch.from_numpy(np.concatenate(rows)).to(self.device, model.dtype)[None]
+            codec = torch.tensor([self.codec["bos"], self.codec["pad"]], device=self.device)
+            embeds[:, -1, :] += embed(codec[:1])[0]
+            embeds[:, -2, :] += embed(codec[1:])[0]
+            text_ids = torch.tensor([start.input_ids + [bos_text, start.first_token]], device=self.device)
+            mask = torch.ones_like(text_ids)
+            grids = {k: torch.from_numpy(np.asarray(val)).to(self.device) for k, val in start.grids.items()}
+            positions, v.rope_delta = model.get_rope_index(
+                text_ids, grids.get("image_grid_thw"), grids.get("video_grid_thw"), mask, start.use_audio_in_video,
+                grids.get("audio_feature_lengths"), grids.get("video_second_per_grid"))
+            v.seen = [self.codec["mask"]] * len(start.input_ids) + [self.codec["pad"], self.codec["bos"]]
+            from transformers import DynamicCache
+
+            v.cache = DynamicCache(config=model.config)
+        else:
+            state = self._reply_state(v)
+            embeds = embed(torch.tensor([[v.codes[-1]]], device=self.device)) + \
+                torch.from_numpy(state).to(self.device, model.dtype)[None, None]
+            past = len(v.seen) - 1
+            positions = (torch.tensor([[past]], device=self.device) + v.rope_delta).view(1, 1, 1).expand(3, 1, 1)
+            mask = torch.ones(1, past + 1, dtype=torch.long, device=self.device)
+        out = model.model(inputs_embeds=model.thinker_to_talker_proj(embeds), position_ids=positions,
+                          attention_mask=mask, past_key_values=v.cache, use_cache=True, return_dict=True)
+        v.cache = out.past_key_values
+        v.steps += 1
+        logits = model.codec_head(out.last_hidden_state[:, -1:, :])[:, -1, :].float()
+        code = v.sampler(logits, torch.tensor([v.seen], device=self.device), v.codes)
+        if code in (self.codec["eos"], self.codec["pad"]) or len(v.codes) + 1 >= v.max_tokens:
+            if code not in (self.codec["eos"], self.codec["pad"]):
+                v.codes.append(code)
+                return self._finish(v, [code])
+            return self._finish(v)
+        v.codes.append(code)
+        v.seen.append(code)
+        text, v.text = v.text, ""
+        return OmniOutput(v.request_id, token_ids=[code], text=text)
+
+    def _reply_state(self, v: _Voice) -> np.ndarray:
+        """The thinker's state for this step: answer token `steps`, then text-end, then text-pad forever."""
+        if v.steps < len(v.reply):
+            return v.reply[v.steps]
+        special = v.start.special_embeds
+        return special[self.text_ids["eos"] if v.steps == len(v.reply) else self.text_ids["pad"]]
+
+    def _finish(self, v: _Voice, codes: list[int] | None = None) -> OmniOutput:
+        self._voices.pop(v.request_id, None)
+        return OmniOutput(v.request_id, token_ids=codes or [], text=v.text, finish_reason="stop", done=True,
+                          completion_tokens=len(v.codes))

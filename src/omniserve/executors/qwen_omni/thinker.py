@@ -1,0 +1,342 @@
+"""The thinker of a Qwen-Omni checkpoint: the model's own processor reads the chat and its media (images,
+audio, video and a video's sound track), its encoders and language model write the answer.
+
+Every step advances each running sequence by one token, so requests never wait for each other. When
+a request is also spoken (the talker is on its route), each output carries what the talker starts
+from (`OmniOutput.payload`), exactly what transformers' `generate(return_audio=True)` hands its talker:
+after the prompt, the prompt's last hidden states plus its token embeddings (media positions zeroed),
+then per decode step the hidden state plus embedding of the token just fed.
+
+A request with a `prompt` and audio as its only output is speech (`/v1/audio/speech`): the text is
+read aloud, as the thinker's forced answer, in one forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from omniserve.errors import InvalidRequest
+from omniserve.executors.qwen_omni.runtime import LoadedPart, OmniStageArgs, Sampler, check_sampling, read_speakers
+from omniserve.executors.text_stream import TextStream
+from omniserve.models.qwen_omni import QWEN_SYSTEM_PROMPT, TALKER
+from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams
+
+log = logging.getLogger(__name__)
+
+ThinkerArgs = OmniStageArgs
+
+
+@dataclass
+class TalkerStart:
+    """What the talker starts from (sent once, after the prompt): per prompt position, the last hidden
+    state plus the token embedding with media positions zeroed; the prompt's ids and media layout (for
+    the talker's positions); and the thinker's embeddings of the talker's special text tokens."""
+
+    prompt: np.ndarray  # (prompt length, hidden)
+    input_ids: list[int]
+    grids: dict[str, Any]  # image_grid_thw, video_grid_thw, audio_feature_lengths, video_second_per_grid
+    use_audio_in_video: bool
+    special_embeds: dict[int, np.ndarray]
+    first_token: int
+
+
+@dataclass
+class ReplyStates:
+    """Hidden state plus embedding of answer tokens fed to the thinker, in order; `final`: no more come."""
+
+    states: list[np.ndarray]
+    final: bool = False
+
+
+@dataclass
+class _Sequence:
+    request_id: str
+    inputs: dict[str, Any]  # the processor's tensors
+    sampler: Sampler
+    params: SamplingParams
+    text: TextStream
+    speaks: bool
+    forced: list[int] | None = None  # read aloud: the answer is these tokens
+    use_audio_in_video: bool = False
+    cache: Any = None
+    rope_delta: Any = None
+    ids: list[int] = field(default_factory=list)  # prompt + answer so far
+    prompt_len: int = 0
+    generated: list[int] = field(default_factory=list)
+    decoded: str = ""  # the answer's text so far (special tokens skipped)
+    max_tokens: int = 0
+
+
+class QwenOmniThinkerExecutor:
+    def __init__(self, args: ThinkerArgs, stage: str = "thinker"):
+        self.args = args
+        self.stage = stage
+        self._waiting: deque[_Sequence] = deque()  # not prefilled yet
+        self._running: dict[str, _Sequence] = {}
+        self.batch_size = 1
+
+    # ---- load ----------------------------------------------------------------------
+
+    def load(self) -> dict[str, Any]:
+        import torch
+        import transformers
+        from transformers import GenerationConfig
+
+        self.torch = torch
+        part = LoadedPart(self.args, "thinker")
+        self.part, self.model, self.device, self.family = part, part.model, part.device, part.family
+        folder = part.checkpoint.path
+        self.processor = getattr(transformers, self.family.processor_class).from_pretrained(folder)
+        self.tokenizer = self.processor.tokenizer
+        thinker = part.config.thinker_config
+        text = thinker.text_config
+        self.context = min(self.args.context_length or text.max_position_embeddings, text.max_position_embeddings)
+        try:
+            eos = GenerationConfig.from_pretrained(folder).eos_token_id
+        except OSError:
+            eos = None
+        eos = eos if eos is not None else text.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.media_tokens = [thinker.audio_token_index, thinker.image_token_index, thinker.video_token_index]
+        talker = part.config.talker_config
+        special = {talker.tts_text_end_token_id, talker.tts_text_pad_token_id, talker.tts_text_start_token_id}
+        if self.family.name == "qwen2_5_omni" and part.config.enable_audio_output:
+            special |= {s["bos_token"] for s in read_speakers(folder).values()}
+        with torch.no_grad():
+            table = self.model.get_input_embeddings()
+            self.special_embeds = {i: table(torch.tensor([i], device=self.device))[0].float().cpu().numpy()
+                                   for i in sorted(special)}
+        return {**part.info(), "context_length": self.context, "native_media": ["audio", "image", "video"],
+                "template_tools": False}
+
+    def close(self) -> None:
+        self._waiting.clear()
+        self._running.clear()
+
+    # ---- requests ------------------------------------------------------------------
+
+    def add(self, request: OmniRequest) -> list[OmniOutput]:
+        params = request.sampling_for(self.stage)
+        check_sampling(self.stage, params)
+        speaks = TALKER in request.route
+        read_aloud = request.messages is None and isinstance(request.prompt, str) and \
+            request.output_modalities == ["audio"]
+        forced = None
+        if read_aloud:
+            messages: list[dict[str, Any]] = [{"role": "user", "content": request.prompt}]
+            forced = self.tokenizer.encode(request.prompt, add_special_tokens=False) + [min(self.eos)]
+        elif request.messages is not None:
+            messages = request.messages
+        else:
+            raise InvalidRequest("prompt: this model answers chats; use /v1/chat/completions", param="prompt")
+        inputs, use_audio_in_video = self._inputs(messages, request)
+        prompt_len = int(inputs["input_ids"].shape[1])
+        room = self.context - prompt_len - (len(forced) if forced else 0)
+        if room < 1:
+            raise InvalidRequest(f"the prompt is {prompt_len} tokens and this model's context is {self.context}; "
+                                 "shorten the messages or the media", param="messages")
+        max_tokens = min(params.max_tokens or room, room)
+        sequence = _Sequence(request.request_id, inputs, Sampler(params, self.device), params,
+                             TextStream(params.stop), speaks, forced, use_audio_in_video, prompt_len=prompt_len,
+                             max_tokens=max_tokens)
+        self._waiting.append(sequence)
+        return [OmniOutput(request.request_id, started=True, prompt_tokens=prompt_len)]
+
+    def _inputs(self, messages: list[dict[str, Any]], request: OmniRequest) -> tuple[dict[str, Any], bool]:
+        """The processor's tensors for a chat whose media parts point into the request's decoded media."""
+        conversation, audios, images, videos, audio_sources, fps = [], [], [], [], [], []
+        video_sound = []
+        for message in messages:
+            role = "system" if message["role"] == "developer" else message["role"]
+            content = message.get("content")
+            if not isinstance(content, list):
+                conversation.append({"role": role, "content": [{"type": "text", "text": content or ""}]})
+                continue
+            parts = []
+            for part in content:
+                kind = part.get("type")
+                if kind == "audio":
+                    parts.append({"type": "audio"})
+                    audios.append(request.audios[part["audio_index"]])
+                    audio_sources.append(None)
+                elif kind == "image":
+                    parts.append({"type": "image"})
+                    images.append(request.images[part["image_index"]])
+                elif kind == "video":
+                    parts.append({"type": "video"})
+                    frames = [request.images[i] for i in part["frames"]]
+                    if len(frames) % 2:  # the encoder takes frames in pairs
+                        frames.append(frames[-1])
+                    videos.append(np.stack(frames))
+                    times = part["timestamps"]
+                    fps.append(float((len(times) - 1) / (times[-1] - times[0])) if len(times) > 1 else 1.0)
+                    video_sound.append(part["audio_index"] is not None)
+                    if part["audio_index"] is not None:
+                        audios.append(request.audios[part["audio_index"]])
+                        audio_sources.append(len(videos) - 1)
+                else:
+                    parts.append({"type": "text", "text": part.get("text", "")})
+            conversation.append({"role": role, "content": parts})
+        if conversation and conversation[0]["role"] != "system" and self.family.name == "qwen2_5_omni":
+            conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": QWEN_SYSTEM_PROMPT}]})
+        use_audio_in_video = any(video_sound)
+        if use_audio_in_video and not all(video_sound):
+            raise InvalidRequest("videos: either every video keeps its sound (use_audio_in_video) or none does; "
+                                 "this request mixes them", param="use_audio_in_video")
+        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        kwargs: dict[str, Any] = {"return_tensors": "pt"}
+        if videos:
+            kwargs["videos_kwargs"] = {"fps": fps[0] if len(set(fps)) == 1 else fps}
+            if use_audio_in_video:
+                kwargs["use_audio_in_video"] = True
+                kwargs["audio_from_video_indices"] = audio_sources
+        try:
+            inputs = self.processor(text=[text], images=images or None, audio=audios or None,
+                                    videos=videos or None, **kwargs)
+        except (ValueError, TypeError, RuntimeError, IndexError) as exc:
+            raise InvalidRequest(f"messages: the model's processor could not read this request's media ({exc})",
+                                 param="messages") from None
+        dtype = self.part.dtype
+        tensors = {}
+        for key, value in inputs.items():
+            if hasattr(value, "to"):
+                value = value.to(self.device)
+                if value.is_floating_point():
+                    value = value.to(dtype)
+            tensors[key] = value
+        return tensors, use_audio_in_video
+
+    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        return []
+
+    def abort(self, request_id: str) -> None:
+        self._waiting = deque(s for s in self._waiting if s.request_id != request_id)
+        self._running.pop(request_id, None)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    # ---- steps ---------------------------------------------------------------------
+
+    def step(self) -> list[OmniOutput]:
+        """Prefill the oldest waiting request, then one token for every running one."""
+        outputs: list[OmniOutput] = []
+        with self.torch.no_grad():
+            if self._waiting:
+                sequence = self._waiting.popleft()
+                outputs += self._prefill(sequence)
+            running = list(self._running.values())
+            self.batch_size = max(1, len(running))
+            for sequence in running:
+                outputs += self._decode(sequence)
+        return outputs
+
+    def _prefill(self, s: _Sequence) -> list[OmniOutput]:
+        torch = self.torch
+        from transformers import DynamicCache
+
+        inputs = s.inputs
+        input_ids = inputs["input_ids"]
+        audio_lengths = inputs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in inputs else None
+        rope, s.rope_delta = self.model.get_rope_index(
+            input_ids, inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), inputs["attention_mask"],
+            s.use_audio_in_video, audio_lengths, inputs.get("video_second_per_grid"))
+        forced = torch.tensor([s.forced], device=self.device) if s.forced else None
+        if forced is not None:  # read aloud: the answer's positions continue the prompt's
+            extra = torch.arange(forced.shape[1], device=self.device) + input_ids.shape[1]
+            rope = torch.cat([rope, (extra + s.rope_delta).view(1, 1, -1).expand(3, 1, -1)], dim=-1)
+            inputs = {**inputs, "input_ids": torch.cat([input_ids, forced], dim=1),
+                      "attention_mask": torch.ones(1, input_ids.shape[1] + forced.shape[1], dtype=torch.long,
+                                                   device=self.device)}
+        length = inputs["input_ids"].shape[1]
+        positions = torch.cat([torch.arange(length, device=self.device).view(1, 1, -1), rope], dim=0)
+        s.cache = DynamicCache(config=self.model.config.get_text_config())
+        out = self.model(**inputs, position_ids=positions, past_key_values=s.cache, use_cache=forced is None,
+                         use_audio_in_video=s.use_audio_in_video, output_hidden_states=s.speaks)
+        s.ids = input_ids[0].tolist()
+        first = OmniOutput(s.request_id)
+        if forced is not None:
+            s.generated = list(s.forced)
+            s.ids += s.generated
+            first.text = s.text.push(self._answer_text(s).encode()) + s.text.flush()
+            first.completion_tokens = len(s.generated)
+            first.finish_reason, first.done = "stop", True
+            if s.speaks:
+                summed = self._talker_states(out, inputs["input_ids"])
+                start = self._talker_start(s, summed[:s.prompt_len], s.forced[0])
+                states = [summed[s.prompt_len + i] for i in range(len(s.forced) - 1)]
+                first.payload = [start, ReplyStates(states, final=True)]
+            return [first]
+        s.cache = out.past_key_values
+        token = s.sampler(out.logits[:, -1, :].float(), input_ids, s.generated)
+        if s.speaks:
+            first.payload = [self._talker_start(s, self._talker_states(out, input_ids), token)]
+        self._running[s.request_id] = s
+        return [self._advance(s, token, first)]
+
+    def _decode(self, s: _Sequence) -> list[OmniOutput]:
+        torch = self.torch
+        last = torch.tensor([[s.generated[-1]]], device=self.device)
+        past = len(s.ids) - 1
+        positions = (torch.tensor([[past]], device=self.device) + s.rope_delta).view(1, 1, 1)
+        out = self.model(input_ids=last, position_ids=positions, past_key_values=s.cache, use_cache=True,
+                         attention_mask=torch.ones(1, past + 1, dtype=torch.long, device=self.device),
+                         output_hidden_states=s.speaks)
+        s.cache = out.past_key_values
+        seen = torch.tensor([s.ids], device=self.device)
+        token = s.sampler(out.logits[:, -1, :].float(), seen, s.generated)
+        result = OmniOutput(s.request_id)
+        if s.speaks:
+            result.payload = [ReplyStates([self._talker_states(out, last)[0]])]
+        return [self._advance(s, token, result)]
+
+    def _advance(self, s: _Sequence, token: int, out: OmniOutput) -> OmniOutput:
+        """Take the chosen token: text delta, and the end of the answer if it ends here."""
+        s.generated.append(token)
+        s.ids.append(token)
+        eos = token in self.eos and not s.params.ignore_eos
+        if not eos:
+            before = s.decoded
+            s.decoded = self._answer_text(s)
+            if s.decoded.endswith("\ufffd"):  # half a character: wait for the rest
+                s.decoded = before
+            else:
+                out.text = s.text.push(s.decoded[len(before):].encode())
+        finish = "stop" if eos or s.text.stopped else ("length" if len(s.generated) >= s.max_tokens else None)
+        if finish:
+            if not s.text.stopped:
+                rest = self._answer_text(s)
+                out.text += s.text.push(rest[len(s.decoded):].encode()) + s.text.flush()
+            out.finish_reason, out.done = finish, True
+            out.completion_tokens = len(s.generated)
+            if s.speaks:
+                out.payload = (out.payload or []) + [ReplyStates([], final=True)]
+            self._running.pop(s.request_id, None)
+        return out
+
+    def _answer_text(self, s: _Sequence) -> str:
+        return self.tokenizer.decode(s.generated, skip_special_tokens=True)
+
+    def _talker_states(self, out, input_ids) -> np.ndarray:
+        """Per position fed: last hidden state plus token embedding, media positions' embeddings zeroed."""
+        torch = self.torch
+        embeds = self.model.get_input_embeddings()(input_ids)
+        media = torch.isin(input_ids, torch.tensor(self.media_tokens, device=self.device))
+        embeds = embeds.masked_fill(media.unsqueeze(-1), 0)
+        return (out.hidden_states[-1] + embeds)[0].float().cpu().numpy()
+
+    def _talker_start(self, s: _Sequence, prompt: np.ndarray, first_token: int) -> TalkerStart:
+        inputs = s.inputs
+        grids = {}
+        for key in ("image_grid_thw", "video_grid_thw", "video_second_per_grid"):
+            if key in inputs:
+                grids[key] = inputs[key].cpu().numpy()
+        if "feature_attention_mask" in inputs:
+            grids["audio_feature_lengths"] = inputs["feature_attention_mask"].sum(-1).cpu().numpy()
+        return TalkerStart(prompt, inputs["input_ids"][0, :s.prompt_len].tolist(), grids, s.use_audio_in_video,
+                           self.special_embeds, first_token)

@@ -1,0 +1,339 @@
+"""A Qwen2.5-Omni checkpoint served as thinker ⇢ talker ⇢ code2wav stages, on a tiny random-weight
+checkpoint built here (`scripts/make_tiny_omni.py`). Its answers are noise, so every test compares
+the server with transformers' own `Qwen2_5OmniForConditionalGeneration.generate` on the same inputs
+and seed: the text token for token, the audio sample for sample (16-bit)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import MODEL_DATA, ROOT, run_server
+from tests.media_helpers import cat_video, data_url, image_part, photo_url, rgb, video_part
+
+HELLO = [{"role": "user", "content": "Hello, how are you?"}]
+SPEAK = {"temperature": 0, "max_tokens": 120}  # the talker greedy: one answer to compare
+
+
+@pytest.fixture(scope="module")
+def tiny_omni():
+    out = MODEL_DATA / "tiny-qwen2.5-omni"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_omni.py"), str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def omni_server(tiny_omni, tmp_path_factory):
+    with run_server("--model-path", str(tiny_omni), "--embedding-model", "none", "--allow-private-media-urls",
+                    tmp_path=tmp_path_factory.mktemp("omni")) as server:
+        yield server
+
+
+class Reference:
+    """transformers itself on the same checkpoint, in this process."""
+
+    def __init__(self, folder):
+        import torch
+        from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniProcessor
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        self.torch = torch
+        self.model = Qwen2_5OmniForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+        self.processor = Qwen2_5OmniProcessor.from_pretrained(folder)
+        self.codec_stop = [self.model.talker.codec_pad_token, self.model.talker.codec_eos_token]
+
+    def inputs(self, content: list[dict], images=(), audios=(), videos=(), fps=None, audio_in_video=False):
+        from omniserve.models.qwen_omni import QWEN_SYSTEM_PROMPT
+
+        conversation = [{"role": "system", "content": [{"type": "text", "text": QWEN_SYSTEM_PROMPT}]},
+                        {"role": "user", "content": content}]
+        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        kwargs = {}
+        if videos:
+            kwargs["videos_kwargs"] = {"fps": fps}
+            if audio_in_video:
+                kwargs.update(use_audio_in_video=True, audio_from_video_indices=[0])
+        return self.processor(text=[text], images=list(images) or None, audio=list(audios) or None,
+                              videos=list(videos) or None, return_tensors="pt", **kwargs)
+
+    def text(self, inputs, max_tokens: int, audio_in_video=False) -> str:
+        sequences = self.model.generate(**inputs, thinker_max_new_tokens=max_tokens, generation_mode="text",
+                                        use_audio_in_video=audio_in_video)
+        return self.processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+
+    def speech(self, inputs, max_tokens: int, seed: int, voice: str = "Chelsie") -> tuple[str, np.ndarray]:
+        self.torch.manual_seed(seed)
+        sequences, wave = self.model.generate(**inputs, thinker_max_new_tokens=max_tokens, speaker=voice,
+                                              talker_do_sample=False, talker_max_new_tokens=SPEAK["max_tokens"],
+                                              talker_eos_token_id=self.codec_stop)
+        text = self.processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+        return text, (wave.clamp(-1, 1) * 32767).round().numpy().astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_omni):
+    return Reference(tiny_omni)
+
+
+def text_content(text="Hello, how are you?"):
+    return [{"type": "text", "text": text}]
+
+
+def pcm(answer) -> np.ndarray:
+    samples, rate = sf.read(io.BytesIO(base64.b64decode(answer.choices[0].message.audio.data)), dtype="int16")
+    assert rate == 24000
+    return samples
+
+
+def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, samples, rate, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def tone(seconds=1.0, hz=440.0) -> np.ndarray:
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+# ---- text ---------------------------------------------------------------------------------------
+
+
+def test_stages_and_model_info(omni_server):
+    with omni_server.http() as http:
+        info = http.get("/get_model_info").json()
+        models = http.get("/v1/models").json()["data"]
+        voices = http.get("/v1/audio/voices").json()["voices"]
+    stages = {s["name"]: s for s in info["stages"]}
+    assert list(stages) == ["thinker", "talker", "code2wav"]
+    assert stages["thinker"]["downstream"] == ["talker"] and stages["talker"]["downstream"] == ["code2wav"]
+    for stage in stages.values():
+        assert stage["info"]["device"] == "cpu" and stage["info"]["dtype"] == "float32"
+        assert stage["info"]["family"] == "qwen2_5_omni"
+    assert [m["id"] for m in models] == ["tiny-qwen2.5-omni"]
+    assert voices == ["Chelsie", "Ethan"]
+
+
+def test_greedy_text_equals_transformers(omni_server, reference):
+    answer = omni_server.openai().chat.completions.create(model="tiny-qwen2.5-omni", messages=HELLO, max_tokens=24,
+                                                          temperature=0)
+    expected = reference.text(reference.inputs(text_content()), 24)
+    assert answer.choices[0].message.content == expected
+    assert answer.usage.completion_tokens == 24
+
+
+def test_image_and_audio_input_equal_transformers(omni_server, reference):
+    sound = tone(1.5)
+    content = [image_part(photo_url("chelsea.png")),
+               {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav_bytes(sound)).decode(),
+                                                       "format": "wav"}},
+               {"type": "text", "text": "What is this?"}]
+    answer = omni_server.openai().chat.completions.create(messages=[{"role": "user", "content": content}],
+                                                          model="tiny-qwen2.5-omni", max_tokens=16, temperature=0)
+    from omniserve.media.audio import decode_audio
+
+    heard = decode_audio(wav_bytes(sound), where="a", max_seconds=60)
+    inputs = reference.inputs([{"type": "image"}, {"type": "audio"}, {"type": "text", "text": "What is this?"}],
+                              images=[rgb("chelsea.png")], audios=[heard])
+    assert answer.choices[0].message.content == reference.text(inputs, 16)
+    assert answer.usage.prompt_tokens == inputs["input_ids"].shape[1]
+
+
+def test_top_level_media_fields_equal_content_parts(omni_server):
+    client = omni_server.openai()
+    ask = {"model": "tiny-qwen2.5-omni", "max_tokens": 12, "temperature": 0}
+    parts = client.chat.completions.create(messages=[{"role": "user", "content": [
+        {"type": "text", "text": "Look."}, image_part(photo_url("chelsea.png"))]}], **ask)
+    top = client.chat.completions.create(messages=[{"role": "user", "content": "Look."}],
+                                         extra_body={"images": [photo_url("chelsea.png")]}, **ask)
+    assert top.choices[0].message.content == parts.choices[0].message.content
+    assert top.usage.prompt_tokens == parts.usage.prompt_tokens
+
+
+def test_video_with_its_sound_equals_transformers(omni_server, reference):
+    from omniserve.media.video import decode_video
+
+    video = cat_video()
+    answer = omni_server.openai().chat.completions.create(
+        model="tiny-qwen2.5-omni", max_tokens=12, temperature=0,
+        messages=[{"role": "user", "content": [video_part(data_url(video, "video/mp4")),
+                                               {"type": "text", "text": "What happens?"}]}])
+    clip = decode_video(video, where="v", fps=1.0, max_frames=8, max_seconds=300, max_pixels=25_000_000,
+                        with_audio=True, max_audio_seconds=600)
+    frames = clip.frames + clip.frames[-1:] if len(clip.frames) % 2 else clip.frames
+    fps = (len(clip.timestamps) - 1) / (clip.timestamps[-1] - clip.timestamps[0])
+    inputs = reference.inputs([{"type": "video"}, {"type": "text", "text": "What happens?"}],
+                              videos=[np.stack(frames)], audios=[clip.audio], fps=fps, audio_in_video=True)
+    assert answer.choices[0].message.content == reference.text(inputs, 12, audio_in_video=True)
+    assert answer.usage.prompt_tokens == inputs["input_ids"].shape[1]
+
+
+# ---- speech -------------------------------------------------------------------------------------
+
+
+def ask_speech(server, seed=3, voice="Ethan", max_tokens=40, **extra):
+    return server.openai().chat.completions.create(
+        model="tiny-qwen2.5-omni", messages=HELLO, max_tokens=max_tokens, temperature=0, seed=seed,
+        modalities=["text", "audio"], audio={"voice": voice, "format": "wav"},
+        extra_body={"stage_sampling": {"talker": SPEAK}, **extra})
+
+
+def test_audio_equals_transformers(omni_server, reference):
+    answer = ask_speech(omni_server)
+    text, wave = reference.speech(reference.inputs(text_content()), 40, seed=3, voice="Ethan")
+    assert answer.choices[0].message.content == text
+    assert answer.choices[0].message.audio.transcript == text
+    assert answer.usage.prompt_tokens == reference.inputs(text_content())["input_ids"].shape[1]
+    samples = pcm(answer)
+    assert len(samples) == len(wave) > 24000  # over a second: several chunks joined
+    assert np.abs(samples.astype(int) - wave.astype(int)).max() <= 1
+    assert np.abs(wave.astype(int)).max() > 1000  # and it is not silence
+    other = pcm(ask_speech(omni_server, voice="Chelsie"))
+    assert not np.array_equal(other[:len(samples)], samples[:len(other)])  # the voice matters
+
+
+def test_streamed_audio_joined_equals_whole_and_comes_early(omni_server):
+    # a long answer (the tiny thinker writes fast) with a short spoken part: the talker stops after 120 codes
+    whole = pcm(ask_speech(omni_server, seed=5, max_tokens=1500, ignore_eos=True))
+    stream = omni_server.openai().chat.completions.create(
+        model="tiny-qwen2.5-omni", messages=HELLO, max_tokens=1500, temperature=0, seed=5, stream=True,
+        modalities=["text", "audio"], audio={"voice": "Ethan", "format": "pcm16"},
+        extra_body={"stage_sampling": {"talker": SPEAK}, "ignore_eos": True})
+    events, audio = [], bytearray()
+    for chunk in stream:
+        delta = chunk.choices[0].delta if chunk.choices else None
+        if delta is None:
+            continue
+        sound = getattr(delta, "audio", None)
+        if sound and sound.data:
+            audio += base64.b64decode(sound.data)
+            events.append(("audio", time.monotonic()))
+        if delta.content:
+            events.append(("text", time.monotonic()))
+    joined = np.frombuffer(bytes(audio), dtype=np.int16)
+    assert np.array_equal(joined, whole)
+    kinds = [k for k, _ in events]
+    assert kinds.count("audio") >= 3  # in chunks, not at once
+    first_audio, last_text = kinds.index("audio"), len(kinds) - 1 - kinds[::-1].index("text")
+    assert first_audio < last_text, (first_audio, last_text)
+    times = dict(events[::-1])
+    print(f"first audio after {times['audio'] - events[0][1]:.2f} s, last text after "
+          f"{events[last_text][1] - events[0][1]:.2f} s")
+
+
+def test_concurrent_requests_answer_as_alone(omni_server):
+    alone = [ask_speech(omni_server, seed=s, max_tokens=20 + 5 * s) for s in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda s: ask_speech(omni_server, seed=s, max_tokens=20 + 5 * s), range(4)))
+    for a, b in zip(alone, together, strict=True):
+        assert a.choices[0].message.content == b.choices[0].message.content
+        assert np.array_equal(pcm(a), pcm(b))
+
+
+def test_speech_endpoint_reads_the_text_aloud(omni_server):
+    client = omni_server.openai()
+    speech = client.audio.speech.create(model="tts-1", voice="Chelsie", input="Hello there.", response_format="wav",
+                                        extra_body={"seed": 1})
+    samples, rate = sf.read(io.BytesIO(speech.content), dtype="int16")
+    assert rate == 24000 and len(samples) > 0
+    again = client.audio.speech.create(model="tiny-qwen2.5-omni", voice="Chelsie", input="Hello there.",
+                                       response_format="wav", extra_body={"seed": 1})
+    assert again.content == speech.content
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+
+def test_bad_requests_are_400s(omni_server):
+    with omni_server.http() as http:
+        cases = {
+            "unknown voice": {"messages": HELLO, "modalities": ["text", "audio"], "audio": {"voice": "Nobody"}},
+            "n > 1": {"messages": HELLO, "n": 2},
+            "unreadable image": {"messages": [{"role": "user", "content": [
+                image_part("data:image/png;base64," + base64.b64encode(b"not a png").decode())]}]},
+            "talker sampling": {"messages": HELLO, "modalities": ["text", "audio"],
+                                "stage_sampling": {"talker": {"top_k": -3}}},
+        }
+        for name, body in cases.items():
+            reply = http.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 400, (name, reply.text)
+            assert reply.json()["error"]["message"], name
+        assert http.get("/health").status_code == 200
+
+
+# ---- flags and start-up -------------------------------------------------------------------------
+
+
+def test_colocated_stages_share_one_process_and_answer_the_same(omni_server, tiny_omni, tmp_path):
+    with run_server("--model-path", str(tiny_omni), "--embedding-model", "none", "--colocate",
+                    "--thinker-mem-fraction-static", "0.5", "--mem-fraction-static", "0.3",
+                    tmp_path=tmp_path) as server:
+        with server.http() as http:
+            stages = http.get("/get_model_info").json()["stages"]
+        assert len({s["pid"] for s in stages}) == 1 and len(stages) == 3
+        assert stages[0]["info"]["mem_fraction"] == 0.5 and stages[1]["info"]["mem_fraction"] == 0.3
+        together, apart = ask_speech(server, seed=2), ask_speech(omni_server, seed=2)
+    assert together.choices[0].message.content == apart.choices[0].message.content
+    assert np.array_equal(pcm(together), pcm(apart))
+
+
+def test_text_only_drops_the_talker_and_code2wav(tiny_omni, tmp_path):
+    with run_server("--model-path", str(tiny_omni), "--embedding-model", "none", "--text-only",
+                    tmp_path=tmp_path) as server:
+        with server.http() as http:
+            assert [s["name"] for s in http.get("/get_model_info").json()["stages"]] == ["thinker"]
+            reply = http.post("/v1/chat/completions", json={"messages": HELLO, "modalities": ["text", "audio"]})
+            assert reply.status_code == 400 and reply.json()["error"]["param"] == "modalities"
+            assert http.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 4}).status_code == 200
+
+
+def start_fails(*args: str, env: dict | None = None) -> str:
+    """The last line of a server start that must fail (other stages may have printed progress)."""
+    import os
+
+    done = subprocess.run([sys.executable, "-m", "omniserve", "serve", "--embedding-model", "none", *args],
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")} | (env or {}))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_bad_flags_and_checkpoints_fail_at_start(tiny_omni, tmp_path):
+    import json
+    import shutil
+
+    path = str(tiny_omni)
+    assert "--gpu-talker 1: no such CUDA device" in start_fails("--model-path", path, "--gpu-talker", "1",
+                                                               env={"CUDA_VISIBLE_DEVICES": "0"})
+    assert "--thinker-mem-fraction-static" in start_fails("--model-path", path, "--thinker-mem-fraction-static", "1")
+    assert "--dtype" in start_fails("--model-path", path, "--dtype", "float8")
+    config = tmp_path / "bad-device.yaml"
+    config.write_text("stages: {code2wav: {placement: {device: cuda:7}}}\n")
+    line = start_fails("--model-path", path, "--config", str(config))
+    assert "code2wav" in line and "cuda:7" in line and "does not exist" in line
+    other = tmp_path / "llama"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    assert "unsupported architecture ['LlamaForCausalLM']" in start_fails("--model-path", str(other))
+    broken = tmp_path / "no-weights"
+    shutil.copytree(tiny_omni, broken, ignore=shutil.ignore_patterns("*.safetensors"))
+    assert "weight file model.safetensors is missing" in start_fails("--model-path", str(broken))
+    fp8 = tmp_path / "fp8"
+    shutil.copytree(tiny_omni, fp8)
+    data = json.loads((fp8 / "config.json").read_text())
+    (fp8 / "config.json").write_text(json.dumps({**data, "quantization_config": {"quant_method": "fp8"}}))
+    assert "FP8" in start_fails("--model-path", str(fp8), "--text-only")
+    line = start_fails("--model-path", "Qwen/Qwen2.5-Omni-7B", env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert "not in the local Hugging Face cache" in line and "does not download" in line

@@ -185,7 +185,88 @@ def build_qwen2_5(out: Path) -> None:
     torch.save(speakers(config, torch), out / "spk_dict.pt")
 
 
-FAMILIES = {"qwen2_5_omni": build_qwen2_5}
+def qwen3_config(tok):
+    from transformers import Qwen3OmniMoeConfig
+
+    i = ids(tok)
+    vocab = len(tok)
+    hidden = 32
+    moe = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "decoder_sparse_step": 1}
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1], "interleaved": True}
+    thinker = {
+        "audio_config": {"num_mel_bins": 128, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 32,
+                         "d_model": 16, "max_source_positions": 1500, "n_window": 50, "output_dim": hidden,
+                         "n_window_infer": 400, "conv_chunksize": 500, "downsample_hidden_size": 8},
+        "vision_config": {"depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "patch_size": 16,
+                          "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": hidden,
+                          "num_position_embeddings": 64, "deepstack_visual_indexes": [0]},
+        "text_config": {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 64, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+                        "max_position_embeddings": 4096, "rope_parameters": rope, **moe,
+                        "eos_token_id": i["<|im_end|>"], "pad_token_id": i["<|endoftext|>"]},
+        "audio_token_id": i["<|AUDIO|>"], "image_token_id": i["<|IMAGE|>"], "video_token_id": i["<|VIDEO|>"],
+        "audio_start_token_id": i["<|audio_bos|>"], "user_token_id": tok.convert_tokens_to_ids("user"),
+        "vision_start_token_id": i["<|vision_bos|>"], "vision_end_token_id": i["<|vision_eos|>"],
+        "audio_end_token_id": i["<|audio_eos|>"], "position_id_per_seconds": 25,
+    }
+    codec = 64  # codec tokens 0..47, then the talker's specials
+    talker = {
+        "text_config": {"vocab_size": codec, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+                        "max_position_embeddings": 4096, "rope_parameters": rope, **moe,
+                        "shared_expert_intermediate_size": 16},
+        "code_predictor_config": {"vocab_size": 48, "hidden_size": 32, "intermediate_size": 64,
+                                  "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                  "head_dim": 8, "max_position_embeddings": 64, "num_code_groups": 4},
+        "num_code_groups": 4, "thinker_hidden_size": hidden, "accept_hidden_layer": 1,
+        "codec_pad_id": 50, "codec_bos_id": 51, "codec_eos_token_id": 52, "codec_nothink_id": 53,
+        "codec_think_bos_id": 54, "codec_think_eos_id": 55, "speaker_id": {"ethan": 56, "chelsie": 57},
+        "audio_token_id": i["<|AUDIO|>"], "image_token_id": i["<|IMAGE|>"], "video_token_id": i["<|VIDEO|>"],
+        "vision_start_token_id": i["<|vision_bos|>"], "audio_start_token_id": i["<|audio_bos|>"],
+        "spatial_merge_size": 2,
+    }
+    code2wav = {"codebook_size": 48, "hidden_size": 32, "max_position_embeddings": 8000, "num_attention_heads": 2,
+                "num_key_value_heads": 2, "sliding_window": 8, "intermediate_size": 64, "num_hidden_layers": 1,
+                "num_quantizers": 4, "upsample_rates": [5, 4, 3, 2], "upsampling_ratios": [2, 2],
+                "decoder_dim": 32}
+    return Qwen3OmniMoeConfig(
+        thinker_config=thinker, talker_config=talker, code2wav_config=code2wav, enable_audio_output=True,
+        im_start_token_id=i["<|im_start|>"], im_end_token_id=i["<|im_end|>"], tts_pad_token_id=i["<tts_pad>"],
+        tts_bos_token_id=i["<tts_text_bos>"], tts_eos_token_id=i["<tts_text_eod>"],
+        system_token_id=tok.convert_tokens_to_ids("system"), user_token_id=tok.convert_tokens_to_ids("user"),
+        assistant_token_id=tok.convert_tokens_to_ids("assistant"))
+
+
+def build_qwen3(out: Path) -> None:
+    import torch
+    from transformers import (
+        GenerationConfig,
+        Qwen2VLImageProcessor,
+        Qwen3OmniMoeForConditionalGeneration,
+        Qwen3OmniMoeProcessor,
+        WhisperFeatureExtractor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    tok = build_tokenizer(out)
+    config = qwen3_config(tok)
+    torch.manual_seed(SEED)
+    model = Qwen3OmniMoeForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(SEED)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    model.save_pretrained(out)
+    GenerationConfig(eos_token_id=config.thinker_config.text_config.eos_token_id,
+                     pad_token_id=config.thinker_config.text_config.pad_token_id).save_pretrained(out)
+    pixels = {"min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 16, "patch_size": 16}
+    Qwen3OmniMoeProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
+                          video_processor=Qwen2VLVideoProcessor(**pixels),
+                          feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok,
+                          chat_template=CHAT_TEMPLATE).save_pretrained(out)
+
+
+FAMILIES = {"qwen2_5_omni": build_qwen2_5, "qwen3_omni_moe": build_qwen3}
 
 
 def main(argv: list[str] | None = None) -> int:

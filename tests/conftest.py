@@ -60,7 +60,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def run_server(*args: str, tmp_path: Path, api_key: str | None = None, timeout: float = 120):
+def run_server(*args: str, tmp_path: Path, api_key: str | None = None, timeout: float = 120,
+               env: dict[str, str] | None = None):
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     cmd = [sys.executable, "-m", "omniserve", "serve", "--host", "127.0.0.1", "--port", str(port),
@@ -69,7 +70,7 @@ def run_server(*args: str, tmp_path: Path, api_key: str | None = None, timeout: 
         cmd += ["--data-dir", str(MODEL_DATA)]
     if api_key:
         cmd += ["--api-key", api_key]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")} | (env or {})
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                 start_new_session=True)

@@ -2,7 +2,8 @@
 
     thinker (audio + vision encoders + LLM) ⇢ talker (+ code predictor) ⇢ code2wav
 
-The family comes from `config.json` (`architectures`). This module only reads
+The family comes from `config.json` (`architectures`). Qwen3-Omni's thinker is served
+alone for now (its talker and code2wav stages are not written yet). This module only reads
 files: it runs in the API process, which never imports torch. The stages load
 their parts of the weights themselves (`executors/qwen_omni/`).
 """
@@ -32,6 +33,7 @@ class Family:
     code2wav: tuple[str, str, str]
     sample_rate: int
     default_voice: str
+    speaks: bool = True  # its talker and code2wav stages are served (else the thinker alone)
 
 
 FAMILIES = {
@@ -46,9 +48,8 @@ FAMILIES = {
         thinker=("Qwen3OmniMoeThinkerForConditionalGeneration", "thinker_config", "thinker"),
         talker=("Qwen3OmniMoeTalkerForConditionalGeneration", "talker_config", "talker"),
         code2wav=("Qwen3OmniMoeCode2Wav", "code2wav_config", "code2wav"),
-        sample_rate=24000, default_voice="Ethan"),
+        sample_rate=24000, default_voice="Ethan", speaks=False),
 }
-SERVED = {"qwen2_5_omni"}  # the families whose stages exist today
 THINKER, TALKER, CODE2WAV = STAGES = ("thinker", "talker", "code2wav")
 # Qwen2.5-Omni speaks only with this system prompt (its model card says so); a chat without one gets it.
 QWEN_SYSTEM_PROMPT = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
@@ -95,9 +96,6 @@ def find_checkpoint(spec: str | None) -> OmniCheckpoint | None:
         known = ", ".join(FAMILIES)
         raise ConfigError(f"--model-path {spec}: unsupported architecture {architectures or config.get('model_type')}"
                           f"; omniserve serves Hugging Face folders of {known}, or GGUF files")
-    if family.name not in SERVED:
-        raise ConfigError(f"--model-path {spec}: {architectures[0]} is recognized, but its stages are not served yet; "
-                          f"serve a Qwen2.5-Omni checkpoint")
     checkpoint = OmniCheckpoint(folder.resolve(), family, config)
     _check_files(checkpoint, spec)
     return checkpoint
@@ -155,7 +153,7 @@ def omni_stages(checkpoint: OmniCheckpoint, settings) -> dict[str, Any]:
             count = cuda_device_count() if count is None else count
             if index >= count:
                 raise ConfigError(f"--gpu-{name} {index}: no such CUDA device (this machine has {count})")
-    names = ["thinker"] if settings.text_only else list(STAGES)
+    names = list(STAGES) if checkpoint.family.speaks and not settings.text_only else [THINKER]
     group = "omni" if settings.colocate else None
     # On a CPU the three stages run at once: each takes half the threads (torch's spinning threads in three
     # processes, each with all cores, made the tiny checkpoint's thinker 5x slower on 2 cores)
@@ -165,10 +163,8 @@ def omni_stages(checkpoint: OmniCheckpoint, settings) -> dict[str, Any]:
         args: dict[str, Any] = {"model_path": str(checkpoint.path), "dtype": settings.dtype, "threads": threads}
         if name != "code2wav":
             args["mem_fraction"] = settings.stage_mem_fraction(name)
-        if name == "thinker":
-            args["max_sequences"] = settings.max_running_requests
-            if settings.context_length:
-                args["context_length"] = settings.context_length
+        if name == "thinker" and settings.context_length:
+            args["context_length"] = settings.context_length
         device = devices[name]
         placement = {"device": "auto" if device is None else f"cuda:{device}", "process_group": group}
         stages.append({"name": name, "executor": f"qwen_omni_{name}", "args": args, "placement": placement})

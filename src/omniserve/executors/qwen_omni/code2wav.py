@@ -50,12 +50,25 @@ class _Speech:
         return min(first << min(self.chunks, 16), largest)
 
 
+@dataclass
+class _Chunk:
+    """Codes [start, end) of one request, to decode in this step; `need`: codes whose mel the vocoder
+    window takes (the chunk and its right context)."""
+
+    job: _Speech
+    start: int
+    end: int
+    need: int
+    audio: bytes = b""
+
+
 class QwenOmniCode2WavExecutor:
     def __init__(self, args: Code2WavArgs, stage: str = "code2wav"):
         self.args = args
         self.stage = stage
         self._jobs: dict[str, _Speech] = {}
-        self._turns: deque[str] = deque()
+        self._turns: deque[str] = deque()  # requests with a chunk ready
+        self.batch_size = 1
 
     def load(self) -> dict[str, Any]:
         import torch
@@ -124,49 +137,73 @@ class QwenOmniCode2WavExecutor:
         return len(job.codes) >= job.decoded + job.chunk(self.chunk, self.largest) + self.right + self.dit_right
 
     def step(self) -> list[OmniOutput]:
-        """One chunk of the request whose turn it is."""
-        job = self._jobs[self._turns.popleft()]
-        end = min(job.decoded + job.chunk(self.chunk, self.largest), len(job.codes))
-        job.chunks += 1
-        audio = b""
-        if end > job.decoded:
-            with self.torch.no_grad():
-                audio = self._decode(job, job.decoded, end)
-            job.decoded = end
-        last = job.codes_done and job.decoded == len(job.codes)
-        text, job.text = job.text, ""
-        out = OmniOutput(job.request_id, audio=audio, sample_rate=self.sample_rate, text=text)
-        job.samples += len(audio) // 2
-        if last:
-            out.finish_reason, out.done = "stop", True
-            out.info = {"duration": job.samples / self.sample_rate}
-            del self._jobs[job.request_id]
-        elif self._ready(job):
-            self._turns.append(job.request_id)
-        return [out]
+        """The next chunk of every request that has one ready. Windows of one length (and one speaker's
+        reference) go through the DiT and the vocoder together, in one batch."""
+        chunks = []
+        for request_id in self._turns:
+            job = self._jobs[request_id]
+            end = min(job.decoded + job.chunk(self.chunk, self.largest), len(job.codes))
+            chunks.append(_Chunk(job, job.decoded, end, min(len(job.codes), end + self.right)))
+        self._turns.clear()
+        self.batch_size = max(1, len(chunks))
+        with self.torch.no_grad():
+            self._make_mel([c for c in chunks if c.need > c.job.mel_codes])
+            self._vocode([c for c in chunks if c.end > c.start])
+        outputs = []
+        for chunk in chunks:
+            job = chunk.job
+            job.decoded, job.chunks = chunk.end, job.chunks + 1
+            text, job.text = job.text, ""
+            out = OmniOutput(job.request_id, audio=chunk.audio, sample_rate=self.sample_rate, text=text)
+            job.samples += len(chunk.audio) // 2
+            if job.codes_done and job.decoded == len(job.codes):
+                out.finish_reason, out.done = "stop", True
+                out.info = {"duration": job.samples / self.sample_rate}
+                del self._jobs[job.request_id]
+            elif self._ready(job):
+                self._turns.append(job.request_id)
+            outputs.append(out)
+        return outputs
 
-    def _decode(self, job: _Speech, start: int, end: int) -> bytes:
-        """Codes [start, end) as 16-bit PCM: the vocoder runs on their mel with left and right context,
-        and the DiT runs once per block, on the blocks it has not made yet (with the context it can see)."""
+    def _make_mel(self, chunks: list[_Chunk]) -> None:
+        """Each chunk's request gets the mel of its codes up to `need`: the DiT runs once per block, on the
+        blocks not made yet, with the context its look-back and look-ahead layers see."""
         torch = self.torch
-        need = min(len(job.codes), end + self.right)
-        if need > job.mel_codes:
+        windows: dict[tuple, list[tuple[_Chunk, int, int]]] = {}
+        for chunk in chunks:
+            job = chunk.job
             first = max(0, job.mel_codes - self.dit_left)
-            last = min(len(job.codes), need + self.dit_right)
-            codes = torch.tensor([job.codes[first:last]], device=self.device)
-            speaker = self.speakers[job.speaker]
-            cond = speaker["cond"].to(self.device).float()
-            ref_mel = speaker["ref_mel"].to(self.device).float()
-            noise = self._noise(job, last * self.repeats)[:, first * self.repeats:last * self.repeats]
-            mel = dit_sample(self.model.code2wav_dit_model, noise, cond, ref_mel, codes)
-            mel = mel[..., (job.mel_codes - first) * self.repeats:(need - first) * self.repeats]
-            job.mel = mel if job.mel is None else torch.cat([job.mel, mel], dim=-1)
-            job.mel_codes = need
-        first = max(0, start - self.left)
-        wave = self.model.code2wav_bigvgan_model(job.mel[..., first * self.repeats:need * self.repeats]).reshape(-1)
-        cut = (start - first) * self.repeats * self.hop
-        wave = wave[cut:cut + (end - start) * self.repeats * self.hop]
-        return (wave.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
+            last = min(len(job.codes), chunk.need + self.dit_right)
+            reference = self.speakers[job.speaker]["ref_mel"].shape
+            windows.setdefault((last - first, tuple(reference)), []).append((chunk, first, last))
+        for group in windows.values():
+            codes = torch.tensor([c.job.codes[first:last] for c, first, last in group], device=self.device)
+            noise = torch.cat([self._noise(c.job, last * self.repeats)[:, first * self.repeats:last * self.repeats]
+                               for c, first, last in group])
+            cond = torch.cat([self.speakers[c.job.speaker]["cond"] for c, _, _ in group]).to(self.device).float()
+            ref_mel = torch.cat([self.speakers[c.job.speaker]["ref_mel"] for c, _, _ in group]).to(self.device)
+            mels = dit_sample(self.model.code2wav_dit_model, noise, cond, ref_mel.float(), codes)
+            for row, (chunk, first, _) in enumerate(group):
+                job = chunk.job
+                mel = mels[row:row + 1, :, (job.mel_codes - first) * self.repeats:(chunk.need - first) * self.repeats]
+                job.mel = mel if job.mel is None else torch.cat([job.mel, mel], dim=-1)
+                job.mel_codes = chunk.need
+
+    def _vocode(self, chunks: list[_Chunk]) -> None:
+        """Each chunk's audio (16-bit PCM): the vocoder runs on its mel with left and right context, and only
+        the chunk's own samples are kept."""
+        torch = self.torch
+        windows: dict[int, list[tuple[_Chunk, int]]] = {}
+        for chunk in chunks:
+            first = max(0, chunk.start - self.left)
+            windows.setdefault(chunk.need - first, []).append((chunk, first))
+        for group in windows.values():
+            mel = torch.cat([c.job.mel[..., first * self.repeats:c.need * self.repeats] for c, first in group])
+            waves = self.model.code2wav_bigvgan_model(mel).reshape(len(group), -1)
+            for row, (chunk, first) in enumerate(group):
+                cut = (chunk.start - first) * self.repeats * self.hop
+                wave = waves[row, cut:cut + (chunk.end - chunk.start) * self.repeats * self.hop]
+                chunk.audio = (wave.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
 
     def _noise(self, job: _Speech, frames: int):
         """The first `frames` mel frames of this request's noise (one stream per seed, so a longer draw

@@ -26,7 +26,6 @@ class OmniStageArgs(BaseModel):
     dtype: str = Field("auto", pattern="^(auto|float32|bfloat16|float16)$")  # auto: bfloat16 on CUDA, else float32
     threads: int = Field(2, ge=1)
     mem_fraction: float | None = Field(None, gt=0, lt=1)  # of the device's memory this stage may use (CUDA)
-    max_sequences: int = Field(8, ge=1)
     context_length: int | None = Field(None, ge=16)
     # code2wav: codec frames in the first chunk (each next one doubles, up to the largest), and the frames
     # before (and after) a chunk that the vocoder sees as context
@@ -174,6 +173,53 @@ class Sampler:
             return int(torch.argmax(scores, dim=-1)[0])
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, num_samples=1, generator=self.generator)[0, 0])
+
+
+class KV:
+    """One sequence's attention cache, layer by layer, kept apart so that sequences of different
+    lengths can decode together: `stack` left-pads them to the longest and builds one cache, `split`
+    gives each its part back after the pass."""
+
+    def __init__(self, layers: list[tuple[Any, Any]]):
+        self.layers = layers  # (keys, values), each (1, heads, length, head size)
+
+    @classmethod
+    def of(cls, cache) -> KV:
+        return cls([(layer.keys, layer.values) for layer in cache.layers])
+
+    @property
+    def length(self) -> int:
+        return int(self.layers[0][0].shape[-2])
+
+    @staticmethod
+    def stack(kvs: list[KV], config):
+        """(one cache for the batch, its attention mask including the token to come, each one's padding)."""
+        import torch
+        import torch.nn.functional as F
+        from transformers import DynamicCache
+
+        longest = max(kv.length for kv in kvs)
+        pads = [longest - kv.length for kv in kvs]
+        cache = DynamicCache(config=config)
+        for index in range(len(kvs[0].layers)):
+            if len(kvs) == 1:
+                keys, values = kvs[0].layers[index]
+            else:
+                padded = [(F.pad(kv.layers[index][0], (0, 0, pad, 0)), F.pad(kv.layers[index][1], (0, 0, pad, 0)))
+                          for kv, pad in zip(kvs, pads, strict=True)]
+                keys, values = torch.cat([k for k, _ in padded]), torch.cat([v for _, v in padded])
+            cache.update(keys, values, index)
+        device = kvs[0].layers[0][0].device
+        mask = torch.ones(len(kvs), longest + 1, dtype=torch.long, device=device)
+        for row, pad in enumerate(pads):
+            mask[row, :pad] = 0
+        return cache, mask, pads
+
+    @staticmethod
+    def split(cache, pads: list[int]) -> list[KV]:
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        return [KV([(k[row:row + 1, :, pad:], v[row:row + 1, :, pad:]) for k, v in layers])
+                for row, pad in enumerate(pads)]
 
 
 def check_sampling(stage: str, params: SamplingParams) -> None:

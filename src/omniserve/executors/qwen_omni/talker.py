@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import request_params
-from omniserve.executors.qwen_omni.runtime import LoadedPart, OmniStageArgs, Sampler, read_speakers
+from omniserve.executors.qwen_omni.runtime import KV, LoadedPart, OmniStageArgs, Sampler, read_speakers
 from omniserve.executors.qwen_omni.thinker import ReplyStates, TalkerStart
 from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams
 
@@ -63,7 +63,7 @@ class _Voice:
     reply: list[np.ndarray] = field(default_factory=list)  # the thinker's states for answer tokens 0, 1, ...
     reply_final: bool = False
     steps: int = 0  # forward passes so far (0: not prefilled)
-    cache: Any = None
+    kv: Any = None  # KV: the attention cache
     rope_delta: Any = None
     seen: list[int] = field(default_factory=list)  # the talker's input ids (for the repetition penalty)
     codes: list[int] = field(default_factory=list)
@@ -136,49 +136,67 @@ class QwenOmniTalkerExecutor:
         return voice.steps < len(voice.reply) or voice.reply_final
 
     def step(self) -> list[OmniOutput]:
-        outputs = []
+        """Start the requests whose first states arrived, then one codec token for each of the others, in
+        one forward pass."""
         ready = [v for v in self._voices.values() if self._ready(v)]
         self.batch_size = max(1, len(ready))
+        outputs = []
+        decoding = [v for v in ready if v.steps > 0]
         with self.torch.no_grad():
             for voice in ready:
-                outputs.append(self._forward(voice))
+                if voice.steps == 0:
+                    outputs.append(self._prefill(voice))
+            if decoding:
+                outputs += self._decode(decoding)
         return outputs
 
-    def _forward(self, v: _Voice) -> OmniOutput:
+    def _prefill(self, v: _Voice) -> OmniOutput:
+        """The prompt's states, the speaker's text-start token and the first answer token's states, laid out
+        as transformers' talker takes them."""
         torch = self.torch
-        model = self.model
-        embed = model.get_input_embeddings()
-        if v.steps == 0:
-            start = v.start
-            bos_text = self.speakers[v.speaker]["bos_token"]
-            rows = [start.prompt, start.special_embeds[bos_text][None], v.reply[0][None]]
-            embeds = torch.from_numpy(np.concatenate(rows)).to(self.device, model.dtype)[None]
-            codec = torch.tensor([self.codec["bos"], self.codec["pad"]], device=self.device)
-            embeds[:, -1, :] += embed(codec[:1])[0]
-            embeds[:, -2, :] += embed(codec[1:])[0]
-            text_ids = torch.tensor([start.input_ids + [bos_text, start.first_token]], device=self.device)
-            mask = torch.ones_like(text_ids)
-            grids = {k: torch.from_numpy(np.asarray(val)).to(self.device) for k, val in start.grids.items()}
-            positions, v.rope_delta = model.get_rope_index(
-                text_ids, grids.get("image_grid_thw"), grids.get("video_grid_thw"), mask, start.use_audio_in_video,
-                grids.get("audio_feature_lengths"), grids.get("video_second_per_grid"))
-            v.seen = [self.codec["mask"]] * len(start.input_ids) + [self.codec["pad"], self.codec["bos"]]
-            from transformers import DynamicCache
+        from transformers import DynamicCache
 
-            v.cache = DynamicCache(config=model.config)
-        else:
-            state = self._reply_state(v)
-            embeds = embed(torch.tensor([[v.codes[-1]]], device=self.device)) + \
-                torch.from_numpy(state).to(self.device, model.dtype)[None, None]
-            past = len(v.seen) - 1
-            positions = (torch.tensor([[past]], device=self.device) + v.rope_delta).view(1, 1, 1).expand(3, 1, 1)
-            mask = torch.ones(1, past + 1, dtype=torch.long, device=self.device)
+        model, embed, start = self.model, self.model.get_input_embeddings(), v.start
+        bos_text = self.speakers[v.speaker]["bos_token"]
+        rows = [start.prompt, start.special_embeds[bos_text][None], v.reply[0][None]]
+        embeds = torch.from_numpy(np.concatenate(rows)).to(self.device, model.dtype)[None]
+        codec = torch.tensor([self.codec["bos"], self.codec["pad"]], device=self.device)
+        embeds[:, -1, :] += embed(codec[:1])[0]
+        embeds[:, -2, :] += embed(codec[1:])[0]
+        text_ids = torch.tensor([start.input_ids + [bos_text, start.first_token]], device=self.device)
+        mask = torch.ones_like(text_ids)
+        grids = {k: torch.from_numpy(np.asarray(val)).to(self.device) for k, val in start.grids.items()}
+        positions, v.rope_delta = model.get_rope_index(
+            text_ids, grids.get("image_grid_thw"), grids.get("video_grid_thw"), mask, start.use_audio_in_video,
+            grids.get("audio_feature_lengths"), grids.get("video_second_per_grid"))
+        v.seen = [self.codec["mask"]] * len(start.input_ids) + [self.codec["pad"], self.codec["bos"]]
         out = model.model(inputs_embeds=model.thinker_to_talker_proj(embeds), position_ids=positions,
-                          attention_mask=mask, past_key_values=v.cache, use_cache=True, return_dict=True)
-        v.cache = out.past_key_values
-        v.steps += 1
+                          attention_mask=mask, past_key_values=DynamicCache(config=model.config), use_cache=True,
+                          return_dict=True)
+        v.kv = KV.of(out.past_key_values)
+        return self._choose(v, model.codec_head(out.last_hidden_state[:, -1:, :])[:, -1, :].float())
+
+    def _decode(self, batch: list[_Voice]) -> list[OmniOutput]:
+        torch, model = self.torch, self.model
+        cache, mask, pads = KV.stack([v.kv for v in batch], model.config)
+        codes = torch.tensor([[v.codes[-1]] for v in batch], device=self.device)
+        states = torch.from_numpy(np.stack([self._reply_state(v) for v in batch])).to(self.device, model.dtype)
+        embeds = model.get_input_embeddings()(codes) + states[:, None, :]
+        past = torch.tensor([[len(v.seen) - 1] for v in batch], device=self.device)
+        positions = (past + torch.cat([v.rope_delta for v in batch])).view(1, len(batch), 1).expand(3, -1, -1)
+        out = model.model(inputs_embeds=model.thinker_to_talker_proj(embeds), position_ids=positions,
+                          attention_mask=mask, past_key_values=cache, use_cache=True, return_dict=True)
         logits = model.codec_head(out.last_hidden_state[:, -1:, :])[:, -1, :].float()
-        code = v.sampler(logits, torch.tensor([v.seen], device=self.device), v.codes)
+        outputs = []
+        for row, (v, kv) in enumerate(zip(batch, KV.split(out.past_key_values, pads), strict=True)):
+            v.kv = kv
+            outputs.append(self._choose(v, logits[row:row + 1]))
+        return outputs
+
+    def _choose(self, v: _Voice, logits) -> OmniOutput:
+        """The next codec token, or the end of this voice."""
+        v.steps += 1
+        code = v.sampler(logits, self.torch.tensor([v.seen], device=self.device), v.codes)
         if code in (self.codec["eos"], self.codec["pad"]) or len(v.codes) + 1 >= v.max_tokens:
             if code not in (self.codec["eos"], self.codec["pad"]):
                 v.codes.append(code)

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from omniserve.errors import InvalidRequest
-from omniserve.executors.qwen_omni.runtime import LoadedPart, OmniStageArgs, Sampler, check_sampling, read_speakers
+from omniserve.executors.qwen_omni.runtime import (
+    KV,
+    LoadedPart,
+    OmniStageArgs,
+    Sampler,
+    check_sampling,
+    read_speakers,
+)
 from omniserve.executors.text_stream import TextStream
 from omniserve.models.qwen_omni import QWEN_SYSTEM_PROMPT, TALKER
 from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams
@@ -63,7 +70,7 @@ class _Sequence:
     speaks: bool
     forced: list[int] | None = None  # read aloud: the answer is these tokens
     use_audio_in_video: bool = False
-    cache: Any = None
+    kv: Any = None  # KV: the attention cache
     rope_delta: Any = None
     ids: list[int] = field(default_factory=list)  # prompt + answer so far
     prompt_len: int = 0
@@ -102,10 +109,13 @@ class QwenOmniThinkerExecutor:
             eos = None
         eos = eos if eos is not None else text.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
-        self.media_tokens = [thinker.audio_token_index, thinker.image_token_index, thinker.video_token_index]
-        talker = part.config.talker_config
-        special = {talker.tts_text_end_token_id, talker.tts_text_pad_token_id, talker.tts_text_start_token_id}
-        if self.family.name == "qwen2_5_omni" and part.config.enable_audio_output:
+        # Qwen2.5-Omni names them `*_token_index`, Qwen3-Omni `*_token_id`
+        self.media_tokens = [getattr(thinker, f"{kind}_token_index", None) or getattr(thinker, f"{kind}_token_id")
+                             for kind in ("audio", "image", "video")]
+        special = set()
+        if self.family.speaks and part.config.enable_audio_output:
+            talker = part.config.talker_config
+            special = {talker.tts_text_end_token_id, talker.tts_text_pad_token_id, talker.tts_text_start_token_id}
             special |= {s["bos_token"] for s in read_speakers(folder).values()}
         with torch.no_grad():
             table = self.model.get_input_embeddings()
@@ -224,7 +234,7 @@ class QwenOmniThinkerExecutor:
     # ---- steps ---------------------------------------------------------------------
 
     def step(self) -> list[OmniOutput]:
-        """Prefill the oldest waiting request, then one token for every running one."""
+        """Prefill the oldest waiting request, then one token for every running one, in one batch."""
         outputs: list[OmniOutput] = []
         with self.torch.no_grad():
             if self._waiting:
@@ -232,8 +242,8 @@ class QwenOmniThinkerExecutor:
                 outputs += self._prefill(sequence)
             running = list(self._running.values())
             self.batch_size = max(1, len(running))
-            for sequence in running:
-                outputs += self._decode(sequence)
+            if running:
+                outputs += self._decode(running)
         return outputs
 
     def _prefill(self, s: _Sequence) -> list[OmniOutput]:
@@ -255,8 +265,8 @@ class QwenOmniThinkerExecutor:
                                                    device=self.device)}
         length = inputs["input_ids"].shape[1]
         positions = torch.cat([torch.arange(length, device=self.device).view(1, 1, -1), rope], dim=0)
-        s.cache = DynamicCache(config=self.model.config.get_text_config())
-        out = self.model(**inputs, position_ids=positions, past_key_values=s.cache, use_cache=forced is None,
+        out = self.model(**inputs, position_ids=positions, use_cache=forced is None,
+                         past_key_values=DynamicCache(config=self.model.config.get_text_config()),
                          use_audio_in_video=s.use_audio_in_video, output_hidden_states=s.speaks)
         s.ids = input_ids[0].tolist()
         first = OmniOutput(s.request_id)
@@ -267,33 +277,39 @@ class QwenOmniThinkerExecutor:
             first.completion_tokens = len(s.generated)
             first.finish_reason, first.done = "stop", True
             if s.speaks:
-                summed = self._talker_states(out, inputs["input_ids"])
+                summed = self._talker_states(out, inputs["input_ids"])[0]
                 start = self._talker_start(s, summed[:s.prompt_len], s.forced[0])
                 states = [summed[s.prompt_len + i] for i in range(len(s.forced) - 1)]
                 first.payload = [start, ReplyStates(states, final=True)]
             return [first]
-        s.cache = out.past_key_values
+        s.kv = KV.of(out.past_key_values)
         token = s.sampler(out.logits[:, -1, :].float(), input_ids, s.generated)
         if s.speaks:
-            first.payload = [self._talker_start(s, self._talker_states(out, input_ids), token)]
+            first.payload = [self._talker_start(s, self._talker_states(out, input_ids)[0], token)]
         self._running[s.request_id] = s
         return [self._advance(s, token, first)]
 
-    def _decode(self, s: _Sequence) -> list[OmniOutput]:
+    def _decode(self, batch: list[_Sequence]) -> list[OmniOutput]:
+        """One token for each running sequence, in one forward pass."""
         torch = self.torch
-        last = torch.tensor([[s.generated[-1]]], device=self.device)
-        past = len(s.ids) - 1
-        positions = (torch.tensor([[past]], device=self.device) + s.rope_delta).view(1, 1, 1)
-        out = self.model(input_ids=last, position_ids=positions, past_key_values=s.cache, use_cache=True,
-                         attention_mask=torch.ones(1, past + 1, dtype=torch.long, device=self.device),
-                         output_hidden_states=s.speaks)
-        s.cache = out.past_key_values
-        seen = torch.tensor([s.ids], device=self.device)
-        token = s.sampler(out.logits[:, -1, :].float(), seen, s.generated)
-        result = OmniOutput(s.request_id)
-        if s.speaks:
-            result.payload = [ReplyStates([self._talker_states(out, last)[0]])]
-        return [self._advance(s, token, result)]
+        cache, mask, pads = KV.stack([s.kv for s in batch], self.model.config.get_text_config())
+        last = torch.tensor([[s.generated[-1]] for s in batch], device=self.device)
+        past = torch.tensor([[len(s.ids) - 1] for s in batch], device=self.device)
+        positions = (past + torch.cat([s.rope_delta for s in batch])).view(1, len(batch), 1)
+        speaks = any(s.speaks for s in batch)
+        out = self.model(input_ids=last, position_ids=positions, past_key_values=cache, use_cache=True,
+                         attention_mask=mask, output_hidden_states=speaks)
+        states = self._talker_states(out, last) if speaks else None
+        outputs = []
+        for row, (s, kv) in enumerate(zip(batch, KV.split(out.past_key_values, pads), strict=True)):
+            s.kv = kv
+            seen = torch.tensor([s.ids], device=self.device)
+            token = s.sampler(out.logits[row:row + 1, -1, :].float(), seen, s.generated)
+            result = OmniOutput(s.request_id)
+            if s.speaks:
+                result.payload = [ReplyStates([states[row][0]])]
+            outputs.append(self._advance(s, token, result))
+        return outputs
 
     def _advance(self, s: _Sequence, token: int, out: OmniOutput) -> OmniOutput:
         """Take the chosen token: text delta, and the end of the answer if it ends here."""
@@ -328,7 +344,7 @@ class QwenOmniThinkerExecutor:
         embeds = self.model.get_input_embeddings()(input_ids)
         media = torch.isin(input_ids, torch.tensor(self.media_tokens, device=self.device))
         embeds = embeds.masked_fill(media.unsqueeze(-1), 0)
-        return (out.hidden_states[-1] + embeds)[0].float().cpu().numpy()
+        return (out.hidden_states[-1] + embeds).float().cpu().numpy()
 
     def _talker_start(self, s: _Sequence, prompt: np.ndarray, first_token: int) -> TalkerStart:
         inputs = s.inputs

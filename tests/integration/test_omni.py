@@ -282,6 +282,12 @@ def test_bad_requests_are_400s(omni_server):
             reply = http.post("/v1/chat/completions", json=body)
             assert reply.status_code == 400, (name, reply.text)
             assert reply.json()["error"]["message"], name
+            # streamed with audio too: code2wav's first output comes early, but the thinker's check decides
+            streamed = http.post("/v1/chat/completions", json={**body, "stream": True, "modalities": ["text", "audio"]})
+            assert streamed.status_code == 400, (name, streamed.text)
+        long = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hello " * 5000}],
+                                                       "stream": True, "modalities": ["text", "audio"]})
+        assert long.status_code == 400 and "context" in long.json()["error"]["message"]
         assert http.get("/health").status_code == 200
 
 
@@ -301,8 +307,18 @@ def test_colocated_stages_share_one_process_and_answer_the_same(omni_server, tin
     assert np.array_equal(pcm(together), pcm(apart))
 
 
-def test_text_only_drops_the_talker_and_code2wav(tiny_omni, tmp_path):
-    with run_server("--model-path", str(tiny_omni), "--embedding-model", "none", "--text-only",
+@pytest.mark.parametrize("how", ["--text-only", "a checkpoint without audio output"])
+def test_text_only_drops_the_talker_and_code2wav(tiny_omni, tmp_path, how):
+    import json
+    import shutil
+
+    folder, flags = tiny_omni, ["--text-only"]
+    if how != "--text-only":
+        folder, flags = tmp_path / "mute", []
+        shutil.copytree(tiny_omni, folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "enable_audio_output": False}))
+    with run_server("--model-path", str(folder), "--embedding-model", "none", *flags,
                     tmp_path=tmp_path) as server:
         with server.http() as http:
             assert [s["name"] for s in http.get("/get_model_info").json()["stages"]] == ["thinker"]
@@ -352,6 +368,9 @@ def test_bad_flags_and_checkpoints_fail_at_start(tiny_omni, tmp_path):
     config.write_text("stages: {code2wav: {placement: {device: cuda:7}}}\n")
     line = start_fails("--model-path", path, "--config", str(config))
     assert "code2wav" in line and "cuda:7" in line and "does not exist" in line
+    config.write_text("stages: {talker: {args: {device: cuda:3}}}\n")  # the stage's own args say it too
+    line = start_fails("--model-path", path, "--config", str(config))
+    assert "talker" in line and "cuda:3" in line and "does not exist" in line
     other = tmp_path / "llama"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))

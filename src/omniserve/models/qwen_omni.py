@@ -153,7 +153,8 @@ def omni_stages(checkpoint: OmniCheckpoint, settings) -> dict[str, Any]:
             count = cuda_device_count() if count is None else count
             if index >= count:
                 raise ConfigError(f"--gpu-{name} {index}: no such CUDA device (this machine has {count})")
-    names = list(STAGES) if checkpoint.family.speaks and not settings.text_only else [THINKER]
+    speaks = checkpoint.family.speaks and checkpoint.config.get("enable_audio_output", True)
+    names = list(STAGES) if speaks and not settings.text_only else [THINKER]
     group = "omni" if settings.colocate else None
     # On a CPU the three stages run at once: each takes half the threads (torch's spinning threads in three
     # processes, each with all cores, made the tiny checkpoint's thinker 5x slower on 2 cores)
@@ -165,8 +166,9 @@ def omni_stages(checkpoint: OmniCheckpoint, settings) -> dict[str, Any]:
             args["mem_fraction"] = settings.stage_mem_fraction(name)
         if name == "thinker" and settings.context_length:
             args["context_length"] = settings.context_length
-        device = devices[name]
-        placement = {"device": "auto" if device is None else f"cuda:{device}", "process_group": group}
+        placement: dict[str, Any] = {"process_group": group}
+        if devices[name] is not None:  # else the executor's own default (auto), or the YAML's args.device
+            placement["device"] = f"cuda:{devices[name]}"
         stages.append({"name": name, "executor": f"qwen_omni_{name}", "args": args, "placement": placement})
     edges = [{"src": a, "dst": b, "streaming": True} for a, b in zip(names, names[1:], strict=False)]
     return {"stages": stages, "edges": edges, "terminals": ["thinker"] + (["code2wav"] if len(names) > 1 else [])}

@@ -85,6 +85,11 @@ async def launch_worker(
         process.join(timeout=5)
         what = f"stage {stages[0].name!r}" if len(stages) == 1 else f"stages {names}"
         raise StageLoadError(f"{what} failed to start: {failed[1]}")
+    if any(transport.closed for transport in transports):  # it died right after saying ready: nobody heard it
+        for transport in transports:
+            transport.close()
+        process.join(timeout=5)
+        raise StageLoadError(f"stages {names} exited right after loading (exit code {process.exitcode})")
     for stage, transport, message in zip(stages, transports, messages, strict=True):
         handles[stage.name] = WorkerHandle(process, transport, message[1])
     return [handles[stage.name] for stage in stages]

@@ -4,7 +4,8 @@
 It owns the model, so a crash here (segfault, OOM kill) takes down only this
 stage; the coordinator sees the pipe close, fails this stage's in-flight
 requests and starts a new worker. An exception while admitting a request
-(`add`, `feed`) fails that request only.
+(`add`, `feed`) fails that request only, as does one in `step` that the
+executor pins on a request (its `failed` list).
 
 Wire protocol (tuples over a multiprocessing pipe):
   in:  ("add", OmniRequest) | ("feed", [OmniOutput]) | ("abort", request_id) | ("stop",)
@@ -92,12 +93,26 @@ class _Lane:
                 return self.executor.add(message[1])
             return self.executor.feed(message[1])  # upstream stage outputs on a graph edge
         except Exception as exc:
-            if not isinstance(exc, OmniError):  # a bug, but this request's alone: the stage goes on
-                log.exception("stage %s failed on request %s", self.stage, request_id)
-                exc = OmniError(f"the {self.stage!r} stage failed on this request ({type(exc).__name__}: {exc})")
-            self.executor.abort(request_id)  # whatever it holds of the request goes
-            self.send(("error", request_id, exc.to_wire()))
+            self.fail(request_id, exc)
             return []
+
+    def fail(self, request_id: str, exc: Exception) -> None:
+        """This request failed here, and this request alone: its error goes out, the stage goes on."""
+        if not isinstance(exc, OmniError):  # a bug, or the model failing on this input
+            log.error("stage %s failed on request %s", self.stage, request_id, exc_info=exc)
+            exc = OmniError(f"the {self.stage!r} stage failed on this request ({type(exc).__name__}: {exc})")
+        self.executor.abort(request_id)  # whatever it holds of the request goes
+        self.send(("error", request_id, exc.to_wire()))
+
+    def step(self) -> list:
+        """One step, then the requests the step failed: an executor that knows which request an exception
+        belongs to lists it in `failed` (request id, exception) instead of raising."""
+        outputs = self.executor.step()
+        for request_id, exc in getattr(self.executor, "failed", []):
+            self.fail(request_id, exc)
+        if getattr(self.executor, "failed", None):
+            self.executor.failed.clear()
+        return outputs
 
 
 class _Loop:
@@ -121,7 +136,7 @@ class _Loop:
                         return
                     outputs.extend(lane.handle(message))
                 if lane.executor.has_work():
-                    outputs.extend(lane.executor.step())
+                    outputs.extend(lane.step())
                     lane.batches.append(getattr(lane.executor, "batch_size", 1))
                 if outputs:
                     lane.send(("outputs", outputs, lane.batches))

@@ -60,7 +60,7 @@ async def create_chat_completion(request: Request):
     request_id = new_id("chatcmpl")
     omni, talker = await _omni_request(request, client, body, served, request_id)
     omni.sampling[served.stage].lora = adapter
-    first, stream = await start(request, client, omni)
+    first, stream = await start(request, client, omni, stage=served.stage)
     speech = _Speech(body.audio or AudioOutput(), talker) if talker else None
     report = request.app.state.settings.enable_cache_report
     head = Head(request_id, model, served.fingerprint)

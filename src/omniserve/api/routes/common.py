@@ -81,11 +81,13 @@ def resolve_chat_model(client: Client, model_id: str | None, lora_path: str | No
     return resolve_model(client, model_id), adapter
 
 
-async def start(http: Request, client: Client, request: OmniRequest) -> tuple[OmniOutput, AsyncIterator[OmniOutput]]:
-    """Start a request and wait for its first output, so that validation errors
-    (prompt too long, ...) become a proper 4xx before any stream begins. A client
-    that leaves while the request waits for a slot takes it out of the line."""
-    return await until_disconnect(http, _first(client, request))
+async def start(http: Request, client: Client, request: OmniRequest,
+                stage: str | None = None) -> tuple[OmniOutput, AsyncIterator[OmniOutput]]:
+    """Start a request and wait for its first output (of `stage`, when given: the stage that checks the
+    request most, whose outputs other stages may overtake), so that validation errors (prompt too long,
+    ...) become a proper 4xx before any stream begins. A client that leaves while the request waits for
+    a slot takes it out of the line."""
+    return await until_disconnect(http, _first(client, request, stage))
 
 
 async def start_all(http: Request, client: Client, requests: list[OmniRequest]
@@ -94,13 +96,34 @@ async def start_all(http: Request, client: Client, requests: list[OmniRequest]
     return await until_disconnect(http, _first_of_all(client, requests))
 
 
-async def _first(client: Client, request: OmniRequest) -> tuple[OmniOutput, AsyncIterator[OmniOutput]]:
+async def _first(client: Client, request: OmniRequest,
+                 stage: str | None = None) -> tuple[OmniOutput, AsyncIterator[OmniOutput]]:
     stream = client.generate(request)
+    held: list[OmniOutput] = []  # other stages' outputs that came before `stage`'s first
     try:
-        first = await anext(stream)
+        while True:
+            first = await anext(stream)
+            if stage is None or first.stage == stage:
+                break
+            held.append(first)
     except StopAsyncIteration:
+        await stream.aclose()
         raise OmniError("the pipeline ended the request without output") from None
-    return first, stream
+    except BaseException:
+        await stream.aclose()
+        raise
+    return first, (_replay(held, stream) if held else stream)
+
+
+async def _replay(held: list[OmniOutput], stream: AsyncIterator[OmniOutput]) -> AsyncIterator[OmniOutput]:
+    """The outputs held back, then the rest of the stream."""
+    try:
+        for out in held:
+            yield out
+        async for out in stream:
+            yield out
+    finally:
+        await stream.aclose()
 
 
 async def _first_of_all(client: Client, requests: list[OmniRequest]

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from omniserve.errors import OmniError
 from omniserve.executors.base import request_params
-from omniserve.executors.qwen_omni.runtime import LoadedPart, OmniStageArgs, read_speakers
+from omniserve.executors.qwen_omni.runtime import LoadedPart, OmniStageArgs, failure, read_speakers
 from omniserve.executors.qwen_omni.talker import VoiceParams, voice_of
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
@@ -69,6 +70,7 @@ class QwenOmniCode2WavExecutor:
         self._jobs: dict[str, _Speech] = {}
         self._turns: deque[str] = deque()  # requests with a chunk ready
         self.batch_size = 1
+        self.failed: list[tuple[str, Exception]] = []  # requests a step failed (the worker tells them)
 
     def load(self) -> dict[str, Any]:
         import torch
@@ -83,6 +85,7 @@ class QwenOmniCode2WavExecutor:
         dit = part.config.token2wav_config.dit_config
         vocoder = part.config.token2wav_config.bigvgan_config
         self.repeats = dit.repeats
+        self.codebook = dit.num_embeds + 1  # the DiT's codec embedding rows
         self.mel_dim = dit.mel_dim
         self.hop = math.prod(vocoder.upsample_rates)  # samples per mel frame
         self.block = block = max(1, dit.block_size // dit.repeats)  # codes per DiT block
@@ -116,6 +119,10 @@ class QwenOmniCode2WavExecutor:
             job = self._jobs.get(out.request_id)
             if job is None:
                 continue
+            wrong = next((code for code in out.token_ids if not 0 <= code < self.codebook), None)
+            if wrong is not None:
+                raise OmniError(f"the talker made codec token {wrong}, which code2wav cannot decode (its codebook "
+                                f"has {self.codebook}); the checkpoint's talker and token2wav do not match")
             job.codes += out.token_ids
             job.text += out.text
             job.codes_done = job.codes_done or out.done
@@ -146,9 +153,15 @@ class QwenOmniCode2WavExecutor:
             chunks.append(_Chunk(job, job.decoded, end, min(len(job.codes), end + self.right)))
         self._turns.clear()
         self.batch_size = max(1, len(chunks))
-        with self.torch.no_grad():
-            self._make_mel([c for c in chunks if c.need > c.job.mel_codes])
-            self._vocode([c for c in chunks if c.end > c.start])
+        try:
+            with self.torch.no_grad():
+                self._make_mel([c for c in chunks if c.need > c.job.mel_codes])
+                self._vocode([c for c in chunks if c.end > c.start])
+        except Exception as exc:  # the step's requests fail, the stage goes on
+            for chunk in chunks:
+                self._jobs.pop(chunk.job.request_id, None)
+                self.failed.append((chunk.job.request_id, failure(exc)))
+            return []
         outputs = []
         for chunk in chunks:
             job = chunk.job

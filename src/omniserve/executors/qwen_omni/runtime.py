@@ -3,17 +3,14 @@ device and dtype, and a sampler that makes the same choices as transformers' `ge
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from omniserve.errors import InvalidRequest
+from omniserve.errors import InvalidRequest, OutOfMemory
 from omniserve.models.qwen_omni import find_checkpoint
 from omniserve.runtime.types import SamplingParams
-
-log = logging.getLogger(__name__)
 
 _FRACTIONS: dict[int, float] = {}  # CUDA device -> the memory share this process has been given
 
@@ -220,6 +217,17 @@ class KV:
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         return [KV([(k[row:row + 1, :, pad:], v[row:row + 1, :, pad:]) for k, v in layers])
                 for row, pad in enumerate(pads)]
+
+
+def failure(exc: Exception) -> Exception:
+    """What a request that failed in a forward pass gets: out of device memory is a 507 of its own."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return OutOfMemory(f"the model ran out of device memory on this request ({str(exc).splitlines()[0]}); "
+                           "retry it, shorter, or give the stage more memory")
+    return exc
 
 
 def check_sampling(stage: str, params: SamplingParams) -> None:

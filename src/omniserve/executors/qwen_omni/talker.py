@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import request_params
-from omniserve.executors.qwen_omni.runtime import KV, LoadedPart, OmniStageArgs, Sampler, read_speakers
+from omniserve.executors.qwen_omni.runtime import KV, LoadedPart, OmniStageArgs, Sampler, failure, read_speakers
 from omniserve.executors.qwen_omni.thinker import ReplyStates, TalkerStart
 from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams
 
@@ -76,6 +76,7 @@ class QwenOmniTalkerExecutor:
         self.stage = stage
         self._voices: dict[str, _Voice] = {}
         self.batch_size = 1
+        self.failed: list[tuple[str, Exception]] = []  # requests a step failed (the worker tells them)
 
     def load(self) -> dict[str, Any]:
         import torch
@@ -145,10 +146,21 @@ class QwenOmniTalkerExecutor:
         with self.torch.no_grad():
             for voice in ready:
                 if voice.steps == 0:
-                    outputs.append(self._prefill(voice))
+                    try:
+                        outputs.append(self._prefill(voice))
+                    except Exception as exc:  # this request's alone
+                        self._fail([voice], exc)
             if decoding:
-                outputs += self._decode(decoding)
+                try:
+                    outputs += self._decode(decoding)
+                except Exception as exc:  # the batch's: each of its requests fails, the stage goes on
+                    self._fail(decoding, exc)
         return outputs
+
+    def _fail(self, voices: list[_Voice], exc: Exception) -> None:
+        for voice in voices:
+            self._voices.pop(voice.request_id, None)
+            self.failed.append((voice.request_id, failure(exc)))
 
     def _prefill(self, v: _Voice) -> OmniOutput:
         """The prompt's states, the speaker's text-start token and the first answer token's states, laid out

@@ -13,7 +13,6 @@ read aloud, as the thinker's forced answer, in one forward pass.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +26,12 @@ from omniserve.executors.qwen_omni.runtime import (
     OmniStageArgs,
     Sampler,
     check_sampling,
+    failure,
     read_speakers,
 )
 from omniserve.executors.text_stream import TextStream
 from omniserve.models.qwen_omni import QWEN_SYSTEM_PROMPT, TALKER
 from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams
-
-log = logging.getLogger(__name__)
 
 ThinkerArgs = OmniStageArgs
 
@@ -86,6 +84,7 @@ class QwenOmniThinkerExecutor:
         self._waiting: deque[_Sequence] = deque()  # not prefilled yet
         self._running: dict[str, _Sequence] = {}
         self.batch_size = 1
+        self.failed: list[tuple[str, Exception]] = []  # requests a step failed (the worker tells them)
 
     # ---- load ----------------------------------------------------------------------
 
@@ -148,8 +147,10 @@ class QwenOmniThinkerExecutor:
         prompt_len = int(inputs["input_ids"].shape[1])
         room = self.context - prompt_len - (len(forced) if forced else 0)
         if room < 1:
-            raise InvalidRequest(f"the prompt is {prompt_len} tokens and this model's context is {self.context}; "
-                                 "shorten the messages or the media", param="messages")
+            where = "input" if read_aloud else "messages"
+            raise InvalidRequest(f"the {'text' if read_aloud else 'prompt'} is {prompt_len + len(forced or [])} "
+                                 f"tokens and this model's context is {self.context}; shorten the {where}",
+                                 param=where)
         max_tokens = min(params.max_tokens or room, room)
         sequence = _Sequence(request.request_id, inputs, Sampler(params, self.device), params,
                              TextStream(params.stop), speaks, forced, use_audio_in_video, prompt_len=prompt_len,
@@ -239,11 +240,20 @@ class QwenOmniThinkerExecutor:
         with self.torch.no_grad():
             if self._waiting:
                 sequence = self._waiting.popleft()
-                outputs += self._prefill(sequence)
+                try:
+                    outputs += self._prefill(sequence)
+                except Exception as exc:  # this prompt's alone (too big for the device, say)
+                    self._running.pop(sequence.request_id, None)
+                    self.failed.append((sequence.request_id, failure(exc)))
             running = list(self._running.values())
             self.batch_size = max(1, len(running))
             if running:
-                outputs += self._decode(running)
+                try:
+                    outputs += self._decode(running)
+                except Exception as exc:  # the batch's: each of its requests fails, the stage goes on
+                    for sequence in running:
+                        self._running.pop(sequence.request_id, None)
+                        self.failed.append((sequence.request_id, failure(exc)))
         return outputs
 
     def _prefill(self, s: _Sequence) -> list[OmniOutput]:
@@ -269,6 +279,8 @@ class QwenOmniThinkerExecutor:
                          past_key_values=DynamicCache(config=self.model.config.get_text_config()),
                          use_audio_in_video=s.use_audio_in_video, output_hidden_states=s.speaks)
         s.ids = input_ids[0].tolist()
+        start = self._talker_start(s, np.zeros(0), 0) if s.speaks else None
+        s.inputs = None  # the media's tensors are done with
         first = OmniOutput(s.request_id)
         if forced is not None:
             s.generated = list(s.forced)
@@ -276,16 +288,17 @@ class QwenOmniThinkerExecutor:
             first.text = s.text.push(self._answer_text(s).encode()) + s.text.flush()
             first.completion_tokens = len(s.generated)
             first.finish_reason, first.done = "stop", True
-            if s.speaks:
+            if start is not None:
                 summed = self._talker_states(out, inputs["input_ids"])[0]
-                start = self._talker_start(s, summed[:s.prompt_len], s.forced[0])
+                start.prompt, start.first_token = summed[:s.prompt_len], s.forced[0]
                 states = [summed[s.prompt_len + i] for i in range(len(s.forced) - 1)]
                 first.payload = [start, ReplyStates(states, final=True)]
             return [first]
         s.kv = KV.of(out.past_key_values)
         token = s.sampler(out.logits[:, -1, :].float(), input_ids, s.generated)
-        if s.speaks:
-            first.payload = [self._talker_start(s, self._talker_states(out, input_ids)[0], token)]
+        if start is not None:
+            start.prompt, start.first_token = self._talker_states(out, input_ids)[0], token
+            first.payload = [start]
         self._running[s.request_id] = s
         return [self._advance(s, token, first)]
 

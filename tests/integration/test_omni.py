@@ -303,8 +303,21 @@ def test_colocated_stages_share_one_process_and_answer_the_same(omni_server, tin
         assert len({s["pid"] for s in stages}) == 1 and len(stages) == 3
         assert stages[0]["info"]["mem_fraction"] == 0.5 and stages[1]["info"]["mem_fraction"] == 0.3
         together, apart = ask_speech(server, seed=2), ask_speech(omni_server, seed=2)
-    assert together.choices[0].message.content == apart.choices[0].message.content
-    assert np.array_equal(pcm(together), pcm(apart))
+        assert together.choices[0].message.content == apart.choices[0].message.content
+        assert np.array_equal(pcm(together), pcm(apart))
+        # the group's process dies: all three stages are down, then back together in a new process
+        import os
+        import signal
+
+        from tests.conftest import wait_until
+
+        os.kill(stages[0]["pid"], signal.SIGKILL)
+        with server.http() as http:
+            wait_until(lambda: http.get("/health").status_code == 503, timeout=10)
+            wait_until(lambda: http.get("/health").status_code == 200, timeout=60)
+            again = http.get("/get_model_info").json()["stages"]
+        assert len({s["pid"] for s in again}) == 1 and again[0]["pid"] != stages[0]["pid"]
+        assert pcm(ask_speech(server, seed=2)).tolist() == pcm(together).tolist()
 
 
 @pytest.mark.parametrize("how", ["--text-only", "a checkpoint without audio output"])

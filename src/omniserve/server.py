@@ -61,7 +61,7 @@ def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: C
         elif stage.executor == "piper":
             out.append(ServedModel(id=tts.id if tts else stage.name, max_model_len=None, kind="tts",
                                    aliases=TTS_OPENAI_NAMES, **common))
-        elif stage.executor == "qwen_omni_code2wav":  # the omni model speaks: thinker ⇢ talker ⇢ code2wav
+        elif stage.executor in ("qwen_omni_code2wav", "qwen3_omni_code2wav"):  # thinker ⇢ talker ⇢ code2wav
             talker = coordinator.workers[TALKER].info
             common["info"] = {**info, "voices": talker["voices"]}
             out += [ServedModel(id=i, max_model_len=None, kind="tts", aliases=TTS_OPENAI_NAMES, route=STAGES,

@@ -1,7 +1,7 @@
-"""A Qwen2.5-Omni checkpoint served as thinker ⇢ talker ⇢ code2wav stages, on a tiny random-weight
-checkpoint built here (`scripts/make_tiny_omni.py`). Its answers are noise, so every test compares
-the server with transformers' own `Qwen2_5OmniForConditionalGeneration.generate` on the same inputs
-and seed: the text token for token, the audio sample for sample (16-bit)."""
+"""Qwen2.5-Omni and Qwen3-Omni checkpoints served as thinker ⇢ talker ⇢ code2wav stages, on tiny
+random-weight checkpoints built here (`scripts/make_tiny_omni.py`). Their answers are noise, so every
+test compares the server with transformers' own `generate` on the same inputs and seed: the text
+token for token, the audio sample for sample (16-bit)."""
 
 from __future__ import annotations
 
@@ -400,7 +400,7 @@ def test_bad_flags_and_checkpoints_fail_at_start(tiny_omni, tmp_path):
     assert "not in the local Hugging Face cache" in line and "does not download" in line
 
 
-# ---- Qwen3-Omni: the thinker (its speech stages are not served yet) -----------------------------
+# ---- Qwen3-Omni: thinker ⇢ talker (+ code predictor) ⇢ code2wav -----------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -409,47 +409,145 @@ def tiny_qwen3(tmp_path_factory):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_omni.py"), str(out), "--family",
                            "qwen3_omni_moe"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    with run_server("--model-path", str(out), "--embedding-model", "none",
+    with run_server("--model-path", str(out), "--embedding-model", "none", "--allow-private-media-urls",
                     tmp_path=tmp_path_factory.mktemp("qwen3")) as server:
         yield out, server
 
 
-def test_qwen3_thinker_equals_transformers(tiny_qwen3):
-    import torch
-    from transformers import Qwen3OmniMoeForConditionalGeneration, Qwen3OmniMoeProcessor
+class Qwen3Reference:
+    """transformers' Qwen3OmniMoeForConditionalGeneration on the same checkpoint, in this process. Its
+    waveform is decoded with code2wav's own `chunked_decode` at the chunking the server streams with
+    (25 frames, 25 of left context) instead of the 300 its generate uses for a whole answer at once."""
 
-    folder, server = tiny_qwen3
-    model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
-    processor = Qwen3OmniMoeProcessor.from_pretrained(folder)
-    sound = tone(1.0)
+    def __init__(self, folder):
+        import torch
+        from transformers import Qwen3OmniMoeForConditionalGeneration, Qwen3OmniMoeProcessor
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        self.torch = torch
+        self.model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+        # transformers' talker lays out audio positions with the audio encoder's window, which only the
+        # thinker's config holds: without it, its own generate fails on audio input (the server does the same)
+        self.model.talker.config.audio_config = self.model.config.thinker_config.audio_config
+        whole = self.model.code2wav.chunked_decode
+        self.model.code2wav.chunked_decode = lambda codes, chunk_size, left_context_size: whole(codes, 25, 25)
+        self.processor = Qwen3OmniMoeProcessor.from_pretrained(folder)
+        self.eos = self.model.config.thinker_config.text_config.eos_token_id
+
+    def inputs(self, content: list[dict], **media):
+        text = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                  tokenize=False)
+        return self.processor(text=[text], return_tensors="pt", **media)
+
+    def answer(self, inputs, max_tokens: int, seed: int | None = None, voice: str = "Ethan"):
+        """(text, 16-bit waveform or None): the thinker greedy; with a seed, the talker samples with its
+        defaults from that seed."""
+        if seed is None:
+            result = self.model.generate(**inputs, thinker_max_new_tokens=max_tokens, return_audio=False,
+                                         thinker_eos_token_id=self.eos)
+            sequences, wave = getattr(result, "sequences", result), None
+        else:
+            self.torch.manual_seed(seed)
+            sequences, wave = self.model.generate(**inputs, thinker_max_new_tokens=max_tokens, speaker=voice,
+                                                  thinker_eos_token_id=self.eos)
+            wave = (wave.reshape(-1).clamp(-1, 1) * 32767).round().numpy().astype(np.int16)
+        text = self.processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+        return text, wave
+
+
+@pytest.fixture(scope="module")
+def qwen3_reference(tiny_qwen3):
+    return Qwen3Reference(tiny_qwen3[0])
+
+
+def qwen3_cases():
+    """(content for transformers, its media, the same content as sent to the server)."""
     from omniserve.media.audio import decode_audio
 
-    cases = [
+    sound = wav_bytes(tone(1.0))
+    return [
         ([{"type": "text", "text": "Hello, how are you?"}], {}, "Hello, how are you?"),
         ([{"type": "image"}, {"type": "audio"}, {"type": "text", "text": "What is this?"}],
-         {"images": [rgb("chelsea.png")], "audio": [decode_audio(wav_bytes(sound), where="a", max_seconds=60)]},
+         {"images": [rgb("chelsea.png")], "audio": [decode_audio(sound, where="a", max_seconds=60)]},
          [image_part(photo_url("chelsea.png")),
-          {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav_bytes(sound)).decode(),
-                                                  "format": "wav"}},
+          {"type": "input_audio", "input_audio": {"data": base64.b64encode(sound).decode(), "format": "wav"}},
           {"type": "text", "text": "What is this?"}]),
     ]
-    for content, media, sent in cases:
-        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=False)
-        inputs = processor(text=[text], return_tensors="pt", **media)
-        result = model.generate(**inputs, thinker_max_new_tokens=12, return_audio=False)
-        sequences = getattr(result, "sequences", result)
-        expected = processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+
+
+def ask_qwen3(server, content, seed=2, voice="Ethan", max_tokens=20, stream=False, **extra):
+    return server.openai().chat.completions.create(
+        model="tiny-qwen3-omni", messages=[{"role": "user", "content": content}], max_tokens=max_tokens,
+        temperature=0, seed=seed, modalities=["text", "audio"], stream=stream,
+        audio={"voice": voice, "format": "pcm16" if stream else "wav"}, extra_body=extra)
+
+
+def test_qwen3_text_equals_transformers(tiny_qwen3, qwen3_reference):
+    _, server = tiny_qwen3
+    for content, media, sent in qwen3_cases():
+        inputs = qwen3_reference.inputs(content, **media)
+        expected, _ = qwen3_reference.answer(inputs, 12)
         answer = server.openai().chat.completions.create(model="tiny-qwen3-omni", max_tokens=12, temperature=0,
                                                          messages=[{"role": "user", "content": sent}])
         assert answer.choices[0].message.content == expected
         assert answer.usage.prompt_tokens == inputs["input_ids"].shape[1]
 
 
-def test_qwen3_serves_its_thinker_alone(tiny_qwen3):
+def test_qwen3_audio_equals_transformers(tiny_qwen3, qwen3_reference):
+    """The talker samples (its defaults, from the request's seed) and its code predictor draws from the
+    same stream; the text, every codec frame and so the waveform are transformers' own."""
+    _, server = tiny_qwen3
+    for (content, media, sent), seed in zip(qwen3_cases(), (2, 7), strict=True):
+        text, wave = qwen3_reference.answer(qwen3_reference.inputs(content, **media), 20, seed=seed)
+        answer = ask_qwen3(server, sent, seed=seed)
+        assert answer.choices[0].message.content == text
+        assert answer.choices[0].message.audio.transcript == text
+        samples = pcm(answer)
+        assert len(samples) == len(wave) > 2 * 25 * 480  # over two chunks of 25 frames (480 samples each)
+        assert np.abs(samples.astype(int) - wave.astype(int)).max() <= 1
+        assert np.abs(wave.astype(int)).max() > 1000  # and it is not silence
+    other = pcm(ask_qwen3(server, "Hello, how are you?", seed=2, voice="Chelsie"))
+    assert not np.array_equal(other[:len(samples)], samples[:len(other)])  # the voice matters
+
+
+def test_qwen3_streams_chunks_and_batches_requests(tiny_qwen3):
+    """Streamed, the audio comes in chunks as the talker makes frames, joined it is the whole answer's;
+    requests together are answered as alone (the talker, its code predictor and code2wav batch them)."""
+    _, server = tiny_qwen3
+    talker = {"stage_sampling": {"talker": {"max_tokens": 80, "ignore_eos": True}}}
+    whole = pcm(ask_qwen3(server, "Hello", seed=4, **talker))
+    assert len(whole) > 3 * 25 * 480  # over three chunks
+    audio, kinds = bytearray(), []
+    for chunk in ask_qwen3(server, "Hello", seed=4, stream=True, **talker):
+        delta = chunk.choices[0].delta if chunk.choices else None
+        sound = getattr(delta, "audio", None) if delta else None
+        if sound and sound.data:
+            audio += base64.b64decode(sound.data)
+            kinds.append("audio")
+    assert kinds.count("audio") >= 4
+    assert np.array_equal(np.frombuffer(bytes(audio), dtype=np.int16), whole)
+
+    alone = [ask_qwen3(server, "Hello", seed=s, max_tokens=10 + 4 * s) for s in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda s: ask_qwen3(server, "Hello", seed=s, max_tokens=10 + 4 * s), range(4)))
+    for a, b in zip(alone, together, strict=True):
+        assert a.choices[0].message.content == b.choices[0].message.content
+        assert len(pcm(a)) == len(pcm(b))
+        assert np.abs(pcm(a).astype(int) - pcm(b).astype(int)).max() <= 1
+
+
+def test_qwen3_voices_speech_and_bad_requests(tiny_qwen3):
     _, server = tiny_qwen3
     with server.http() as http:
         stages = http.get("/get_model_info").json()["stages"]
-        assert [s["name"] for s in stages] == ["thinker"] and stages[0]["info"]["family"] == "qwen3_omni_moe"
-        reply = http.post("/v1/chat/completions", json={"messages": HELLO, "modalities": ["text", "audio"]})
-        assert reply.status_code == 400 and reply.json()["error"]["param"] == "modalities"
+        assert [s["name"] for s in stages] == ["thinker", "talker", "code2wav"]
+        assert all(s["info"]["family"] == "qwen3_omni_moe" for s in stages)
+        assert sorted(http.get("/v1/audio/voices").json()["voices"]) == ["Chelsie", "Ethan"]
+        bad = http.post("/v1/chat/completions", json={"messages": HELLO, "modalities": ["text", "audio"],
+                                                      "audio": {"voice": "Nobody", "format": "wav"}})
+        assert bad.status_code == 400 and "Ethan" in bad.json()["error"]["message"]
+    speech = server.openai().audio.speech.create(model="tts-1", voice="chelsie", input="Hello there.",
+                                                 response_format="wav", extra_body={"seed": 1})
+    samples, rate = sf.read(io.BytesIO(speech.content), dtype="int16")
+    assert rate == 24000 and len(samples) > 0

@@ -98,11 +98,12 @@ def voice_names(model: ServedModel) -> list[str]:
 
 
 def resolve_voice(model: ServedModel, voice: str | None, param: str = "voice") -> str:
-    """An installed voice by name, or an OpenAI voice name (-> the default voice)."""
+    """An installed voice by name (any case), or an OpenAI voice name (-> the default voice)."""
     installed = voice_names(model)
     if voice is None or voice in OPENAI_VOICES:
         return installed[0]
-    if voice in installed:
-        return voice
+    match = next((name for name in installed if name.lower() == voice.lower()), None)
+    if match is not None:
+        return match
     valid = ", ".join(installed + list(OPENAI_VOICES))
     raise InvalidRequest(f"{param}: unknown voice {voice!r}; valid voices: {valid}", param=param)

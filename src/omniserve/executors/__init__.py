@@ -30,12 +30,16 @@ _EXECUTORS = {
                          "VoiceParams"),
     "qwen_omni_code2wav": ("omniserve.executors.qwen_omni.code2wav", "QwenOmniCode2WavExecutor", "Code2WavArgs",
                            "VoiceParams"),
+    "qwen3_omni_talker": ("omniserve.executors.qwen_omni.qwen3_talker", "Qwen3OmniTalkerExecutor", "TalkerArgs",
+                          "VoiceParams"),
+    "qwen3_omni_code2wav": ("omniserve.executors.qwen_omni.qwen3_code2wav", "Qwen3OmniCode2WavExecutor",
+                            "Code2WavArgs", "VoiceParams"),
 }
 
 
 # Executors that implement `feed` (take an upstream stage's outputs on a graph edge).
 _TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "diffusers_denoiser", "diffusers_vae", "qwen_omni_talker",
-                              "qwen_omni_code2wav"}
+                              "qwen_omni_code2wav", "qwen3_omni_talker", "qwen3_omni_code2wav"}
 
 
 def takes_upstream(name: str) -> bool:

@@ -2,8 +2,7 @@
 
     thinker (audio + vision encoders + LLM) ⇢ talker (+ code predictor) ⇢ code2wav
 
-The family comes from `config.json` (`architectures`). Qwen3-Omni's thinker is served
-alone for now (its talker and code2wav stages are not written yet). This module only reads
+The family comes from `config.json` (`architectures`). This module only reads
 files: it runs in the API process, which never imports torch. The stages load
 their parts of the weights themselves (`executors/qwen_omni/`).
 """
@@ -33,7 +32,7 @@ class Family:
     code2wav: tuple[str, str, str]
     sample_rate: int
     default_voice: str
-    speaks: bool = True  # its talker and code2wav stages are served (else the thinker alone)
+    executors: tuple[str, str, str]  # the executors of its thinker, talker and code2wav stages
 
 
 FAMILIES = {
@@ -42,13 +41,15 @@ FAMILIES = {
         thinker=("Qwen2_5OmniThinkerForConditionalGeneration", "thinker_config", "thinker"),
         talker=("Qwen2_5OmniTalkerForConditionalGeneration", "talker_config", "talker"),
         code2wav=("Qwen2_5OmniToken2WavModel", "token2wav_config", "token2wav"),
-        sample_rate=24000, default_voice="Chelsie"),
+        sample_rate=24000, default_voice="Chelsie",
+        executors=("qwen_omni_thinker", "qwen_omni_talker", "qwen_omni_code2wav")),
     "Qwen3OmniMoeForConditionalGeneration": Family(
         "qwen3_omni_moe", "Qwen3OmniMoeConfig", "Qwen3OmniMoeProcessor",
         thinker=("Qwen3OmniMoeThinkerForConditionalGeneration", "thinker_config", "thinker"),
         talker=("Qwen3OmniMoeTalkerForConditionalGeneration", "talker_config", "talker"),
         code2wav=("Qwen3OmniMoeCode2Wav", "code2wav_config", "code2wav"),
-        sample_rate=24000, default_voice="Ethan", speaks=False),
+        sample_rate=24000, default_voice="Ethan",
+        executors=("qwen_omni_thinker", "qwen3_omni_talker", "qwen3_omni_code2wav")),
 }
 THINKER, TALKER, CODE2WAV = STAGES = ("thinker", "talker", "code2wav")
 # Qwen2.5-Omni speaks only with this system prompt (its model card says so); a chat without one gets it.
@@ -153,7 +154,7 @@ def omni_stages(checkpoint: OmniCheckpoint, settings) -> dict[str, Any]:
             count = cuda_device_count() if count is None else count
             if index >= count:
                 raise ConfigError(f"--gpu-{name} {index}: no such CUDA device (this machine has {count})")
-    speaks = checkpoint.family.speaks and checkpoint.config.get("enable_audio_output", True)
+    speaks = checkpoint.config.get("enable_audio_output", True)
     names = list(STAGES) if speaks and not settings.text_only else [THINKER]
     group = "omni" if settings.colocate else None
     # On a CPU the three stages run at once: each takes half the threads (torch's spinning threads in three
@@ -169,6 +170,7 @@ def omni_stages(checkpoint: OmniCheckpoint, settings) -> dict[str, Any]:
         placement: dict[str, Any] = {"process_group": group}
         if devices[name] is not None:  # else the executor's own default (auto), or the YAML's args.device
             placement["device"] = f"cuda:{devices[name]}"
-        stages.append({"name": name, "executor": f"qwen_omni_{name}", "args": args, "placement": placement})
+        executor = checkpoint.family.executors[STAGES.index(name)]
+        stages.append({"name": name, "executor": executor, "args": args, "placement": placement})
     edges = [{"src": a, "dst": b, "streaming": True} for a, b in zip(names, names[1:], strict=False)]
     return {"stages": stages, "edges": edges, "terminals": ["thinker"] + (["code2wav"] if len(names) > 1 else [])}

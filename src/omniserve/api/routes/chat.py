@@ -136,8 +136,8 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
     talker = client.model(None, "tts") if body.wants_audio else None
     if body.wants_audio and talker is None:
         raise InvalidRequest("this server has no text-to-speech stage for audio output (--text-only, --tts-model "
-                             "none, or a Qwen3-Omni checkpoint, whose speech is not served yet); drop 'audio' from "
-                             "modalities", param="modalities")
+                             "none, or a checkpoint without audio output); drop 'audio' from modalities",
+                             param="modalities")
     per_stage = body.per_stage()
     stages = dict(client.stage_executors())
     for name in per_stage:

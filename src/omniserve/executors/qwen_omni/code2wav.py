@@ -14,15 +14,14 @@ waveform; with look-ahead and look-back layers, the context makes the joins inau
 from __future__ import annotations
 
 import math
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from omniserve.errors import OmniError
 from omniserve.executors.base import request_params
-from omniserve.executors.qwen_omni.runtime import LoadedPart, OmniStageArgs, failure, read_speakers
+from omniserve.executors.qwen_omni.runtime import ChunkedCode2Wav, LoadedPart, OmniStageArgs, SpeechJob, read_speakers
 from omniserve.executors.qwen_omni.talker import VoiceParams, voice_of
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
@@ -30,20 +29,13 @@ Code2WavArgs = OmniStageArgs
 NOISE_FRAMES = 4096  # the first noise block; it doubles as an answer grows
 
 
-@dataclass
-class _Speech:
-    request_id: str
+@dataclass(kw_only=True)
+class _Speech(SpeechJob):
     speaker: str
     seed: int
-    codes: list[int] = field(default_factory=list)
-    codes_done: bool = False
-    decoded: int = 0  # codes whose audio has left
-    text: str = ""
     noise: Any = None
-    samples: int = 0
     mel: Any = None  # the mel spectrogram of codes [0, mel_codes), computed once
     mel_codes: int = 0
-    chunks: int = 0  # chunks decoded so far
 
     def chunk(self, first: int, largest: int) -> int:
         """The size of the next chunk: the first is small, for early audio; each next one doubles, up to
@@ -63,15 +55,7 @@ class _Chunk:
     audio: bytes = b""
 
 
-class QwenOmniCode2WavExecutor:
-    def __init__(self, args: Code2WavArgs, stage: str = "code2wav"):
-        self.args = args
-        self.stage = stage
-        self._jobs: dict[str, _Speech] = {}
-        self._turns: deque[str] = deque()  # requests with a chunk ready
-        self.batch_size = 1
-        self.failed: list[tuple[str, Exception]] = []  # requests a step failed (the worker tells them)
-
+class QwenOmniCode2WavExecutor(ChunkedCode2Wav):
     def load(self) -> dict[str, Any]:
         import torch
 
@@ -104,39 +88,19 @@ class QwenOmniCode2WavExecutor:
                 "chunk_frames": self.chunk, "max_chunk_frames": self.largest, "left_context_frames": self.left,
                 "right_context_frames": self.right}
 
-    def close(self) -> None:
-        self._jobs.clear()
-
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(VoiceParams, request.params_for(self.stage))
         speaker = voice_of(params, self.speakers, self.default_voice)
         seed = params.seed if params.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
-        self._jobs[request.request_id] = _Speech(request.request_id, speaker, seed)
+        self._jobs[request.request_id] = _Speech(request_id=request.request_id, speaker=speaker, seed=seed)
         return [OmniOutput(request.request_id, started=True, sample_rate=self.sample_rate)]
 
-    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        for out in outputs:
-            job = self._jobs.get(out.request_id)
-            if job is None:
-                continue
-            wrong = next((code for code in out.token_ids if not 0 <= code < self.codebook), None)
-            if wrong is not None:
-                raise OmniError(f"the talker made codec token {wrong}, which code2wav cannot decode (its codebook "
-                                f"has {self.codebook}); the checkpoint's talker and token2wav do not match")
-            job.codes += out.token_ids
-            job.text += out.text
-            job.codes_done = job.codes_done or out.done
-            if self._ready(job) and job.request_id not in self._turns:
-                self._turns.append(job.request_id)
-        return []
-
-    def abort(self, request_id: str) -> None:
-        self._jobs.pop(request_id, None)
-        if request_id in self._turns:
-            self._turns.remove(request_id)
-
-    def has_work(self) -> bool:
-        return bool(self._turns)
+    def _codes(self, token_ids: list[int]) -> list[int]:
+        wrong = next((code for code in token_ids if not 0 <= code < self.codebook), None)
+        if wrong is not None:
+            raise OmniError(f"the talker made codec token {wrong}, which code2wav cannot decode (its codebook "
+                            f"has {self.codebook}); the checkpoint's talker and token2wav do not match")
+        return token_ids
 
     def _ready(self, job: _Speech) -> bool:
         if job.codes_done:
@@ -147,36 +111,17 @@ class QwenOmniCode2WavExecutor:
         """The next chunk of every request that has one ready. Windows of one length (and one speaker's
         reference) go through the DiT and the vocoder together, in one batch."""
         chunks = []
-        for request_id in self._turns:
-            job = self._jobs[request_id]
+        for job in self._take_turns():
             end = min(job.decoded + job.chunk(self.chunk, self.largest), len(job.codes))
             chunks.append(_Chunk(job, job.decoded, end, min(len(job.codes), end + self.right)))
-        self._turns.clear()
-        self.batch_size = max(1, len(chunks))
         try:
             with self.torch.no_grad():
                 self._make_mel([c for c in chunks if c.need > c.job.mel_codes])
                 self._vocode([c for c in chunks if c.end > c.start])
-        except Exception as exc:  # the step's requests fail, the stage goes on
-            for chunk in chunks:
-                self._jobs.pop(chunk.job.request_id, None)
-                self.failed.append((chunk.job.request_id, failure(exc)))
+        except Exception as exc:
+            self._fail([c.job for c in chunks], exc)
             return []
-        outputs = []
-        for chunk in chunks:
-            job = chunk.job
-            job.decoded, job.chunks = chunk.end, job.chunks + 1
-            text, job.text = job.text, ""
-            out = OmniOutput(job.request_id, audio=chunk.audio, sample_rate=self.sample_rate, text=text)
-            job.samples += len(chunk.audio) // 2
-            if job.codes_done and job.decoded == len(job.codes):
-                out.finish_reason, out.done = "stop", True
-                out.info = {"duration": job.samples / self.sample_rate}
-                del self._jobs[job.request_id]
-            elif self._ready(job):
-                self._turns.append(job.request_id)
-            outputs.append(out)
-        return outputs
+        return [self._chunk_out(chunk.job, chunk.audio, chunk.end) for chunk in chunks]
 
     def _make_mel(self, chunks: list[_Chunk]) -> None:
         """Each chunk's request gets the mel of its codes up to `need`: the DiT runs once per block, on the

@@ -3,6 +3,8 @@ device and dtype, and a sampler that makes the same choices as transformers' `ge
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest, OutOfMemory
 from omniserve.models.qwen_omni import find_checkpoint
-from omniserve.runtime.types import SamplingParams
+from omniserve.runtime.types import OmniOutput, SamplingParams
 
 _FRACTIONS: dict[int, float] = {}  # CUDA device -> the memory share this process has been given
 
@@ -61,13 +63,34 @@ class LoadedPart:
         class_name, sub_config, prefix = getattr(self.family, part)
         self.config = config
         hf_logging.enable_progress_bar()
-        self.model = getattr(transformers, class_name).from_pretrained(
-            checkpoint.path, config=getattr(config, sub_config), key_mapping={rf"^{prefix}\.": ""},
-            dtype=self.dtype, device_map=self.device).eval()
+        part_config = getattr(config, sub_config)
+        share_weight_conversions(config.model_type, part_config.model_type)
+        self.model, loaded = getattr(transformers, class_name).from_pretrained(
+            checkpoint.path, config=part_config, key_mapping={rf"^{prefix}\.": ""}, dtype=self.dtype,
+            device_map=self.device, output_loading_info=True)
+        self.model.eval()
+        if loaded["missing_keys"]:  # never serve weights left as they were allocated
+            missing = sorted(loaded["missing_keys"])
+            raise ValueError(f"{checkpoint.path}: the {part}'s weights {', '.join(missing[:3])}"
+                             f"{f' (and {len(missing) - 3} more)' if len(missing) > 3 else ''} are not in the "
+                             "checkpoint (or not in a layout this version of transformers reads)")
 
     def info(self) -> dict[str, Any]:
         return {"model_path": str(self.checkpoint.path), "family": self.family.name, "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."), "mem_fraction": self.mem_fraction}
+
+
+def share_weight_conversions(whole: str, part: str) -> None:
+    """Let a part loaded alone read the checkpoint as the whole model does: transformers knows how to fuse
+    Qwen3-Omni's per-expert weights for the whole model and its thinker, not for its talker alone."""
+    from transformers.conversion_mapping import (
+        get_checkpoint_conversion_mapping,
+        register_checkpoint_conversion_mapping,
+    )
+
+    conversions = get_checkpoint_conversion_mapping(whole)
+    if conversions and get_checkpoint_conversion_mapping(part) is None:
+        register_checkpoint_conversion_mapping(part, conversions)
 
 
 def resolve_device(spec: str):
@@ -114,7 +137,7 @@ class Sampler:
     and suppressed tokens, then temperature, top-k and top-p, then a draw from this sequence's own
     generator (greedy at temperature 0)."""
 
-    def __init__(self, params: SamplingParams, device, suppress: list[int] | None = None):
+    def __init__(self, params: SamplingParams, device, suppress: list[int] | None = None, generator=None):
         import torch
         from transformers import (
             LogitsProcessorList,
@@ -145,6 +168,9 @@ class Sampler:
         self.bias = dict(params.logit_bias)
         self.presence = params.presence_penalty
         self.frequency = params.frequency_penalty
+        if generator is not None:  # draws interleaved with another sampler's, as from one global RNG
+            self.generator = generator
+            return
         self.generator = torch.Generator(device=device)
         if params.seed is not None:
             self.generator.manual_seed(params.seed & 0xFFFF_FFFF_FFFF_FFFF)
@@ -232,8 +258,91 @@ def failure(exc: Exception) -> Exception:
 
 def check_sampling(stage: str, params: SamplingParams) -> None:
     """What these stages cannot do is a 400 naming the field."""
-    for field, unsupported in (("n", params.n != 1), ("logprobs", params.logprobs or params.prompt_logprobs),
-                               ("response_format", params.grammar is not None), ("lora_path", params.lora)):
+    for name, unsupported in (("n", params.n != 1), ("logprobs", params.logprobs or params.prompt_logprobs),
+                              ("response_format", params.grammar is not None), ("lora_path", params.lora)):
         if unsupported:
-            raise InvalidRequest(f"{field}: not supported by this model's {stage} (a Qwen-Omni checkpoint)",
-                                 param=field)
+            raise InvalidRequest(f"{name}: not supported by this model's {stage} (a Qwen-Omni checkpoint)",
+                                 param=name)
+
+
+@dataclass(kw_only=True)
+class SpeechJob:
+    """One request's codes on their way to audio."""
+
+    request_id: str
+    codes: list = field(default_factory=list)  # codec tokens (Qwen3-Omni: frames of codes) so far
+    codes_done: bool = False
+    decoded: int = 0  # codes whose audio has left
+    chunks: int = 0  # chunks decoded so far
+    text: str = ""  # the answer's text not passed on yet
+    samples: int = 0
+
+
+class ChunkedCode2Wav:
+    """What both code2wav stages share: each request's codes arrive from the talker, every request with a
+    chunk ready takes its turn in the next step, and each chunk leaves as one output (the last says done)."""
+
+    def __init__(self, args: OmniStageArgs, stage: str = "code2wav"):
+        self.args = args
+        self.stage = stage
+        self._jobs: dict[str, SpeechJob] = {}
+        self._turns: deque[str] = deque()  # requests with a chunk ready
+        self.batch_size = 1
+        self.failed: list[tuple[str, Exception]] = []  # requests a step failed (the worker tells them)
+        self.sample_rate = 24000
+
+    def close(self) -> None:
+        self._jobs.clear()
+
+    def abort(self, request_id: str) -> None:
+        self._jobs.pop(request_id, None)
+        if request_id in self._turns:
+            self._turns.remove(request_id)
+
+    def has_work(self) -> bool:
+        return bool(self._turns)
+
+    def _ready(self, job: SpeechJob) -> bool:
+        raise NotImplementedError
+
+    def _codes(self, token_ids: list[int]) -> list:
+        """The talker's tokens as this stage keeps them; codes it cannot decode are an error."""
+        raise NotImplementedError
+
+    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        for out in outputs:
+            job = self._jobs.get(out.request_id)
+            if job is None:
+                continue
+            job.codes += self._codes(out.token_ids)
+            job.text += out.text
+            job.codes_done = job.codes_done or out.done
+            if self._ready(job) and job.request_id not in self._turns:
+                self._turns.append(job.request_id)
+        return []
+
+    def _take_turns(self) -> list[SpeechJob]:
+        jobs = [self._jobs[request_id] for request_id in self._turns]
+        self._turns.clear()
+        self.batch_size = max(1, len(jobs))
+        return jobs
+
+    def _fail(self, jobs: list[SpeechJob], exc: Exception) -> None:
+        """A step that failed fails its requests; the stage goes on."""
+        for job in jobs:
+            self._jobs.pop(job.request_id, None)
+            self.failed.append((job.request_id, failure(exc)))
+
+    def _chunk_out(self, job: SpeechJob, audio: bytes, end: int) -> OmniOutput:
+        """The output of the chunk that ends at code `end`; the request's turn comes again if it has another."""
+        job.decoded, job.chunks = end, job.chunks + 1
+        text, job.text = job.text, ""
+        out = OmniOutput(job.request_id, audio=audio, sample_rate=self.sample_rate, text=text)
+        job.samples += len(audio) // 2
+        if job.codes_done and job.decoded == len(job.codes):
+            out.finish_reason, out.done = "stop", True
+            out.info = {"duration": job.samples / self.sample_rate}
+            del self._jobs[job.request_id]
+        elif self._ready(job):
+            self._turns.append(job.request_id)
+        return out

@@ -32,11 +32,11 @@ class VoiceParams(BaseModel):
     voice: str | None = None
     choices: int = Field(1, ge=1, le=1, description="a Qwen-Omni answer has one choice")
     seed: int | None = None
-    temperature: float = Field(0.9, ge=0, le=2)
-    top_p: float = Field(0.8, gt=0, le=1)
-    top_k: int = Field(40, ge=0)
-    repetition_penalty: float = Field(1.05, gt=0, le=2)
-    max_tokens: int = Field(4096, ge=1, le=32768)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    max_tokens: int = Field(4096, ge=1, le=32768)  # codec tokens (Qwen3-Omni: codec frames)
     ignore_eos: bool = False  # speak exactly max_tokens codec tokens (benchmarks)
     speed: float = Field(1.0, ge=1.0, le=1.0, description="this voice speaks at one speed")
     noise_scale: None = None
@@ -71,6 +71,9 @@ class _Voice:
 
 
 class QwenOmniTalkerExecutor:
+    # what transformers' generate(return_audio=True) samples the talker with, unless a request says otherwise
+    SAMPLING = {"temperature": 0.9, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.05}
+
     def __init__(self, args: TalkerArgs, stage: str = "talker"):
         self.args = args
         self.stage = stage
@@ -99,12 +102,19 @@ class QwenOmniTalkerExecutor:
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(VoiceParams, request.params_for(self.stage))
         speaker = voice_of(params, self.speakers, self.default_voice)
-        sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                                  repetition_penalty=params.repetition_penalty, seed=params.seed)
-        stops = [self.codec["eos"], self.codec["pad"]] if params.ignore_eos else []
-        sampler = Sampler(sampling, self.device, suppress=[self.codec["bos"], *stops])
-        self._voices[request.request_id] = _Voice(request.request_id, speaker, sampler, params.max_tokens)
+        self._voices[request.request_id] = self._voice(request.request_id, speaker, params)
         return [OmniOutput(request.request_id, started=True)]
+
+    def _sampling(self, params: VoiceParams) -> SamplingParams:
+        """The request's talker sampling, this model's defaults where it says nothing."""
+        chosen = {name: default if getattr(params, name) is None else getattr(params, name)
+                  for name, default in self.SAMPLING.items()}
+        return SamplingParams(**chosen, seed=params.seed)
+
+    def _voice(self, request_id: str, speaker: str, params: VoiceParams) -> _Voice:
+        stops = [self.codec["eos"], self.codec["pad"]] if params.ignore_eos else []
+        sampler = Sampler(self._sampling(params), self.device, suppress=[self.codec["bos"], *stops])
+        return _Voice(request_id, speaker, sampler, params.max_tokens)
 
     def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
         ended = []

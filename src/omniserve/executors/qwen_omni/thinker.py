@@ -4,8 +4,8 @@ audio, video and a video's sound track), its encoders and language model write t
 Every step advances each running sequence by one token, so requests never wait for each other. When
 a request is also spoken (the talker is on its route), each output carries what the talker starts
 from (`OmniOutput.payload`), exactly what transformers' `generate(return_audio=True)` hands its talker:
-after the prompt, the prompt's last hidden states plus its token embeddings (media positions zeroed),
-then per decode step the hidden state plus embedding of the token just fed.
+after the prompt, what the talker takes from each prompt position, then per decode step what it takes
+from the token just fed (`_talker_states`).
 
 A request with a `prompt` and audio as its only output is speech (`/v1/audio/speech`): the text is
 read aloud, as the thinker's forced answer, in one forward pass.
@@ -38,9 +38,9 @@ ThinkerArgs = OmniStageArgs
 
 @dataclass
 class TalkerStart:
-    """What the talker starts from (sent once, after the prompt): per prompt position, the last hidden
-    state plus the token embedding with media positions zeroed; the prompt's ids and media layout (for
-    the talker's positions); and the thinker's embeddings of the talker's special text tokens."""
+    """What the talker starts from (sent once, after the prompt): per prompt position, what the talker
+    takes from it (`_talker_states`); the prompt's ids and media layout (for the talker's positions); and
+    the thinker's embeddings of the talker's special text tokens."""
 
     prompt: np.ndarray  # (prompt length, hidden)
     input_ids: list[int]
@@ -52,7 +52,7 @@ class TalkerStart:
 
 @dataclass
 class ReplyStates:
-    """Hidden state plus embedding of answer tokens fed to the thinker, in order; `final`: no more come."""
+    """What the talker takes from each answer token fed to the thinker, in order; `final`: no more come."""
 
     states: list[np.ndarray]
     final: bool = False
@@ -111,11 +111,12 @@ class QwenOmniThinkerExecutor:
         # Qwen2.5-Omni names them `*_token_index`, Qwen3-Omni `*_token_id`
         self.media_tokens = [getattr(thinker, f"{kind}_token_index", None) or getattr(thinker, f"{kind}_token_id")
                              for kind in ("audio", "image", "video")]
-        special = set()
-        if self.family.speaks and part.config.enable_audio_output:
-            talker = part.config.talker_config
-            special = {talker.tts_text_end_token_id, talker.tts_text_pad_token_id, talker.tts_text_start_token_id}
-            special |= {s["bos_token"] for s in read_speakers(folder).values()}
+        special: set[int] = set()
+        self.accept_layer = None  # Qwen3-Omni's talker hears this thinker layer at media positions
+        if part.config.enable_audio_output:
+            special = talker_text_tokens(part.config, self.family.name, folder)
+            if self.family.name == "qwen3_omni_moe":
+                self.accept_layer = part.config.talker_config.accept_hidden_layer
         with torch.no_grad():
             table = self.model.get_input_embeddings()
             self.special_embeds = {i: table(torch.tensor([i], device=self.device))[0].float().cpu().numpy()
@@ -350,12 +351,17 @@ class QwenOmniThinkerExecutor:
         return self.tokenizer.decode(s.generated, skip_special_tokens=True)
 
     def _talker_states(self, out, input_ids) -> np.ndarray:
-        """Per position fed: last hidden state plus token embedding, media positions' embeddings zeroed."""
+        """Per position fed, what the talker takes from it. Qwen2.5-Omni: the last hidden state plus the
+        token embedding (zero at media positions). Qwen3-Omni: the token embedding, or at media positions
+        the hidden state of the layer its talker hears."""
         torch = self.torch
         embeds = self.model.get_input_embeddings()(input_ids)
-        media = torch.isin(input_ids, torch.tensor(self.media_tokens, device=self.device))
-        embeds = embeds.masked_fill(media.unsqueeze(-1), 0)
-        return (out.hidden_states[-1] + embeds).float().cpu().numpy()
+        media = torch.isin(input_ids, torch.tensor(self.media_tokens, device=self.device)).unsqueeze(-1)
+        if self.accept_layer is None:
+            states = out.hidden_states[-1] + embeds.masked_fill(media, 0)
+        else:
+            states = torch.where(media, out.hidden_states[self.accept_layer], embeds)
+        return states.float().cpu().numpy()
 
     def _talker_start(self, s: _Sequence, inputs: dict[str, Any], prompt: np.ndarray,
                       first_token: int) -> TalkerStart:
@@ -367,3 +373,13 @@ class QwenOmniThinkerExecutor:
             grids["audio_feature_lengths"] = inputs["feature_attention_mask"].sum(-1).cpu().numpy()
         return TalkerStart(prompt, inputs["input_ids"][0, :s.prompt_len].tolist(), grids, s.use_audio_in_video,
                            self.special_embeds, first_token)
+
+
+def talker_text_tokens(config, family: str, folder) -> set[int]:
+    """The thinker-vocabulary tokens whose embeddings the talker uses: text start, end and pad (and for
+    Qwen2.5-Omni each speaker's text-start token)."""
+    if family == "qwen3_omni_moe":
+        return {config.tts_bos_token_id, config.tts_eos_token_id, config.tts_pad_token_id}
+    talker = config.talker_config
+    return {talker.tts_text_end_token_id, talker.tts_text_pad_token_id, talker.tts_text_start_token_id} | \
+        {s["bos_token"] for s in read_speakers(folder).values()}

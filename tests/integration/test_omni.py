@@ -440,17 +440,17 @@ class Qwen3Reference:
                                                   tokenize=False)
         return self.processor(text=[text], return_tensors="pt", **media)
 
-    def answer(self, inputs, max_tokens: int, seed: int | None = None, voice: str = "Ethan"):
+    def answer(self, inputs, max_tokens: int, seed: int | None = None, voice: str = "Ethan", **extra):
         """(text, 16-bit waveform or None): the thinker greedy; with a seed, the talker samples with its
         defaults from that seed."""
         if seed is None:
             result = self.model.generate(**inputs, thinker_max_new_tokens=max_tokens, return_audio=False,
-                                         thinker_eos_token_id=self.eos)
+                                         thinker_eos_token_id=self.eos, **extra)
             sequences, wave = getattr(result, "sequences", result), None
         else:
             self.torch.manual_seed(seed)
             sequences, wave = self.model.generate(**inputs, thinker_max_new_tokens=max_tokens, speaker=voice,
-                                                  thinker_eos_token_id=self.eos)
+                                                  thinker_eos_token_id=self.eos, **extra)
             wave = (wave.reshape(-1).clamp(-1, 1) * 32767).round().numpy().astype(np.int16)
         text = self.processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
         return text, wave
@@ -509,6 +509,30 @@ def test_qwen3_audio_equals_transformers(tiny_qwen3, qwen3_reference):
         assert np.abs(wave.astype(int)).max() > 1000  # and it is not silence
     other = pcm(ask_qwen3(server, "Hello, how are you?", seed=2, voice="Chelsie"))
     assert not np.array_equal(other[:len(samples)], samples[:len(other)])  # the voice matters
+
+
+def test_qwen3_video_with_its_sound_spoken_equals_transformers(tiny_qwen3, qwen3_reference):
+    """A video heard and seen (use_audio_in_video): the thinker's positions interleave its frames and sound,
+    and so do the talker's."""
+    from omniserve.media.video import decode_video
+
+    _, server = tiny_qwen3
+    video = cat_video()
+    clip = decode_video(video, where="v", fps=1.0, max_frames=8, max_seconds=300, max_pixels=25_000_000,
+                        with_audio=True, max_audio_seconds=600)
+    frames = clip.frames + clip.frames[-1:] if len(clip.frames) % 2 else clip.frames
+    fps = (len(clip.timestamps) - 1) / (clip.timestamps[-1] - clip.timestamps[0])
+    inputs = qwen3_reference.inputs([{"type": "video"}, {"type": "text", "text": "What happens?"}],
+                                    videos=[np.stack(frames)], audio=[clip.audio], videos_kwargs={"fps": fps},
+                                    use_audio_in_video=True, audio_from_video_indices=[0])
+    text, wave = qwen3_reference.answer(inputs, 12, seed=8, use_audio_in_video=True)
+    answer = ask_qwen3(server, [video_part(data_url(video, "video/mp4")), {"type": "text", "text": "What happens?"}],
+                       seed=8, max_tokens=12)
+    assert answer.choices[0].message.content == text
+    assert answer.usage.prompt_tokens == inputs["input_ids"].shape[1]
+    samples = pcm(answer)
+    assert len(samples) == len(wave) > 0
+    assert np.abs(samples.astype(int) - wave.astype(int)).max() <= 1
 
 
 def test_qwen3_streams_chunks_and_batches_requests(tiny_qwen3):

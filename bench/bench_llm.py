@@ -1,20 +1,23 @@
-"""Streaming throughput and latency: omniserve vs the raw engine vs llama_cpp.server.
+"""Streaming throughput and latency: omniserve vs llama.cpp's own server vs the raw engine.
 
-All three run on the same GGUF with the same thread count, in one run:
+All run on the same GGUF with the same thread count, in one run:
 
 - raw: a bare batched `llama_decode` loop (no HTTP, no scheduler): the limit;
 - omniserve: this server, N concurrent streaming chat clients;
-- llama_cpp.server: llama-cpp-python's own OpenAI server, started with
-  `--interrupt_requests False` (by default it cuts a running stream short when a
-  new request arrives, which makes its numbers meaningless).
+- llama-server: llama.cpp's C++ server, built once from the llama.cpp that the pinned
+  llama-cpp-python vendors (`bench/llama_server.py`), with continuous batching and `--parallel`
+  equal to omniserve's `--max-running-requests`, and the same context per sequence;
+- llama_cpp.server (with `--peers`): llama-cpp-python's own OpenAI server, started with
+  `--interrupt_requests False` (by default it cuts a running stream short when a new request
+  arrives, which makes its numbers meaningless).
 
-Every request decodes exactly --max-tokens tokens (EOS is banned with
-`logit_bias`, which both servers honour), so the work is identical. Aggregate
-tok/s is tokens over wall time from the first request to the last token,
-prefill included, for the raw loop too (its decode-only rate goes to stderr).
+Every request decodes exactly --max-tokens tokens (EOS is banned with `logit_bias`, which every
+server honours), so the work is identical. Aggregate tok/s is tokens over wall time from the first
+request to the last token, prefill included, for the raw loop too (its decode-only rate goes to
+stderr). Each concurrency level runs `--rounds` requests per client.
 
-    python bench/bench_llm.py                       # 1, 4, 8 clients, 128 tokens each
-    python bench/bench_llm.py --concurrency 8 --peers omniserve raw
+    python bench/bench_llm.py                       # 1, 4, 8, 16 clients, 128 tokens each
+    python bench/bench_llm.py --concurrency 8 --peers omniserve llama-server
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +35,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import llama_server  # noqa: E402
 from common import free_port, running  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper and the sea."
@@ -113,6 +116,9 @@ def run_raw(model: str, threads: int, n_seq: int, max_tokens: int) -> Result:
 # ---- servers -------------------------------------------------------------------------
 
 
+CONTEXT = 4096  # tokens per sequence, as omniserve gives SmolLM2 (min(trained, 4096))
+
+
 @contextlib.contextmanager
 def server(kind: str, model: str, threads: int, slots: int):
     port = free_port()
@@ -120,6 +126,10 @@ def server(kind: str, model: str, threads: int, slots: int):
         cmd = [sys.executable, "-m", "omniserve", "serve", "--model-path", model, "--threads", str(threads),
                "--max-running-requests", str(slots), "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", "--asr-model", "none", "--tts-model", "none"]
+    elif kind == "llama-server":
+        cmd = [str(llama_server.build()), "--model", model, "--threads", str(threads), "--threads-batch", str(threads),
+               "--ctx-size", str(CONTEXT * slots), "--parallel", str(slots), "--cont-batching",
+               "--host", "127.0.0.1", "--port", str(port), "--log-disable"]
     else:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_threads", str(threads),
                "--n_threads_batch", str(threads), "--n_ctx", "4096", "--interrupt_requests", "False",
@@ -145,13 +155,23 @@ async def one_stream(http: httpx.AsyncClient, base: str, model: str, max_tokens:
     return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:], strict=False)], len(stamps), stamps[-1]
 
 
-async def load(base: str, clients: int, max_tokens: int, eos: int) -> Result:
-    async with httpx.AsyncClient(timeout=600) as http:
+async def load(base: str, clients: int, max_tokens: int, eos: int, rounds: int) -> Result:
+    """`clients` clients, each streaming `rounds` requests one after another."""
+    # a new connection per stream: llama-server closes kept-alive ones that httpx would reuse
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
         # Model names differ between servers; ask each which id it serves.
         model = (await http.get(base + "/v1/models")).json()["data"][0]["id"]
         await one_stream(http, base, model, 4, eos, time.perf_counter())  # warm-up
+
+        async def client() -> list:
+            runs = []
+            for _ in range(rounds):
+                runs.append(await one_stream(http, base, model, max_tokens, eos, time.perf_counter()))
+            return runs
+
         t0 = time.perf_counter()
-        runs = await asyncio.gather(*(one_stream(http, base, model, max_tokens, eos, t0) for _ in range(clients)))
+        runs = [r for rs in await asyncio.gather(*(client() for _ in range(clients))) for r in rs]
     end = max(r[3] for r in runs)
     return Result(sum(r[2] for r in runs), end - t0, [r[0] for r in runs], [x for r in runs for x in r[1]])
 
@@ -178,7 +198,10 @@ def fmt(r: Result | None) -> str:
     if r is None:
         return f"{'-':>9} {'-':>9} {'-':>9} {'-':>9}"
     return (f"{r.tok_s:9.1f} {pct(r.ttfts, 50):9.3f} {pct(r.ttfts, 99):9.3f} "
-            f"{statistics.mean(r.itls) * 1000 if r.itls else float('nan'):9.1f}")
+            f"{pct(r.itls, 50) * 1000 if r.itls else float('nan'):9.1f}")
+
+
+PEERS = ["raw", "omniserve", "llama-server", "llama_cpp.server"]
 
 
 def main() -> None:
@@ -187,43 +210,44 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="GGUF path (default: the embedded SmolLM2-135M Q4_1)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--peers", nargs="+", default=["raw", "omniserve", "llama_cpp.server"],
-                    choices=["raw", "omniserve", "llama_cpp.server"])
+    ap.add_argument("--rounds", type=int, default=2, help="requests per client, one after another")
+    ap.add_argument("--peers", nargs="+", default=["raw", "omniserve", "llama-server"], choices=PEERS)
     args = ap.parse_args()
     model = args.model or str(ALIASES["smollm2-135m"].materialize(Path(tempfile.gettempdir())))
     eos = eos_token(model)
     slots = max(args.concurrency)
+    peers = [p for p in PEERS if p in args.peers]
     results: dict[tuple[str, int], Result] = {}
     for n in args.concurrency:
-        if "raw" in args.peers:
+        if "raw" in peers:
             results[("raw", n)] = run_raw(model, args.threads, n, args.max_tokens)
             print(f"raw n={n}: {results[('raw', n)].tok_s:.1f} tok/s", file=sys.stderr)
-    for kind in ("omniserve", "llama_cpp.server"):
-        if kind not in args.peers:
-            continue
+    for kind in peers[1:] if "raw" in peers else peers:
         with server(kind, model, args.threads, slots) as base:
             for n in args.concurrency:
-                results[(kind, n)] = asyncio.run(load(base, n, args.max_tokens, eos))
+                results[(kind, n)] = asyncio.run(load(base, n, args.max_tokens, eos, args.rounds))
                 print(f"{kind} n={n}: {results[(kind, n)].tok_s:.1f} tok/s", file=sys.stderr)
 
-    print(f"\nmodel {Path(model).name}, {args.threads} threads, {args.max_tokens} tokens per stream\n")
-    head = f"{'tok/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL ms':>9}"
-    print(f"{'clients':>7} | {'raw batched decode':^39} | {'omniserve':^39} | {'llama_cpp.server':^39}")
-    print(f"{'':>7} | {head} | {head} | {head}")
+    print(f"\nmodel {Path(model).name}, {args.threads} threads, {args.max_tokens} tokens per stream, "
+          f"{args.rounds} streams per client, {slots} slots\n")
+    head = f"{'tok/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>9}"
+    print(f"{'clients':>7} | " + " | ".join(f"{p:^39}" for p in peers))
+    print(f"{'':>7} | " + " | ".join(head for _ in peers))
     for n in args.concurrency:
-        row = [fmt(results.get((k, n))) for k in ("raw", "omniserve", "llama_cpp.server")]
-        print(f"{n:>7} | " + " | ".join(row))
-    print("\nratios (aggregate completion tok/s)")
+        print(f"{n:>7} | " + " | ".join(fmt(results.get((p, n))) for p in peers))
+    print("\nratios: omniserve / peer (aggregate completion tok/s; TTFT p50 and ITL p50, lower is better)")
     for n in args.concurrency:
-        ours, raw, peer = (results.get((k, n)) for k in ("omniserve", "raw", "llama_cpp.server"))
+        ours = results.get(("omniserve", n))
         parts = []
-        if ours and raw:
-            parts.append(f"omniserve/raw = {ours.tok_s / raw.tok_s:5.2f}")
-        if ours and peer:
-            parts.append(f"omniserve/llama_cpp.server = {ours.tok_s / peer.tok_s:5.2f}")
-        print(f"  {n} clients: " + ", ".join(parts))
+        for peer in (p for p in peers if p != "omniserve"):
+            theirs = results.get((peer, n))
+            if ours and theirs:
+                parts.append(f"{peer}: tok/s {ours.tok_s / theirs.tok_s:5.2f}, TTFT "
+                             f"{pct(ours.ttfts, 50) / pct(theirs.ttfts, 50):5.2f}, ITL "
+                             f"{pct(ours.itls, 50) / pct(theirs.itls, 50):5.2f}")
+        print(f"  {n} clients: " + "; ".join(parts))
 
 
 if __name__ == "__main__":

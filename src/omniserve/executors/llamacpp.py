@@ -6,16 +6,19 @@ and samples each sequence with its own llama.cpp sampler chain (C code, not
 numpy over the vocabulary). Requests join and leave between steps, so a new
 request never waits for another to finish, only for the current step.
 
-The KV cache is one unified pool of `context_length * max_sequences` cells:
-llama.cpp then packs a mixed batch (decode tokens + a prompt chunk) into one
-ubatch, where split per-sequence streams would cut it into many small ones.
-Each sequence is still held to `context_length` tokens by admission checks.
+The KV cache is one stream of `context_length` cells per slot (as llama-server
+runs it), so each sequence's attention reads its own cells only; in one
+unified pool it read every cell in use, every other sequence's and every kept
+prompt's too, and a step cost grew with all of them. llama.cpp cuts a batch
+over several streams into ubatches of consecutive sequence ids: a step puts
+its tokens in slot order, and new sequences take the lowest free slot, so the
+running ones stay consecutive and a step is one or two ubatches.
 
 Prefix caching: a slot keeps its prompt's KV when its sequence ends. A new
 sequence takes the free slot whose kept prompt shares the longest prefix with
-its own, or copies the prefix from a running sequence (`llama_memory_seq_cp`,
-which shares the cells), and decodes only the rest, so a long system prompt
-is computed once.
+its own, or copies the prefix from another slot (`llama_memory_seq_cp`: a
+whole stream, then its tail is dropped), and decodes only the rest, so a long
+system prompt is computed once.
 
 LoRA adapters (GGUF) are loaded next to the model; a request names one
 (`SamplingParams.lora`). llama.cpp applies adapters to a whole context, so a
@@ -69,7 +72,7 @@ class LlamaCppArgs(BaseModel):
     prefix_cache: bool = True  # reuse the KV of shared prompt prefixes across sequences
     # shorter shared prefixes are decoded again: they save little, and reusing KV made by another
     # batch shifts the logits by float noise (enough to change a tiny model's greedy answer)
-    prefix_cache_min_tokens: int = Field(64, ge=1)
+    prefix_cache_min_tokens: int = Field(64, ge=1, description="the shortest prompt prefix copied from another slot")
     lora_paths: dict[str, str] = Field(default_factory=dict, description="LoRA adapter name -> GGUF path")
 
 
@@ -151,7 +154,7 @@ class LlamaCppExecutor:
         cparams.n_ubatch = cparams.n_batch
         cparams.n_threads = self.args.threads
         cparams.n_threads_batch = self.args.threads
-        cparams.kv_unified = True
+        cparams.kv_unified = False  # a KV stream per slot: attention reads one sequence's cells, not all
         cparams.no_perf = True
         self._ctx = ll.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -314,32 +317,39 @@ class LlamaCppExecutor:
 
     def step(self) -> list[OmniOutput]:
         ll, batch = self._ll, self._batch
-        n = 0
         group = self._lora_group()
-        # Decode tokens first: one per generating sequence keeps every stream moving.
-        self.batch_size = 0  # sequences in this step (for the metrics)
-        for seq in group:
-            seq.batch_pos = -1
-            if seq.next_token is not None:
-                self._put(n, seq.next_token, seq.n_past, seq.slot, True)
-                seq.batch_pos = n
-                seq.n_past += 1
-                n += 1
-                self.batch_size += 1
-        # Then a prompt chunk of the oldest admitted sequence still in prefill. One prompt
+        # A decode token for each generating sequence keeps every stream moving.
+        decoding = [seq for seq in group if seq.next_token is not None]
+        self.batch_size = len(decoding)  # sequences in this step (for the metrics)
+        # And a prompt chunk of the oldest admitted sequence still in prefill. One prompt
         # per step: arrivals get their first token in order instead of all waiting for
         # one big prefill, and the running streams keep moving in between.
         embedding = None  # a sequence whose prompt continues with image embeddings
-        prefill = None  # (sequence, batch index, position) of a prompt chunk whose logprobs are wanted
+        chunk = None  # (sequence, tokens to take) of this step's prompt chunk
         for seq in group:
-            if seq.next_token is not None or n >= self._n_batch:
+            seq.batch_pos = -1
+        for seq in group:
+            if seq.next_token is not None or len(decoding) >= self._n_batch:
                 continue
             self.batch_size += 1
             if seq.n_past in seq.blocks or any(s < seq.n_past < s + len(b) for s, (b, _) in seq.blocks.items()):
                 embedding = seq
                 break
             end = min((s for s in seq.blocks if s > seq.n_past), default=len(seq.prompt))
-            take = min(end - seq.n_past, self._n_batch - n)
+            chunk = (seq, min(end - seq.n_past, self._n_batch - len(decoding)))
+            break
+        # Tokens go in slot order: llama.cpp cuts a batch over several KV streams into ubatches of
+        # consecutive sequence ids, so out of order it would run many small ones.
+        n = 0
+        prefill = None  # (sequence, batch index, position) of a prompt chunk whose logprobs are wanted
+        for seq in sorted(decoding + ([chunk[0]] if chunk else []), key=lambda s: s.slot):
+            if seq.next_token is not None:
+                self._put(n, seq.next_token, seq.n_past, seq.slot, True)
+                seq.batch_pos = n
+                seq.n_past += 1
+                n += 1
+                continue
+            take = chunk[1]
             scored = seq.prompt_logprobs is not None
             prefill = (seq, n, seq.n_past) if scored else None
             for k in range(take):
@@ -350,7 +360,6 @@ class LlamaCppExecutor:
                     seq.batch_pos = n
                 n += 1
             seq.n_past += take
-            break
         batch.n_tokens = n
         outputs: list[OmniOutput] = []
         if n:
@@ -484,10 +493,10 @@ class LlamaCppExecutor:
             self._running.append(seq)
 
     def _place(self, seq: _Sequence) -> None:
-        """Give `seq` a free slot, starting it past the longest prompt prefix already in the KV
-        cache: kept by a free slot, or being decoded by a running sequence. The prefix is copied
-        into the free slot that keeps the least (`llama_memory_seq_cp` shares the cells), so the
-        source keeps its own; only when the source is the last free slot is it taken over."""
+        """Give `seq` the lowest free slot, starting it past the longest prompt prefix already in the
+        KV cache, kept by a free slot or being decoded by a running sequence: that slot's stream is
+        copied, so the source keeps its own; only when the source is the last free slot is it taken
+        over."""
         ll, prompt = self._ll, seq.prompt
         limit = len(prompt) - 1  # the last prompt token is always decoded: its logits start the answer
         if -1 in prompt:
@@ -496,15 +505,25 @@ class LlamaCppExecutor:
         sources += [(r.slot, r.prompt[:_reusable(r.prompt, r.n_past)]) for r in self._running if r.lora == seq.lora]
         source, match = max(((s, min(_common(kept, prompt), limit)) for s, kept in sources),
                             key=lambda item: item[1], default=(-1, 0))
-        if not self._prefix_cache or match < self.args.prefix_cache_min_tokens or seq.prompt_logprobs is not None:
+        if not self._prefix_cache or seq.prompt_logprobs is not None:
             match = 0  # (a prompt's logprobs need its every token decoded)
-        slot = min(self._free_slots, key=lambda s: (len(self._kept.get(s, (None, []))[1]), s == source))
+        if match >= self.args.prefix_cache_min_tokens:
+            # the lowest free slot, so that the running ones stay consecutive (see `step`); a kept prefix
+            # is copied, not taken over, unless its slot is the last one free
+            others = [s for s in self._free_slots if s != source]
+            slot = min(others) if others else source
+        else:  # a shorter prefix is worth taking only where it costs nothing: kept by the lowest free slot
+            source = slot = min(self._free_slots)
+            lora, kept = self._kept.get(slot, (None, []))
+            match = min(_common(kept, prompt), limit) if self._prefix_cache and lora == seq.lora and \
+                seq.prompt_logprobs is None else 0
         if match and source == slot:
             ll.llama_memory_seq_rm(self._mem, slot, match, -1)  # take over the kept prompt: drop its tail
         else:
             ll.llama_memory_seq_rm(self._mem, slot, -1, -1)
-            if match:
-                ll.llama_memory_seq_cp(self._mem, source, slot, 0, match)
+            if match:  # each slot is its own KV stream: the copy is the whole stream, then its tail goes
+                ll.llama_memory_seq_cp(self._mem, source, slot, -1, -1)
+                ll.llama_memory_seq_rm(self._mem, slot, match, -1)
         self._free_slots.remove(slot)
         self._kept.pop(slot, None)
         seq.slot = slot

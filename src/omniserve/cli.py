@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from omniserve import __version__
 from omniserve.config import ServerArgs, describe_validation_error
 from omniserve.errors import ConfigError
+from omniserve.validation import first_error
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -138,9 +139,9 @@ def settings_from_args(ns: argparse.Namespace) -> ServerArgs:
     try:
         return ServerArgs(**values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else ""
-        raise ConfigError(f"{flag}: {err['msg']}" if flag else describe_validation_error(exc)) from None
+        loc, message = first_error(exc)
+        flag = "--" + str(loc[0]).replace("_", "-") if loc else ""
+        raise ConfigError(f"{flag}: {message}" if flag else describe_validation_error(exc)) from None
 
 
 def serve(settings: ServerArgs) -> None:

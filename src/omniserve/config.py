@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from omniserve.errors import ConfigError
+from omniserve.validation import first_error
 
 
 class ServerArgs(BaseSettings):
@@ -129,8 +130,8 @@ class StageConfig(_Strict):
         try:
             self.args = args_model.model_validate(args).model_dump()
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ValueError(f"args.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            loc, message = first_error(exc)
+            raise ValueError(f"args.{'.'.join(map(str, loc))}: {message}") from None
         return self
 
 
@@ -222,8 +223,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 def describe_validation_error(exc: ValidationError, data: Any = None) -> str:
     """One line naming the field, e.g. `stages.thinker.args.n_batch: Input should be ...`."""
-    err = exc.errors()[0]
-    loc = list(err["loc"])
+    where_, msg = first_error(exc)
+    loc = list(where_)
     # Replace list indexes under `stages` with the stage name, which a person wrote.
     if data is not None and len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int):
         try:
@@ -231,7 +232,6 @@ def describe_validation_error(exc: ValidationError, data: Any = None) -> str:
         except (KeyError, IndexError, TypeError):
             pass
     where = ".".join(str(p) for p in loc)
-    msg = err["msg"].removeprefix("Value error, ")
     nested = msg.split(": ", 1)
     if len(nested) == 2 and nested[0].startswith("args."):  # a stage's executor args, named in full
         where, msg = f"{where}.{nested[0]}" if where else nested[0], nested[1]

@@ -108,3 +108,37 @@ def test_non_streaming_disconnect_aborts(server):
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(server.base_url + "/v1/chat/completions", json=LONG, timeout=1.0)
         wait_until(lambda: http.get("/get_load").json()["running"] == 0, timeout=5, interval=0.05)
+
+
+def test_a_request_failing_in_a_decode_step_fails_alone(tmp_path):
+    """A request that fails while the thinker decodes it (made to, with the `fail_on` arg) gets a clear
+    error, streamed or not; the requests decoding in the same steps finish, and the stage is not restarted."""
+    config = tmp_path / "fail.yaml"
+    config.write_text("stages:\n  thinker:\n    args:\n      fail_on: POISON\n")
+    poisoned = {"messages": [{"role": "user", "content": "POISON, then a story"}], "max_tokens": 20}
+    with run_server("--config", str(config), tmp_path=tmp_path) as s, s.http() as http:
+        pid = worker_pid(http)
+        long: dict = {}
+
+        def story():
+            with s.http() as h:
+                long["response"] = h.post("/v1/chat/completions", json={**LONG, "max_tokens": 150})
+
+        t = threading.Thread(target=story)
+        t.start()
+        wait_until(lambda: http.get("/get_load").json()["running"] == 1)
+        bad = http.post("/v1/chat/completions", json=poisoned)
+        assert bad.status_code == 500
+        assert "fail_on" in bad.json()["error"]["message"] and "'thinker' stage" in bad.json()["error"]["message"]
+        with http.stream("POST", "/v1/chat/completions", json={**poisoned, "stream": True}) as r:
+            lines = [line for line in r.iter_lines() if line]
+        if r.status_code == 200:  # the error as the stream's last event
+            assert lines[-1] == "data: [DONE]" and "fail_on" in json.loads(lines[-2][6:])["error"]["message"]
+        else:  # the error came before the stream's first token: an error response
+            assert r.status_code == 500 and "fail_on" in json.loads(lines[0])["error"]["message"]
+        t.join(60)
+        assert long["response"].status_code == 200
+        assert long["response"].json()["usage"]["completion_tokens"] == 150
+        assert worker_pid(http) == pid and http.get("/health").status_code == 200
+        assert idle(http)
+        assert "omniserve_worker_crashes_total 0.0" in http.get("/metrics").text

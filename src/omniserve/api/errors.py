@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from omniserve.api import openapi
 from omniserve.api.protocol.common import loc_to_param
 from omniserve.errors import OmniError
+from omniserve.validation import first_error
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0]
-        param = loc_to_param(tuple(p for p in err["loc"] if p not in ("body", "query", "path")))
-        return error_response(400, f"{param}: {err['msg']}" if param else err["msg"], param or None)
+        loc, message = first_error(exc)
+        param = loc_to_param(tuple(p for p in loc if p not in ("body", "query", "path")))
+        return error_response(400, f"{param}: {message}" if param else message, param or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.validation import first_error
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -25,9 +26,9 @@ def request_params(model: type[P], data: dict[str, Any]) -> P:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(map(str, err["loc"]))
-        raise InvalidRequest(f"{field}: {err['msg']}", param=field) from None
+        loc, message = first_error(exc)
+        field = ".".join(map(str, loc))
+        raise InvalidRequest(f"{field}: {message}", param=field) from None
 
 
 class RoundRobinExecutor:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from omniserve.errors import ContextLengthExceeded, InvalidRequest, NotFound, OmniError
+from omniserve.errors import ContextLengthExceeded, InvalidRequest, NotFound, OmniError, OutOfMemory
 from omniserve.executors.text_stream import TextStream
 from omniserve.runtime.types import (
     OmniOutput,
@@ -74,6 +74,8 @@ class LlamaCppArgs(BaseModel):
     # batch shifts the logits by float noise (enough to change a tiny model's greedy answer)
     prefix_cache_min_tokens: int = Field(64, ge=1, description="the shortest prompt prefix copied from another slot")
     lora_paths: dict[str, str] = Field(default_factory=dict, description="LoRA adapter name -> GGUF path")
+    # for tests: a request whose prompt holds this text fails while it decodes (it alone fails; the stage goes on)
+    fail_on: str | None = None
 
 
 @dataclass(eq=False)
@@ -92,6 +94,7 @@ class _Sequence:
     next_token: int | None = None  # sampled, not yet decoded
     generated: int = 0
     batch_pos: int = -1  # where this sequence's logits sit in the current batch
+    doomed: bool = False  # its prompt holds `LlamaCppArgs.fail_on`
     # the prompt tokens' logprobs, collected while the prompt is decoded (None: not wanted)
     prompt_logprobs: list[TokenLogprob] | None = None
     # Image embeddings in the prompt (a vision-language model): start position -> (rows, causal).
@@ -125,6 +128,8 @@ class LlamaCppExecutor:
         self._active_lora: str | None = None  # set on the context now
         self._embed_ctx = None  # a second context in embedding mode, made on the first /v1/embeddings call
         self._turn = 0  # which adapter group decodes next, when several have work
+        self.failed: list[tuple[str, Exception]] = []  # requests a step failed (the worker tells them)
+        self._failing: set[str] = set()  # their ids, until the worker aborts them
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -265,8 +270,7 @@ class LlamaCppExecutor:
                 param="max_tokens",
             )
         if params.lora is not None and params.lora not in self._loras:
-            raise NotFound(f"LoRA adapter {params.lora!r} is not loaded; loaded: {', '.join(self._loras) or 'none'} "
-                           "(POST /v1/load_lora_adapter, or --lora-paths)", param="model", code="lora_not_found")
+            raise self._not_loaded(params.lora, "model", " (POST /v1/load_lora_adapter, or --lora-paths)")
         bad = [t for t in params.logit_bias if not 0 <= t < self.n_vocab]
         if bad:
             raise InvalidRequest(f"logit_bias: token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})",
@@ -287,6 +291,7 @@ class LlamaCppExecutor:
                 blocks=blocks,
                 lora=params.lora,
                 prompt_logprobs=[] if params.prompt_logprobs and index == 0 and not blocks else None,
+                doomed=self.args.fail_on is not None and self.args.fail_on in str(request.messages or request.prompt),
             )
             req.sequences.append(seq)
             self._waiting.append(seq)
@@ -296,6 +301,7 @@ class LlamaCppExecutor:
 
     def abort(self, request_id: str) -> None:
         self._upstream.pop(request_id, None)
+        self._failing.discard(request_id)
         req = self._requests.pop(request_id, None)
         if req is None:
             return
@@ -364,16 +370,24 @@ class LlamaCppExecutor:
         outputs: list[OmniOutput] = []
         if n:
             rc = ll.llama_decode(self._ctx, batch)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode failed with code {rc}")
+            if rc != 0:  # the batch's requests fail, the stage goes on
+                for seq in decoding + ([chunk[0]] if chunk else []):
+                    self._fail(seq.request_id, decode_error(rc))
+                return outputs
             if prefill is not None:
                 outputs += self._score_prompt(*prefill, n)
             for seq in list(group):
-                if seq.batch_pos >= 0 and seq in self._running:
-                    outputs.extend(self._sample(seq))
+                if seq.batch_pos >= 0 and seq in self._running and seq.request_id not in self._failing:
+                    try:
+                        outputs.extend(self._sample(seq))
+                    except Exception as exc:  # this request's alone
+                        self._fail(seq.request_id, exc)
         if embedding is not None and embedding in self._running:  # after sampling: a decode overwrites logits
-            if self._decode_embeddings(embedding):
-                outputs.extend(self._sample(embedding))
+            try:
+                if self._decode_embeddings(embedding):
+                    outputs.extend(self._sample(embedding))
+            except Exception as exc:  # this request's alone
+                self._fail(embedding.request_id, exc)
         self._admit_waiting()
         return outputs
 
@@ -434,7 +448,15 @@ class LlamaCppExecutor:
         b.seq_id[i][0] = slot
         b.logits[i] = want_logits
 
+    def _fail(self, request_id: str, exc: Exception) -> None:
+        """A request this step failed: the worker tells it and aborts it here."""
+        if request_id not in self._failing:
+            self._failing.add(request_id)
+            self.failed.append((request_id, exc))
+
     def _sample(self, seq: _Sequence) -> list[OmniOutput]:
+        if seq.doomed:
+            raise RuntimeError("this request's prompt holds the text the stage was told to fail on (fail_on)")
         ll = self._ll
         token = ll.llama_sampler_sample(seq.sampler, self._ctx, seq.batch_pos)
         req = self._requests[seq.request_id]
@@ -611,8 +633,7 @@ class LlamaCppExecutor:
             self._load_lora(name, op["path"])
         else:
             if name not in self._loras:
-                raise NotFound(f"LoRA adapter {name!r} is not loaded; loaded: {', '.join(self._loras) or 'none'}",
-                               param="lora_name", code="lora_not_found")
+                raise self._not_loaded(name, "lora_name")
             users = sum(s.lora == name for s in list(self._running) + list(self._waiting))
             if users:
                 raise InvalidRequest(f"lora_name: adapter {name!r} is in use by {users} running sequence(s); "
@@ -626,6 +647,10 @@ class LlamaCppExecutor:
             self._ll.llama_adapter_lora_free(self._loras.pop(name))
             del self._lora_paths[name]
         return dict(self._lora_paths)
+
+    def _not_loaded(self, name: str, param: str, hint: str = "") -> NotFound:
+        return NotFound(f"LoRA adapter {name!r} is not loaded; loaded: {', '.join(self._loras) or 'none'}{hint}",
+                        param=param, code="lora_not_found")
 
     def _lora_group(self) -> list[_Sequence]:
         """The running sequences this step decodes: those of one adapter (None: the base model),
@@ -789,6 +814,15 @@ class LlamaCppExecutor:
 
 
 _llama_log = logging.getLogger("llama.cpp")
+
+
+def decode_error(rc: int) -> OmniError:
+    """What the requests of a batch that `llama_decode` refused get: no room in the KV cache (1) or no
+    memory for the compute (< -1) is a 507, since the same request may pass when fewer run."""
+    if rc == 1 or rc < -1:
+        return OutOfMemory(f"llama.cpp had no memory for this request's batch (llama_decode returned {rc}); retry "
+                           "it, or run fewer requests at once")
+    return OmniError(f"llama.cpp could not decode this request's batch (llama_decode returned {rc})")
 
 
 def _reusable(prompt: list[int], n_past: int) -> int:

@@ -5,7 +5,8 @@ It owns the model, so a crash here (segfault, OOM kill) takes down only this
 stage; the coordinator sees the pipe close, fails this stage's in-flight
 requests and starts a new worker. An exception while admitting a request
 (`add`, `feed`) fails that request only, as does one in `step` that the
-executor pins on a request (its `failed` list).
+executor pins on a request (its `failed` list); one the executor cannot pin
+fails the requests this stage holds, and the stage goes on.
 
 Wire protocol (tuples over a multiprocessing pipe):
   in:  ("add", OmniRequest) | ("feed", [OmniOutput]) | ("abort", request_id) | ("stop",)
@@ -76,6 +77,7 @@ class _Lane:
         self.info = info
         self.last_sent = time.monotonic()
         self.batches: list[int] = []  # batch sizes of the steps not yet reported
+        self.live: set[str] = set()  # requests added here and not finished, failed or aborted
 
     def send(self, message: tuple) -> None:
         self.conn.send(message)
@@ -84,12 +86,14 @@ class _Lane:
     def handle(self, message: tuple) -> list:
         kind = message[0]
         if kind == "abort":
+            self.live.discard(message[1])
             self.executor.abort(message[1])
             self.send(("aborted", message[1]))
             return []
         request_id = message[1].request_id if kind == "add" else message[1][0].request_id
         try:
             if kind == "add":
+                self.live.add(request_id)
                 return self.executor.add(message[1])
             return self.executor.feed(message[1])  # upstream stage outputs on a graph edge
         except Exception as exc:
@@ -101,13 +105,21 @@ class _Lane:
         if not isinstance(exc, OmniError):  # a bug, or the model failing on this input
             log.error("stage %s failed on request %s", self.stage, request_id, exc_info=exc)
             exc = OmniError(f"the {self.stage!r} stage failed on this request ({type(exc).__name__}: {exc})")
+        self.live.discard(request_id)
         self.executor.abort(request_id)  # whatever it holds of the request goes
         self.send(("error", request_id, exc.to_wire()))
 
     def step(self) -> list:
         """One step, then the requests the step failed: an executor that knows which request an exception
-        belongs to lists it in `failed` (request id, exception) instead of raising."""
-        outputs = self.executor.step()
+        belongs to lists it in `failed` (request id, exception) instead of raising. An exception it raises
+        fails every request it holds; the stage goes on."""
+        try:
+            outputs = self.executor.step()
+        except Exception as exc:
+            log.error("stage %s failed in a step; its %d requests fail", self.stage, len(self.live), exc_info=exc)
+            outputs = []
+            for request_id in list(self.live):
+                self.fail(request_id, exc)
         for request_id, exc in getattr(self.executor, "failed", []):
             self.fail(request_id, exc)
         if getattr(self.executor, "failed", None):
@@ -139,6 +151,7 @@ class _Loop:
                     outputs.extend(lane.step())
                     lane.batches.append(getattr(lane.executor, "batch_size", 1))
                 if outputs:
+                    lane.live.difference_update(out.request_id for out in outputs if out.done)
                     lane.send(("outputs", outputs, lane.batches))
                     lane.batches = []
                 elif time.monotonic() - lane.last_sent >= HEARTBEAT_S:

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from omniserve.api.protocol.structured import GrammarSpec, check_choice
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.types import SamplingParams
+from omniserve.validation import first_error
 
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY_NESTING = 100
@@ -174,12 +175,8 @@ def validate_fields(data: dict[str, Any], model: type[M], prefix: str = "", stri
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as exc:
-        # the deepest error is the most specific: a union reports each of its members' errors
-        err = max(exc.errors(), key=lambda e: len(e["loc"]))
-        param = loc_to_param((*prefix.split("."), *err["loc"]) if prefix else err["loc"])
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "missing":
-            message = "this parameter is required"
+        loc, message = first_error(exc, deepest=True)
+        param = loc_to_param((*prefix.split("."), *loc) if prefix else loc)
         named = re.match(r"^([\w\[\]\.]+): ", message)
         if not param and named:  # model-level checks name their parameter first
             param = named.group(1)

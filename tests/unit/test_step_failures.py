@@ -1,0 +1,51 @@
+"""A failing step fails its requests, not the stage: what the worker and the LLM executor do with an
+exception in a step (the integration test `test_a_request_failing_in_a_decode_step_fails_alone` runs
+the real thing)."""
+
+from __future__ import annotations
+
+from multiprocessing import Pipe
+
+from omniserve.errors import OmniError, OutOfMemory
+from omniserve.executors.llamacpp import decode_error
+from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.runtime.worker import _Lane
+
+
+class Breaking:
+    """An executor whose step raises without saying for which request (a fake: only the lane is tested)."""
+
+    def __init__(self):
+        self.aborted: list[str] = []
+        self.failed: list = []
+
+    def add(self, request):
+        return [OmniOutput(request.request_id, started=True)]
+
+    def step(self):
+        raise RuntimeError("the model broke")
+
+    def abort(self, request_id):
+        self.aborted.append(request_id)
+
+
+def test_an_exception_a_step_raises_fails_the_stage_requests_and_the_lane_goes_on():
+    ours, theirs = Pipe()
+    executor = Breaking()
+    lane = _Lane(executor, ours, "thinker", {})
+    for request_id in ("a", "b"):
+        lane.handle(("add", OmniRequest(request_id, prompt="hi")))
+    lane.handle(("abort", "b"))
+    assert theirs.recv() == ("aborted", "b")
+    assert lane.step() == []
+    kind, request_id, wire = theirs.recv()
+    assert (kind, request_id) == ("error", "a")
+    assert "the model broke" in OmniError.from_wire(wire).message
+    assert executor.aborted == ["b", "a"] and lane.live == set()
+    assert not theirs.poll(0.1)  # nothing for the request already aborted
+
+
+def test_llama_decode_refusals_are_507_when_memory_ran_out():
+    assert isinstance(decode_error(1), OutOfMemory) and decode_error(1).status_code == 507  # no KV room
+    assert isinstance(decode_error(-3), OutOfMemory)  # compute buffers
+    assert not isinstance(decode_error(-1), OutOfMemory) and decode_error(-1).status_code == 500

@@ -69,13 +69,14 @@ def run_raw(model: str, threads: int, n_seq: int, max_tokens: int) -> Result:
     import llama_cpp._logger as llama_logger
 
     from omniserve.executors.llamacpp import LlamaCppArgs, LlamaCppExecutor
+    from omniserve.runtime.types import OmniRequest
 
     llama_logger.set_verbose(False)
     # Borrow the executor only to load the model and render/tokenize the prompt.
     ex = LlamaCppExecutor(LlamaCppArgs(model_path=model, threads=threads, max_sequences=n_seq))
     ex.load()
-    prompt = ex.tokenize(ex._formatter(messages=[{"role": "user", "content": PROMPT}]).prompt, add_special=False)
-    ctx, batch = ex._ctx, ll.llama_batch_init(max(len(prompt), n_seq), 0, 1)
+    prompt = ex.renderer.tokens(OmniRequest("bench", messages=[{"role": "user", "content": PROMPT}]))
+    ctx, batch = ex.rt.ctx, ll.llama_batch_init(max(len(prompt), n_seq), 0, 1)
     samplers = [ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params()) for _ in range(n_seq)]
     for s in samplers:
         ll.llama_sampler_chain_add(s, ll.llama_sampler_init_greedy())

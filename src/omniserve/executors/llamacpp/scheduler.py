@@ -1,0 +1,293 @@
+"""Which tokens each step decodes, and where their KV lives: pure Python, no llama.cpp.
+
+The KV cache is one stream of `context_length` cells per slot (as llama-server
+runs it), so each sequence's attention reads its own cells only; in one
+unified pool it read every cell in use, every other sequence's and every kept
+prompt's too, and a step cost grew with all of them. llama.cpp cuts a batch
+over several streams into ubatches of consecutive sequence ids: a step puts
+its tokens in slot order, and new sequences take the lowest free slot, so the
+running ones stay consecutive and a step is one or two ubatches.
+
+A step (`schedule`) holds one decode token for each generating sequence, so
+every stream moves, and prompt chunks of the sequences still in prefill, the
+oldest first, up to `n_batch` tokens in all: prompts that arrive together
+start together, as in llama-server. A prompt's image embeddings (a
+vision-language model) go in a decode of their own, one block per step.
+
+Prefix caching: a slot keeps its prompt's KV when its sequence ends. A new
+sequence takes the free slot whose kept prompt shares the longest prefix with
+its own, or copies the prefix from another slot (a whole stream, then its
+tail is dropped), and decodes only the rest, so a long system prompt is
+computed once.
+
+LoRA adapters apply to a whole context, so a step decodes the sequences of
+one adapter (or of none): steps take turns between the adapters that have
+work, and the prefix cache only matches prompts decoded with the same adapter.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from omniserve.executors.llamacpp.runtime import Batch
+
+
+class KvCache(Protocol):
+    """What the scheduler asks of the model runtime (`LlamaRuntime`, or a fake in tests)."""
+
+    def trim_slot(self, slot: int, keep: int) -> None: ...
+
+    def copy_slot(self, source: int, slot: int) -> None: ...
+
+    def use_adapter(self, name: str | None) -> None: ...
+
+
+class SeqState(enum.Enum):
+    WAITING = "waiting"  # admitted, waiting for a free slot
+    RUNNING = "running"  # holds a slot: in prefill, or generating
+    DONE = "done"  # finished, aborted or failed: its slot is released
+
+
+@dataclass
+class ImageBlock:
+    """An image's encoder output in a prompt: rows of input embeddings, decoded together when
+    not causal."""
+
+    rows: np.ndarray
+    causal: bool
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One choice of one request, as the scheduler sees it."""
+
+    request_id: str
+    index: int
+    prompt: list[int]  # -1 at image embedding positions
+    lora: str | None = None  # the adapter it is decoded with
+    score_prompt: bool = False  # every prompt token's logits wanted (prompt logprobs): no prefix is reused
+    blocks: dict[int, ImageBlock] = field(default_factory=dict)  # start position -> image block
+    state: SeqState = SeqState.WAITING
+    slot: int = -1
+    n_past: int = 0  # tokens in its KV stream
+    cached: int = 0  # prompt tokens whose KV came from the prefix cache
+    next_token: int | None = None  # sampled, not yet decoded
+    batch_pos: int = -1  # where its logits sit in the last decode (-1: none to sample)
+
+    def block_at_next(self) -> tuple[int, ImageBlock] | None:
+        """The image block its next position falls in, if any."""
+        return next(((s, b) for s, b in self.blocks.items() if s <= self.n_past < s + len(b.rows)), None)
+
+    def reusable(self) -> int:
+        """How many of its prompt tokens have their KV in its slot (up to the first image)."""
+        n = min(self.n_past, len(self.prompt))
+        return min(n, self.prompt.index(-1)) if -1 in self.prompt[:n] else n
+
+
+@dataclass
+class Chunk:
+    """Prompt tokens `start`.. of a sequence in this step's batch, from batch index `first`."""
+
+    seq: Sequence
+    start: int
+    count: int
+    first: int
+
+
+@dataclass
+class EmbeddingChunk:
+    """Rows of an image block decoded after the step's batch (`last`: they end the prompt)."""
+
+    seq: Sequence
+    rows: np.ndarray
+    start: int
+    causal: bool
+    last: bool
+
+
+@dataclass
+class StepPlan:
+    batch: Batch
+    decoding: list[Sequence]  # one token each
+    chunks: list[Chunk]  # prompt chunks
+    embedding: EmbeddingChunk | None = None
+
+    @property
+    def sequences(self) -> list[Sequence]:
+        """The sequences in `batch`."""
+        return self.decoding + [c.seq for c in self.chunks]
+
+
+class Scheduler:
+    def __init__(self, kv: KvCache, slots: int, n_batch: int, prefix_cache: bool = True,
+                 prefix_cache_min_tokens: int = 64):
+        self.kv = kv
+        self.n_batch = n_batch
+        self.prefix_cache = prefix_cache
+        # shorter shared prefixes are decoded again unless the slot a sequence takes anyway keeps them
+        self.prefix_cache_min_tokens = prefix_cache_min_tokens
+        self.running: list[Sequence] = []
+        self.waiting: deque[Sequence] = deque()
+        self.free_slots: list[int] = list(range(slots - 1, -1, -1))
+        self.kept: dict[int, tuple[str | None, list[int]]] = {}  # free slot -> (adapter, prompt tokens kept)
+        self._turn = 0  # which adapter group decodes next, when several have work
+
+    # ---- admission and release -------------------------------------------------------
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+        self.admit()
+
+    def admit(self) -> None:
+        """Waiting sequences take the free slots, in order."""
+        while self.waiting and self.free_slots:
+            seq = self.waiting.popleft()
+            self._place(seq)
+            seq.state = SeqState.RUNNING
+            self.running.append(seq)
+
+    def release(self, seq: Sequence) -> None:
+        """The one way out, for a finished, aborted or failed sequence: its slot keeps the prompt's
+        KV for the prefix cache, the answer's goes."""
+        if seq.state is SeqState.RUNNING:
+            self.running.remove(seq)
+            kept = seq.reusable() if self.prefix_cache else 0
+            self.kv.trim_slot(seq.slot, kept)
+            if kept:
+                self.kept[seq.slot] = (seq.lora, seq.prompt[:kept])
+            self.free_slots.append(seq.slot)
+        elif seq.state is SeqState.WAITING:
+            self.waiting.remove(seq)
+        seq.state = SeqState.DONE
+
+    def adapter_users(self, name: str) -> int:
+        return sum(s.lora == name for s in [*self.running, *self.waiting])
+
+    def forget_adapter(self, name: str) -> None:
+        """Drop the prompts kept for an adapter being unloaded."""
+        for slot in [s for s, (lora, _) in self.kept.items() if lora == name]:
+            self.kv.trim_slot(slot, 0)
+            del self.kept[slot]
+
+    def has_work(self) -> bool:
+        return bool(self.running)
+
+    # ---- the step: schedule -> (the executor runs it) -> advance ---------------------------
+
+    def schedule(self) -> StepPlan:
+        """This step's batch: a decode token for each generating sequence of the adapter whose turn
+        it is, and prompt chunks of those in prefill, oldest first, in slot order."""
+        group = self._adapter_group()
+        decoding = [seq for seq in group if seq.next_token is not None]
+        budget = self.n_batch - len(decoding)
+        prefill: list[tuple[Sequence, int]] = []
+        embedding = None
+        for seq in group:
+            seq.batch_pos = -1
+            if seq.next_token is not None or budget <= 0:
+                continue
+            block = seq.block_at_next()
+            if block is not None:
+                if embedding is None:
+                    embedding = self._embedding_chunk(seq, *block)
+                continue
+            end = min((s for s in seq.blocks if s > seq.n_past), default=len(seq.prompt))
+            take = min(end - seq.n_past, budget)
+            prefill.append((seq, take))
+            budget -= take
+        takes = dict(prefill)
+        batch, chunks = Batch(), []
+        for seq in sorted(decoding + [s for s, _ in prefill], key=lambda s: s.slot):
+            if seq.next_token is not None:
+                seq.batch_pos = len(batch)
+                batch.add(seq.next_token, seq.n_past, seq.slot, True)
+                continue
+            chunks.append(Chunk(seq, seq.n_past, takes[seq], len(batch)))
+            for pos in range(seq.n_past, seq.n_past + takes[seq]):
+                last = pos == len(seq.prompt) - 1
+                if last:
+                    seq.batch_pos = len(batch)
+                batch.add(seq.prompt[pos], pos, seq.slot, last or seq.score_prompt)
+        return StepPlan(batch, decoding, chunks, embedding)
+
+    def advance(self, plan: StepPlan) -> None:
+        """The batch was decoded: its tokens are in the KV cache."""
+        for seq in plan.decoding:
+            seq.n_past += 1
+            seq.next_token = None
+        for chunk in plan.chunks:
+            chunk.seq.n_past += chunk.count
+
+    def advance_embeddings(self, chunk: EmbeddingChunk) -> None:
+        """An embedding chunk was decoded; if it ends the prompt, the sequence's logits are ready."""
+        chunk.seq.n_past += len(chunk.rows)
+        chunk.seq.batch_pos = len(chunk.rows) - 1 if chunk.last else -1
+
+    def _embedding_chunk(self, seq: Sequence, start: int, block: ImageBlock) -> EmbeddingChunk:
+        offset = seq.n_past - start
+        take = min(len(block.rows) - offset, self.n_batch)
+        return EmbeddingChunk(seq, block.rows[offset:offset + take], seq.n_past, block.causal,
+                              seq.n_past + take == len(seq.prompt))
+
+    def _adapter_group(self) -> list[Sequence]:
+        """The running sequences this step decodes: those of one adapter (None: the base model),
+        the adapters taking turns, and that adapter set on the context."""
+        adapters = list(dict.fromkeys(seq.lora for seq in self.running))
+        if not adapters:
+            return []
+        if len(adapters) == 1:
+            chosen = adapters[0]
+        else:
+            self._turn = (self._turn + 1) % len(adapters)
+            chosen = adapters[self._turn]
+        self.kv.use_adapter(chosen)
+        return [seq for seq in self.running if seq.lora == chosen]
+
+    # ---- the prefix cache ------------------------------------------------------------
+
+    def _place(self, seq: Sequence) -> None:
+        """Give `seq` the lowest free slot, starting it past the longest prompt prefix already in the
+        KV cache, kept by a free slot or being decoded by a running sequence: that slot's stream is
+        copied, so the source keeps its own; only when the source is the last free slot is it taken
+        over."""
+        prompt = seq.prompt
+        limit = len(prompt) - 1  # the last prompt token is always decoded: its logits start the answer
+        if -1 in prompt:
+            limit = min(limit, prompt.index(-1))  # image embeddings are not matched
+        reuse = self.prefix_cache and not seq.score_prompt  # (a prompt's logprobs need its every token decoded)
+        sources = [(s, kept) for s, (lora, kept) in self.kept.items() if lora == seq.lora]
+        sources += [(r.slot, r.prompt[:r.reusable()]) for r in self.running if r.lora == seq.lora]
+        source, match = max(((s, min(common_prefix(kept, prompt), limit)) for s, kept in sources),
+                            key=lambda item: item[1], default=(-1, 0))
+        if reuse and match >= self.prefix_cache_min_tokens:
+            # the lowest free slot, so that the running ones stay consecutive (see `schedule`); a kept prefix
+            # is copied, not taken over, unless its slot is the last one free
+            others = [s for s in self.free_slots if s != source]
+            slot = min(others) if others else source
+        else:  # a shorter prefix is worth taking only where it costs nothing: kept by the lowest free slot
+            source = slot = min(self.free_slots)
+            lora, kept = self.kept.get(slot, (None, []))
+            match = min(common_prefix(kept, prompt), limit) if reuse and lora == seq.lora else 0
+        if match and source == slot:
+            self.kv.trim_slot(slot, match)  # take over the kept prompt: drop its tail
+        else:
+            self.kv.trim_slot(slot, 0)
+            if match:  # each slot is its own KV stream: the copy is the whole stream, then its tail goes
+                self.kv.copy_slot(source, slot)
+                self.kv.trim_slot(slot, match)
+        self.free_slots.remove(slot)
+        self.kept.pop(slot, None)
+        seq.slot = slot
+        seq.n_past = seq.cached = match
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the common prefix of two token lists."""
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if len(diff) else n

@@ -1,0 +1,274 @@
+"""The LLM scheduler, driven with a fake KV cache that checks what llama.cpp would: each token goes
+at the next position of its slot's stream, and the streams hold exactly the tokens decoded or copied
+into them. No model is loaded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from omniserve.executors.llamacpp.scheduler import ImageBlock, Scheduler, SeqState, Sequence, StepPlan
+
+
+class FakeKv:
+    def __init__(self, slots: int):
+        self.streams: dict[int, list[int]] = {s: [] for s in range(slots)}
+        self.adapter: str | None = None
+        self.copies: list[tuple[int, int]] = []
+
+    def trim_slot(self, slot: int, keep: int) -> None:
+        del self.streams[slot][keep:]
+
+    def copy_slot(self, source: int, slot: int) -> None:
+        self.copies.append((source, slot))
+        self.streams[slot] = list(self.streams[source])
+
+    def use_adapter(self, name: str | None) -> None:
+        self.adapter = name
+
+    def decode(self, plan: StepPlan) -> None:
+        b = plan.batch
+        assert b.slots == sorted(b.slots), "a batch's tokens go in slot order"
+        for token, pos, slot in zip(b.tokens, b.positions, b.slots, strict=True):
+            assert pos == len(self.streams[slot]), f"slot {slot}: position {pos} after {len(self.streams[slot])}"
+            self.streams[slot].append(token)
+
+
+def seq(rid: str, prompt: list[int], **kw) -> Sequence:
+    return Sequence(rid, 0, prompt, **kw)
+
+
+def step(s: Scheduler, kv: FakeKv, answers: dict[str, int] | None = None) -> StepPlan:
+    """One step: decode, then 'sample' each ready sequence (token 900+n), releasing it after
+    `answers[request_id]` tokens (default 3)."""
+    plan = s.schedule()
+    kv.decode(plan)
+    s.advance(plan)
+    for q in plan.sequences:
+        if q.batch_pos >= 0:
+            made = getattr(q, "made", 0) + 1
+            q.made = made
+            if made >= (answers or {}).get(q.request_id, 3):
+                s.release(q)
+            else:
+                q.next_token = 900 + made
+    s.admit()
+    return plan
+
+
+def test_prompts_that_arrive_together_start_in_one_step_in_slot_order():
+    kv = FakeKv(4)
+    s = Scheduler(kv, slots=4, n_batch=64)
+    seqs = [seq(f"r{i}", list(range(10 * i, 10 * i + 5))) for i in range(3)]
+    for q in seqs:
+        s.add(q)
+    assert [q.slot for q in seqs] == [0, 1, 2] and all(q.state is SeqState.RUNNING for q in seqs)
+    plan = step(s, kv)
+    assert len(plan.chunks) == 3 and len(plan.batch) == 15
+    assert all(q.next_token == 901 for q in seqs)  # every prompt's first token in the same step
+    plan = step(s, kv)
+    assert plan.batch.tokens == [901, 901, 901] and plan.batch.slots == [0, 1, 2]
+    assert [kv.streams[q.slot] for q in seqs] == [q.prompt + [901] for q in seqs]
+
+
+def test_prompt_chunks_share_the_batch_budget_with_decode_tokens():
+    kv = FakeKv(3)
+    s = Scheduler(kv, slots=3, n_batch=8)
+    a = seq("a", [1, 2, 3])
+    s.add(a)
+    step(s, kv, {"a": 100})
+    long = seq("long", list(range(100, 120)))  # 20 tokens: 7 per step beside a's decode token
+    s.add(long)
+    sizes = []
+    while long.next_token is None:
+        plan = step(s, kv, {"a": 100})
+        sizes.append(len(plan.batch))
+        assert a in plan.decoding  # a keeps moving while the long prompt fills
+    assert sizes == [8, 8, 7]
+    assert kv.streams[long.slot] == long.prompt
+
+
+def test_a_full_house_waits_and_a_released_slot_admits_the_next():
+    kv = FakeKv(2)
+    s = Scheduler(kv, slots=2, n_batch=64)
+    a, b, c = seq("a", [1, 2]), seq("b", [3, 4]), seq("c", [5, 6])
+    for q in (a, b, c):
+        s.add(q)
+    assert c.state is SeqState.WAITING and list(s.waiting) == [c]
+    s.release(c)  # aborted while waiting
+    assert c.state is SeqState.DONE and not s.waiting
+    d = seq("d", [7, 8])
+    s.add(d)
+    s.release(a)
+    assert d.state is SeqState.WAITING  # until the executor admits, after its step
+    s.admit()
+    assert d.state is SeqState.RUNNING and d.slot == a.slot == 0
+    assert a.state is SeqState.DONE
+
+
+def test_new_sequences_take_the_lowest_free_slot():
+    kv = FakeKv(4)
+    s = Scheduler(kv, slots=4, n_batch=64, prefix_cache=False)
+    qs = [seq(f"r{i}", [i + 1, i + 2]) for i in range(4)]
+    for q in qs:
+        s.add(q)
+    s.release(qs[2])
+    s.release(qs[0])
+    e = seq("e", [9, 9])
+    s.add(e)
+    assert e.slot == 0
+    assert kv.streams[0] == []  # without the prefix cache nothing is kept
+
+
+def test_a_long_shared_prefix_is_copied_from_the_slot_that_keeps_it():
+    kv = FakeKv(4)
+    s = Scheduler(kv, slots=4, n_batch=512, prefix_cache_min_tokens=64)
+    system = list(range(1, 101))
+    first = seq("first", system + [500, 501])
+    s.add(first)
+    while first.state is not SeqState.DONE:
+        step(s, kv)
+    assert s.kept[0][1] == first.prompt  # the prompt stays, the answer is gone
+    assert kv.streams[0] == first.prompt
+    blocker = seq("blocker", [7, 7])  # takes slot 0 over? no: 0 keeps a long prefix, so it is copied elsewhere
+    second = seq("second", system + [600])
+    s.add(blocker)
+    s.add(second)
+    assert blocker.slot == 0 and blocker.cached == 0  # the lowest free slot, its kept prompt dropped
+    assert second.cached == 0  # the kept prompt went with slot 0 before second arrived
+    third = seq("third", system + [700, 701])
+    s.add(third)  # second is decoding the same system prompt in slot 1: its stream is copied once decoded
+    step(s, kv)
+    fourth = seq("fourth", system + [800])
+    s.add(fourth)
+    assert fourth.cached == 100 and (second.slot, fourth.slot) in kv.copies
+    assert kv.streams[fourth.slot] == system
+    step(s, kv)
+    assert kv.streams[fourth.slot] == system + [800]
+
+
+def test_the_last_free_slot_takes_over_its_kept_prompt_instead_of_copying():
+    kv = FakeKv(1)
+    s = Scheduler(kv, slots=1, n_batch=512, prefix_cache_min_tokens=4)
+    a = seq("a", [1, 2, 3, 4, 5, 6])
+    s.add(a)
+    while a.state is not SeqState.DONE:
+        step(s, kv)
+    b = seq("b", [1, 2, 3, 4, 5, 9, 9])
+    s.add(b)
+    assert b.slot == 0 and b.cached == 5 and not kv.copies
+    assert kv.streams[0] == [1, 2, 3, 4, 5]
+    step(s, kv)
+    assert kv.streams[0] == b.prompt
+
+
+def test_a_short_prefix_is_reused_only_where_the_lowest_free_slot_keeps_it():
+    kv = FakeKv(2)
+    s = Scheduler(kv, slots=2, n_batch=512, prefix_cache_min_tokens=64)
+    a = seq("a", [1, 2, 3, 4])
+    s.add(a)
+    while a.state is not SeqState.DONE:
+        step(s, kv)
+    b = seq("b", [1, 2, 3, 8])
+    s.add(b)
+    assert b.slot == 0 and b.cached == 3 and not kv.copies
+
+
+def test_prompt_logprobs_decode_every_prompt_token():
+    kv = FakeKv(1)
+    s = Scheduler(kv, slots=1, n_batch=512, prefix_cache_min_tokens=1)
+    a = seq("a", [1, 2, 3, 4])
+    s.add(a)
+    while a.state is not SeqState.DONE:
+        step(s, kv)
+    b = seq("b", [1, 2, 3, 4, 5], score_prompt=True)
+    s.add(b)
+    assert b.cached == 0
+    plan = step(s, kv)
+    assert plan.batch.logits == [True] * 5
+
+
+def test_a_prompt_cannot_be_matched_whole():
+    kv = FakeKv(1)
+    s = Scheduler(kv, slots=1, n_batch=512, prefix_cache_min_tokens=1)
+    a = seq("a", [1, 2, 3])
+    s.add(a)
+    while a.state is not SeqState.DONE:
+        step(s, kv)
+    again = seq("again", [1, 2, 3])
+    s.add(again)
+    assert again.cached == 2  # the last token is decoded again: its logits start the answer
+    plan = step(s, kv)
+    assert plan.batch.tokens == [3] and plan.batch.logits == [True]
+
+
+def test_adapters_take_turns_and_keep_their_own_prefixes():
+    kv = FakeKv(4)
+    s = Scheduler(kv, slots=4, n_batch=512, prefix_cache_min_tokens=1)
+    base, tuned = seq("base", [1, 2, 3]), seq("tuned", [1, 2, 3], lora="x")
+    s.add(base)
+    s.add(tuned)
+    assert tuned.cached == 0  # base's prompt is decoded without the adapter
+    seen = []
+    for _ in range(4):
+        plan = step(s, kv, {"base": 100, "tuned": 100})
+        seen.append((kv.adapter, [q.request_id for q in plan.sequences]))
+    assert seen == [("x", ["tuned"]), (None, ["base"]), ("x", ["tuned"]), (None, ["base"])]
+    assert s.adapter_users("x") == 1
+    s.release(tuned)
+    s.forget_adapter("x")
+    assert all(lora != "x" for lora, _ in s.kept.values()) and kv.streams[tuned.slot] == []
+
+
+def test_image_blocks_decode_alone_and_prompt_chunks_stop_before_them():
+    kv = FakeKv(2)
+    s = Scheduler(kv, slots=2, n_batch=4)
+    rows = np.zeros((6, 8), np.float32)
+    q = seq("vlm", [1, 2] + [-1] * 6 + [3], blocks={2: ImageBlock(rows, causal=True)})
+    s.add(q)
+    plan = s.schedule()
+    assert plan.batch.tokens == [1, 2] and plan.embedding is None
+    kv.decode(plan)
+    s.advance(plan)
+    kinds = []
+    while q.n_past < 8:
+        plan = s.schedule()
+        assert not plan.batch and plan.embedding is not None
+        kinds.append(len(plan.embedding.rows))
+        kv.streams[q.slot] += [-1] * len(plan.embedding.rows)
+        s.advance_embeddings(plan.embedding)
+    assert kinds == [4, 2]
+    plan = s.schedule()
+    assert plan.batch.tokens == [3] and plan.batch.positions == [8] and q.batch_pos == 0
+    kv.decode(plan)
+    s.advance(plan)
+    s.release(q)
+    assert s.kept[0][1] == [1, 2]  # kept up to the image: embeddings are not matched
+
+
+@pytest.mark.parametrize("slots", [1, 3, 8])
+def test_many_requests_keep_every_stream_consistent(slots):
+    """A random mix of arrivals, shared prefixes, aborts and finishes: the fake KV checks every position."""
+    rng = np.random.default_rng(slots)
+    kv = FakeKv(slots)
+    s = Scheduler(kv, slots=slots, n_batch=16, prefix_cache_min_tokens=4)
+    live: list[Sequence] = []
+    prefixes = [list(rng.integers(1, 50, 12)) for _ in range(3)]
+    answers = {}
+    for i in range(200):
+        if rng.random() < 0.3:
+            tail = rng.integers(1, 50, rng.integers(1, 9))
+            prompt = [int(t) for t in prefixes[rng.integers(3)]] + [int(t) for t in tail]
+            q = seq(f"r{i}", prompt)
+            answers[q.request_id] = int(rng.integers(1, 6))
+            s.add(q)
+            live.append(q)
+        if live and rng.random() < 0.05:
+            s.release(live.pop(int(rng.integers(len(live)))))
+        if s.has_work():
+            step(s, kv, answers)
+        live = [q for q in live if q.state is not SeqState.DONE]
+        for q in s.running:
+            answer = [900 + k for k in range(1, q.n_past - len(q.prompt) + 1)]
+            assert kv.streams[q.slot] == q.prompt[:q.n_past] + answer
+    assert sorted(s.free_slots + [q.slot for q in s.running]) == list(range(slots))

@@ -56,9 +56,23 @@ def step(s: Scheduler, kv: FakeKv, answers: dict[str, int] | None = None) -> Ste
     return plan
 
 
-def test_prompts_that_arrive_together_start_in_one_step_in_slot_order():
+def test_prompts_that_arrive_together_start_one_per_step_in_order():
     kv = FakeKv(4)
     s = Scheduler(kv, slots=4, n_batch=64)
+    seqs = [seq(f"r{i}", list(range(10 * i, 10 * i + 5))) for i in range(3)]
+    for q in seqs:
+        s.add(q)
+    sizes, first_tokens = [], []
+    for _ in range(3):
+        sizes.append(len(step(s, kv).batch))
+        first_tokens.append([q.request_id for q in seqs if q.n_past >= len(q.prompt)])
+    assert sizes == [5, 1 + 5, 2 + 5]  # the first prompt answers after its own work alone
+    assert first_tokens == [["r0"], ["r0", "r1"], ["r0", "r1", "r2"]]
+
+
+def test_prompts_that_arrive_together_can_start_in_one_step_in_slot_order():
+    kv = FakeKv(4)
+    s = Scheduler(kv, slots=4, n_batch=64, max_prefill_sequences=4)
     seqs = [seq(f"r{i}", list(range(10 * i, 10 * i + 5))) for i in range(3)]
     for q in seqs:
         s.add(q)
@@ -138,12 +152,14 @@ def test_a_long_shared_prefix_is_copied_from_the_slot_that_keeps_it():
     assert second.cached == 0  # the kept prompt went with slot 0 before second arrived
     third = seq("third", system + [700, 701])
     s.add(third)  # second is decoding the same system prompt in slot 1: its stream is copied once decoded
-    step(s, kv)
+    while second.n_past < len(second.prompt):
+        step(s, kv)
     fourth = seq("fourth", system + [800])
     s.add(fourth)
     assert fourth.cached == 100 and (second.slot, fourth.slot) in kv.copies
     assert kv.streams[fourth.slot] == system
-    step(s, kv)
+    while fourth.n_past < len(fourth.prompt):
+        step(s, kv)
     assert kv.streams[fourth.slot] == system + [800]
 
 
@@ -222,7 +238,7 @@ def test_adapters_take_turns_and_keep_their_own_prefixes():
 
 def test_image_blocks_decode_alone_and_prompt_chunks_stop_before_them():
     kv = FakeKv(2)
-    s = Scheduler(kv, slots=2, n_batch=4)
+    s = Scheduler(kv, slots=2, n_batch=4, max_prefill_sequences=2)
     rows = np.zeros((6, 8), np.float32)
     q = seq("vlm", [1, 2] + [-1] * 6 + [3], blocks={2: ImageBlock(rows, causal=True)})
     s.add(q)
@@ -251,7 +267,7 @@ def test_many_requests_keep_every_stream_consistent(slots):
     """A random mix of arrivals, shared prefixes, aborts and finishes: the fake KV checks every position."""
     rng = np.random.default_rng(slots)
     kv = FakeKv(slots)
-    s = Scheduler(kv, slots=slots, n_batch=16, prefix_cache_min_tokens=4)
+    s = Scheduler(kv, slots=slots, n_batch=16, prefix_cache_min_tokens=4, max_prefill_sequences=1 + slots % 3)
     live: list[Sequence] = []
     prefixes = [list(rng.integers(1, 50, 12)) for _ in range(3)]
     answers = {}

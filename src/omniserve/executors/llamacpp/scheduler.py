@@ -9,10 +9,14 @@ its tokens in slot order, and new sequences take the lowest free slot, so the
 running ones stay consecutive and a step is one or two ubatches.
 
 A step (`schedule`) holds one decode token for each generating sequence, so
-every stream moves, and prompt chunks of the sequences still in prefill, the
-oldest first, up to `n_batch` tokens in all: prompts that arrive together
-start together, as in llama-server. A prompt's image embeddings (a
-vision-language model) go in a decode of their own, one block per step.
+every stream moves, and prompt chunks of the oldest sequences still in
+prefill, up to `n_batch` tokens in all. How many prompts one step takes is a
+policy (`max_prefill_sequences`): on a CPU a step costs in proportion to its
+tokens, so prompts taken one at a time, in order, give the earliest first
+tokens (the first gets its answer after one prompt's work, not after all of
+them) while the running streams keep moving in between; a GPU has room to
+take several at once. A prompt's image embeddings (a vision-language model)
+go in a decode of their own, one block per step.
 
 Prefix caching: a slot keeps its prompt's KV when its sequence ends. A new
 sequence takes the free slot whose kept prompt shares the longest prefix with
@@ -125,9 +129,10 @@ class StepPlan:
 
 class Scheduler:
     def __init__(self, kv: KvCache, slots: int, n_batch: int, prefix_cache: bool = True,
-                 prefix_cache_min_tokens: int = 64):
+                 prefix_cache_min_tokens: int = 64, max_prefill_sequences: int = 1):
         self.kv = kv
         self.n_batch = n_batch
+        self.max_prefill_sequences = max_prefill_sequences  # prompts (or image blocks) one step advances
         self.prefix_cache = prefix_cache
         # shorter shared prefixes are decoded again unless the slot a sequence takes anyway keeps them
         self.prefix_cache_min_tokens = prefix_cache_min_tokens
@@ -187,15 +192,18 @@ class Scheduler:
         budget = self.n_batch - len(decoding)
         prefill: list[tuple[Sequence, int]] = []
         embedding = None
+        started = 0
         for seq in group:
             seq.batch_pos = -1
-            if seq.next_token is not None or budget <= 0:
+            if seq.next_token is not None or budget <= 0 or started >= self.max_prefill_sequences:
                 continue
             block = seq.block_at_next()
             if block is not None:
-                if embedding is None:
+                if embedding is None:  # one block per step: it is a decode of its own
                     embedding = self._embedding_chunk(seq, *block)
+                    started += 1
                 continue
+            started += 1
             end = min((s for s in seq.blocks if s > seq.n_past), default=len(seq.prompt))
             take = min(end - seq.n_past, budget)
             prefill.append((seq, take))

@@ -8,6 +8,15 @@ from multiprocessing import Pipe
 
 from omniserve.errors import OmniError, OutOfMemory
 from omniserve.executors.llamacpp import decode_error
+from omniserve.runtime.messages import (
+    Aborted,
+    AbortRequest,
+    AddRequest,
+    Control,
+    ControlDone,
+    LoadAdapter,
+    RequestFailed,
+)
 from omniserve.runtime.types import OmniOutput, OmniRequest
 from omniserve.runtime.worker import _Lane
 
@@ -34,13 +43,13 @@ def test_an_exception_a_step_raises_fails_the_stage_requests_and_the_lane_goes_o
     executor = Breaking()
     lane = _Lane(executor, ours, "thinker", {})
     for request_id in ("a", "b"):
-        lane.handle(("add", OmniRequest(request_id, prompt="hi")))
-    lane.handle(("abort", "b"))
-    assert theirs.recv() == ("aborted", "b")
+        lane.handle(AddRequest(OmniRequest(request_id, prompt="hi")))
+    lane.handle(AbortRequest("b"))
+    assert theirs.recv() == Aborted("b")
     assert lane.step() == []
-    kind, request_id, wire = theirs.recv()
-    assert (kind, request_id) == ("error", "a")
-    assert "the model broke" in OmniError.from_wire(wire).message
+    failure = theirs.recv()
+    assert isinstance(failure, RequestFailed) and failure.request_id == "a"
+    assert "the model broke" in OmniError.from_wire(failure.error).message
     assert executor.aborted == ["b", "a"] and lane.live == set()
     assert not theirs.poll(0.1)  # nothing for the request already aborted
 
@@ -49,3 +58,13 @@ def test_llama_decode_refusals_are_507_when_memory_ran_out():
     assert isinstance(decode_error(1), OutOfMemory) and decode_error(1).status_code == 507  # no KV room
     assert isinstance(decode_error(-3), OutOfMemory)  # compute buffers
     assert not isinstance(decode_error(-1), OutOfMemory) and decode_error(-1).status_code == 500
+
+
+def test_a_control_call_a_stage_does_not_take_is_answered_with_an_error():
+    ours, theirs = Pipe()
+    lane = _Lane(Breaking(), ours, "thinker", {})
+    assert lane.handle(Control("call-1", LoadAdapter("x", "/x.gguf"))) == []
+    answer = theirs.recv()
+    assert isinstance(answer, ControlDone) and answer.call_id == "call-1" and answer.result is None
+    error = OmniError.from_wire(answer.error)
+    assert error.status_code == 400 and "takes no LoadAdapter" in error.message

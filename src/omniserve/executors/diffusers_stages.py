@@ -11,7 +11,7 @@ frames. Requests carry numpy arrays between them on the graph's edges. What
 differs between a UNet pipeline and Wan lives in `models/diffusion_families.py`.
 
 The denoiser also takes LoRA adapters (SGLang Diffusion's `/v1/set_lora`
-family), through peft: requests with `params["lora"]` change the adapters
+family), through peft: `control` calls change the adapters
 between steps instead of making an image.
 """
 
@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor, request_params
 from omniserve.models.diffusion_families import family_of
+from omniserve.runtime.messages import ControlOp, ListAdapters, MergeAdapters, SetAdapters
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,6 @@ class DiffusionParams(BaseModel):
     guidance_scale: float | None = Field(None, ge=0, le=100)
     video: bool = False  # frames instead of images (a video family only)
     num_frames: int = Field(1, ge=1, le=3600)
-    lora: dict[str, Any] | None = None  # an adapter operation instead of an image (denoiser only)
 
 
 def _index(folder: str) -> dict[str, Any]:
@@ -166,10 +166,6 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(DiffusionParams, request.params_for(self.stage))
-        if params.lora is not None:
-            result = self._lora(params.lora)
-            return [OmniOutput(request.request_id, started=True),
-                    OmniOutput(request.request_id, finish_reason="stop", done=True, info={"lora": result})]
         multiple = self.family.multiple
         if params.width % multiple or params.height % multiple:
             raise InvalidRequest(f"size: this model needs a width and height divisible by {multiple}", param="size")
@@ -245,15 +241,17 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
 
     # ---- LoRA (SGLang Diffusion's set_lora / merge / unmerge / list) ----------------------
 
-    def _lora(self, op: dict[str, Any]) -> dict[str, Any]:
+    def control(self, op: ControlOp) -> dict[str, Any]:
+        """Set, merge, unmerge or list the adapters, between denoising steps; the adapters after it."""
+        if not isinstance(op, SetAdapters | MergeAdapters | ListAdapters):
+            raise InvalidRequest(f"the {self.stage!r} stage takes no {type(op).__name__} operation")
         if not hasattr(self.model, "load_lora_adapter"):
             raise InvalidRequest("this model cannot take LoRA adapters", param="lora_path")
-        action = op["op"]
-        if action == "set":
+        if isinstance(op, SetAdapters):
             if self.merged:
                 self.model.unfuse_lora()
                 self.merged = False
-            for nickname, path in zip(op["nicknames"], op["paths"], strict=True):
+            for nickname, path in zip(op.nicknames, op.paths, strict=True):
                 if nickname in self.loras and self.loras[nickname]["path"] == path:
                     continue
                 if nickname in self.loras:
@@ -265,18 +263,18 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
                     raise InvalidRequest(f"lora_path: could not load {path!r} as {nickname!r}: "
                                          f"{type(exc).__name__}: {exc}", param="lora_path") from None
                 self.loras[nickname] = {"path": path}
-            for nickname, strength in zip(op["nicknames"], op["strengths"], strict=True):
+            for nickname, strength in zip(op.nicknames, op.strengths, strict=True):
                 self.loras[nickname]["strength"] = strength
-            active = {n: v["strength"] for n, v in self.loras.items() if n in op["nicknames"]}
+            active = {n: v["strength"] for n, v in self.loras.items() if n in op.nicknames}
             self.model.set_adapters(list(active), list(active.values()))
-        elif action in ("merge", "unmerge"):
+        elif isinstance(op, MergeAdapters):
             if not self.loras:
                 raise InvalidRequest("no LoRA adapter is set; call /v1/set_lora first", param="lora_nickname")
-            if action == "merge" and not self.merged:
+            if op.merge and not self.merged:
                 self.model.fuse_lora()
-            elif action == "unmerge" and self.merged:
+            elif not op.merge and self.merged:
                 self.model.unfuse_lora()
-            self.merged = action == "merge"
+            self.merged = op.merge
         return {"loras": [{"lora_nickname": n, **v} for n, v in self.loras.items()], "merged": self.merged}
 
 

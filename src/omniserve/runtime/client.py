@@ -18,6 +18,7 @@ from omniserve import __version__
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.grammar import GrammarBuilder
+from omniserve.runtime.messages import ControlOp
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 
@@ -57,6 +58,10 @@ class Client:
 
     def generate(self, request: OmniRequest) -> AsyncIterator[OmniOutput]:
         return self.coordinator.generate(request)
+
+    async def control(self, stage: str, op: ControlOp) -> Any:
+        """A stage administration call (LoRA adapters): its result, or its error."""
+        return await self.coordinator.control(stage, op)
 
     async def build_grammar(self, spec: Any) -> str | None:
         """The GBNF a request's output must follow (None: free text), built out of this process."""

@@ -11,6 +11,8 @@
   for the stages the request emits from, to the request's output stream.
 - Abort: when the consumer goes away the request is aborted at every stage
   still holding it; each keeps its slot until the worker confirms.
+- Control: a stage administration call (LoRA adapters) goes to one stage's
+  worker and is answered once; it takes no slot.
 - Health, per stage: a worker whose pipe closes is restarted; meanwhile its
   in-flight requests fail with `WorkerCrashed` and new requests that need
   that stage get 503 (others go on). A worker whose loop has not turned for
@@ -23,6 +25,7 @@ It knows stage names and edges, not models and not HTTP.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +36,20 @@ from omniserve.config import PipelineConfig, StageConfig
 from omniserve.errors import InvalidRequest, OmniError, Unavailable, WorkerCrashed
 from omniserve.runtime.admission import Admission, StageLimits
 from omniserve.runtime.launcher import StageLoadError, WorkerHandle, launch_worker
+from omniserve.runtime.messages import (
+    Aborted,
+    AbortRequest,
+    AddRequest,
+    Alive,
+    Control,
+    ControlDone,
+    ControlOp,
+    FeedOutputs,
+    FromWorker,
+    RequestFailed,
+    StepOutputs,
+    StopWorker,
+)
 from omniserve.runtime.metrics import RequestClock, StageMetrics
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
@@ -70,6 +87,8 @@ class Coordinator:
         self._running: dict[str, _Tracked] = {}
         self._last_seen: dict[str, float] = {}  # stage -> when its worker last sent anything
         self._tasks: set[asyncio.Task] = set()
+        self._calls: dict[str, tuple[str, asyncio.Future]] = {}  # control call id -> (stage, its answer)
+        self._call_ids = itertools.count()
         self.crashes = 0
         self._closing = False
         self.metrics = StageMetrics(s.name for s in pipeline.stages)
@@ -111,7 +130,7 @@ class Coordinator:
         for task in self._tasks:
             task.cancel()
         for handle in self.workers.values():
-            handle.transport.send(("stop",))
+            handle.transport.send(StopWorker())
         for handle in self.workers.values():
             await asyncio.to_thread(handle.process.join, 5)
             handle.kill()
@@ -223,7 +242,7 @@ class Coordinator:
         tracked.finished = True
         for name in list(tracked.stages):
             handle = self.workers.get(name)
-            if handle is None or not handle.transport.send(("abort", request_id)):
+            if handle is None or not handle.transport.send(AbortRequest(request_id)):
                 self._stage_done(tracked, name)
         self._forget_if_done(tracked)
 
@@ -240,29 +259,54 @@ class Coordinator:
 
     def _add(self, stage: str, tracked: _Tracked) -> None:
         handle = self.workers.get(stage)
-        if handle is None or not handle.transport.send(("add", tracked.request)):
+        if handle is None or not handle.transport.send(AddRequest(tracked.request)):
             self._stage_done(tracked, stage)
             tracked.queue.put_nowait(Unavailable(self.unhealthy_reason({stage}) or f"stage {stage!r} is down"))
 
     # ---- messages from workers -----------------------------------------------------
 
-    def _on_message(self, stage: str, message: Any) -> None:
+    def _on_message(self, stage: str, message: FromWorker) -> None:
         self._last_seen[stage] = time.monotonic()
-        kind = message[0]
-        if kind in ("outputs", "alive"):  # each with the batch sizes of the worker's steps since its last message
-            self.metrics.steps(stage, message[-1])
-        if kind == "outputs":
-            for output in message[1]:
-                self._route(stage, output)
-        elif kind == "error":
-            tracked = self._running.get(message[1])
-            if tracked is not None:
-                self._stage_done(tracked, stage)
-                tracked.queue.put_nowait(OmniError.from_wire(message[2]))
-        elif kind == "aborted":
-            tracked = self._running.get(message[1])
-            if tracked is not None:
-                self._stage_done(tracked, stage)
+        match message:
+            case StepOutputs(outputs, batches):
+                self.metrics.steps(stage, batches)
+                for output in outputs:
+                    self._route(stage, output)
+            case Alive(batches):
+                self.metrics.steps(stage, batches)
+            case RequestFailed(request_id, error):
+                tracked = self._running.get(request_id)
+                if tracked is not None:
+                    self._stage_done(tracked, stage)
+                    tracked.queue.put_nowait(OmniError.from_wire(error))
+            case Aborted(request_id):
+                tracked = self._running.get(request_id)
+                if tracked is not None:
+                    self._stage_done(tracked, stage)
+            case ControlDone(call_id, result, error):
+                _, answer = self._calls.pop(call_id, (None, None))
+                if answer is not None and not answer.done():
+                    if error is None:
+                        answer.set_result(result)
+                    else:
+                        answer.set_exception(OmniError.from_wire(error))
+
+    # ---- control calls -------------------------------------------------------------
+
+    async def control(self, stage: str, op: ControlOp) -> Any:
+        """Run a control operation on one stage, between its steps; its result, or its error."""
+        problem = self.stage_problem(stage)
+        if problem is not None:
+            raise Unavailable(problem)
+        call_id = f"call-{next(self._call_ids)}"
+        answer = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = (stage, answer)
+        try:
+            if not self.workers[stage].transport.send(Control(call_id, op)):
+                raise Unavailable(self.unhealthy_reason({stage}) or f"stage {stage!r} is down")
+            return await answer
+        finally:
+            self._calls.pop(call_id, None)
 
     def _route(self, stage: str, output: OmniOutput) -> None:
         tracked = self._running.get(output.request_id)
@@ -289,7 +333,7 @@ class Coordinator:
 
     def _feed(self, stage: str, tracked: _Tracked, outputs: list[OmniOutput]) -> None:
         handle = self.workers.get(stage)
-        if handle is None or not handle.transport.send(("feed", outputs)):
+        if handle is None or not handle.transport.send(FeedOutputs(outputs)):
             self._stage_done(tracked, stage)
             tracked.queue.put_nowait(Unavailable(self.unhealthy_reason({stage}) or f"stage {stage!r} is down"))
 
@@ -344,6 +388,9 @@ class Coordinator:
                     if not tracked.finished:
                         tracked.queue.put_nowait(error)
                     self._stage_done(tracked, name)
+            for stage_of_call, answer in list(self._calls.values()):
+                if stage_of_call == name and not answer.done():
+                    answer.set_exception(error)
         self._spawn(self._restart(group, handle))
 
     async def _restart(self, group: list[str], dead: WorkerHandle) -> None:

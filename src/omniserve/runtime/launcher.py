@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from omniserve.config import StageConfig
-from omniserve.runtime.transport import PipeTransport
+from omniserve.runtime.messages import FromWorker, LoadFailed, Ready
+from omniserve.runtime.transport import PipeTransport, Transport
 from omniserve.runtime.worker import run_stage_worker
 
 _CTX = mp.get_context("spawn")  # never fork a process that runs an event loop and threads
@@ -22,7 +23,7 @@ class StageLoadError(RuntimeError):
 @dataclass
 class WorkerHandle:
     process: Any
-    transport: PipeTransport
+    transport: Transport
     info: dict[str, Any]
     stalled: str | None = None  # why the watchdog killed it
 
@@ -40,11 +41,11 @@ class WorkerHandle:
 async def launch_worker(
     stages: list[StageConfig],
     log_level: str,
-    on_message: Callable[[str, Any], None],
+    on_message: Callable[[str, FromWorker], None],
     on_closed: Callable[[str, WorkerHandle], None],
 ) -> list[WorkerHandle]:
     """Spawn one worker process for `stages` (one, or a process group's), wait for each stage's
-    ("ready", info), then route their messages. Each stage has its own pipe and handle."""
+    `Ready`, then route their messages. Each stage has its own pipe and handle."""
     loop = asyncio.get_running_loop()
     pipes = [_CTX.Pipe() for _ in stages]
     names = "+".join(stage.name for stage in stages)
@@ -64,7 +65,7 @@ async def launch_worker(
         first: asyncio.Future = loop.create_future()
         firsts.append(first)
 
-        def route(message: Any, first=first, name=stage.name) -> None:
+        def route(message: FromWorker, first=first, name=stage.name) -> None:
             if not first.done():
                 first.set_result(message)
             else:
@@ -72,24 +73,25 @@ async def launch_worker(
 
         def closed(first=first, name=stage.name) -> None:
             if not first.done():
-                first.set_result(("load_failed", f"worker exited with code {process.exitcode}"))
+                first.set_result(LoadFailed(f"worker exited with code {process.exitcode}"))
             elif name in handles:
                 on_closed(name, handles[name])
 
         transports.append(PipeTransport(parent, loop, route, closed))
     messages = await asyncio.gather(*firsts)
-    failed = next((m for m in messages if m[0] != "ready"), None)
+    failed = next((m for m in messages if not isinstance(m, Ready)), None)
     if failed is not None:
         for transport in transports:
             transport.close()
         process.join(timeout=5)
         what = f"stage {stages[0].name!r}" if len(stages) == 1 else f"stages {names}"
-        raise StageLoadError(f"{what} failed to start: {failed[1]}")
+        reason = failed.reason if isinstance(failed, LoadFailed) else f"it said {type(failed).__name__} first"
+        raise StageLoadError(f"{what} failed to start: {reason}")
     if any(transport.closed for transport in transports):  # it died right after saying ready: nobody heard it
         for transport in transports:
             transport.close()
         process.join(timeout=5)
         raise StageLoadError(f"stages {names} exited right after loading (exit code {process.exitcode})")
     for stage, transport, message in zip(stages, transports, messages, strict=True):
-        handles[stage.name] = WorkerHandle(process, transport, message[1])
+        handles[stage.name] = WorkerHandle(process, transport, message.info)
     return [handles[stage.name] for stage in stages]

@@ -1,4 +1,6 @@
-"""The coordinator's end of a worker pipe, driven by the event loop.
+"""How the coordinator reaches a stage worker: the `Transport` interface, and `PipeTransport`, the
+coordinator's end of a worker pipe, driven by the event loop. Another transport (a Ray actor, shared
+memory for large tensors) implements the same three members and the coordinator does not change.
 
 The loop watches the pipe's file descriptor, so a worker's message is handled
 with one wake-up and no thread hand-off; when the pipe closes (the worker
@@ -20,7 +22,21 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
-from typing import Any
+from typing import Any, Protocol
+
+from omniserve.runtime.messages import FromWorker, ToWorker
+
+
+class Transport(Protocol):
+    """One stage worker's channel: messages to it with `send`; its messages arrive through the
+    `on_message` callback given at creation, and its loss through `on_closed` (once)."""
+
+    closed: bool
+
+    def send(self, message: ToWorker) -> bool:
+        """Queue a message; False when the worker is gone."""
+
+    def close(self) -> None: ...
 
 
 class PipeTransport:
@@ -28,7 +44,7 @@ class PipeTransport:
         self,
         conn: Connection,
         loop: asyncio.AbstractEventLoop,
-        on_message: Callable[[Any], None],
+        on_message: Callable[[FromWorker], None],
         on_closed: Callable[[], None],
     ):
         self._conn = conn
@@ -42,7 +58,7 @@ class PipeTransport:
         self._outbox: deque[memoryview] = deque()
         loop.add_reader(self._fd, self._read)
 
-    def send(self, message: Any) -> bool:
+    def send(self, message: ToWorker) -> bool:
         """Queue a message if the pipe is still open; False when the worker is gone."""
         if self.closed:
             return False

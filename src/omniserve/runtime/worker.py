@@ -8,14 +8,11 @@ requests and starts a new worker. An exception while admitting a request
 executor pins on a request (its `failed` list); one the executor cannot pin
 fails the requests this stage holds, and the stage goes on.
 
-Wire protocol (tuples over a multiprocessing pipe):
-  in:  ("add", OmniRequest) | ("feed", [OmniOutput]) | ("abort", request_id) | ("stop",)
-  out: ("ready", info) | ("outputs", [OmniOutput], [batch size]) | ("error", request_id, wire_error)
-       | ("aborted", request_id) | ("load_failed", message) | ("alive", [batch size])
-The loop sends something at least every `HEARTBEAT_S` while it turns ("alive" when
-it has nothing else), so the coordinator can tell a busy worker from a stuck one.
-"outputs" and "alive" carry the batch size of each step since the last of them (the
-executor's `batch_size`, or 1), for the metrics.
+It speaks the typed messages of `messages.py`. The loop sends something at least
+every `HEARTBEAT_S` while it turns (`Alive` when it has nothing else), so the
+coordinator can tell a busy worker from a stuck one. `StepOutputs` and `Alive`
+carry the batch size of each step since the last of them (the executor's
+`batch_size`, or 1), for the metrics.
 """
 
 from __future__ import annotations
@@ -27,8 +24,25 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from omniserve.errors import OmniError
+from omniserve.errors import InvalidRequest, OmniError
 from omniserve.executors import create_executor
+from omniserve.runtime.messages import (
+    Aborted,
+    AbortRequest,
+    AddRequest,
+    Alive,
+    Control,
+    ControlDone,
+    FeedOutputs,
+    FromWorker,
+    LoadFailed,
+    Ready,
+    RequestFailed,
+    StepOutputs,
+    StopWorker,
+    ToWorker,
+)
+from omniserve.runtime.types import OmniOutput
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +58,7 @@ def run_stage_worker(stages: list[dict[str, Any]], conns: list[Connection], log_
     if log_level not in ("debug", "trace"):
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # a line per request otherwise
     # Ctrl+C or a SIGTERM to the process group reaches us too; the parent decides when
-    # we stop (a "stop" message, or the pipe closing when it exits).
+    # we stop (a StopWorker message, or the pipe closing when it exits).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -57,11 +71,11 @@ def run_stage_worker(stages: list[dict[str, Any]], conns: list[Connection], log_
                 # The parent reports the reason in one line; the traceback is for --log-level debug.
                 log.debug("stage %s failed to load", stage["name"], exc_info=True)
                 for other in conns:
-                    other.send(("load_failed", f"{type(exc).__name__}: {exc}"))
+                    other.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
                 return
             lanes.append(_Lane(executor, conn, stage["name"], {**info, "pid": os.getpid()}))
         for lane in lanes:
-            lane.send(("ready", lane.info))
+            lane.send(Ready(lane.info))
         _Loop(lanes).run()
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the server went away (shut down or killed): nobody is left to tell
@@ -79,37 +93,55 @@ class _Lane:
         self.batches: list[int] = []  # batch sizes of the steps not yet reported
         self.live: set[str] = set()  # requests added here and not finished, failed or aborted
 
-    def send(self, message: tuple) -> None:
+    def send(self, message: FromWorker) -> None:
         self.conn.send(message)
         self.last_sent = time.monotonic()
 
-    def handle(self, message: tuple) -> list:
-        kind = message[0]
-        if kind == "abort":
-            self.live.discard(message[1])
-            self.executor.abort(message[1])
-            self.send(("aborted", message[1]))
-            return []
-        request_id = message[1].request_id if kind == "add" else message[1][0].request_id
+    def handle(self, message: ToWorker) -> list[OmniOutput]:
+        match message:
+            case AbortRequest(request_id):
+                self.live.discard(request_id)
+                self.executor.abort(request_id)
+                self.send(Aborted(request_id))
+            case Control(call_id, op):
+                self.send(self._control(call_id, op))
+            case AddRequest(request):
+                self.live.add(request.request_id)
+                return self._guarded(request.request_id, self.executor.add, request)
+            case FeedOutputs(outputs):  # upstream stage outputs on a graph edge
+                return self._guarded(outputs[0].request_id, self.executor.feed, outputs)
+        return []
+
+    def _guarded(self, request_id: str, call, argument) -> list[OmniOutput]:
         try:
-            if kind == "add":
-                self.live.add(request_id)
-                return self.executor.add(message[1])
-            return self.executor.feed(message[1])  # upstream stage outputs on a graph edge
+            return call(argument)
         except Exception as exc:
             self.fail(request_id, exc)
             return []
 
+    def _control(self, call_id: str, op) -> ControlDone:
+        control = getattr(self.executor, "control", None)
+        try:
+            if control is None:
+                raise InvalidRequest(f"the {self.stage!r} stage takes no {type(op).__name__} operation")
+            return ControlDone(call_id, control(op))
+        except Exception as exc:
+            return ControlDone(call_id, error=self._as_omni_error(exc).to_wire())
+
+    def _as_omni_error(self, exc: Exception) -> OmniError:
+        if isinstance(exc, OmniError):
+            return exc
+        log.error("stage %s failed", self.stage, exc_info=exc)  # a bug, or the model failing on this input
+        return OmniError(f"the {self.stage!r} stage failed on this request ({type(exc).__name__}: {exc})")
+
     def fail(self, request_id: str, exc: Exception) -> None:
         """This request failed here, and this request alone: its error goes out, the stage goes on."""
-        if not isinstance(exc, OmniError):  # a bug, or the model failing on this input
-            log.error("stage %s failed on request %s", self.stage, request_id, exc_info=exc)
-            exc = OmniError(f"the {self.stage!r} stage failed on this request ({type(exc).__name__}: {exc})")
+        error = self._as_omni_error(exc)
         self.live.discard(request_id)
         self.executor.abort(request_id)  # whatever it holds of the request goes
-        self.send(("error", request_id, exc.to_wire()))
+        self.send(RequestFailed(request_id, error.to_wire()))
 
-    def step(self) -> list:
+    def step(self) -> list[OmniOutput]:
         """One step, then the requests the step failed: an executor that knows which request an exception
         belongs to lists it in `failed` (request id, exception) instead of raising. An exception it raises
         fails every request it holds; the stage goes on."""
@@ -120,10 +152,9 @@ class _Lane:
             outputs = []
             for request_id in list(self.live):
                 self.fail(request_id, exc)
-        for request_id, exc in getattr(self.executor, "failed", []):
-            self.fail(request_id, exc)
-        if getattr(self.executor, "failed", None):
-            self.executor.failed.clear()
+        failed = getattr(self.executor, "failed", None)
+        while failed:
+            self.fail(*failed.pop(0))
         return outputs
 
 
@@ -139,10 +170,10 @@ class _Loop:
             if not any(lane.executor.has_work() for lane in self.lanes):
                 wait(conns, HEARTBEAT_S)
             for lane in self.lanes:
-                outputs: list = []
+                outputs: list[OmniOutput] = []
                 while lane.conn.poll(0):
                     message = lane.conn.recv()
-                    if message[0] == "stop":
+                    if isinstance(message, StopWorker):
                         for each in self.lanes:
                             each.executor.close()
                         return
@@ -152,8 +183,8 @@ class _Loop:
                     lane.batches.append(getattr(lane.executor, "batch_size", 1))
                 if outputs:
                     lane.live.difference_update(out.request_id for out in outputs if out.done)
-                    lane.send(("outputs", outputs, lane.batches))
+                    lane.send(StepOutputs(outputs, lane.batches))
                     lane.batches = []
                 elif time.monotonic() - lane.last_sent >= HEARTBEAT_S:
-                    lane.send(("alive", lane.batches))
+                    lane.send(Alive(lane.batches))
                     lane.batches = []

@@ -1,7 +1,7 @@
 """SGLang Diffusion's LoRA API for a diffusers image model: `POST /v1/set_lora`,
 `POST /v1/merge_lora_weights`, `POST /v1/unmerge_lora_weights`, `GET /v1/list_loras`.
 
-Each call is a request routed to the model's denoiser stage, which changes its
+Each call is a control call to the model's denoiser stage, which changes its
 adapters between denoising steps. Adapter paths are read only from inside
 `--lora-dir` (like media files: `..` and symlinks resolved, outside refused).
 """
@@ -15,11 +15,11 @@ from fastapi.responses import JSONResponse
 
 from omniserve.api.protocol.common import parse_body
 from omniserve.api.protocol.lora import LoraNameRequest, SetLoraRequest
-from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect
+from omniserve.api.routes.common import get_client, resolve_model
 from omniserve.api.routes.lora import adapter_file
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.client import ServedModel
-from omniserve.runtime.types import OmniRequest
+from omniserve.runtime.messages import ControlOp, ListAdapters, MergeAdapters, SetAdapters
 
 router = APIRouter()
 DENOISER_TARGETS = ("all", "unet", "transformer", "denoiser")
@@ -40,16 +40,8 @@ def _lora_model(request: Request, model_id: str | None) -> ServedModel:
     return model
 
 
-async def _run(request: Request, model: ServedModel, op: dict[str, Any]) -> JSONResponse:
-    stage = model.info["lora_stage"]
-    omni = OmniRequest(new_id("lora"), route=[stage], emit=[stage], params={stage: {"lora": op}})
-    _, stream = await start(request, get_client(request), omni)
-    outputs = await until_disconnect(request, _collect(stream))
-    return JSONResponse(next(o.info["lora"] for o in outputs if "lora" in o.info))
-
-
-async def _collect(stream) -> list:
-    return [out async for out in stream]
+async def _run(request: Request, model: ServedModel, op: ControlOp) -> JSONResponse:
+    return JSONResponse(await get_client(request).control(model.info["lora_stage"], op))
 
 
 @router.post("/v1/set_lora")
@@ -69,23 +61,22 @@ async def set_lora(request: Request):
         if path is None:
             raise InvalidRequest("lora_path: give the adapter's path (inside --lora-dir)", param="lora_path")
         paths.append(adapter_file(request, path))
-    op = {"op": "set", "nicknames": nicknames, "paths": paths,
-          "strengths": _listed(body.strength, len(nicknames), "strength")}
+    op = SetAdapters(nicknames, paths, _listed(body.strength, len(nicknames), "strength"))
     return await _run(request, model, op)
 
 
 @router.post("/v1/merge_lora_weights")
 async def merge_lora(request: Request):
     body = parse_body(await request.body() or b"{}", LoraNameRequest)
-    return await _run(request, _lora_model(request, body.model), {"op": "merge"})
+    return await _run(request, _lora_model(request, body.model), MergeAdapters(merge=True))
 
 
 @router.post("/v1/unmerge_lora_weights")
 async def unmerge_lora(request: Request):
     body = parse_body(await request.body() or b"{}", LoraNameRequest)
-    return await _run(request, _lora_model(request, body.model), {"op": "unmerge"})
+    return await _run(request, _lora_model(request, body.model), MergeAdapters(merge=False))
 
 
 @router.get("/v1/list_loras")
 async def list_loras(request: Request, model: str | None = None):
-    return await _run(request, _lora_model(request, model), {"op": "list"})
+    return await _run(request, _lora_model(request, model), ListAdapters())

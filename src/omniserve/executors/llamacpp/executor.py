@@ -21,6 +21,7 @@ from omniserve.executors.llamacpp.prompt import MEDIA_MARKER, PromptRenderer
 from omniserve.executors.llamacpp.runtime import LlamaRuntime, decode_error
 from omniserve.executors.llamacpp.scheduler import EmbeddingChunk, Scheduler, Sequence, StepPlan
 from omniserve.executors.text_stream import TextStream
+from omniserve.runtime.messages import ControlOp, LoadAdapter, UnloadAdapter
 from omniserve.runtime.types import (
     OmniOutput,
     OmniRequest,
@@ -122,11 +123,6 @@ class LlamaCppExecutor:
     # ---- admission -----------------------------------------------------------------
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
-        op = request.params_for(self.stage).get("lora_op")
-        if op is not None:  # load or unload an adapter (/v1/load_lora_adapter, /v1/unload_lora_adapter)
-            result = self._lora_op(op)
-            return [OmniOutput(request.request_id, started=True),
-                    OmniOutput(request.request_id, finish_reason="stop", done=True, info={"loras": result})]
         embed = request.params_for(self.stage).get("embed")
         if embed is not None:
             vectors, tokens = self.embedder.embed(embed["input"], embed.get("truncate_prompt_tokens"))
@@ -357,11 +353,15 @@ class LlamaCppExecutor:
         self.rt.load_adapter(name, path)
         self._lora_paths[name] = path
 
-    def _lora_op(self, op: dict[str, Any]) -> dict[str, str]:
-        name = op["name"]
-        if op["op"] == "load":
-            self._load_lora(name, op["path"])
+    def control(self, op: ControlOp) -> dict[str, str]:
+        """Load or unload an adapter (/v1/load_lora_adapter, /v1/unload_lora_adapter), between steps;
+        the adapters loaded after it, name -> path."""
+        if isinstance(op, LoadAdapter):
+            self._load_lora(op.name, op.path)
             return dict(self._lora_paths)
+        if not isinstance(op, UnloadAdapter):
+            raise InvalidRequest(f"the {self.stage!r} stage takes no {type(op).__name__} operation")
+        name = op.name
         if name not in self.rt.adapters:
             raise self._not_loaded(name, "lora_name")
         users = self.scheduler.adapter_users(name)

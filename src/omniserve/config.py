@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -102,8 +102,18 @@ class Placement(_Strict):
 
     process_group: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$")
     device: str | None = None
-    node: str | None = None
-    replicas: int = Field(1, ge=1, le=1)
+
+
+class ServedAs(_Strict):
+    """Model ids a stage answers for in /v1/models, declared by the preset that made the stage."""
+
+    ids: list[str] = Field(min_length=1)
+    kind: Literal["chat", "asr", "tts", "vision", "image", "embedding"]
+    aliases: list[str] = Field(default_factory=list)  # other names requests may use (OpenAI's, say)
+    route: list[str] = Field(default_factory=list)  # the stages a request to it visits, when more than this one
+    # other stages' load facts it carries (a talker's voices, a denoiser's LoRA support): stage -> keys
+    info_from: dict[str, list[str]] = Field(default_factory=dict)
+    info: dict[str, Any] = Field(default_factory=dict)  # facts the preset knows (which stage takes adapters)
 
 
 class StageConfig(_Strict):
@@ -111,6 +121,7 @@ class StageConfig(_Strict):
     executor: str
     args: dict[str, Any] = Field(default_factory=dict)
     placement: Placement = Field(default_factory=Placement)
+    serves: list[ServedAs] = Field(default_factory=list)
     max_restarts: int = Field(5, ge=0)
     # admission for this stage alone (None: --max-running-requests / --max-queued-requests)
     max_running_requests: int | None = Field(None, ge=1)
@@ -170,10 +181,6 @@ class PipelineConfig(_Strict):
 
     def stage(self, name: str) -> StageConfig:
         return next(s for s in self.stages if s.name == name)
-
-    def entry_stages(self) -> list[str]:
-        targets = {e.dst for e in self.edges}
-        return [s.name for s in self.stages if s.name not in targets]
 
     def downstream(self, name: str) -> list[EdgeConfig]:
         return [e for e in self.edges if e.src == name]

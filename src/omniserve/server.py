@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import time
-from pathlib import Path
 
 import uvicorn
 
@@ -18,12 +17,6 @@ from omniserve.config import PipelineConfig, ServerArgs
 from omniserve.errors import ConfigError
 from omniserve.jobs.runner import VideoRunner
 from omniserve.jobs.store import JobStore
-from omniserve.models.image_gen import DIFFUSION_STAGES, resolve_image_model
-from omniserve.models.minilm import ALIASES as EMBEDDING_ALIASES
-from omniserve.models.minilm import SERVED_ID as EMBEDDING_ID
-from omniserve.models.qwen_omni import STAGES, TALKER, is_hub_id
-from omniserve.models.registry import speech_models, vision_model
-from omniserve.models.speech import ASR_OPENAI_NAMES, TTS_OPENAI_NAMES
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.grammar import GrammarBuilder
@@ -32,55 +25,22 @@ from omniserve.runtime.launcher import StageLoadError
 log = logging.getLogger(__name__)
 
 
-def served_model_ids(settings: ServerArgs) -> list[str]:
-    if settings.served_model_name:
-        return list(settings.served_model_name)
-    if settings.model_path and is_hub_id(settings.model_path):
-        return [settings.model_path]  # as clients of sglang-omni and vLLM-Omni name it
-    name = Path(settings.model_path or "smollm2-135m").name
-    return [name.removesuffix(".gguf")]
-
-
-def served_models(settings: ServerArgs, pipeline: PipelineConfig, coordinator: Coordinator) -> list[ServedModel]:
-    """The ids /v1/models lists: the chat model(s), then one per speech and vision stage."""
+def served_models(pipeline: PipelineConfig, coordinator: Coordinator) -> list[ServedModel]:
+    """The ids /v1/models lists, as each stage's preset declared them (`StageConfig.serves`); the chat
+    model first: it is the default."""
     created = int(time.time())
-    asr, tts = speech_models(settings)
-    vision = vision_model(settings, make=False)
-    image = resolve_image_model(settings.image_model)
     out = []
     for stage in pipeline.stages:
         info = coordinator.workers[stage.name].info
-        common = {"created": created, "owned_by": "omniserve", "root": info.get("model_path", ""),
-                  "stage": stage.name, "info": info}
-        if stage.executor in ("llamacpp", "qwen_omni_thinker"):
-            out += [ServedModel(id=i, max_model_len=info.get("context_length"), **common)
-                    for i in served_model_ids(settings)]
-        elif stage.executor == "whisper":
-            out.append(ServedModel(id=asr.id if asr else stage.name, max_model_len=None, kind="asr",
-                                   aliases=ASR_OPENAI_NAMES, **common))
-        elif stage.executor == "piper":
-            out.append(ServedModel(id=tts.id if tts else stage.name, max_model_len=None, kind="tts",
-                                   aliases=TTS_OPENAI_NAMES, **common))
-        elif stage.executor in ("qwen_omni_code2wav", "qwen3_omni_code2wav"):  # thinker ⇢ talker ⇢ code2wav
-            talker = coordinator.workers[TALKER].info
-            common["info"] = {**info, "voices": talker["voices"]}
-            out += [ServedModel(id=i, max_model_len=None, kind="tts", aliases=TTS_OPENAI_NAMES, route=STAGES,
-                                **common) for i in served_model_ids(settings)]
-        elif stage.executor in ("describer", "mtmd"):
-            out.append(ServedModel(id=vision.id if vision else stage.name, max_model_len=None, kind="vision",
-                                   **common))
-        elif stage.executor == "embedder":
-            out.append(ServedModel(id=EMBEDDING_ID, max_model_len=info.get("context_length"), kind="embedding",
-                                   aliases=EMBEDDING_ALIASES, **common))
-        elif stage.executor == "sketch_rnn":
-            out.append(ServedModel(id=image.id if image else stage.name, max_model_len=None, kind="image",
-                                   **common))
-        elif stage.executor == "diffusers_vae":  # the last of the three diffusion stages stands for them
-            denoiser = coordinator.workers[DIFFUSION_STAGES[1]].info
-            common["info"] = {**info, "lora": denoiser.get("lora", False), "lora_stage": DIFFUSION_STAGES[1]}
-            out.append(ServedModel(id=image.id if image else stage.name, max_model_len=None, kind="image",
-                                   route=DIFFUSION_STAGES, **common))
-    out.sort(key=lambda m: m.kind != "chat")  # the chat model first: it is the default
+        for served in stage.serves:
+            facts = {**info, **served.info}
+            for other, keys in served.info_from.items():
+                facts.update({key: coordinator.workers[other].info.get(key) for key in keys})
+            out += [ServedModel(id=i, created=created, owned_by="omniserve", root=info.get("model_path", ""),
+                                max_model_len=info.get("context_length") if served.kind in ("chat", "embedding")
+                                else None, kind=served.kind, stage=stage.name, aliases=tuple(served.aliases),
+                                route=tuple(served.route), info=facts) for i in served.ids]
+    out.sort(key=lambda m: m.kind != "chat")
     return out
 
 
@@ -93,7 +53,7 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
         await coordinator.shutdown()
         raise ConfigError(str(exc)) from None
     try:
-        served = served_models(settings, pipeline, coordinator)
+        served = served_models(pipeline, coordinator)
         llm = next((m for m in served if m.kind == "chat" and m.info.get("n_vocab")), None)
         grammars = GrammarBuilder(build_grammar, llm.root, settings.grammar_timeout) if llm else None
         client = Client(coordinator, served, served[0].root, grammars)

@@ -14,7 +14,6 @@ def pipeline(**kw):
 
 def test_valid_pipeline_and_override():
     p = validate_pipeline(pipeline())
-    assert p.entry_stages() == ["thinker"]
     p2 = p.with_overrides({"stages": {"thinker": {"args": {"n_batch": 64}, "placement": {"device": "cuda:0"}}}})
     assert p2.stage("thinker").args["n_batch"] == 64
     assert p2.stage("thinker").args["model_path"] == "m.gguf"

@@ -21,9 +21,22 @@ from typing import Any
 from omniserve.config import ServerArgs
 from omniserve.errors import ConfigError
 from omniserve.models.image_gen import DIFFUSION_STAGES, ImageModel
+from omniserve.models.minilm import ALIASES as EMBEDDING_ALIASES
+from omniserve.models.minilm import SERVED_ID as EMBEDDING_ID
 from omniserve.models.minilm import embedding_stage_on
-from omniserve.models.speech import SpeechModel
+from omniserve.models.qwen_omni import is_hub_id
+from omniserve.models.speech import ASR_OPENAI_NAMES, TTS_OPENAI_NAMES, SpeechModel
 from omniserve.models.vision import VisionModel
+
+
+def served_model_ids(settings: ServerArgs) -> list[str]:
+    """The ids the chat model answers to: --served-model-name, else its hub id or file name."""
+    if settings.served_model_name:
+        return list(settings.served_model_name)
+    if settings.model_path and is_hub_id(settings.model_path):
+        return [settings.model_path]  # as clients of sglang-omni and vLLM-Omni name it
+    name = Path(settings.model_path or "smollm2-135m").name
+    return [name.removesuffix(".gguf")]
 
 
 def lora_paths(specs: list[str]) -> dict[str, str]:
@@ -51,21 +64,24 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
         args["prefix_cache"] = False
     if settings.lora_paths:
         args["lora_paths"] = lora_paths(settings.lora_paths)
-    stages: list[dict[str, Any]] = [{"name": "thinker", "executor": "llamacpp", "args": args}]
+    stages: list[dict[str, Any]] = [{"name": "thinker", "executor": "llamacpp", "args": args,
+                                     "serves": [{"ids": served_model_ids(settings), "kind": "chat"}]}]
     edges: list[dict[str, Any]] = []
     terminals = ["thinker"]
     if asr is not None:
-        stages.insert(0, {"name": "asr", "executor": "whisper", "args": {"model_path": asr.path, "threads": threads}})
+        stages.insert(0, {"name": "asr", "executor": "whisper", "args": {"model_path": asr.path, "threads": threads},
+                          "serves": [{"ids": [asr.id], "kind": "asr", "aliases": list(ASR_OPENAI_NAMES)}]})
         edges.append({"src": "asr", "dst": "thinker"})
     if vision is not None:
         vision_args = ({"classifier_path": vision.path} if vision.executor == "describer"
                        else {"model_path": gguf_path, "mmproj_path": vision.path})
         stages.insert(len(stages) - 1, {"name": "vision", "executor": vision.executor,
-                                        "args": {**vision_args, "threads": threads}})
+                                        "args": {**vision_args, "threads": threads},
+                                        "serves": [{"ids": [vision.id], "kind": "vision"}]})
         edges.append({"src": "vision", "dst": "thinker"})
     if tts is not None and not settings.text_only:
-        stages.append({"name": "talker", "executor": "piper",
-                       "args": {"model_path": tts.path, "threads": threads}})
+        stages.append({"name": "talker", "executor": "piper", "args": {"model_path": tts.path, "threads": threads},
+                       "serves": [{"ids": [tts.id], "kind": "tts", "aliases": list(TTS_OPENAI_NAMES)}]})
         edges.append({"src": "thinker", "dst": "talker", "streaming": True})
         terminals.append("talker")
     side = side_stages(settings, image)
@@ -89,15 +105,20 @@ def side_stages(settings: ServerArgs, image: ImageModel | None) -> dict[str, Any
             stage_threads = threads if executor == "diffusers_denoiser" else 1
             stages.append({"name": name, "executor": executor,
                            "args": {"model_path": image.path, "threads": stage_threads}})
+        # the VAE decoder, last of the three, stands for them in /v1/models
+        stages[-1]["serves"] = [{"ids": [image.id], "kind": "image", "route": list(names),
+                                 "info_from": {names[1]: ["lora"]}, "info": {"lora_stage": names[1]}}]
         edges += [{"src": names[0], "dst": names[1]}, {"src": names[1], "dst": names[2]}]
         terminals.append(names[2])
     elif image is not None:  # a stage of its own: image requests visit it alone
         image_args = {"model_path": image.path}
         if settings.strict_image_prompts:
             image_args["strict_prompts"] = True
-        stages.append({"name": "image", "executor": image.executor, "args": image_args})
+        stages.append({"name": "image", "executor": image.executor, "args": image_args,
+                       "serves": [{"ids": [image.id], "kind": "image"}]})
         terminals.append("image")
     if embedding_stage_on(settings.embedding_model):  # a stage of its own too
-        stages.append({"name": "embedder", "executor": "embedder", "args": {"threads": 1}})
+        stages.append({"name": "embedder", "executor": "embedder", "args": {"threads": 1},
+                       "serves": [{"ids": [EMBEDDING_ID], "kind": "embedding", "aliases": list(EMBEDDING_ALIASES)}]})
         terminals.append("embedder")
     return {"stages": stages, "edges": edges, "terminals": terminals}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from omniserve.errors import ConfigError
+from omniserve.models.speech import TTS_OPENAI_NAMES
 
 OMNI_EXTRA = "pip install 'omniserve[omni]' (torch, torchvision and transformers)"
 
@@ -145,8 +146,9 @@ def cuda_device_count() -> int:
     return len(list(gpus.iterdir())) if gpus.is_dir() else 0
 
 
-def omni_stages(checkpoint: OmniCheckpoint, settings) -> dict[str, Any]:
-    """The preset graph: thinker ⇢ talker ⇢ code2wav (the thinker alone with --text-only)."""
+def omni_stages(checkpoint: OmniCheckpoint, settings, ids: list[str]) -> dict[str, Any]:
+    """The preset graph: thinker ⇢ talker ⇢ code2wav (the thinker alone with --text-only). The model
+    answers to `ids` for chat, and for speech through all three stages."""
     devices = {"thinker": settings.gpu_thinker, "talker": settings.gpu_talker, "code2wav": settings.gpu_code2wav}
     count = None
     for name, index in devices.items():
@@ -172,5 +174,9 @@ def omni_stages(checkpoint: OmniCheckpoint, settings) -> dict[str, Any]:
             placement["device"] = f"cuda:{devices[name]}"
         executor = checkpoint.family.executors[STAGES.index(name)]
         stages.append({"name": name, "executor": executor, "args": args, "placement": placement})
+    stages[0]["serves"] = [{"ids": ids, "kind": "chat"}]
+    if len(names) > 1:  # the last stage speaks for all three: /v1/audio/speech, and voices from the talker
+        stages[-1]["serves"] = [{"ids": ids, "kind": "tts", "aliases": list(TTS_OPENAI_NAMES), "route": names,
+                                 "info_from": {TALKER: ["voices"]}}]
     edges = [{"src": a, "dst": b, "streaming": True} for a, b in zip(names, names[1:], strict=False)]
     return {"stages": stages, "edges": edges, "terminals": ["thinker"] + (["code2wav"] if len(names) > 1 else [])}

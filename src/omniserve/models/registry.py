@@ -45,7 +45,7 @@ def resolve_model_path(model_path: str | None, data_dir: Path, make: bool = True
 def build_pipeline(settings):
     """The validated pipeline for these settings: preset graph, then YAML overrides."""
     from omniserve.config import load_yaml, validate_pipeline
-    from omniserve.models.llm import omni_pipeline, side_stages
+    from omniserve.models.llm import omni_pipeline, served_model_ids, side_stages
 
     # Everything is checked, the YAML overrides too, before any model is assembled or converted (which
     # logs, and takes time): a bad command line fails first, with one line.
@@ -53,7 +53,7 @@ def build_pipeline(settings):
     overrides = load_yaml(settings.config) if settings.config is not None else None
     checkpoint = find_checkpoint(settings.model_path)
     if checkpoint is not None:  # a Qwen-Omni checkpoint hears, sees and speaks itself: no cascade around it
-        graph, side = omni_stages(checkpoint, settings), side_stages(settings, image)
+        graph, side = omni_stages(checkpoint, settings, served_model_ids(settings)), side_stages(settings, image)
         pipeline = validate_pipeline({key: graph[key] + side[key] for key in graph})
         return pipeline.with_overrides(overrides) if overrides is not None else pipeline
     if settings.gpu_thinker is not None or settings.gpu_talker is not None or settings.gpu_code2wav is not None:

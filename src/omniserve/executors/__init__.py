@@ -37,6 +37,37 @@ _EXECUTORS = {
 }
 
 
+# What each executor reads of a request's media, and what it makes that a caller may ask for
+# (`OmniRequest.output_modalities`): the runtime plans a request's route through the graph from these.
+_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "llamacpp": ((), ("text", "embedding")),
+    "whisper": (("audio",), ("text",)),
+    "piper": ((), ("audio",)),
+    "describer": (("image",), ("text",)),
+    "mtmd": (("image",), ()),  # image embeddings, for the thinker only
+    "embedder": ((), ("embedding",)),
+    "sketch_rnn": (("image",), ("image", "video")),
+    "diffusers_text_encoder": ((), ()),
+    "diffusers_denoiser": (("image",), ()),  # a reference image (edits, image to video)
+    "diffusers_vae": ((), ("image", "video")),
+    "qwen_omni_thinker": (("audio", "image"), ("text",)),
+    "qwen_omni_talker": ((), ()),
+    "qwen_omni_code2wav": ((), ("audio",)),
+    "qwen3_omni_talker": ((), ()),
+    "qwen3_omni_code2wav": ((), ("audio",)),
+}
+
+
+def reads(name: str) -> tuple[str, ...]:
+    """The media kinds ("audio", "image") an executor takes from a request itself."""
+    return _IO[name][0]
+
+
+def makes(name: str) -> tuple[str, ...]:
+    """The outputs ("text", "audio", "image", "video", "embedding") an executor makes for the caller."""
+    return _IO[name][1]
+
+
 # Executors that implement `feed` (take an upstream stage's outputs on a graph edge).
 _TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "diffusers_denoiser", "diffusers_vae", "qwen_omni_talker",
                               "qwen_omni_code2wav", "qwen3_omni_talker", "qwen3_omni_code2wav"}

@@ -4,8 +4,8 @@
   stage of its route at once, or waits in line holding none; a full line
   for one of its stages is a 503 at once. A stage gives its slot back as
   soon as it is done with the request, not when the client has read it all.
-- Routing: a request visits the stages of its route (all by default); each
-  of them learns of it at once (`add`), so it can check it and hold its
+- Routing: a request visits the stages of its route, planned from the graph
+  (`routing.py`); each of them learns of it at once (`add`), so it can check it and hold its
   place. A stage's outputs go to its downstream stages on the route (per
   chunk on streaming edges, all at once when it is done otherwise) and,
   for the stages the request emits from, to the request's output stream.
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from omniserve.config import PipelineConfig, StageConfig
-from omniserve.errors import InvalidRequest, OmniError, Unavailable, WorkerCrashed
+from omniserve.errors import OmniError, Unavailable, WorkerCrashed
 from omniserve.runtime.admission import Admission, StageLimits
 from omniserve.runtime.launcher import StageLoadError, WorkerHandle, launch_worker
 from omniserve.runtime.messages import (
@@ -51,6 +51,7 @@ from omniserve.runtime.messages import (
     StopWorker,
 )
 from omniserve.runtime.metrics import RequestClock, StageMetrics
+from omniserve.runtime.routing import plan_route
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,8 @@ class Coordinator:
     async def generate(self, request: OmniRequest) -> AsyncIterator[OmniOutput]:
         """Run one request; yield terminal-stage outputs; abort if the consumer leaves."""
         clock = RequestClock()
-        route, emit = self._plan(request)
+        planned = plan_route(self.pipeline, request)
+        route, emit = planned.stages, set(planned.emit)
         if not self.healthy(route):
             raise Unavailable(self.unhealthy_reason(route))
         await self.admission.acquire(route)
@@ -221,17 +223,6 @@ class Coordinator:
             self.metrics.ended(clock, emit, ending)
             tracked.finished = True
             self.abort(request.request_id)
-
-    def _plan(self, request: OmniRequest) -> tuple[frozenset[str], set[str]]:
-        names = [s.name for s in self.pipeline.stages]
-        route = frozenset(request.route or names)
-        emit = set(request.emit) if request.emit else route & set(self.pipeline.terminals)
-        unknown = (route | emit) - set(names)
-        if unknown:
-            raise InvalidRequest(f"this pipeline has no stage {sorted(unknown)[0]!r}; stages: {', '.join(names)}")
-        if not emit or not emit <= route:
-            raise InvalidRequest(f"the request's output stages {sorted(emit)} must lie on its route {sorted(route)}")
-        return route, emit
 
     def abort(self, request_id: str) -> None:
         """Stop a request at every stage still holding it; each frees its slot once its worker

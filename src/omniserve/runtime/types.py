@@ -41,17 +41,20 @@ class OmniRequest:
     messages: list[dict[str, Any]] | None = None
     prompt: str | list[int] | None = None
     sampling: dict[str, SamplingParams] = field(default_factory=dict)  # per stage name
-    output_modalities: list[str] = field(default_factory=lambda: ["text"])
+    output_modalities: list[str] = field(default_factory=lambda: ["text"])  # text, audio, image, video, embedding
     # Decoded media inputs; message parts refer to them by index. Audio: mono float32
     # at 16 kHz. Images (photos and sampled video frames): RGB uint8 arrays.
     audios: list[Any] = field(default_factory=list)
     images: list[Any] = field(default_factory=list)
-    # Executor-specific settings per stage name (voice, speed, language, task, ...).
+    # Executor-specific settings per stage name (voice, speed, language, task, ...), as the API derived them.
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # The stages this request visits (empty: all) and those whose outputs reach the
-    # caller (empty: the pipeline's terminals among them).
-    route: list[str] = field(default_factory=list)
-    emit: list[str] = field(default_factory=list)
+    # The caller's own settings per stage (sglang-omni's `stage_sampling`): the runtime checks them against
+    # each stage's params model and puts them under `params` (runtime/routing.py).
+    stage_sampling: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The stage serving the model the request names; the runtime plans the rest of its route from
+    # the graph, its media and its `output_modalities` (runtime/routing.py).
+    entry: str = ""
+    progress: bool = False  # every stage on the route reports to the caller (a long job's progress)
     # Function tools for a chat template that renders them itself (OpenAI's `tools` entries).
     tools: list[dict[str, Any]] | None = None
 

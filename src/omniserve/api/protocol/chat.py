@@ -185,8 +185,7 @@ class ChatCompletionRequest(SamplingFields):
             request_id=request_id,
             messages=messages,
             sampling={stage: sampling},
-            route=[stage],
-            emit=[stage],
+            entry=stage,
             tools=[t.model_dump(exclude_none=True) for t in tools] if template_tools and tools else None,
         )
 

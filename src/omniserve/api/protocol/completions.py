@@ -45,8 +45,7 @@ class CompletionRequest(SamplingFields):
         sampling = self.sampling_params(self.max_tokens or 16, self.logprobs is not None, self.logprobs or 0)
         sampling.prompt_logprobs = self.echo and self.logprobs is not None
         return [
-            OmniRequest(request_id=f"{request_id}-{i}", prompt=p, sampling={stage: sampling}, route=[stage],
-                        emit=[stage])
+            OmniRequest(request_id=f"{request_id}-{i}", prompt=p, sampling={stage: sampling}, entry=stage)
             for i, p in enumerate(prompts)
         ]
 

@@ -36,8 +36,7 @@ async def create_speech(request: Request):
     params = {"voice": resolve_voice(model, body.voice), "speed": body.speed,
               "noise_scale": body.noise_scale, "noise_w_scale": body.noise_w_scale}
     route = client.stages_of(model)  # an omni checkpoint reads the text aloud through all its stages
-    omni = OmniRequest(new_id("speech"), prompt=body.input, route=route, emit=[model.stage],
-                       output_modalities=["audio"])
+    omni = OmniRequest(new_id("speech"), prompt=body.input, entry=route[0], output_modalities=["audio"])
     executors = dict(client.stage_executors())
     for stage in route:
         params_model = request_params_model(executors[stage])
@@ -158,8 +157,7 @@ async def _speech_to_text(request: Request, task: str):
         audio = await decode_audio_bytes(request, await upload.read(), "file")
     params = {"task": task, "language": body.language, "prompt": body.prompt, "temperature": body.temperature,
               "word_timestamps": "word" in body.timestamp_granularities}
-    omni = OmniRequest(new_id("transcription"), audios=[audio], route=[model.stage], emit=[model.stage],
-                       params={model.stage: params})
+    omni = OmniRequest(new_id("transcription"), audios=[audio], entry=model.stage, params={model.stage: params})
     _, stream = await start(request, client, omni)
     if body.stream:
         return StreamingResponse(sse_stream(_transcript_events(stream), done=False), media_type="text/event-stream",

@@ -139,11 +139,6 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
                              "none, or a checkpoint without audio output); drop 'audio' from modalities",
                              param="modalities")
     per_stage = body.per_stage()
-    stages = dict(client.stage_executors())
-    for name in per_stage:
-        if name not in stages:
-            raise InvalidRequest(f"stage_sampling: unknown stage {name!r}; this pipeline's stages are "
-                                 f"{', '.join(stages)}", param="stage_sampling")
     # the grammar first: a bad one is a 400 before any media is fetched
     grammar = await client.build_grammar(body.answer_grammar_spec(served.stage, per_stage.get(served.stage)))
     placeholders, audios, images = await _load_media(request, body, refs,
@@ -152,26 +147,20 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
                                 served.info.get("template_tools", False))
     omni.sampling[served.stage].grammar = grammar
     omni.audios, omni.images = audios, images
-    upstream = [m for m, kind, items in ((asr, "audio", audios), (vision, "image", images))
-                if items and kind not in native]
-    omni.route = [served.stage] + [m.stage for m in upstream] + (client.stages_of(talker) if talker else [])
-    omni.emit = [served.stage] + ([talker.stage] if talker else [])
-    if talker:
-        omni.output_modalities = ["text", "audio"]
-    for name, values in per_stage.items():
-        params_model = request_params_model(stages[name])
-        if params_model is not None:
-            validate_fields(values, params_model, prefix=f"stage_sampling.{name}")
-            omni.params[name] = values
+    # the other stages' settings: the runtime checks them against each stage's executor
+    omni.stage_sampling = {name: values for name, values in per_stage.items() if name != served.stage}
     if talker is not None:
+        omni.output_modalities = ["text", "audio"]
         voice = resolve_voice(talker, (body.audio or AudioOutput()).voice_name, "audio.voice")
+        stages = dict(client.stage_executors())
         for stage in client.stages_of(talker):
             params_model = request_params_model(stages[stage])
             if params_model is None:
                 continue
-            values = {**omni.params.get(stage, {}), "voice": voice, "choices": body.n}
-            if "seed" in params_model.model_fields and body.seed is not None:
-                values.setdefault("seed", body.seed)  # one seed for the whole answer, its voice too
+            values = {"voice": voice, "choices": body.n}
+            own = omni.stage_sampling.get(stage, {})
+            if "seed" in params_model.model_fields and body.seed is not None and "seed" not in own:
+                values["seed"] = body.seed  # one seed for the whole answer, its voice too
             omni.params[stage] = values
     return omni, talker
 

@@ -35,7 +35,8 @@ async def create_embeddings(request: Request):
     params = {"input": inputs, "truncate_prompt_tokens": body.truncate_prompt_tokens}
     if model.kind == "chat":
         params = {"embed": params}
-    omni = OmniRequest(new_id("embd"), route=[model.stage], emit=[model.stage], params={model.stage: params})
+    omni = OmniRequest(new_id("embd"), entry=model.stage, output_modalities=["embedding"],
+                       params={model.stage: params})
     first, stream = await start(request, client, omni)
     vectors = np.zeros((len(inputs), width), np.float32)
 

@@ -47,8 +47,8 @@ async def generate(request: Request, model: ServedModel, body: ImageGenerationRe
               "num_inference_steps": body.num_inference_steps, "guidance_scale": body.guidance_scale, **extra}
     stage_params = {k: v for k, v in params.items() if v is not None}
     route = get_client(request).stages_of(model)
-    omni = OmniRequest(new_id("img"), prompt=body.prompt, images=images or [], route=route, emit=[model.stage],
-                       params={stage: stage_params for stage in route})
+    omni = OmniRequest(new_id("img"), prompt=body.prompt, images=images or [], entry=route[0],
+                       output_modalities=["image"], params={stage: stage_params for stage in route})
     _, stream = await start(request, get_client(request), omni)
     outputs = await until_disconnect(request, _collect(stream))
     return sorted(outputs, key=lambda o: o.index)

@@ -30,7 +30,7 @@ from omniserve.executors.qwen_omni.runtime import (
     read_speakers,
 )
 from omniserve.executors.text_stream import TextStream
-from omniserve.models.qwen_omni import QWEN_SYSTEM_PROMPT, TALKER
+from omniserve.models.qwen_omni import QWEN_SYSTEM_PROMPT
 from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams
 
 ThinkerArgs = OmniStageArgs
@@ -133,7 +133,7 @@ class QwenOmniThinkerExecutor:
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request.sampling_for(self.stage)
         check_sampling(self.stage, params)
-        speaks = TALKER in request.route
+        speaks = "audio" in request.output_modalities
         read_aloud = request.messages is None and isinstance(request.prompt, str) and \
             request.output_modalities == ["audio"]
         forced = None

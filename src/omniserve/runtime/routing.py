@@ -1,0 +1,89 @@
+"""A request's route through the stage graph, planned from the graph and the request alone: the stage
+it enters (the one serving the model it names), the media it carries, and the outputs it asks for.
+
+- Outputs: for each kind asked for, the nearest stage downstream of the entry (the entry itself
+  first) that makes it emits it, and every stage on the way there is visited: a spoken answer goes
+  thinker ⇢ talker (⇢ code2wav), an image text encoder -> denoiser -> VAE.
+- Inputs: a media kind that no stage on the route reads itself is read by an upstream stage of the
+  entry that does (speech to text for audio, the vision stage for images), which then feeds the
+  entry its text or embeddings.
+- The caller's per-stage settings (`OmniRequest.stage_sampling`) are checked here against each
+  executor's params model, so a bad one is a 400 naming it before the request takes a slot, and
+  go under `params` (what the API derived, such as a voice, wins).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from omniserve.config import PipelineConfig
+from omniserve.errors import InvalidRequest
+from omniserve.executors import makes, reads, request_params_model
+from omniserve.executors.base import request_params
+from omniserve.runtime.types import OmniRequest
+
+
+@dataclass(frozen=True)
+class Route:
+    stages: frozenset[str]  # the stages the request visits
+    emit: frozenset[str]  # those whose outputs reach the caller
+
+
+def plan_route(pipeline: PipelineConfig, request: OmniRequest) -> Route:
+    names = [s.name for s in pipeline.stages]
+    entry = request.entry or names[0]
+    if entry not in names:
+        raise InvalidRequest(f"this pipeline has no stage {entry!r}; stages: {', '.join(names)}")
+    executors = {s.name: s.executor for s in pipeline.stages}
+    stages, emit = {entry}, set()
+    for kind in dict.fromkeys(request.output_modalities):
+        path = _path_to_maker(pipeline, executors, entry, kind)
+        if path is None:
+            raise InvalidRequest(f"this server has no stage that makes {kind} output from the {entry!r} stage",
+                                 param="modalities")
+        stages.update(path)
+        emit.add(path[-1])
+    for kind in _media(request):
+        if any(kind in reads(executors[s]) for s in stages):
+            continue
+        reader = next((e.src for e in pipeline.edges if e.dst == entry and kind in reads(executors[e.src])), None)
+        if reader is None:
+            raise InvalidRequest(f"this server has no stage that reads {kind} input for the {entry!r} stage")
+        stages.add(reader)
+    if request.progress:
+        emit = set(stages)
+    _take_stage_sampling(request, executors)
+    return Route(frozenset(stages), frozenset(emit))
+
+
+def _path_to_maker(pipeline: PipelineConfig, executors: dict[str, str], entry: str, kind: str) -> list[str] | None:
+    """The stages from `entry` to the nearest one downstream that makes `kind` (breadth first)."""
+    paths = deque([[entry]])
+    while paths:
+        path = paths.popleft()
+        if kind in makes(executors[path[-1]]):
+            return path
+        paths.extend(path + [e.dst] for e in pipeline.downstream(path[-1]) if e.dst not in path)
+    return None
+
+
+def _media(request: OmniRequest) -> list[str]:
+    return (["audio"] if request.audios else []) + (["image"] if request.images else [])
+
+
+def _take_stage_sampling(request: OmniRequest, executors: dict[str, str]) -> None:
+    for stage, values in request.stage_sampling.items():
+        if stage not in executors:
+            raise InvalidRequest(f"stage_sampling: unknown stage {stage!r}; this pipeline's stages are "
+                                 f"{', '.join(executors)}", param="stage_sampling")
+        model = request_params_model(executors[stage])
+        if model is None:  # an LLM stage: the API made its values sampling parameters
+            continue
+        try:
+            request_params(model, values)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"stage_sampling.{stage}.{exc.message}",
+                                 param=f"stage_sampling.{stage}.{exc.param}") from None
+        request.params[stage] = {**values, **request.params.get(stage, {})}
+    request.stage_sampling = {}

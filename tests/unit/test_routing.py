@@ -1,0 +1,112 @@
+"""The runtime plans each request's route from the graph, its media and the outputs it asks for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from omniserve.config import validate_pipeline
+from omniserve.errors import InvalidRequest
+from omniserve.runtime.routing import plan_route
+from omniserve.runtime.types import OmniRequest
+
+AUDIO = np.zeros(16000, np.float32)
+IMAGE = np.zeros((8, 8, 3), np.uint8)
+
+
+def cascade(asr: bool = True, vision: bool = True, talker: bool = True):
+    """The GGUF preset: asr, vision -> thinker ⇢ talker."""
+    stages = [{"name": "thinker", "executor": "llamacpp", "args": {"model_path": "m.gguf"}}]
+    edges = []
+    if asr:
+        stages.append({"name": "asr", "executor": "whisper", "args": {"model_path": "w"}})
+        edges.append({"src": "asr", "dst": "thinker"})
+    if vision:
+        stages.append({"name": "vision", "executor": "describer", "args": {"classifier_path": "c"}})
+        edges.append({"src": "vision", "dst": "thinker"})
+    if talker:
+        stages.append({"name": "talker", "executor": "piper", "args": {"model_path": "p"}})
+        edges.append({"src": "thinker", "dst": "talker", "streaming": True})
+    return validate_pipeline({"stages": stages, "edges": edges, "terminals": ["thinker"]})
+
+
+def omni():
+    """A Qwen-Omni checkpoint: thinker ⇢ talker ⇢ code2wav; the thinker hears and sees itself."""
+    names = ("thinker", "talker", "code2wav")
+    executors = ("qwen_omni_thinker", "qwen_omni_talker", "qwen_omni_code2wav")
+    return validate_pipeline({
+        "stages": [{"name": n, "executor": e, "args": {"model_path": "q"}} for n, e in zip(names, executors, strict=True)],
+        "edges": [{"src": "thinker", "dst": "talker", "streaming": True},
+                  {"src": "talker", "dst": "code2wav", "streaming": True}],
+        "terminals": ["thinker", "code2wav"]})
+
+
+def diffusion():
+    names = ("text_encoder", "denoiser", "vae")
+    executors = ("diffusers_text_encoder", "diffusers_denoiser", "diffusers_vae")
+    return validate_pipeline({
+        "stages": [{"name": n, "executor": e, "args": {"model_path": "d"}} for n, e in zip(names, executors, strict=True)],
+        "edges": [{"src": "text_encoder", "dst": "denoiser"}, {"src": "denoiser", "dst": "vae"}],
+        "terminals": ["vae"]})
+
+
+def route(pipeline, **request):
+    planned = plan_route(pipeline, OmniRequest("r", **request))
+    return set(planned.stages), set(planned.emit)
+
+
+def test_a_chat_visits_the_stages_its_media_and_outputs_need():
+    p = cascade()
+    assert route(p, entry="thinker", prompt="hi") == ({"thinker"}, {"thinker"})
+    assert route(p, entry="thinker", audios=[AUDIO]) == ({"asr", "thinker"}, {"thinker"})
+    assert route(p, entry="thinker", images=[IMAGE], audios=[AUDIO]) == ({"asr", "vision", "thinker"}, {"thinker"})
+    assert route(p, entry="thinker", output_modalities=["text", "audio"]) == ({"thinker", "talker"},
+                                                                              {"thinker", "talker"})
+
+
+def test_single_stage_requests_stay_on_their_stage():
+    p = cascade()
+    assert route(p, entry="asr", audios=[AUDIO]) == ({"asr"}, {"asr"})  # a transcription
+    assert route(p, entry="talker", output_modalities=["audio"]) == ({"talker"}, {"talker"})  # speech
+    assert route(p, entry="thinker", output_modalities=["embedding"]) == ({"thinker"}, {"thinker"})
+
+
+def test_an_omni_checkpoint_reads_media_itself_and_speaks_through_all_its_stages():
+    p = omni()
+    assert route(p, entry="thinker", audios=[AUDIO], images=[IMAGE]) == ({"thinker"}, {"thinker"})
+    assert route(p, entry="thinker", output_modalities=["text", "audio"]) == (
+        {"thinker", "talker", "code2wav"}, {"thinker", "code2wav"})
+    assert route(p, entry="thinker", output_modalities=["audio"]) == (  # reading a text aloud
+        {"thinker", "talker", "code2wav"}, {"code2wav"})
+
+
+def test_diffusion_runs_its_three_stages_and_a_job_hears_from_each():
+    p = diffusion()
+    assert route(p, entry="text_encoder", output_modalities=["image"], images=[IMAGE]) == (
+        {"text_encoder", "denoiser", "vae"}, {"vae"})  # the denoiser takes the reference image itself
+    stages, emit = route(p, entry="text_encoder", output_modalities=["video"], progress=True)
+    assert stages == emit == {"text_encoder", "denoiser", "vae"}
+
+
+def test_what_no_stage_can_do_is_a_400():
+    with pytest.raises(InvalidRequest, match="no stage that reads audio"):
+        route(cascade(asr=False), entry="thinker", audios=[AUDIO])
+    with pytest.raises(InvalidRequest, match="no stage that makes audio") as caught:
+        route(cascade(talker=False), entry="thinker", output_modalities=["text", "audio"])
+    assert caught.value.param == "modalities"
+    with pytest.raises(InvalidRequest, match="no stage 'painter'"):
+        route(cascade(), entry="painter")
+
+
+def test_stage_sampling_is_checked_against_the_stage_and_goes_under_params():
+    p = cascade()
+    with pytest.raises(InvalidRequest, match="unknown stage 'painter'"):
+        route(p, entry="thinker", stage_sampling={"painter": {"x": 1}})
+    with pytest.raises(InvalidRequest) as caught:
+        route(p, entry="thinker", stage_sampling={"talker": {"speed": 9}})
+    assert caught.value.param == "stage_sampling.talker.speed"
+    request = OmniRequest("r", entry="thinker", output_modalities=["text", "audio"],
+                          stage_sampling={"talker": {"speed": 1.5, "voice": "mine"}},
+                          params={"talker": {"voice": "resolved"}})
+    plan_route(p, request)
+    assert request.params["talker"] == {"speed": 1.5, "voice": "resolved"}  # what the API derived wins

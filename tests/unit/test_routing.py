@@ -35,7 +35,8 @@ def omni():
     names = ("thinker", "talker", "code2wav")
     executors = ("qwen_omni_thinker", "qwen_omni_talker", "qwen_omni_code2wav")
     return validate_pipeline({
-        "stages": [{"name": n, "executor": e, "args": {"model_path": "q"}} for n, e in zip(names, executors, strict=True)],
+        "stages": [{"name": n, "executor": e, "args": {"model_path": "q"}}
+                   for n, e in zip(names, executors, strict=True)],
         "edges": [{"src": "thinker", "dst": "talker", "streaming": True},
                   {"src": "talker", "dst": "code2wav", "streaming": True}],
         "terminals": ["thinker", "code2wav"]})
@@ -45,7 +46,8 @@ def diffusion():
     names = ("text_encoder", "denoiser", "vae")
     executors = ("diffusers_text_encoder", "diffusers_denoiser", "diffusers_vae")
     return validate_pipeline({
-        "stages": [{"name": n, "executor": e, "args": {"model_path": "d"}} for n, e in zip(names, executors, strict=True)],
+        "stages": [{"name": n, "executor": e, "args": {"model_path": "d"}}
+                   for n, e in zip(names, executors, strict=True)],
         "edges": [{"src": "text_encoder", "dst": "denoiser"}, {"src": "denoiser", "dst": "vae"}],
         "terminals": ["vae"]})
 

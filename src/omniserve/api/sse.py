@@ -7,6 +7,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import BaseModel
+
 from omniserve.api.errors import error_body, omni_error_body
 from omniserve.errors import OmniError
 
@@ -15,11 +17,13 @@ log = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
 
 
-def event(payload: Any) -> bytes:
+def event(payload: BaseModel | dict[str, Any]) -> bytes:
+    if isinstance(payload, BaseModel):
+        return b"data: " + payload.model_dump_json().encode() + b"\n\n"
     return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-async def sse_stream(chunks: AsyncIterator[dict], done: bool = True) -> AsyncIterator[bytes]:
+async def sse_stream(chunks: AsyncIterator[BaseModel | dict[str, Any]], done: bool = True) -> AsyncIterator[bytes]:
     """Frame chunks; a failure mid-stream becomes an error event, then [DONE]
     (OpenAI's audio event streams end without [DONE]: `done=False`)."""
     try:

@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from omniserve.api.protocol.common import ResponseHead, SamplingFields, Usage, validate_fields
+from omniserve.api.protocol.common import ResponseHead, SamplingFields, Usage, omitted, validate_fields
 from omniserve.api.protocol.structured import GrammarSpec, check_choice
 from omniserve.api.protocol.tools import Tool, forced_names, native_messages, plain_messages
 from omniserve.errors import InvalidRequest
-from omniserve.runtime.types import OmniRequest
+from omniserve.runtime.types import OmniRequest, TokenLogprob
 
 # Content part type -> the kind of media it carries.
 MEDIA_PART_TYPES = {"input_audio": "audio", "audio_url": "audio", "image_url": "image", "video_url": "video"}
@@ -192,10 +192,34 @@ class ChatCompletionRequest(SamplingFields):
 
 # ---- responses ---------------------------------------------------------------------------------------
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobEntry(BaseModel):
+    token: str
+    logprob: float | None
+    bytes: list[int]
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprobEntry]
+    refusal: None = None
+
+    @classmethod
+    def of(cls, items: list[TokenLogprob]) -> ChatLogprobs:
+        return cls(content=[TokenLogprobEntry(token=lp.token, logprob=lp.logprob, bytes=lp.token_bytes,
+                                              top_logprobs=[TopLogprob(token=t, logprob=v, bytes=b)
+                                                            for t, v, b in lp.top]) for lp in items])
+
+
 class AnswerAudio(BaseModel):
     id: str
     data: str  # base64 of the audio in the requested format
-    expires_at: int
+    expires_at: int | None = omitted()  # in a stream: with the last piece
     transcript: str
 
 
@@ -203,26 +227,45 @@ class AnswerMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | list[dict[str, Any]] | None  # a list of image_url parts from an image model
     refusal: str | None = None
-    tool_calls: list[ToolCall] | None = None
-    audio: AnswerAudio | None = None
+    tool_calls: list[ToolCall] | None = omitted()
+    audio: AnswerAudio | None = omitted()
 
 
-class _Choice(BaseModel):
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+class ChatChoice(BaseModel):
     index: int
-    logprobs: dict[str, Any] | None = None
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None
-
-
-class ChatChoice(_Choice):
     message: AnswerMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | None
 
 
-class ChunkChoice(_Choice):
-    delta: dict[str, Any]  # role, content, audio or tool_calls
+class ToolCallDelta(BaseModel):
+    """A piece of a streamed tool call: its id and name first, then its arguments."""
+
+    index: int
+    id: str | None = omitted()
+    type: Literal["function"] | None = omitted()
+    function: dict[str, str]
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = omitted()
+    content: str | None = omitted()
+    tool_calls: list[ToolCallDelta] | None = omitted()
+    audio: AnswerAudio | None = omitted()
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletion(ResponseHead):
-    object: Literal["chat.completion"]
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: Usage
 
@@ -230,9 +273,9 @@ class ChatCompletion(ResponseHead):
 class ChatCompletionChunk(ResponseHead):
     """One `data:` event of a streamed chat completion; the stream ends with `data: [DONE]`."""
 
-    object: Literal["chat.completion.chunk"]
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     choices: list[ChunkChoice]
-    usage: Usage | None = None  # only on the last chunk, with stream_options.include_usage
+    usage: Usage | None = omitted()  # only on the last chunk, with stream_options.include_usage
 
 
 def _template_message(i: int, message: ChatMessage, media: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

@@ -198,7 +198,13 @@ def loc_to_param(loc: tuple) -> str:
     return out
 
 
-# ---- responses (for /openapi.json; the routes build the same shapes) ---------------------------------
+# ---- responses: the routes build these, and /openapi.json documents them ------------------------------
+
+
+def omitted(default: Any = None, **kwargs: Any) -> Any:
+    """A response field left out of the JSON while it is None (OpenAI sends no `usage` in most chunks)."""
+    return Field(default, exclude_if=lambda value: value is None, **kwargs)
+
 
 class ResponseHead(BaseModel):
     """What every completion and chunk starts with (its `object` comes with each kind)."""
@@ -209,11 +215,21 @@ class ResponseHead(BaseModel):
     system_fingerprint: str
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int = 0
     total_tokens: int
-    prompt_tokens_details: dict[str, int] | None = None  # cached_tokens, with --enable-cache-report
+    prompt_tokens_details: PromptTokensDetails | None = omitted()  # with --enable-cache-report
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> Usage:
+        details = PromptTokensDetails(cached_tokens=cached_tokens) if cached_tokens is not None else None
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens, prompt_tokens_details=details)
 
 
 class ErrorDetail(BaseModel):

@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from omniserve.api.protocol.common import ResponseHead, SamplingFields, Usage
+from omniserve.api.protocol.common import ResponseHead, SamplingFields, Usage, omitted
 from omniserve.errors import InvalidRequest
-from omniserve.runtime.types import OmniRequest
+from omniserve.runtime.types import OmniRequest, TokenLogprob
 
 
 class CompletionRequest(SamplingFields):
@@ -58,17 +58,28 @@ class CompletionLogprobs(BaseModel):
     top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
+    @classmethod
+    def of(cls, items: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+        """`items` of a text that starts `offset` characters into the choice's text."""
+        offsets = []
+        for lp in items:
+            offsets.append(offset)
+            offset += len(lp.token)
+        return cls(tokens=[lp.token for lp in items], token_logprobs=[lp.logprob for lp in items],
+                   top_logprobs=[{t: v for t, v, _ in lp.top} if lp.logprob is not None else None for lp in items],
+                   text_offset=offsets)
+
 
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: Literal["stop", "length"] | None = None
 
 
 class Completion(ResponseHead):
     """A completion, and each `data:` event of a streamed one (which ends with `data: [DONE]`)."""
 
-    object: Literal["text_completion"]
+    object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
-    usage: Usage | None = None  # in a stream: only on the last event, with stream_options.include_usage
+    usage: Usage | None = omitted()  # in a stream: only on the last event, with stream_options.include_usage

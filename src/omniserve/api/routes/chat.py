@@ -15,24 +15,35 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from omniserve.api.media import load_audio, load_image, load_video, resolve_voice
-from omniserve.api.protocol.chat import AudioOutput, ChatCompletionRequest
-from omniserve.api.protocol.common import parse_body, validate_fields
+from omniserve.api.protocol.chat import (
+    AnswerAudio,
+    AnswerMessage,
+    AudioOutput,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatLogprobs,
+    ChunkChoice,
+    ToolCallDelta,
+)
+from omniserve.api.protocol.common import Usage, parse_body, validate_fields
 from omniserve.api.protocol.images import ImageChatFields, ImageGenerationRequest
 from omniserve.api.protocol.tools import parse_calls
+from omniserve.api.routes.choices import AudioPiece, Choice, Ended, Piece, TextPiece
 from omniserve.api.routes.common import (
-    ChoiceState,
     Head,
-    chat_logprobs,
     get_client,
+    model_response,
     new_id,
     now,
     resolve_chat_model,
     start,
     until_disconnect,
-    usage,
 )
 from omniserve.api.routes.images import encoded, generate
 from omniserve.api.sse import SSE_HEADERS, sse_stream
@@ -67,11 +78,10 @@ async def create_chat_completion(request: Request):
     if body.stream:
         chunks = _chunks(body, head, first, stream, speech, report)
         return StreamingResponse(sse_stream(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
-    result = await until_disconnect(request, _collect(body, head, first, stream, speech, report))
-    return JSONResponse(result)
+    return model_response(await until_disconnect(request, _collect(body, head, first, stream, speech, report)))
 
 
-async def _chat_image(request: Request, raw: bytes, body: ChatCompletionRequest, model: ServedModel) -> JSONResponse:
+async def _chat_image(request: Request, raw: bytes, body: ChatCompletionRequest, model: ServedModel) -> Response:
     """vLLM-Omni's chat as a universal endpoint: the last user message is the prompt and
     the answer's content is the image(s), as image_url parts with data URLs."""
     if body.stream:
@@ -85,12 +95,10 @@ async def _chat_image(request: Request, raw: bytes, body: ChatCompletionRequest,
     parts = [{"type": "image_url", "image_url": {"url": f"data:image/{image_body.output_format};base64,"
                                                         f"{base64.b64encode(blob).decode()}"}}
              for blob in await encoded(image_body, outputs)]
-    return JSONResponse({
-        **Head(new_id("chatcmpl"), model.id, model.fingerprint)("chat.completion"),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": parts, "refusal": None},
-                     "logprobs": None, "finish_reason": "stop"}],
-        "usage": usage(len(prompt.split()), 0),
-    })
+    return model_response(ChatCompletion(
+        **Head(new_id("chatcmpl"), model.id, model.fingerprint).fields,
+        choices=[ChatChoice(index=0, message=AnswerMessage(content=parts), finish_reason="stop")],
+        usage=Usage.of(len(prompt.split()), 0)))
 
 
 class _Speech:
@@ -201,113 +209,90 @@ async def _load_media(request: Request, body: ChatCompletionRequest, refs: list[
     return placeholders, audios, images
 
 
+def _choices(body: ChatCompletionRequest, speech: _Speech | None) -> list[Choice]:
+    return [Choice(i, hold_text=body.calls_tools, speaks=speech is not None) for i in range(body.n)]
+
+
+def _take(choices: list[Choice], out: OmniOutput, speech: _Speech | None) -> list[Piece]:
+    """An output of the thinker or the talker, to its choice: the pieces due now."""
+    choice = choices[out.index]
+    if speech and out.stage == speech.stage:
+        return choice.take_audio(speech.encode(out), out.text, bool(out.finish_reason))
+    return choice.take(out)
+
+
+def _finish_reason(reason: str, calls: list) -> str:
+    return "tool_calls" if calls and reason == "stop" else reason
+
+
 async def _collect(body: ChatCompletionRequest, head: Head, first: OmniOutput, stream: AsyncIterator[OmniOutput],
-                   speech: _Speech | None, report: bool) -> dict[str, Any]:
+                   speech: _Speech | None, report: bool) -> ChatCompletion:
     """`report`: usage says how many prompt tokens came from the prefix cache (--enable-cache-report)."""
-    choices = [ChoiceState() for _ in range(body.n)]
-    audio = [bytearray() for _ in range(body.n)]
+    choices = _choices(body, speech)
     prompt_tokens = first.prompt_tokens  # the thinker's; with audio, the talker's first output may come first
     async for out in stream:
         prompt_tokens = out.prompt_tokens or prompt_tokens
-        if speech and out.stage == speech.stage:
-            audio[out.index] += speech.encode(out)
-        else:
-            choices[out.index].add(out)
-    result = {
-        **head("chat.completion"),
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
-                "logprobs": chat_logprobs(c.logprobs) if body.logprobs else None,
-                "finish_reason": c.finish_reason,
-            }
-            for i, c in enumerate(choices)
-        ],
-        "usage": usage(prompt_tokens, sum(c.completion_tokens for c in choices),
-                       choices[0].cached_tokens if report else None),
-    }
-    if body.calls_tools:
-        for choice in result["choices"]:
-            content, calls = parse_calls(choice["message"]["content"], body.tools)
-            if calls:
-                choice["message"].update(content=content, tool_calls=calls)
-                choice["finish_reason"] = "tool_calls" if choice["finish_reason"] == "stop" else choice["finish_reason"]
-    if speech:
-        for i, choice in enumerate(result["choices"]):
-            choice["message"]["audio"] = {"id": speech.ids.get(i) or new_id("audio"),
-                                          "data": base64.b64encode(audio[i]).decode(),
-                                          "expires_at": now() + AUDIO_TTL_S, "transcript": "".join(choices[i].text)}
-    return result
+        _take(choices, out, speech)
+    answers = []
+    for c in choices:
+        content, calls = parse_calls(c.full_text, body.tools) if body.calls_tools else (c.full_text, [])
+        message = AnswerMessage(content=content, tool_calls=calls or None)
+        if speech:
+            message.audio = AnswerAudio(id=speech.ids.get(c.index) or new_id("audio"),
+                                        data=base64.b64encode(c.audio).decode(), expires_at=now() + AUDIO_TTL_S,
+                                        transcript=c.full_text)
+        answers.append(ChatChoice(index=c.index, message=message, finish_reason=_finish_reason(c.finish_reason, calls),
+                                  logprobs=ChatLogprobs.of(c.logprobs) if body.logprobs else None))
+    return ChatCompletion(**head.fields, choices=answers,
+                          usage=Usage.of(prompt_tokens, sum(c.completion_tokens for c in choices),
+                                         choices[0].cached_tokens if report else None))
 
 
 async def _chunks(body: ChatCompletionRequest, head: Head, first: OmniOutput, stream: AsyncIterator[OmniOutput],
-                  speech: _Speech | None, report: bool) -> AsyncIterator[dict[str, Any]]:
-    def chunk(index: int, delta: dict, finish_reason: str | None = None, logprobs: Any = None) -> dict:
-        return {**head("chat.completion.chunk"),
-                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
+                  speech: _Speech | None, report: bool) -> AsyncIterator[ChatCompletionChunk]:
+    def chunk(index: int, delta: ChatDelta, finish_reason: str | None = None,
+              logprobs: ChatLogprobs | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(**head.fields, choices=[ChunkChoice(index=index, delta=delta, logprobs=logprobs,
+                                                                       finish_reason=finish_reason)])
 
-    completion_tokens = [0] * body.n
+    def render(choice: Choice, piece: Piece) -> Iterator[ChatCompletionChunk]:
+        i = choice.index
+        match piece:
+            case TextPiece(text, logprobs):
+                yield chunk(i, ChatDelta(content=text),
+                            logprobs=ChatLogprobs.of(logprobs) if body.logprobs and logprobs else None)
+            case AudioPiece(data, transcript, last):
+                yield chunk(i, ChatDelta(audio=AnswerAudio(id=speech.ids[i], data=base64.b64encode(data).decode(),
+                                                           transcript=transcript,
+                                                           expires_at=now() + AUDIO_TTL_S if last else None)))
+            case Ended(reason) if choice.hold_text:  # the text as OpenAI streams tool calls, or as content
+                content, calls = parse_calls(choice.full_text, body.tools)
+                if content:
+                    yield chunk(i, ChatDelta(content=content))
+                for k, call in enumerate(calls):  # per call: its id and name, then its arguments
+                    function = call["function"]
+                    yield chunk(i, ChatDelta(tool_calls=[ToolCallDelta(index=k, id=call["id"], type="function",
+                                                                       function={"name": function["name"],
+                                                                                 "arguments": ""})]))
+                    yield chunk(i, ChatDelta(tool_calls=[ToolCallDelta(index=k,
+                                                                       function={"arguments": function["arguments"]})]))
+                yield chunk(i, ChatDelta(), finish_reason=_finish_reason(reason, calls))
+            case Ended(reason):
+                yield chunk(i, ChatDelta(), finish_reason=reason)
+
+    choices = _choices(body, speech)
     prompt_tokens = first.prompt_tokens
-    cached = 0
-    held = [""] * body.n  # with tools, each choice's text until it ends: it may be tool calls
-    # with audio, a choice's finish_reason waits for its last audio: (text's reason, audio ended) per choice
-    ending: list[list[Any]] = [[None, False] for _ in range(body.n)]
-
-    def tool_chunks(index: int, finish_reason: str) -> Iterator[dict]:
-        """The held text of a choice as OpenAI streams tool calls: per call, its id and name,
-        then its arguments; or as content when it holds no call."""
-        content, calls = parse_calls(held[index], body.tools)
-        if content:
-            yield chunk(index, {"content": content})
-        for k, call in enumerate(calls):
-            yield chunk(index, {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
-                                                "function": {"name": call["function"]["name"], "arguments": ""}}]})
-            yield chunk(index, {"tool_calls": [{"index": k, "function": {"arguments": call["function"]["arguments"]}}]})
-        yield chunk(index, {}, finish_reason="tool_calls" if calls and finish_reason == "stop" else finish_reason)
-
-    def end_spoken(index: int) -> Iterator[dict]:
-        reason, spoken = ending[index]
-        if reason and spoken:
-            yield chunk(index, {}, finish_reason=reason)
-
     try:
-        for i in range(body.n):
-            yield chunk(i, {"role": "assistant", "content": ""})
+        for choice in choices:
+            yield chunk(choice.index, ChatDelta(role="assistant", content=""))
         async for out in stream:
             prompt_tokens = out.prompt_tokens or prompt_tokens
-            if speech and out.stage == speech.stage:
-                data = speech.encode(out)
-                if data or out.text or out.finish_reason:
-                    audio = {"id": speech.ids[out.index], "data": base64.b64encode(data).decode(),
-                             "transcript": out.text}
-                    if out.finish_reason:
-                        audio["expires_at"] = now() + AUDIO_TTL_S
-                    yield chunk(out.index, {"audio": audio})
-                if out.finish_reason:
-                    ending[out.index][1] = True
-                    for piece in end_spoken(out.index):
-                        yield piece
-                continue
-            if body.calls_tools:
-                held[out.index] += out.text
-            elif out.text or out.logprobs:
-                lp = chat_logprobs(out.logprobs) if body.logprobs and out.logprobs else None
-                yield chunk(out.index, {"content": out.text}, logprobs=lp)
-            if out.finish_reason:
-                completion_tokens[out.index] = out.completion_tokens
-                cached = out.cached_tokens if out.index == 0 else cached
-                if body.calls_tools:
-                    for piece in tool_chunks(out.index, out.finish_reason):
-                        yield piece
-                elif speech:
-                    ending[out.index][0] = out.finish_reason
-                    for piece in end_spoken(out.index):
-                        yield piece
-                else:
-                    yield chunk(out.index, {}, finish_reason=out.finish_reason)
+            for piece in _take(choices, out, speech):
+                for each in render(choices[out.index], piece):
+                    yield each
         if body.include_usage:
-            yield {**head("chat.completion.chunk"), "choices": [],
-                   "usage": usage(prompt_tokens, sum(completion_tokens), cached if report else None)}
+            yield ChatCompletionChunk(**head.fields, choices=[],
+                                      usage=Usage.of(prompt_tokens, sum(c.completion_tokens for c in choices),
+                                                     choices[0].cached_tokens if report else None))
     finally:
         await stream.aclose()  # on disconnect this aborts the request in the pipeline

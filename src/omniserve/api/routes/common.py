@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
+from pydantic import BaseModel
 
 from omniserve.errors import InvalidRequest, ModelNotFound, OmniError
 from omniserve.runtime.client import Client, ServedModel
-from omniserve.runtime.types import OmniOutput, OmniRequest, TokenLogprob
+from omniserve.runtime.types import OmniOutput, OmniRequest
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,10 @@ class Head:
     system_fingerprint: str
     created: int = field(default_factory=lambda: now())
 
-    def __call__(self, kind: str) -> dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The `ResponseHead` fields of every response model."""
+        return {"id": self.id, "created": self.created, "model": self.model,
                 "system_fingerprint": self.system_fingerprint}
 
 
@@ -204,60 +207,6 @@ async def until_disconnect(request: Request, work: Any) -> Any:
             task.cancel()
 
 
-@dataclass
-class ChoiceState:
-    """Everything collected for one choice of a non-streaming response."""
-
-    text: list[str] = field(default_factory=list)
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-    def add(self, out: OmniOutput) -> None:
-        self.text.append(out.text)
-        if out.logprobs:
-            self.logprobs.extend(out.logprobs)
-        if out.finish_reason:
-            self.finish_reason = out.finish_reason
-            self.completion_tokens = out.completion_tokens
-            self.cached_tokens = out.cached_tokens
-
-
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-    if cached_tokens is not None:
-        body["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
-    return body
-
-
-def chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
-    return {
-        "content": [
-            {
-                "token": lp.token,
-                "logprob": lp.logprob,
-                "bytes": lp.token_bytes,
-                "top_logprobs": [{"token": t, "logprob": v, "bytes": b} for t, v, b in lp.top],
-            }
-            for lp in items
-        ],
-        "refusal": None,
-    }
-
-
-def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
-    offsets = []
-    for lp in items:
-        offsets.append(offset)
-        offset += len(lp.token)
-    return {
-        "tokens": [lp.token for lp in items],
-        "token_logprobs": [lp.logprob for lp in items],
-        "top_logprobs": [{t: v for t, v, _ in lp.top} if lp.logprob is not None else None for lp in items],
-        "text_offset": offsets,
-    }
+def model_response(body: BaseModel) -> Response:
+    """A response model as the JSON body (fields it omits while None stay out)."""
+    return Response(body.model_dump_json(), media_type="application/json")

@@ -6,24 +6,22 @@ Choice `index` is `prompt_number * n + choice`, as at OpenAI.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
-from omniserve.api.protocol.common import parse_body
-from omniserve.api.protocol.completions import CompletionRequest
+from omniserve.api.protocol.common import Usage, parse_body
+from omniserve.api.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
+from omniserve.api.routes.choices import Choice, Ended, TextPiece
 from omniserve.api.routes.common import (
-    ChoiceState,
     Head,
-    completion_logprobs,
     get_client,
     merge,
+    model_response,
     new_id,
     resolve_chat_model,
     start_all,
     until_disconnect,
-    usage,
 )
 from omniserve.api.sse import SSE_HEADERS, sse_stream
 from omniserve.runtime.types import OmniOutput, TokenLogprob
@@ -49,7 +47,7 @@ async def create_completion(request: Request):
     if body.stream:
         chunks = _chunks(body, head, firsts, streams, report)
         return StreamingResponse(sse_stream(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
-    return JSONResponse(await until_disconnect(request, _collect(body, head, firsts, streams, report)))
+    return model_response(await until_disconnect(request, _collect(body, head, firsts, streams, report)))
 
 
 class _Echo:
@@ -72,67 +70,59 @@ class _Echo:
 
 
 async def _collect(body: CompletionRequest, head: Head, firsts: list[OmniOutput],
-                   streams: list[AsyncIterator[OmniOutput]], report: bool) -> dict[str, Any]:
+                   streams: list[AsyncIterator[OmniOutput]], report: bool) -> Completion:
     echo = _Echo(body)
-    choices = [ChoiceState() for _ in range(len(streams) * body.n)]
+    choices = [Choice(i) for i in range(len(streams) * body.n)]
     async for p, out in merge(streams):
         if out.prompt_logprobs is not None:
             echo.prompt_logprobs[p] = out.prompt_logprobs
-        choices[p * body.n + out.index].add(out)
-    return {
-        **head("text_completion"),
-        "choices": [
-            {
-                "index": i,
-                "text": echo.text(i) + "".join(c.text),
-                "logprobs": completion_logprobs(echo.logprobs(i) + c.logprobs, 0) if body.logprobs is not None
-                else None,
-                "finish_reason": c.finish_reason,
-            }
-            for i, c in enumerate(choices)
-        ],
-        "usage": usage(sum(f.prompt_tokens for f in firsts), sum(c.completion_tokens for c in choices),
+        choices[p * body.n + out.index].take(out)
+    return Completion(
+        **head.fields,
+        choices=[CompletionChoice(index=c.index, text=echo.text(c.index) + c.full_text, finish_reason=c.finish_reason,
+                                  logprobs=CompletionLogprobs.of(echo.logprobs(c.index) + c.logprobs, 0)
+                                  if body.logprobs is not None else None) for c in choices],
+        usage=Usage.of(sum(f.prompt_tokens for f in firsts), sum(c.completion_tokens for c in choices),
                        sum(c.cached_tokens for c in choices[::body.n]) if report else None),
-    }
+    )
 
 
 async def _chunks(body: CompletionRequest, head: Head, firsts: list[OmniOutput],
-                  streams: list[AsyncIterator[OmniOutput]], report: bool) -> AsyncIterator[dict[str, Any]]:
+                  streams: list[AsyncIterator[OmniOutput]], report: bool) -> AsyncIterator[Completion]:
     echo = _Echo(body)
-    count = len(streams) * body.n
-    offsets = [0] * count
-    completion_tokens = [0] * count
-    cached = [0] * count
-    waiting: dict[int, list[OmniOutput]] = {i: [] for i in range(count)}  # until each choice's echo is out
+    choices = [Choice(i) for i in range(len(streams) * body.n)]
+    offsets = [0] * len(choices)  # characters streamed so far, for the logprobs' text_offset
+    waiting: dict[int, list[OmniOutput]] = {c.index: [] for c in choices}  # until each choice's echo is out
 
-    def chunk(index: int, text: str, finish_reason: str | None = None, logprobs: Any = None) -> dict:
-        return {**head("text_completion"),
-                "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
+    def chunk(index: int, text: str, finish_reason: str | None = None,
+              logprobs: CompletionLogprobs | None = None) -> Completion:
+        return Completion(**head.fields, choices=[CompletionChoice(index=index, text=text, logprobs=logprobs,
+                                                                   finish_reason=finish_reason)])
 
-    def pieces(index: int, out: OmniOutput) -> Iterator[dict]:
-        if out.text or out.logprobs:
-            lp = completion_logprobs(out.logprobs or [], offsets[index]) if body.logprobs is not None else None
-            offsets[index] += len(out.text)
-            yield chunk(index, out.text, logprobs=lp)
-        if out.finish_reason:
-            completion_tokens[index] = out.completion_tokens
-            cached[index] = out.cached_tokens
-            yield chunk(index, "", finish_reason=out.finish_reason)
+    def pieces(index: int, out: OmniOutput) -> Iterator[Completion]:
+        for piece in choices[index].take(out):
+            if isinstance(piece, TextPiece):
+                lp = CompletionLogprobs.of(piece.logprobs or [], offsets[index]) if body.logprobs is not None \
+                    else None
+                offsets[index] += len(piece.text)
+                yield chunk(index, piece.text, logprobs=lp)
+            elif isinstance(piece, Ended):
+                yield chunk(index, "", finish_reason=piece.finish_reason)
 
-    def release(index: int) -> Iterator[dict]:
+    def release(index: int) -> Iterator[Completion]:
         """The echo of `index` once it can go out, then what waited behind it."""
         if waiting.get(index) is None or not echo.ready(index):
             return
         text = echo.text(index)
-        lp = completion_logprobs(echo.logprobs(index), 0) if body.logprobs is not None else None
+        lp = CompletionLogprobs.of(echo.logprobs(index), 0) if body.logprobs is not None else None
         offsets[index] = len(text)
         yield chunk(index, text, logprobs=lp)
         for out in waiting.pop(index):
             yield from pieces(index, out)
 
     if body.echo:
-        for i in range(count):
-            for piece in release(i):
+        for c in choices:
+            for piece in release(c.index):
                 yield piece
     else:
         waiting.clear()
@@ -149,6 +139,6 @@ async def _chunks(body: CompletionRequest, head: Head, firsts: list[OmniOutput],
             for piece in pieces(index, out):
                 yield piece
     if body.include_usage:
-        yield {**head("text_completion"), "choices": [],
-               "usage": usage(sum(f.prompt_tokens for f in firsts), sum(completion_tokens),
-                              sum(cached[::body.n]) if report else None)}
+        yield Completion(**head.fields, choices=[],
+                         usage=Usage.of(sum(f.prompt_tokens for f in firsts), sum(c.completion_tokens for c in choices),
+                                        sum(c.cached_tokens for c in choices[::body.n]) if report else None))

@@ -60,7 +60,7 @@ def in_process(images: int, clients: int) -> float:
             executor.add(OmniRequest(f"r{sent}", prompt=PROMPTS[sent % len(PROMPTS)], params={"image": params}))
             sent += 1
         for out in executor.step():
-            encode_image(out.info["image"], "png", 75)
+            encode_image(out.data.image, "png", 75)
             done += out.done
     return images / (time.perf_counter() - t0)
 

@@ -51,7 +51,7 @@ class InProcess:
         from omniserve.runtime.types import OmniRequest, SamplingParams, fill_media_parts, image_part
 
         image = decode_image(png, where="image", max_pixels=25_000_000)
-        description = self.vision.process(image)["text"]
+        description = self.vision.process(image).text
         messages = fill_media_parts([{"role": "user", "content": [image_part(0), {"type": "text", "text": question}]}],
                                     {("image", 0): description})
         self.n += 1

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 # name -> (module, executor class, load-time args model, per-request params model or None)
 _EXECUTORS = {
-    "llamacpp": ("omniserve.executors.llamacpp", "LlamaCppExecutor", "LlamaCppArgs", None),
+    "llamacpp": ("omniserve.executors.llamacpp", "LlamaCppExecutor", "LlamaCppArgs", "EmbeddingParams"),
     "whisper": ("omniserve.executors.whisper", "WhisperExecutor", "WhisperArgs", "AsrParams"),
     "piper": ("omniserve.executors.piper", "PiperExecutor", "PiperArgs", "SpeechParams"),
     "describer": ("omniserve.executors.describer", "DescriberExecutor", "DescriberArgs", None),
@@ -93,7 +93,7 @@ def _lookup(name: str, attr_index: int):
 
 def request_params_model(name: str) -> type[BaseModel] | None:
     """What a request may set for a stage of this executor (`OmniRequest.params`), if anything.
-    LLM stages take sampling parameters instead (`OmniRequest.sampling`)."""
+    LLM stages take sampling parameters in `OmniRequest.sampling`; their params are an embedding request's."""
     return _lookup(name, 3)
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from omniserve.errors import InvalidRequest
-from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.runtime.types import MediaReading, OmniOutput, OmniRequest
 from omniserve.validation import first_error
 
 P = TypeVar("P", bound=BaseModel)
@@ -29,6 +29,16 @@ def request_params(model: type[P], data: dict[str, Any]) -> P:
         loc, message = first_error(exc)
         field = ".".join(map(str, loc))
         raise InvalidRequest(f"{field}: {message}", param=field) from None
+
+
+class EmbeddingParams(BaseModel):
+    """What a request sets for a stage that embeds (the embedder, or the chat GGUF in embedding mode):
+    its inputs, as texts or as token-id lists."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: list[str] | list[list[int]]
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
 
 
 class RoundRobinExecutor:
@@ -76,12 +86,12 @@ class _ImageJob:
 class PerImageExecutor(RoundRobinExecutor):
     """What the vision stages share: one image per turn, one output per image (`index`),
     in order; `done` comes with the last. Subclasses load a model and implement
-    `process(image) -> info` (`info["text"]` becomes the output's text)."""
+    `process(image) -> MediaReading`."""
 
     def __init__(self, args: Any, stage: str = "vision"):
         super().__init__(args, stage)
 
-    def process(self, image: np.ndarray) -> dict[str, Any]:
+    def process(self, image: np.ndarray) -> MediaReading:
         raise NotImplementedError
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
@@ -92,11 +102,11 @@ class PerImageExecutor(RoundRobinExecutor):
 
     def advance(self, job: _ImageJob) -> tuple[list[OmniOutput], bool]:
         index = job.index
-        info = {"media": "image", **self.process(job.images[index])}
+        reading = self.process(job.images[index])
         job.index += 1
         done = job.index == len(job.images)
-        return [OmniOutput(job.request_id, index=index, text=info.get("text", ""), finish_reason="stop", done=done,
-                           info=info)], done
+        return [OmniOutput(job.request_id, index=index, text=reading.text, finish_reason="stop", done=done,
+                           data=reading)], done
 
 
 class Executor(Protocol):

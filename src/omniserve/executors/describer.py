@@ -19,6 +19,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.executors.base import PerImageExecutor
+from omniserve.runtime.types import MediaReading
 
 SIZE = 224  # the classifier's input side
 
@@ -56,7 +57,7 @@ class DescriberExecutor(PerImageExecutor):
     def process(self, image: np.ndarray) -> dict[str, Any]:
         labels = self.classify(image)
         lines = self.read_text(image) if self._ocr is not None else []
-        return {"labels": labels, "ocr": lines, "text": describe_text(labels, lines)}
+        return MediaReading("image", describe_text(labels, lines))
 
     def classify(self, image: np.ndarray) -> list[dict[str, Any]]:
         pixels = np.asarray(Image.fromarray(image).resize((SIZE, SIZE), Image.BILINEAR), np.float32)

@@ -34,7 +34,7 @@ from omniserve.errors import InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor, request_params
 from omniserve.models.diffusion_families import family_of
 from omniserve.runtime.messages import ControlOp, ListAdapters, MergeAdapters, SetAdapters
-from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.runtime.types import GeneratedImage, OmniOutput, OmniRequest, VideoFrames
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class DiffusersTextEncoderExecutor(RoundRobinExecutor):
                                                          do_classifier_free_guidance=True, **self.options)[:2]
         embeds = torch.cat([negative, positive])
         return [OmniOutput(job.request_id, finish_reason="stop", done=True,
-                           info={"embeds": embeds.float().cpu().numpy()})], True
+                           payload=embeds.float().cpu().numpy())], True
 
 
 @dataclass
@@ -176,7 +176,7 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
         import torch
 
         params = self._waiting.pop(outputs[0].request_id, None)
-        embeds = next((o.info["embeds"] for o in outputs if "embeds" in o.info), None)
+        embeds = next((o.payload for o in outputs if o.payload is not None), None)
         if params is None or embeds is None:
             return []
         seed = params.seed if params.seed is not None else random.getrandbits(32)
@@ -233,10 +233,9 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
             job.latents = job.scheduler.step(predicted, job.timesteps[job.step], job.latents).prev_sample
             job.step += 1
             done = job.step == len(job.timesteps)
-            info = {"progress": round(100 * job.step / len(job.timesteps))}
-            if done:
-                info["latents"] = job.latents.numpy()
-            outputs.append(OmniOutput(job.request_id, finish_reason="stop" if done else None, done=done, info=info))
+            outputs.append(OmniOutput(job.request_id, finish_reason="stop" if done else None, done=done,
+                                      progress=round(100 * job.step / len(job.timesteps)),
+                                      payload=job.latents.numpy() if done else None))
         return outputs
 
     # ---- LoRA (SGLang Diffusion's set_lora / merge / unmerge / list) ----------------------
@@ -317,7 +316,7 @@ class DiffusersDecoderExecutor(RoundRobinExecutor):
 
     def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
         waiting = self._waiting.pop(outputs[0].request_id, None)
-        latents = next((o.info["latents"] for o in outputs if "latents" in o.info), None)
+        latents = next((o.payload for o in outputs if o.payload is not None), None)
         if waiting is not None and latents is not None:
             self._jobs.append(_Latents(outputs[0].request_id, *waiting, latents))
         return []
@@ -336,9 +335,12 @@ class DiffusersDecoderExecutor(RoundRobinExecutor):
         index = job.index
         job.index += 1
         done = job.index == len(job.latents)
-        info = ({"frames": frames, "progress": 100} if job.params.video else
-                {"image": frames[0], "revised_prompt": job.prompt})
-        return [OmniOutput(job.request_id, index=index, finish_reason="stop", done=done, info=info)], done
+        out = OmniOutput(job.request_id, index=index, finish_reason="stop", done=done)
+        if job.params.video:
+            out.data, out.progress = VideoFrames(frames), 100
+        else:
+            out.data = GeneratedImage(frames[0], job.prompt)
+        return [out], done
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import PerImageExecutor
 from omniserve.executors.llamacpp import forward_llama_log
+from omniserve.runtime.types import MediaReading
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class MtmdEncoderExecutor(PerImageExecutor):
         self._ll.llama_model_free(self._model)
 
     def process(self, image: np.ndarray) -> dict[str, Any]:
-        return {"chunks": self.encode(image)}
+        return MediaReading("image", chunks=self.encode(image))
 
     def encode(self, image: np.ndarray) -> list[dict[str, Any]]:
         """One image -> its chunks in order: {"tokens": [...]} or {"embd": (n, n_embd) float32, "causal": bool}."""

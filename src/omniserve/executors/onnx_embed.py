@@ -18,8 +18,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
-from omniserve.executors.base import request_params
-from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.executors.base import EmbeddingParams, request_params
+from omniserve.runtime.types import Embeddings, OmniOutput, OmniRequest
 
 BATCH = 64
 
@@ -28,15 +28,6 @@ class EmbedderArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threads: int = Field(1, ge=1)
-
-
-class EmbeddingParams(BaseModel):
-    """What a request sets for the embedder stage: its inputs, as texts or as token-id lists."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    input: list[str] | list[list[int]]
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
 
 
 @dataclass
@@ -66,7 +57,7 @@ class EmbedderExecutor:
         items = [_Item(request.request_id, i, x) for i, x in enumerate(ids)]
         self._items.extend(items)
         self._left[request.request_id] = len(items)
-        return [OmniOutput(request.request_id, started=True, info={"prompt_tokens": sum(len(x) for x in ids)})]
+        return [OmniOutput(request.request_id, started=True, prompt_tokens=sum(len(x) for x in ids))]
 
     def _token_ids(self, params: EmbeddingParams) -> list[list[int]]:
         """Each input's token ids, cut to `truncate_prompt_tokens` (keeping the end, as vLLM does),
@@ -116,9 +107,9 @@ class EmbedderExecutor:
             done = self._left[request_id] == 0
             if done:
                 del self._left[request_id]
+            rows_embedded = Embeddings([batch[r].index for r in rows], vectors[rows].astype(np.float32))
             outputs.append(OmniOutput(request_id, finish_reason="stop" if done else None, done=done,
-                                      info={"indices": [batch[r].index for r in rows],
-                                            "embeddings": vectors[rows].astype(np.float32)}))
+                                      data=rows_embedded))
         return outputs
 
     def close(self) -> None:

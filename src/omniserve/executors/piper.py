@@ -200,5 +200,4 @@ class PiperExecutor:
         if done:
             del self._jobs[job.request_id]
         return [OmniOutput(job.request_id, index=voice.index, finish_reason="stop", done=done,
-                           sample_rate=self.sample_rate,
-                           info={"seconds": voice.samples / self.sample_rate, "characters": voice.characters})]
+                           sample_rate=self.sample_rate)]

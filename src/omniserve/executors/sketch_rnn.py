@@ -8,7 +8,7 @@ the reference image); each step renders a few frames and reports progress.
 Each step draws one image of one request, round robin, so several requests
 share the stage and each image comes back as soon as it is drawn. Outputs
 carry one image each (`index`, an RGB or RGBA uint8 array in
-`info["image"]`); `done` comes with the last.
+a `GeneratedImage`); `done` comes with the last.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor, request_params
 from omniserve.models.sketch_rnn import SketchRnn, Stroke, render
-from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.runtime.types import GeneratedImage, OmniOutput, OmniRequest, VideoFrames
 
 
 class SketchRnnArgs(BaseModel):
@@ -105,7 +105,7 @@ class SketchRnnExecutor(RoundRobinExecutor):
         seed = params.seed if params.seed is not None else random.getrandbits(32)
         self._jobs.append(_Job(request.request_id, category, params, np.random.default_rng(seed),
                                list(request.images)))
-        return [OmniOutput(request.request_id, started=True, info={"category": category})]
+        return [OmniOutput(request.request_id, started=True)]
 
     def advance(self, job: _Job) -> tuple[list[OmniOutput], bool]:
         if job.params.video:
@@ -123,7 +123,7 @@ class SketchRnnExecutor(RoundRobinExecutor):
         done = job.index == p.n
         revised = f"a drawing of a {job.category.replace('_', ' ')}"
         return [OmniOutput(job.request_id, index=index, finish_reason="stop", done=done,
-                           info={"image": image, "revised_prompt": revised, "category": job.category})], done
+                           data=GeneratedImage(image, revised))], done
 
 
     def _frames(self, job: _Job) -> tuple[list[OmniOutput], bool]:
@@ -145,8 +145,7 @@ class SketchRnnExecutor(RoundRobinExecutor):
         job.index = last
         done = last == p.num_frames
         return [OmniOutput(job.request_id, finish_reason="stop" if done else None, done=done,
-                           info={"frames": np.stack(frames), "progress": round(100 * last / p.num_frames),
-                                 "category": job.category})], done
+                           data=VideoFrames(np.stack(frames)), progress=round(100 * last / p.num_frames))], done
 
 def draw_into(stroke: Stroke, base: np.ndarray, mask: np.ndarray | None, width: int, height: int,
               upto: int | None = None) -> np.ndarray:

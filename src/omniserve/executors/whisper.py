@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor, request_params
 from omniserve.media.audio import ASR_RATE
-from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.runtime.types import MediaReading, OmniOutput, OmniRequest
 
 
 class WhisperArgs(BaseModel):
@@ -101,8 +101,8 @@ class WhisperExecutor(RoundRobinExecutor):
             return [OmniOutput(job.request_id, index=job.index, text=segment.text, segments=[_segment(segment)])], False
         done = job.index == len(job.audios) - 1
         out = OmniOutput(job.request_id, index=job.index, finish_reason="stop", done=done,
-                         info={"media": "audio", "language": job.info.language, "duration": job.info.duration,
-                               "text": "".join(job.texts).strip()})
+                         data=MediaReading("audio", "".join(job.texts).strip(), language=job.info.language,
+                                           duration=job.info.duration))
         job.index, job.segments, job.texts = job.index + 1, None, []
         return [out], done
 

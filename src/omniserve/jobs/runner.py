@@ -24,7 +24,7 @@ from omniserve.errors import OmniError
 from omniserve.jobs.store import JobStore, VideoJob
 from omniserve.media.video import VideoEncoder
 from omniserve.runtime.client import Client
-from omniserve.runtime.types import OmniRequest
+from omniserve.runtime.types import OmniRequest, VideoFrames
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,11 @@ class VideoRunner:
         writing: asyncio.Future | None = None
         try:
             async for out in self.client.generate(omni):
-                if "frames" in out.info:
-                    writing = asyncio.ensure_future(asyncio.to_thread(encoder.write, out.info["frames"]))
+                if isinstance(out.data, VideoFrames):
+                    writing = asyncio.ensure_future(asyncio.to_thread(encoder.write, out.data.frames))
                     await asyncio.shield(writing)
-                if "progress" in out.info:
-                    self.store.update(job.id, progress=min(99, out.info["progress"]))
+                if out.progress is not None:
+                    self.store.update(job.id, progress=min(99, out.progress))
         finally:
             if writing is not None:  # cancelled mid-write: the thread still runs; the encoder is not thread-safe
                 await asyncio.wait({writing})

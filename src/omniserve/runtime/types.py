@@ -8,7 +8,7 @@ across the worker pipes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass
@@ -157,6 +157,41 @@ class TokenLogprob:
     top: list[tuple[str, float, list[int]]] = field(default_factory=list)
 
 
+# ---- what an output carries besides text and audio --------------------------------------------
+
+
+@dataclass
+class MediaReading:
+    """An upstream stage's reading of one media item of a request (the output's `index`), for the stage
+    waiting for it: a transcript, an image description, or a vision encoder's tokens and embeddings."""
+
+    kind: Literal["audio", "image"]
+    text: str = ""
+    chunks: list[dict[str, Any]] | None = None  # a vision-language model's image: {"tokens"} or {"embd", "causal"}
+    language: str | None = None  # speech: the language heard
+    duration: float | None = None  # speech: seconds of audio
+
+
+@dataclass
+class Embeddings:
+    indices: list[int]  # the request's inputs these rows embed
+    vectors: Any  # float32 array, one unit-length row per input
+
+
+@dataclass
+class GeneratedImage:
+    image: Any  # RGB uint8 array
+    revised_prompt: str | None = None
+
+
+@dataclass
+class VideoFrames:
+    frames: Any  # (frames, height, width, 3) uint8 array
+
+
+OutputData = MediaReading | Embeddings | GeneratedImage | VideoFrames
+
+
 @dataclass
 class OmniOutput:
     """An increment of one choice (`index`) of one request from one stage.
@@ -182,8 +217,9 @@ class OmniOutput:
     # Speech out: 16-bit mono PCM at `sample_rate`.
     audio: bytes = b""
     sample_rate: int = 0
-    # Speech in: timed segments {start, end, text, ...} and facts such as language, duration.
+    # Speech in: timed segments {start, end, text, ...}.
     segments: list[dict[str, Any]] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
+    data: OutputData | None = None  # what the output carries besides text and audio
+    progress: int | None = None  # percent of a long job done (an image's denoising, a video's frames)
     # For the downstream stages only (hidden states, codec codes); the caller never sees it.
     payload: Any = None

@@ -20,7 +20,7 @@ from omniserve.api.sse import SSE_HEADERS, sse_stream
 from omniserve.errors import InvalidRequest
 from omniserve.executors import request_params_model
 from omniserve.media.audio import AudioEncoder, encode_audio, output_format
-from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.runtime.types import MediaReading, OmniOutput, OmniRequest
 
 router = APIRouter()
 
@@ -162,16 +162,17 @@ async def _speech_to_text(request: Request, task: str):
     if body.stream:
         return StreamingResponse(sse_stream(_transcript_events(stream), done=False), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
-    segments, info = await until_disconnect(request, _collect_segments(stream))
-    return _transcript_response(body, task, segments, info)
+    segments, reading = await until_disconnect(request, _collect_segments(stream))
+    return _transcript_response(body, task, segments, reading)
 
 
-async def _collect_segments(stream: AsyncIterator[OmniOutput]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    segments, info = [], {}
+async def _collect_segments(stream: AsyncIterator[OmniOutput]) -> tuple[list[dict[str, Any]], MediaReading]:
+    segments, reading = [], MediaReading("audio")
     async for out in stream:
         segments += out.segments
-        info.update(out.info)
-    return segments, info
+        if isinstance(out.data, MediaReading):
+            reading = out.data
+    return segments, reading
 
 
 async def _transcript_events(stream: AsyncIterator[OmniOutput]) -> AsyncIterator[dict[str, Any]]:
@@ -184,25 +185,27 @@ async def _transcript_events(stream: AsyncIterator[OmniOutput]) -> AsyncIterator
                 said = True
                 yield {"type": "transcript.text.delta", "delta": delta}
             if out.finish_reason:
-                yield {"type": "transcript.text.done", "text": out.info.get("text", ""),
-                       "usage": {"type": "duration", "seconds": round(out.info.get("duration", 0.0), 3)}}
+                reading = out.data if isinstance(out.data, MediaReading) else MediaReading("audio")
+                yield {"type": "transcript.text.done", "text": reading.text,
+                       "usage": {"type": "duration", "seconds": round(reading.duration or 0.0, 3)}}
     finally:
         await stream.aclose()
 
 
 def _transcript_response(body: TranscriptionForm, task: str, segments: list[dict[str, Any]],
-                         info: dict[str, Any]) -> Response:
+                         reading: MediaReading) -> Response:
     text = "".join(s["text"] for s in segments).strip()
     fmt = body.response_format
     if fmt == "text":
         return PlainTextResponse(text + "\n")
     if fmt in ("srt", "vtt"):
         return PlainTextResponse(_subtitles(segments, fmt), media_type="text/vtt" if fmt == "vtt" else "text/plain")
-    usage = {"type": "duration", "seconds": round(info.get("duration", 0.0), 3)}
+    duration = round(reading.duration or 0.0, 3)
+    usage = {"type": "duration", "seconds": duration}
     if fmt == "json":
         return JSONResponse({"text": text, "usage": usage})
-    out: dict[str, Any] = {"task": task, "language": _language_name(info.get("language")),
-                           "duration": round(info.get("duration", 0.0), 3), "text": text}
+    out: dict[str, Any] = {"task": task, "language": _language_name(reading.language), "duration": duration,
+                           "text": text}
     if "segment" in body.timestamp_granularities:
         out["segments"] = [{k: v for k, v in s.items() if k != "words"} for s in segments]
     if "word" in body.timestamp_granularities:

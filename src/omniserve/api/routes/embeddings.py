@@ -16,7 +16,7 @@ from omniserve.api.protocol.embeddings import EmbeddingRequest
 from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.client import Client, ServedModel
-from omniserve.runtime.types import OmniRequest
+from omniserve.runtime.types import Embeddings, OmniRequest
 
 router = APIRouter()
 OPENAI_EMBEDDING_NAMES = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
@@ -33,8 +33,6 @@ async def create_embeddings(request: Request):
                              param="dimensions")
     inputs = body.inputs()
     params = {"input": inputs, "truncate_prompt_tokens": body.truncate_prompt_tokens}
-    if model.kind == "chat":
-        params = {"embed": params}
     omni = OmniRequest(new_id("embd"), entry=model.stage, output_modalities=["embedding"],
                        params={model.stage: params})
     first, stream = await start(request, client, omni)
@@ -42,8 +40,8 @@ async def create_embeddings(request: Request):
 
     async def collect() -> None:
         async for out in stream:
-            if "embeddings" in out.info:
-                vectors[out.info["indices"]] = out.info["embeddings"]
+            if isinstance(out.data, Embeddings):
+                vectors[out.data.indices] = out.data.vectors
 
     await until_disconnect(request, collect())
     if body.dimensions is not None:
@@ -51,7 +49,7 @@ async def create_embeddings(request: Request):
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     data = [{"object": "embedding", "index": i, "embedding": _encoded(v, body.encoding_format)}
             for i, v in enumerate(vectors)]
-    tokens = first.info["prompt_tokens"]
+    tokens = first.prompt_tokens
     return JSONResponse({"object": "list", "data": data, "model": body.model or model.id,
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 

@@ -22,7 +22,7 @@ from omniserve.api.routes.common import get_client, new_id, now, resolve_model, 
 from omniserve.errors import InvalidRequest, NotFound
 from omniserve.media.image_out import ImageStore, encode_image, encoding_quality
 from omniserve.runtime.client import ServedModel
-from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.runtime.types import GeneratedImage, OmniOutput, OmniRequest
 
 router = APIRouter()
 
@@ -55,26 +55,26 @@ async def generate(request: Request, model: ServedModel, body: ImageGenerationRe
 
 
 async def _collect(stream) -> list[OmniOutput]:
-    return [out async for out in stream if "image" in out.info]
+    return [out async for out in stream if isinstance(out.data, GeneratedImage)]
 
 
 async def encoded(body: ImageGenerationRequest, outputs: list[OmniOutput]) -> list[bytes]:
     quality = encoding_quality(body.quality, body.output_compression)
-    return [await asyncio.to_thread(encode_image, out.info["image"], body.output_format, quality) for out in outputs]
+    return [await asyncio.to_thread(encode_image, out.data.image, body.output_format, quality) for out in outputs]
 
 
 async def images_response(request: Request, body: ImageGenerationRequest, outputs: list[OmniOutput]) -> JSONResponse:
     store = image_store(request)
     data = []
     for out, blob in zip(outputs, await encoded(body, outputs), strict=True):
-        item: dict[str, Any] = {"revised_prompt": out.info.get("revised_prompt")}
+        item: dict[str, Any] = {"revised_prompt": out.data.revised_prompt}
         if body.response_format == "url":
             image_id = await asyncio.to_thread(store.save, blob, body.output_format)
             item["url"] = str(request.url_for("image_content", image_id=image_id))
         else:
             item["b64_json"] = base64.b64encode(blob).decode()
         data.append(item)
-    height, width = outputs[0].info["image"].shape[:2]
+    height, width = outputs[0].data.image.shape[:2]
     words = len(body.prompt.split())
     return JSONResponse({
         "created": now(), "data": data, "background": "transparent" if body.background == "transparent" else "opaque",

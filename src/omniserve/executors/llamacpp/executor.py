@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import ContextLengthExceeded, InvalidRequest, NotFound
+from omniserve.executors.base import EmbeddingParams, request_params
 from omniserve.executors.llamacpp.embeddings import LlamaEmbedder
 from omniserve.executors.llamacpp.prompt import MEDIA_MARKER, PromptRenderer
 from omniserve.executors.llamacpp.runtime import LlamaRuntime, decode_error
@@ -23,6 +24,8 @@ from omniserve.executors.llamacpp.scheduler import EmbeddingChunk, Scheduler, Se
 from omniserve.executors.text_stream import TextStream
 from omniserve.runtime.messages import ControlOp, LoadAdapter, UnloadAdapter
 from omniserve.runtime.types import (
+    Embeddings,
+    MediaReading,
     OmniOutput,
     OmniRequest,
     SamplingParams,
@@ -82,7 +85,7 @@ class LlamaCppExecutor:
         self.args = args
         # Requests waiting for upstream stages to turn their media into text or embeddings:
         # the request, the kinds still missing, and what came so far by (kind, index).
-        self._upstream: dict[str, tuple[OmniRequest, set[str], dict[tuple[str, int], dict]]] = {}
+        self._upstream: dict[str, tuple[OmniRequest, set[str], dict[tuple[str, int], MediaReading]]] = {}
         self._requests: dict[str, _Request] = {}
         self._lora_paths: dict[str, str] = {}
         self.failed: list[tuple[str, Exception]] = []  # requests a step failed (the worker tells them)
@@ -123,12 +126,12 @@ class LlamaCppExecutor:
     # ---- admission -----------------------------------------------------------------
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
-        embed = request.params_for(self.stage).get("embed")
-        if embed is not None:
-            vectors, tokens = self.embedder.embed(embed["input"], embed.get("truncate_prompt_tokens"))
-            return [OmniOutput(request.request_id, started=True, info={"prompt_tokens": tokens}),
+        if "embedding" in request.output_modalities:  # /v1/embeddings from the chat GGUF
+            embed = request_params(EmbeddingParams, request.params_for(self.stage))
+            vectors, tokens = self.embedder.embed(embed.input, embed.truncate_prompt_tokens)
+            return [OmniOutput(request.request_id, started=True, prompt_tokens=tokens),
                     OmniOutput(request.request_id, finish_reason="stop", done=True,
-                               info={"indices": list(range(len(vectors))), "embeddings": vectors})]
+                               data=Embeddings(list(range(len(vectors))), vectors))]
         kinds = media_kinds(request.messages)
         if kinds:  # starts once the speech and vision stages have fed their text
             self._upstream[request.request_id] = (request, kinds, {})
@@ -136,23 +139,22 @@ class LlamaCppExecutor:
         return self._start(request)
 
     def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        """What one upstream stage made of the media items, all at once: one output per item
-        (`index`), its kind in `info["media"]`, and `info["text"]` (transcripts, image
-        descriptions) or `info["chunks"]` (a vision encoder's tokens and embeddings)."""
+        """What one upstream stage made of the media items, all at once: one `MediaReading` per item
+        (`index`): a transcript or image description, or a vision encoder's tokens and embeddings."""
         waiting = self._upstream.get(outputs[0].request_id)
         if waiting is None:
             return []
-        request, missing, infos = waiting
+        request, missing, readings = waiting
         for o in outputs:
-            if "media" in o.info:
-                infos[(o.info["media"], o.index)] = o.info
-                missing.discard(o.info["media"])
+            if isinstance(o.data, MediaReading):
+                readings[(o.data.kind, o.index)] = o.data
+                missing.discard(o.data.kind)
         if missing:
             return []
         del self._upstream[request.request_id]
-        encoded = {i: info["chunks"] for (_, i), info in infos.items() if "chunks" in info}
+        encoded = {i: r.chunks for (_, i), r in readings.items() if r.chunks is not None}
         order = image_order(request.messages)
-        request.messages = fill_media_parts(request.messages, {k: v.get("text", "") for k, v in infos.items()},
+        request.messages = fill_media_parts(request.messages, {k: r.text for k, r in readings.items()},
                                             image_marker=MEDIA_MARKER if encoded else None)
         return self._start(request, [encoded[i] for i in order] if encoded else None)
 

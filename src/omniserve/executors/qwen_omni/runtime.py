@@ -341,7 +341,6 @@ class ChunkedCode2Wav:
         job.samples += len(audio) // 2
         if job.codes_done and job.decoded == len(job.codes):
             out.finish_reason, out.done = "stop", True
-            out.info = {"duration": job.samples / self.sample_rate}
             del self._jobs[job.request_id]
         elif self._ready(job):
             self._turns.append(job.request_id)

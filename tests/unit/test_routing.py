@@ -30,26 +30,24 @@ def cascade(asr: bool = True, vision: bool = True, talker: bool = True):
     return validate_pipeline({"stages": stages, "edges": edges, "terminals": ["thinker"]})
 
 
-def omni():
-    """A Qwen-Omni checkpoint: thinker ⇢ talker ⇢ code2wav; the thinker hears and sees itself."""
-    names = ("thinker", "talker", "code2wav")
-    executors = ("qwen_omni_thinker", "qwen_omni_talker", "qwen_omni_code2wav")
+def chain(stages: dict[str, str], terminals: list[str]):
+    """Stages (name -> executor) in a line, each feeding the next."""
+    names = list(stages)
     return validate_pipeline({
-        "stages": [{"name": n, "executor": e, "args": {"model_path": "q"}}
-                   for n, e in zip(names, executors, strict=True)],
-        "edges": [{"src": "thinker", "dst": "talker", "streaming": True},
-                  {"src": "talker", "dst": "code2wav", "streaming": True}],
-        "terminals": ["thinker", "code2wav"]})
+        "stages": [{"name": n, "executor": e, "args": {"model_path": "m"}} for n, e in stages.items()],
+        "edges": [{"src": a, "dst": b} for a, b in zip(names, names[1:], strict=False)],
+        "terminals": terminals})
+
+
+def omni():
+    """A Qwen-Omni checkpoint: thinker -> talker -> code2wav; the thinker hears and sees itself."""
+    return chain({"thinker": "qwen_omni_thinker", "talker": "qwen_omni_talker", "code2wav": "qwen_omni_code2wav"},
+                 ["thinker", "code2wav"])
 
 
 def diffusion():
-    names = ("text_encoder", "denoiser", "vae")
-    executors = ("diffusers_text_encoder", "diffusers_denoiser", "diffusers_vae")
-    return validate_pipeline({
-        "stages": [{"name": n, "executor": e, "args": {"model_path": "d"}}
-                   for n, e in zip(names, executors, strict=True)],
-        "edges": [{"src": "text_encoder", "dst": "denoiser"}, {"src": "denoiser", "dst": "vae"}],
-        "terminals": ["vae"]})
+    return chain({"text_encoder": "diffusers_text_encoder", "denoiser": "diffusers_denoiser",
+                  "vae": "diffusers_vae"}, ["vae"])
 
 
 def route(pipeline, **request):

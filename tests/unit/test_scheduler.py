@@ -56,6 +56,15 @@ def step(s: Scheduler, kv: FakeKv, answers: dict[str, int] | None = None) -> Ste
     return plan
 
 
+def finished(s: Scheduler, kv: FakeKv, prompt: list[int]) -> Sequence:
+    """A sequence run to its end: its slot keeps its prompt."""
+    q = seq("done", prompt)
+    s.add(q)
+    while q.state is not SeqState.DONE:
+        step(s, kv)
+    return q
+
+
 def test_prompts_that_arrive_together_start_one_per_step_in_order():
     kv = FakeKv(4)
     s = Scheduler(kv, slots=4, n_batch=64)
@@ -166,10 +175,7 @@ def test_a_long_shared_prefix_is_copied_from_the_slot_that_keeps_it():
 def test_the_last_free_slot_takes_over_its_kept_prompt_instead_of_copying():
     kv = FakeKv(1)
     s = Scheduler(kv, slots=1, n_batch=512, prefix_cache_min_tokens=4)
-    a = seq("a", [1, 2, 3, 4, 5, 6])
-    s.add(a)
-    while a.state is not SeqState.DONE:
-        step(s, kv)
+    finished(s, kv, [1, 2, 3, 4, 5, 6])
     b = seq("b", [1, 2, 3, 4, 5, 9, 9])
     s.add(b)
     assert b.slot == 0 and b.cached == 5 and not kv.copies
@@ -181,10 +187,7 @@ def test_the_last_free_slot_takes_over_its_kept_prompt_instead_of_copying():
 def test_a_short_prefix_is_reused_only_where_the_lowest_free_slot_keeps_it():
     kv = FakeKv(2)
     s = Scheduler(kv, slots=2, n_batch=512, prefix_cache_min_tokens=64)
-    a = seq("a", [1, 2, 3, 4])
-    s.add(a)
-    while a.state is not SeqState.DONE:
-        step(s, kv)
+    finished(s, kv, [1, 2, 3, 4])
     b = seq("b", [1, 2, 3, 8])
     s.add(b)
     assert b.slot == 0 and b.cached == 3 and not kv.copies
@@ -193,10 +196,7 @@ def test_a_short_prefix_is_reused_only_where_the_lowest_free_slot_keeps_it():
 def test_prompt_logprobs_decode_every_prompt_token():
     kv = FakeKv(1)
     s = Scheduler(kv, slots=1, n_batch=512, prefix_cache_min_tokens=1)
-    a = seq("a", [1, 2, 3, 4])
-    s.add(a)
-    while a.state is not SeqState.DONE:
-        step(s, kv)
+    finished(s, kv, [1, 2, 3, 4])
     b = seq("b", [1, 2, 3, 4, 5], score_prompt=True)
     s.add(b)
     assert b.cached == 0
@@ -207,10 +207,7 @@ def test_prompt_logprobs_decode_every_prompt_token():
 def test_a_prompt_cannot_be_matched_whole():
     kv = FakeKv(1)
     s = Scheduler(kv, slots=1, n_batch=512, prefix_cache_min_tokens=1)
-    a = seq("a", [1, 2, 3])
-    s.add(a)
-    while a.state is not SeqState.DONE:
-        step(s, kv)
+    finished(s, kv, [1, 2, 3])
     again = seq("again", [1, 2, 3])
     s.add(again)
     assert again.cached == 2  # the last token is decoded again: its logits start the answer

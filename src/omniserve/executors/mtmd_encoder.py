@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import PerImageExecutor
-from omniserve.executors.llamacpp import forward_llama_log
+from omniserve.executors.llamacpp.runtime import quiet_llama_log
 from omniserve.runtime.types import MediaReading
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,7 @@ class MtmdEncoderExecutor(PerImageExecutor):
         import llama_cpp.mtmd_cpp as mtmd
 
         self._ll, self._mtmd = llama_cpp, mtmd
-        self._log_callback = llama_cpp.llama_log_callback(forward_llama_log)
-        llama_cpp.llama_log_set(self._log_callback, ctypes.c_void_p(0))
+        self._log_callback = quiet_llama_log(llama_cpp)
         mtmd.mtmd_log_set(self._log_callback, ctypes.c_void_p(0))
         mtmd.mtmd_helper_log_set(self._log_callback, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()

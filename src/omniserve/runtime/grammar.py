@@ -193,11 +193,10 @@ class _LlamaCheck:
     def __init__(self, vocab_path: str):
         import llama_cpp as ll
 
-        from omniserve.executors.llamacpp import forward_llama_log
+        from omniserve.executors.llamacpp.runtime import quiet_llama_log
 
         self.ll = ll
-        self._log = ll.llama_log_callback(forward_llama_log)  # quiet: to Python logging at debug level
-        ll.llama_log_set(self._log, ctypes.c_void_p(0))
+        self._log = quiet_llama_log(ll)
         params = ll.llama_model_default_params()
         params.vocab_only = True
         self.model = ll.llama_model_load_from_file(vocab_path.encode(), params)

@@ -26,6 +26,14 @@ def forward_llama_log(level: int, text: bytes, user_data) -> None:
         _llama_log.debug(text.decode("utf-8", "replace").rstrip())
 
 
+def quiet_llama_log(ll) -> Any:
+    """llama.cpp talks a lot on stderr and says its failures in return values: its log goes to Python
+    logging at debug level (and `LOG_TAIL`). The callback it returns must be kept alive."""
+    callback = ll.llama_log_callback(forward_llama_log)
+    ll.llama_log_set(callback, ctypes.c_void_p(0))
+    return callback
+
+
 def decode_error(rc: int) -> OmniError:
     """What the requests of a batch that `llama_decode` refused get: no room in the KV cache (1) or no
     memory for the compute (< -1) is a 507, since the same request may pass when fewer run."""
@@ -65,10 +73,7 @@ class LlamaRuntime:
         self.ll = ll = llama_cpp
         self.model_path = model_path
         self.threads = threads
-        # llama.cpp talks a lot on stderr; its failures reach us as return values, so
-        # its log goes to Python logging at debug level only.
-        self._log_callback = ll.llama_log_callback(forward_llama_log)
-        ll.llama_log_set(self._log_callback, ctypes.c_void_p(0))
+        self._log_callback = quiet_llama_log(ll)
         ll.llama_backend_init()
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers

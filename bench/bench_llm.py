@@ -14,7 +14,8 @@ All run on the same GGUF with the same thread count, in one run:
 Every request decodes exactly --max-tokens tokens (EOS is banned with `logit_bias`, which every
 server honours), so the work is identical. Aggregate tok/s is tokens over wall time from the first
 request to the last token, prefill included, for the raw loop too (its decode-only rate goes to
-stderr). Each concurrency level runs `--rounds` requests per client.
+stderr). Each concurrency level runs `--rounds` requests per client. The servers run side by side and take
+turns at each level, `--repeats` times (default 3); a figure is over all of a server's runs at that level.
 
     python bench/bench_llm.py                       # 1, 4, 8, 16 clients, 128 tokens each
     python bench/bench_llm.py --concurrency 8 --peers omniserve llama-server
@@ -214,6 +215,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2, help="requests per client, one after another")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each level per server, the servers taking turns")
     ap.add_argument("--peers", nargs="+", default=["raw", "omniserve", "llama-server"], choices=PEERS)
     args = ap.parse_args()
     model = args.model or str(ALIASES["smollm2-135m"].materialize(Path(tempfile.gettempdir())))
@@ -225,14 +227,25 @@ def main() -> None:
         if "raw" in peers:
             results[("raw", n)] = run_raw(model, args.threads, n, args.max_tokens)
             print(f"raw n={n}: {results[('raw', n)].tok_s:.1f} tok/s", file=sys.stderr)
-    for kind in peers[1:] if "raw" in peers else peers:
-        with server(kind, model, args.threads, slots) as base:
-            for n in args.concurrency:
-                results[(kind, n)] = asyncio.run(load(base, n, args.max_tokens, eos, args.rounds))
-                print(f"{kind} n={n}: {results[(kind, n)].tok_s:.1f} tok/s", file=sys.stderr)
+    servers = [p for p in peers if p != "raw"]
+    with contextlib.ExitStack() as stack:
+        # All servers up at once (an idle one costs nothing), and the peers take turns at each level,
+        # --repeats times: the machine's slow drifts fall on every peer alike.
+        bases = {kind: stack.enter_context(server(kind, model, args.threads, slots)) for kind in servers}
+        for n in args.concurrency:
+            runs: dict[str, list[Result]] = {kind: [] for kind in servers}
+            for _ in range(args.repeats):
+                for kind in servers:
+                    runs[kind].append(asyncio.run(load(bases[kind], n, args.max_tokens, eos, args.rounds)))
+                    print(f"{kind} n={n}: {runs[kind][-1].tok_s:.1f} tok/s", file=sys.stderr)
+            for kind in servers:
+                results[(kind, n)] = Result(sum(r.tokens for r in runs[kind]), sum(r.wall for r in runs[kind]),
+                                            [x for r in runs[kind] for x in r.ttfts],
+                                            [x for r in runs[kind] for x in r.itls])
 
     print(f"\nmodel {Path(model).name}, {args.threads} threads, {args.max_tokens} tokens per stream, "
-          f"{args.rounds} streams per client, {slots} slots\n")
+          f"{args.rounds} streams per client, {slots} slots, {args.repeats} runs per server and level, "
+          "taking turns\n")
     head = f"{'tok/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>9}"
     print(f"{'clients':>7} | " + " | ".join(f"{p:^39}" for p in peers))
     print(f"{'':>7} | " + " | ".join(head for _ in peers))

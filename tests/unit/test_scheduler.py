@@ -67,7 +67,7 @@ def finished(s: Scheduler, kv: FakeKv, prompt: list[int]) -> Sequence:
 
 def test_prompts_that_arrive_together_start_one_per_step_in_order():
     kv = FakeKv(4)
-    s = Scheduler(kv, slots=4, n_batch=64)
+    s = Scheduler(kv, slots=4, n_batch=64, short_prefill_tokens=4)
     seqs = [seq(f"r{i}", list(range(10 * i, 10 * i + 5))) for i in range(3)]
     for q in seqs:
         s.add(q)
@@ -77,6 +77,22 @@ def test_prompts_that_arrive_together_start_one_per_step_in_order():
         first_tokens.append([q.request_id for q in seqs if q.n_past >= len(q.prompt)])
     assert sizes == [5, 1 + 5, 2 + 5]  # the first prompt answers after its own work alone
     assert first_tokens == [["r0"], ["r0", "r1"], ["r0", "r1", "r2"]]
+
+
+def test_prompts_with_few_tokens_left_join_any_step():
+    kv = FakeKv(4)
+    s = Scheduler(kv, slots=4, n_batch=512, prefix_cache_min_tokens=4, short_prefill_tokens=2)
+    system = list(range(1, 30))
+    first = finished(s, kv, system + [40])
+    assert s.kept[first.slot][1] == first.prompt
+    cold = seq("cold", list(range(100, 110)))
+    warm = [seq(f"warm{i}", system + [50 + i]) for i in range(2)]  # one token left each, after the copy
+    for q in (*warm, cold):
+        s.add(q)
+    assert [q.cached for q in warm] == [29, 29]
+    plan = step(s, kv)
+    assert {c.seq.request_id for c in plan.chunks} == {"cold", "warm0", "warm1"}  # the cold prompt and both warm
+    assert all(q.next_token is not None for q in (cold, *warm))
 
 
 def test_prompts_that_arrive_together_can_start_in_one_step_in_slot_order():

@@ -52,6 +52,7 @@ class LlamaCppArgs(BaseModel):
     prefix_cache_min_tokens: int = Field(64, ge=1, description="the shortest prompt prefix copied from another slot")
     # prompts a step advances: one at a time gives the earliest first tokens on a CPU (see scheduler.py)
     max_prefill_sequences: int = Field(1, ge=1, description="prompts in prefill that one step advances")
+    short_prefill_tokens: int = Field(16, ge=0, description="a prompt with no more tokens left joins any step")
     lora_paths: dict[str, str] = Field(default_factory=dict, description="LoRA adapter name -> GGUF path")
     # for tests: a request whose prompt holds this text fails while it decodes (it alone fails; the stage goes on)
     fail_on: str | None = None
@@ -100,7 +101,7 @@ class LlamaCppExecutor:
                                     n_batch=a.n_batch, threads=a.threads, n_gpu_layers=a.n_gpu_layers)
         self.context_length = rt.context_length
         self.scheduler = Scheduler(rt, a.max_sequences, rt.n_batch, a.prefix_cache and rt.can_trim,
-                                   a.prefix_cache_min_tokens, a.max_prefill_sequences)
+                                   a.prefix_cache_min_tokens, a.max_prefill_sequences, a.short_prefill_tokens)
         self.renderer = PromptRenderer(rt, a.chat_template)
         self.embedder = LlamaEmbedder(rt)
         return {

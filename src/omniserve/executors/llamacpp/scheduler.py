@@ -15,7 +15,9 @@ policy (`max_prefill_sequences`): on a CPU a step costs in proportion to its
 tokens, so prompts taken one at a time, in order, give the earliest first
 tokens (the first gets its answer after one prompt's work, not after all of
 them) while the running streams keep moving in between; a GPU has room to
-take several at once. A prompt's image embeddings (a vision-language model)
+take several at once. A prompt with only a few tokens left to decode (most of
+it found in the prefix cache: `short_prefill_tokens`) costs little, and joins
+the step whatever the policy. A prompt's image embeddings (a vision-language model)
 go in a decode of their own, one block per step.
 
 Prefix caching: a slot keeps its prompt's KV when its sequence ends. A new
@@ -129,10 +131,11 @@ class StepPlan:
 
 class Scheduler:
     def __init__(self, kv: KvCache, slots: int, n_batch: int, prefix_cache: bool = True,
-                 prefix_cache_min_tokens: int = 64, max_prefill_sequences: int = 1):
+                 prefix_cache_min_tokens: int = 64, max_prefill_sequences: int = 1, short_prefill_tokens: int = 16):
         self.kv = kv
         self.n_batch = n_batch
         self.max_prefill_sequences = max_prefill_sequences  # prompts (or image blocks) one step advances
+        self.short_prefill_tokens = short_prefill_tokens  # a prompt with no more left joins any step
         self.prefix_cache = prefix_cache
         # shorter shared prefixes are decoded again unless the slot a sequence takes anyway keeps them
         self.prefix_cache_min_tokens = prefix_cache_min_tokens
@@ -195,16 +198,19 @@ class Scheduler:
         started = 0
         for seq in group:
             seq.batch_pos = -1
-            if seq.next_token is not None or budget <= 0 or started >= self.max_prefill_sequences:
+            if seq.next_token is not None or budget <= 0:
                 continue
             block = seq.block_at_next()
             if block is not None:
-                if embedding is None:  # one block per step: it is a decode of its own
+                if embedding is None and started < self.max_prefill_sequences:  # one block: a decode of its own
                     embedding = self._embedding_chunk(seq, *block)
                     started += 1
                 continue
-            started += 1
             end = min((s for s in seq.blocks if s > seq.n_past), default=len(seq.prompt))
+            if end - seq.n_past > self.short_prefill_tokens:
+                if started >= self.max_prefill_sequences:
+                    continue
+                started += 1
             take = min(end - seq.n_past, budget)
             prefill.append((seq, take))
             budget -= take

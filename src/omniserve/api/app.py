@@ -20,6 +20,7 @@ from omniserve.api.routes import (
     images,
     lora,
     models,
+    realtime,
     videos,
 )
 from omniserve.config import ServerArgs
@@ -35,7 +36,7 @@ def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner |
     install_error_handlers(app)
     openapi.install(app)
     for router in (chat.router, completions.router, embeddings.router, audio.router, images.router, videos.router,
-                   diffusion_lora.router, lora.router, models.router, health.router):
+                   diffusion_lora.router, lora.router, models.router, health.router, realtime.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:

@@ -11,6 +11,7 @@ from omniserve.api.errors import omni_error_body
 from omniserve.errors import OmniError, PayloadTooLarge, Unauthorized
 
 OPEN_PATHS = {"/health"}
+INSECURE_KEY_PROTOCOL = b"openai-insecure-api-key."
 
 
 async def _reject(exc: OmniError, scope, receive, send) -> None:
@@ -23,12 +24,17 @@ class ApiKeyMiddleware:
         self._key = api_key.encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization", b"")
         token = auth[7:].strip() if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
+        if not token and scope["type"] == "websocket":  # browsers cannot set headers: the key rides as a subprotocol
+            offered = [p.strip() for p in headers.get(b"sec-websocket-protocol", b"").split(b",")]
+            token = next((p[len(INSECURE_KEY_PROTOCOL):] for p in offered if p.startswith(INSECURE_KEY_PROTOCOL)), b"")
         if not hmac.compare_digest(token, self._key):
+            if scope["type"] == "websocket":  # closing before the handshake answers it with 403
+                return await send({"type": "websocket.close", "code": 1008})
             message = "Invalid API key." if token else "Missing API key: send 'Authorization: Bearer <key>'."
             return await _reject(Unauthorized(message), scope, receive, send)
         return await self.app(scope, receive, send)

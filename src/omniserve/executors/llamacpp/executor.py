@@ -20,7 +20,7 @@ from omniserve.executors.base import EmbeddingParams, request_params
 from omniserve.executors.llamacpp.embeddings import LlamaEmbedder
 from omniserve.executors.llamacpp.prompt import MEDIA_MARKER, PromptRenderer
 from omniserve.executors.llamacpp.runtime import LlamaRuntime, decode_error
-from omniserve.executors.llamacpp.scheduler import EmbeddingChunk, Scheduler, Sequence, StepPlan
+from omniserve.executors.llamacpp.scheduler import EmbeddingChunk, Scheduler, SeqState, Sequence, StepPlan
 from omniserve.executors.text_stream import TextStream
 from omniserve.runtime.messages import ControlOp, LoadAdapter, UnloadAdapter
 from omniserve.runtime.types import (
@@ -334,10 +334,10 @@ class LlamaCppExecutor:
                            completion_tokens=seq.generated)]
 
     def _release(self, seq: _Generation) -> None:
-        if seq.sampler is not None:
+        """Once per sequence, whether it finished, failed or was aborted: its slot and its sampler go."""
+        if seq.state is not SeqState.DONE:
             self.scheduler.release(seq)
             self.rt.free_sampler(seq.sampler)
-            seq.sampler = None
 
     # ---- LoRA adapters -------------------------------------------------------------
 

@@ -156,6 +156,10 @@ def test_text_that_is_not_json_and_an_unknown_model(server):
         receive(ws)
         ws.send("hello")
         assert "not JSON" in receive(ws)["error"]["message"]
+        ws.send(b"\x00\x01")
+        assert "binary frames" in receive(ws)["error"]["message"]
+        send(ws, {"type": "input_audio_buffer.clear"})
+        assert receive(ws)["type"] == "input_audio_buffer.cleared"  # the session goes on
     with connect(url(server, "?model=gpt-nope"), additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
         error = receive(ws)
         assert error["type"] == "error" and error["error"]["code"] == "model_not_found"

@@ -42,10 +42,14 @@ async def realtime(ws: WebSocket, model: str | None = None):
     await _send(ws, session.created())
     try:
         while True:
-            text = await ws.receive_text()
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
             try:
+                if message.get("text") is None:
+                    raise RealtimeError("binary frames are not events: send each event as JSON in a text frame")
                 try:
-                    data = json.loads(text)
+                    data = json.loads(message["text"])
                 except ValueError:
                     raise RealtimeError("the message is not JSON: send one event per text frame") from None
                 events = session.handle(parse_client_event(data))
@@ -54,7 +58,7 @@ async def realtime(ws: WebSocket, model: str | None = None):
             for event in events:
                 await _send(ws, event)
     except (WebSocketDisconnect, RuntimeError):
-        pass  # the client left (a binary frame ends the session too: the API sends JSON text frames)
+        pass  # the client left while an event was going out
 
 
 async def _send(ws: WebSocket, event: ServerEvent) -> None:

@@ -5,17 +5,14 @@ that leave the session open."""
 from __future__ import annotations
 
 import base64
-import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from omniserve.media.pcm import PCM16, PcmWriter
-from tests.audio_helpers import librivox_clips
-from tests.conftest import run_server
+from tests.conftest import idle, run_server, wait_until
+from tests.realtime_helpers import next_of, open_session, receive, send, speech_pcm24k, until, ws_url
 
 KEY = "sk-realtime-test"
 
@@ -28,28 +25,11 @@ def server(tmp_path_factory):
 
 
 def url(server, query: str = "") -> str:
-    return server.base_url.replace("http://", "ws://") + "/v1/realtime" + query
+    return ws_url(server.base_url, query)
 
 
 def session(server, **kw):
-    return connect(url(server), additional_headers={"Authorization": f"Bearer {KEY}"}, **kw)
-
-
-def receive(ws) -> dict:
-    return json.loads(ws.recv(timeout=30))
-
-
-def send(ws, event: dict) -> None:
-    ws.send(json.dumps(event))
-
-
-def speech_pcm24k(silence_before_s: float = 1.0, silence_after_s: float = 1.5) -> bytes:
-    """A LibriVox sentence with silence around it, as the Realtime API's default pcm16 at 24 kHz."""
-    audio, rate = sf.read(librivox_clips()[0][0], dtype="int16")
-    pcm = np.concatenate([np.zeros(int(rate * silence_before_s), np.int16), audio,
-                          np.zeros(int(rate * silence_after_s), np.int16)])
-    writer = PcmWriter(PCM16, rate)
-    return writer.write(pcm.tobytes()) + writer.flush()
+    return open_session(server.base_url, KEY, **kw)
 
 
 def test_the_api_key_is_checked_on_the_upgrade(server):
@@ -117,12 +97,16 @@ def test_manual_commit_and_clear_without_turn_detection(server):
         send(ws, {"type": "input_audio_buffer.commit"})
         first = receive(ws)
         assert first["type"] == "input_audio_buffer.committed" and first["previous_item_id"] is None
+        added = receive(ws)  # the buffer is now a user item
+        assert added["type"] == "conversation.item.added" and added["item"]["id"] == first["item_id"]
+        assert added["item"]["role"] == "user" and added["item"]["content"][0]["type"] == "input_audio"
+        assert receive(ws)["type"] == "conversation.item.done"
         send(ws, {"type": "input_audio_buffer.append", "audio": base64.b64encode(tone).decode()})
         send(ws, {"type": "input_audio_buffer.commit"})
-        assert receive(ws)["previous_item_id"] == first["item_id"]
+        assert next_of(ws, "input_audio_buffer.committed")["previous_item_id"] == first["item_id"]
         send(ws, {"type": "input_audio_buffer.append", "audio": base64.b64encode(tone).decode()})
         send(ws, {"type": "input_audio_buffer.clear"})
-        assert receive(ws)["type"] == "input_audio_buffer.cleared"
+        assert next_of(ws, "input_audio_buffer.cleared")
         send(ws, {"type": "input_audio_buffer.commit", "event_id": "c1"})  # nothing left to commit
         error = receive(ws)
         assert error["type"] == "error" and error["error"]["event_id"] == "c1"
@@ -163,3 +147,135 @@ def test_text_that_is_not_json_and_an_unknown_model(server):
     with connect(url(server, "?model=gpt-nope"), additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
         error = receive(ws)
         assert error["type"] == "error" and error["error"]["code"] == "model_not_found"
+
+
+def text_item(text: str, role: str = "user", **item) -> dict:
+    return {"type": "conversation.item.create",
+            "item": {"type": "message", "role": role, "content": [{"type": "input_text", "text": text}], **item}}
+
+
+def test_items_are_added_retrieved_and_deleted(server):
+    with session(server) as ws:
+        receive(ws)
+        send(ws, text_item("first"))
+        added = receive(ws)
+        assert added["type"] == "conversation.item.added" and added["previous_item_id"] is None
+        first = added["item"]
+        assert first["role"] == "user" and first["content"] == [{"type": "input_text", "text": "first"}]
+        assert first["object"] == "realtime.item" and first["status"] == "completed"
+        done = receive(ws)
+        assert done["type"] == "conversation.item.done" and done["item"] == first
+        send(ws, {**text_item("Be terse.", "system", id="sys1"), "previous_item_id": "root"})
+        added = next_of(ws, "conversation.item.added")
+        assert added["item"]["id"] == "sys1" and added["previous_item_id"] is None
+        send(ws, {"type": "conversation.item.retrieve", "item_id": first["id"]})
+        retrieved = next_of(ws, "conversation.item.retrieved")
+        assert retrieved["item"] == first
+        send(ws, {"type": "conversation.item.delete", "item_id": "sys1"})
+        assert receive(ws)["item_id"] == "sys1"
+        send(ws, {"type": "conversation.item.retrieve", "item_id": "sys1", "event_id": "r1"})
+        error = receive(ws)
+        assert error["type"] == "error" and error["error"]["code"] == "item_not_found"
+        assert error["error"]["event_id"] == "r1"
+
+
+@pytest.mark.parametrize("event, code, param", [
+    ({"type": "conversation.item.create", "item": {"type": "message", "role": "user"}}, "invalid_request_error",
+     "item.content"),
+    ({"type": "conversation.item.create", "item": {"type": "message", "role": "assistant",
+                                                   "content": [{"type": "input_text", "text": "x"}]}},
+     "invalid_request_error", "item.content[0]"),
+    ({"type": "conversation.item.create", "item": {"type": "function_call_output", "output": "1"}},
+     "invalid_request_error", "item.call_id"),
+    ({"type": "conversation.item.create", "previous_item_id": "nope",
+      "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]}},
+     "item_not_found", "previous_item_id"),
+    ({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
+        {"type": "input_audio", "audio": "%%%"}]}}, "invalid_base64", "item.content[0].audio"),
+    ({"type": "conversation.item.truncate", "item_id": "nope", "content_index": 0, "audio_end_ms": 10},
+     "item_not_found", "item_id"),
+    ({"type": "conversation.item.delete", "item_id": "nope"}, "item_not_found", "item_id"),
+    ({"type": "response.cancel"}, "response_cancel_not_active", None),
+    ({"type": "response.create", "response": {"tools": [{"type": "function", "name": "f"}],
+                                              "tool_choice": {"type": "function", "name": "g"}}},
+     "invalid_request_error", "response.tool_choice"),
+    ({"type": "response.create", "response": {"output_modalities": ["video"]}}, "invalid_request_error",
+     "response.output_modalities.0"),
+])
+def test_a_bad_item_or_response_event_is_an_error_event(server, event, code, param):
+    with session(server) as ws:
+        receive(ws)
+        send(ws, {**event, "event_id": "e2"})
+        error = next_of(ws, "error")
+        assert error["error"]["code"] == code and error["error"]["param"] == param, error
+        assert error["error"]["event_id"] == "e2"
+        send(ws, {"type": "input_audio_buffer.clear"})
+        assert next_of(ws, "input_audio_buffer.cleared")  # the session goes on
+
+
+def test_a_text_response_streams_and_a_second_waits_its_turn(server):
+    with session(server) as ws:
+        receive(ws)
+        send(ws, {"type": "session.update", "session": {"output_modalities": ["text"], "max_output_tokens": 24}})
+        send(ws, text_item("Name three colors."))
+        send(ws, {"type": "response.create"})
+        send(ws, {"type": "response.create", "event_id": "r2"})
+        events = until(ws, "response.done")
+    kinds = [e["type"] for e in events]
+    error = next(e for e in events if e["type"] == "error")
+    assert error["error"]["code"] == "conversation_already_has_active_response" and error["error"]["event_id"] == "r2"
+    order = ["response.created", "response.output_item.added", "response.content_part.added",
+             "response.output_text.delta", "response.output_text.done", "response.content_part.done",
+             "response.output_item.done", "response.done"]
+    assert [k for k in kinds if k in order and k != "response.output_text.delta"] == [
+        k for k in order if k != "response.output_text.delta"]
+    assert kinds.index("response.output_text.delta") < kinds.index("response.output_text.done")
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text.strip() and text == next(e for e in events if e["type"] == "response.output_text.done")["text"]
+    part = next(e for e in events if e["type"] == "response.content_part.added")["part"]
+    assert part == {"type": "text", "text": ""}
+    done = events[-1]["response"]
+    assert done["status"] in ("completed", "incomplete") and done["output"][0]["content"][0]["text"] == text
+    assert done["output"][0]["role"] == "assistant" and done["output"][0]["status"] == "completed"
+    usage = done["usage"]
+    assert 0 < usage["output_tokens"] <= 24 and usage["input_tokens"] > 0
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    if done["status"] == "incomplete":
+        assert done["status_details"] == {"type": "incomplete", "reason": "max_output_tokens"}
+
+
+def test_a_response_is_cancelled_and_frees_the_pipeline(server):
+    with session(server) as ws, server.http() as http:
+        receive(ws)
+        send(ws, text_item("Write a long story about a lighthouse keeper."))
+        send(ws, {"type": "response.create", "response": {"output_modalities": ["text"], "max_output_tokens": 2000}})
+        next_of(ws, "response.output_text.delta")
+        send(ws, {"type": "response.cancel"})
+        events = until(ws, "response.done")
+        done = events[-1]["response"]
+        assert done["status"] == "cancelled"
+        assert done["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+        assert done["output"][0]["status"] == "incomplete"
+        assert "response.output_text.done" in [e["type"] for e in events]  # what was open is closed
+        wait_until(lambda: idle(http))
+
+
+def test_audio_out_without_a_talker_fails_the_response(server):
+    with session(server) as ws:
+        receive(ws)
+        send(ws, text_item("Hello"))
+        send(ws, {"type": "response.create"})  # the session's default: audio
+        done = next_of(ws, "response.done")["response"]
+        assert done["status"] == "failed" and "text-to-speech" in done["status_details"]["error"]["message"]
+
+
+def test_a_beta_client_gets_the_beta_event_names(server):
+    with open_session(server.base_url, KEY, headers={"OpenAI-Beta": "realtime=v1"}) as ws:
+        receive(ws)
+        send(ws, text_item("Hi"))
+        assert receive(ws)["type"] == "conversation.item.created"
+        send(ws, {"type": "response.create", "response": {"modalities": ["text"], "max_response_output_tokens": 8}})
+        kinds = [e["type"] for e in until(ws, "response.done")]
+    assert "response.text.delta" in kinds and "response.text.done" in kinds
+    assert not any(k.startswith("response.output_") and k not in ("response.output_item.added",
+                                                                  "response.output_item.done") for k in kinds)

@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 import numpy as np
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from omniserve.api.protocol.audio import OPENAI_VOICES
 from omniserve.errors import InvalidRequest, PayloadTooLarge
@@ -29,14 +29,14 @@ _ACCEPTED_MIME = {
 }
 
 
-def media_limits(request: Request) -> MediaLimits:
+def media_limits(request: HTTPConnection) -> MediaLimits:
     settings = request.app.state.settings
     return MediaLimits(max_bytes=settings.max_media_bytes, allow_private_urls=settings.allow_private_media_urls,
                        local_root=settings.allowed_local_media_path, deadline_s=settings.media_fetch_timeout,
                        timeout_s=min(10.0, settings.media_fetch_timeout))
 
 
-async def fetch_media(request: Request, ref: Any, where: str, kind: str) -> bytes:
+async def fetch_media(request: HTTPConnection, ref: Any, where: str, kind: str) -> bytes:
     """A URL string or `{url}` object (or, for audio, `{data, format}`) -> bytes whose declared type fits `kind`."""
     if kind == "audio" and isinstance(ref, dict) and "data" in ref:
         if not isinstance(ref["data"], str):
@@ -58,13 +58,13 @@ def _check_mime(fetched: Fetched, kind: str, where: str) -> None:
     raise InvalidRequest(f"{where}: expected {kind} but the data is declared as {mime!r}", param=where)
 
 
-async def load_image(request: Request, ref: Any, where: str, alpha: bool = False) -> np.ndarray:
+async def load_image(request: HTTPConnection, ref: Any, where: str, alpha: bool = False) -> np.ndarray:
     data = await fetch_media(request, ref, where, "image")
     max_pixels = request.app.state.settings.max_image_pixels
     return await asyncio.to_thread(decode_image, data, where=where, max_pixels=max_pixels, alpha=alpha)
 
 
-async def decode_uploaded_image(request: Request, upload: Any, where: str, alpha: bool = False) -> np.ndarray:
+async def decode_uploaded_image(request: HTTPConnection, upload: Any, where: str, alpha: bool = False) -> np.ndarray:
     """An uploaded image file (multipart) -> pixels, under the same limits as any image input."""
     data = await upload.read()
     settings = request.app.state.settings
@@ -74,7 +74,7 @@ async def decode_uploaded_image(request: Request, upload: Any, where: str, alpha
                                    alpha=alpha)
 
 
-async def load_video(request: Request, ref: Any, where: str, fps: float, max_frames: int,
+async def load_video(request: HTTPConnection, ref: Any, where: str, fps: float, max_frames: int,
                      with_audio: bool) -> VideoClip:
     data = await fetch_media(request, ref, where, "video")
     settings = request.app.state.settings
@@ -83,12 +83,12 @@ async def load_video(request: Request, ref: Any, where: str, fps: float, max_fra
         max_pixels=settings.max_image_pixels, with_audio=with_audio, max_audio_seconds=settings.max_audio_seconds)
 
 
-async def decode_audio_bytes(request: Request, data: bytes, where: str) -> np.ndarray:
+async def decode_audio_bytes(request: HTTPConnection, data: bytes, where: str) -> np.ndarray:
     max_seconds = request.app.state.settings.max_audio_seconds
     return await asyncio.to_thread(decode_audio, data, where=where, max_seconds=max_seconds)
 
 
-async def load_audio(request: Request, ref: dict[str, Any] | str, where: str) -> np.ndarray:
+async def load_audio(request: HTTPConnection, ref: dict[str, Any] | str, where: str) -> np.ndarray:
     """An `input_audio` object ({data: base64, format}) or an `audio_url` -> samples."""
     return await decode_audio_bytes(request, await fetch_media(request, ref, where, "audio"), where)
 

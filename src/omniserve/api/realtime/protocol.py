@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from omniserve.api.protocol.common import omitted
 from omniserve.media.pcm import FORMATS
 from omniserve.validation import first_error
 
@@ -63,6 +64,23 @@ class AudioSpec(_Open):
     output: AudioOutputSpec | None = None
 
 
+class ToolSpec(_Open):
+    """A function the model may call (the Realtime API's flat shape)."""
+
+    type: Literal["function"] = "function"
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class FunctionChoice(_Open):
+    type: Literal["function"]
+    name: str
+
+
+ToolChoice = Literal["auto", "none", "required"] | FunctionChoice
+
+
 class SessionSpec(_Open):
     """`session.update`'s `session`: only the fields it sets change."""
 
@@ -77,6 +95,50 @@ class SessionSpec(_Open):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     max_output_tokens: int | Literal["inf"] | None = None
     max_response_output_tokens: int | Literal["inf"] | None = None  # beta
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+
+
+class ContentSpec(_Open):
+    """A content part of an item the client adds (GA names, and beta's `text` and `audio`)."""
+
+    type: Literal["input_text", "input_audio", "input_image", "output_text", "output_audio", "text", "audio"]
+    text: str | None = None
+    audio: str | None = None  # base64 in the session's input format
+    transcript: str | None = None
+    image_url: str | None = None
+
+
+class ItemSpec(_Open):
+    """`conversation.item.create`'s `item` (and `response.create`'s `input`)."""
+
+    id: str | None = Field(None, max_length=64)
+    type: Literal["message", "function_call", "function_call_output"]
+    role: Literal["user", "assistant", "system"] | None = None
+    content: list[ContentSpec] | None = None
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | None = None
+
+
+class ResponseSpec(_Open):
+    """`response.create`'s `response`: this response's settings over the session's."""
+
+    output_modalities: list[Literal["text", "audio"]] | None = None
+    modalities: list[Literal["text", "audio"]] | None = None  # beta
+    instructions: str | None = None
+    audio: AudioSpec | None = None
+    voice: str | None = None  # beta
+    output_audio_format: Literal["pcm16", "g711_ulaw", "g711_alaw"] | None = None  # beta
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    max_output_tokens: int | Literal["inf"] | None = None
+    max_response_output_tokens: int | Literal["inf"] | None = None  # beta
+    conversation: Literal["auto", "none"] | None = None  # "none": out of band, the conversation is left alone
+    input: list[ItemSpec] | None = None  # "none"'s context (else the conversation)
+    metadata: dict[str, str] | None = None
 
 
 # ---- client events ---------------------------------------------------------------------------------
@@ -107,11 +169,50 @@ class InputAudioClear(ClientEvent):
     type: Literal["input_audio_buffer.clear"]
 
 
+class ItemCreate(ClientEvent):
+    type: Literal["conversation.item.create"]
+    previous_item_id: str | None = None  # None: at the end; "root": at the start
+    item: ItemSpec
+
+
+class ItemTruncate(ClientEvent):
+    type: Literal["conversation.item.truncate"]
+    item_id: str
+    content_index: int = Field(ge=0)
+    audio_end_ms: int = Field(ge=0)
+
+
+class ItemDelete(ClientEvent):
+    type: Literal["conversation.item.delete"]
+    item_id: str
+
+
+class ItemRetrieve(ClientEvent):
+    type: Literal["conversation.item.retrieve"]
+    item_id: str
+
+
+class ResponseCreate(ClientEvent):
+    type: Literal["response.create"]
+    response: ResponseSpec | None = None
+
+
+class ResponseCancel(ClientEvent):
+    type: Literal["response.cancel"]
+    response_id: str | None = None
+
+
 CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
     "session.update": SessionUpdate,
     "input_audio_buffer.append": InputAudioAppend,
     "input_audio_buffer.commit": InputAudioCommit,
     "input_audio_buffer.clear": InputAudioClear,
+    "conversation.item.create": ItemCreate,
+    "conversation.item.truncate": ItemTruncate,
+    "conversation.item.delete": ItemDelete,
+    "conversation.item.retrieve": ItemRetrieve,
+    "response.create": ResponseCreate,
+    "response.cancel": ResponseCancel,
 }
 
 
@@ -182,8 +283,8 @@ class SessionOut(BaseModel):
     output_modalities: list[str]
     instructions: str
     audio: AudioOut
-    tools: list[dict[str, Any]] = Field(default_factory=list)
-    tool_choice: str = "auto"
+    tools: list[ToolSpec] = Field(default_factory=list)
+    tool_choice: ToolChoice = "auto"
     temperature: float | None = None
     max_output_tokens: int | Literal["inf"] = "inf"
 
@@ -212,6 +313,186 @@ class CommittedEvent(ServerEvent):
 
 class ClearedEvent(ServerEvent):
     type: Literal["input_audio_buffer.cleared"] = "input_audio_buffer.cleared"
+
+
+# ---- conversation items ----------------------------------------------------------------------------
+
+
+class ContentPart(BaseModel):
+    type: str  # input_text, input_audio, input_image, output_text, output_audio
+    text: str | None = omitted()
+    transcript: str | None = omitted()
+    image_url: str | None = omitted()
+
+
+class Item(BaseModel):
+    """A conversation item as the server shows it (audio stays on the server: events never echo it)."""
+
+    id: str
+    object: Literal["realtime.item"] = "realtime.item"
+    type: Literal["message", "function_call", "function_call_output"]
+    status: Literal["completed", "incomplete", "in_progress"] = "completed"
+    role: Literal["user", "assistant", "system"] | None = omitted()
+    content: list[ContentPart] | None = omitted()
+    call_id: str | None = omitted()
+    name: str | None = omitted()
+    arguments: str | None = omitted()
+    output: str | None = omitted()
+
+
+class ItemEvent(ServerEvent):
+    """conversation.item.added / .done / .retrieved (beta: .created)."""
+
+    previous_item_id: str | None = None
+    item: Item
+
+
+class ItemDeletedEvent(ServerEvent):
+    type: Literal["conversation.item.deleted"] = "conversation.item.deleted"
+    item_id: str
+
+
+class ItemTruncatedEvent(ServerEvent):
+    type: Literal["conversation.item.truncated"] = "conversation.item.truncated"
+    item_id: str
+    content_index: int
+    audio_end_ms: int
+
+
+class TranscriptionDeltaEvent(ServerEvent):
+    type: Literal["conversation.item.input_audio_transcription.delta"] = (
+        "conversation.item.input_audio_transcription.delta")
+    item_id: str
+    content_index: int = 0
+    delta: str
+
+
+class TranscriptionCompletedEvent(ServerEvent):
+    type: Literal["conversation.item.input_audio_transcription.completed"] = (
+        "conversation.item.input_audio_transcription.completed")
+    item_id: str
+    content_index: int = 0
+    transcript: str
+    usage: dict[str, Any]
+
+
+class TranscriptionFailedEvent(ServerEvent):
+    type: Literal["conversation.item.input_audio_transcription.failed"] = (
+        "conversation.item.input_audio_transcription.failed")
+    item_id: str
+    content_index: int = 0
+    error: dict[str, Any]
+
+
+# ---- responses -------------------------------------------------------------------------------------
+
+
+class TokenDetails(BaseModel):
+    text_tokens: int = 0
+    audio_tokens: int = 0
+    cached_tokens: int | None = omitted()
+
+
+class ResponseUsage(BaseModel):
+    total_tokens: int
+    input_tokens: int
+    output_tokens: int
+    input_token_details: TokenDetails
+    output_token_details: TokenDetails
+
+
+class ResponseOut(BaseModel):
+    object: Literal["realtime.response"] = "realtime.response"
+    id: str
+    status: Literal["in_progress", "completed", "cancelled", "failed", "incomplete"] = "in_progress"
+    status_details: dict[str, Any] | None = None
+    output: list[Item] = Field(default_factory=list)
+    conversation_id: str | None = None
+    output_modalities: list[str]
+    max_output_tokens: int | Literal["inf"] = "inf"
+    audio: dict[str, Any] | None = None
+    usage: ResponseUsage | None = None
+    metadata: dict[str, str] | None = None
+
+
+class ResponseEvent(ServerEvent):
+    """response.created / response.done."""
+
+    response: ResponseOut
+
+
+class OutputItemEvent(ServerEvent):
+    """response.output_item.added / .done."""
+
+    response_id: str
+    output_index: int
+    item: Item
+
+
+class _InPart(ServerEvent):
+    response_id: str
+    item_id: str
+    output_index: int
+    content_index: int
+
+
+class ContentPartEvent(_InPart):
+    """response.content_part.added / .done."""
+
+    part: ContentPart
+
+
+class DeltaEvent(_InPart):
+    """response.output_audio.delta (base64 audio), .output_audio_transcript.delta, .output_text.delta."""
+
+    delta: str
+
+
+class AudioDoneEvent(_InPart):
+    type: Literal["response.output_audio.done"] = "response.output_audio.done"
+
+
+class TranscriptDoneEvent(_InPart):
+    type: Literal["response.output_audio_transcript.done"] = "response.output_audio_transcript.done"
+    transcript: str
+
+
+class TextDoneEvent(_InPart):
+    type: Literal["response.output_text.done"] = "response.output_text.done"
+    text: str
+
+
+class ArgumentsDeltaEvent(ServerEvent):
+    type: Literal["response.function_call_arguments.delta"] = "response.function_call_arguments.delta"
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    delta: str
+
+
+class ArgumentsDoneEvent(ServerEvent):
+    type: Literal["response.function_call_arguments.done"] = "response.function_call_arguments.done"
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    name: str
+    arguments: str
+
+
+# GA's event names, as the beta API spelled them (a beta client says so with `OpenAI-Beta: realtime=v1`);
+# None: the beta API had no such event
+BETA_NAMES: dict[str, str | None] = {
+    "response.output_audio.delta": "response.audio.delta",
+    "response.output_audio.done": "response.audio.done",
+    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
+    "response.output_audio_transcript.done": "response.audio_transcript.done",
+    "response.output_text.delta": "response.text.delta",
+    "response.output_text.done": "response.text.done",
+    "conversation.item.added": "conversation.item.created",
+    "conversation.item.done": None,
+}
 
 
 class ErrorDetail(BaseModel):

@@ -1,19 +1,23 @@
-"""One realtime conversation's state: its settings, its input audio buffer and server-side turn detection.
+"""One realtime session's state: its settings, its input audio buffer with server-side turn detection,
+and its conversation. It takes client events and answers with server events, and with actions for the
+connection to carry out (transcribe an item, start or cancel a response), so it holds no tasks itself.
 
 Audio arrives as base64 chunks in the session's input format and is kept as mono float32 at 16 kHz
 (what turn detection and speech to text take). With `server_vad`, speech starting and stopping are
-events, and a stop commits the buffer as a user item; without it, the client commits. Times are in
-milliseconds of all the audio the session was sent, as at OpenAI."""
+events, and a stop commits the buffer as a user item and asks for a response; without it, the client
+commits. Times are in milliseconds of all the audio the session was sent, as at OpenAI."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import uuid
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
+from omniserve.api.protocol.audio import OPENAI_VOICES
+from omniserve.api.realtime.conversation import Conversation, item_from_spec, new_id
 from omniserve.api.realtime.protocol import (
     AudioInputOut,
     AudioOut,
@@ -21,11 +25,24 @@ from omniserve.api.realtime.protocol import (
     ClearedEvent,
     ClientEvent,
     CommittedEvent,
+    ContentPart,
     FormatOut,
     InputAudioAppend,
     InputAudioClear,
     InputAudioCommit,
+    Item,
+    ItemCreate,
+    ItemDelete,
+    ItemDeletedEvent,
+    ItemEvent,
+    ItemRetrieve,
+    ItemSpec,
+    ItemTruncate,
+    ItemTruncatedEvent,
     RealtimeError,
+    ResponseCancel,
+    ResponseCreate,
+    ResponseSpec,
     ServerEvent,
     SessionEvent,
     SessionOut,
@@ -33,6 +50,8 @@ from omniserve.api.realtime.protocol import (
     SessionUpdate,
     SpeechStartedEvent,
     SpeechStoppedEvent,
+    ToolChoice,
+    ToolSpec,
     TurnDetectionOut,
     TurnDetectionSpec,
     audio_format,
@@ -42,38 +61,75 @@ from omniserve.media.vad import SileroVad, SpeechStarted, TurnDetector, TurnSett
 
 MAX_APPEND_BYTES = 15 * 1024 * 1024  # one input_audio_buffer.append, as at OpenAI
 MIN_COMMIT_MS = 100  # a shorter buffer is nothing to answer
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+# what a session is told until the client says otherwise (OpenAI has default instructions too): a spoken
+# answer should be short, and a small model keeps to the point when asked
+DEFAULT_INSTRUCTIONS = "You are a friendly voice assistant. Keep your answers short: one or two sentences."
 
 
 @dataclass
 class SessionSettings:
     voice: str
-    instructions: str = ""
+    instructions: str = DEFAULT_INSTRUCTIONS
     output_modalities: list[str] = field(default_factory=lambda: ["audio"])
     input_format: PcmFormat = PCM16
     output_format: PcmFormat = PCM16
     turn_detection: TurnDetectionSpec | None = field(default_factory=TurnDetectionSpec)
     temperature: float | None = None
     max_output_tokens: int | str = "inf"
+    tools: list[ToolSpec] = field(default_factory=list)
+    tool_choice: ToolChoice = "auto"
 
 
 @dataclass
-class UserAudio:
-    """A committed stretch of the user's speech: a conversation item waiting to be heard."""
+class ResponseOptions:
+    """One response's settings: the session's, with `response.create`'s over them."""
 
+    modalities: list[str]
+    instructions: str
+    voice: str
+    output_format: PcmFormat
+    tools: list[ToolSpec]
+    tool_choice: ToolChoice
+    temperature: float | None
+    max_output_tokens: int | str
+    in_conversation: bool = True  # False: out of band; its items stay out of the conversation
+    input: list[Item] | None = None  # the context instead of the conversation
+    metadata: dict[str, str] | None = None
+
+
+# ---- what the connection is asked to do ------------------------------------------------------------
+
+
+@dataclass
+class Transcribe:
     item_id: str
-    samples: np.ndarray  # mono float32 at 16 kHz
+
+
+@dataclass
+class StartResponse:
+    options: ResponseOptions
+    event_id: str | None = None
+
+
+@dataclass
+class CancelResponse:
+    reason: Literal["turn_detected", "client_cancelled"]
+    event_id: str | None = None
+
+
+Action = Transcribe | StartResponse | CancelResponse
 
 
 class RealtimeSession:
-    def __init__(self, model: str, voice: str, vad: SileroVad):
+    def __init__(self, model: str, voices: list[str], vad: SileroVad, transcriber: str | None = None):
+        """`voices`: the talker's (the first is the default; none: no talker, any name goes).
+        `transcriber`: the speech-to-text model that transcribes the user's audio (None: none served)."""
         self.id = new_id("sess")
         self.model = model
-        self.settings = SessionSettings(voice=voice)
-        self.items: list[UserAudio] = []
+        self.voices = voices
+        self.settings = SessionSettings(voice=voices[0] if voices else "alloy")
+        self.conversation = Conversation()
+        self.transcriber = transcriber
         self._vad = vad
         self._written_ms = 0.0  # all input audio so far
         self._reader = PcmReader(self.settings.input_format)
@@ -89,10 +145,10 @@ class RealtimeSession:
     def created(self) -> SessionEvent:
         return SessionEvent(type="session.created", session=self.describe())
 
-    def handle(self, event: ClientEvent) -> list[ServerEvent]:
+    def handle(self, event: ClientEvent) -> list[ServerEvent | Action]:
         match event:
             case SessionUpdate(session=spec):
-                self._update(spec)
+                self._update(spec, event.event_id)
                 return [SessionEvent(type="session.updated", session=self.describe())]
             case InputAudioAppend(audio=audio):
                 return self._append(audio, event.event_id)
@@ -102,6 +158,22 @@ class RealtimeSession:
                 self._reset_buffer()
                 self._restart_detector()
                 return [ClearedEvent()]
+            case ItemCreate(item=spec, previous_item_id=previous):
+                item, audio = item_from_spec(spec, self._decode_audio, event.event_id)
+                return self._add_item(item, audio, previous, event.event_id)
+            case ItemRetrieve(item_id=item_id):
+                item = self.conversation.get(item_id, event.event_id)
+                return [ItemEvent(type="conversation.item.retrieved", item=item)]
+            case ItemDelete(item_id=item_id):
+                self.conversation.delete(item_id, event.event_id)
+                return [ItemDeletedEvent(item_id=item_id)]
+            case ItemTruncate(item_id=item_id, content_index=index, audio_end_ms=end_ms):
+                self.conversation.truncate(item_id, index, end_ms, event.event_id)
+                return [ItemTruncatedEvent(item_id=item_id, content_index=index, audio_end_ms=end_ms)]
+            case ResponseCreate(response=spec):
+                return [StartResponse(self.response_options(spec or ResponseSpec(), event.event_id), event.event_id)]
+            case ResponseCancel():
+                return [CancelResponse("client_cancelled", event.event_id)]
         raise RealtimeError(f"{event.type} is not handled yet", event_id=event.event_id)
 
     def describe(self) -> SessionOut:
@@ -109,26 +181,29 @@ class RealtimeSession:
         turn = s.turn_detection
         return SessionOut(
             id=self.id, model=self.model, output_modalities=s.output_modalities, instructions=s.instructions,
-            temperature=s.temperature, max_output_tokens=s.max_output_tokens,
+            temperature=s.temperature, max_output_tokens=s.max_output_tokens, tools=s.tools, tool_choice=s.tool_choice,
             audio=AudioOut(
                 input=AudioInputOut(format=FormatOut(type=s.input_format.name, rate=s.input_format.rate),
-                                    turn_detection=TurnDetectionOut(**turn.model_dump()) if turn else None),
+                                    turn_detection=TurnDetectionOut(**turn.model_dump()) if turn else None,
+                                    transcription={"model": self.transcriber} if self.transcriber else None),
                 output=AudioOutputOut(format=FormatOut(type=s.output_format.name, rate=s.output_format.rate),
                                       voice=s.voice)))
 
     # ---- settings ------------------------------------------------------------------------------
 
-    def _update(self, spec: SessionSpec) -> None:
+    def _update(self, spec: SessionSpec, event_id: str | None) -> None:
         s = self.settings
         fields = spec.model_fields_set
         audio_in = spec.audio.input if spec.audio else None
         audio_out = spec.audio.output if spec.audio else None
+        voice = (audio_out.voice if audio_out else None) or spec.voice
+        if voice:  # checked first: a bad update changes nothing
+            voice = self._voice(voice, "session.audio.output.voice", event_id)
         if spec.instructions is not None:
             s.instructions = spec.instructions
         modalities = spec.output_modalities or spec.modalities
         if modalities:
             s.output_modalities = list(dict.fromkeys(modalities))
-        voice = (audio_out.voice if audio_out else None) or spec.voice
         if voice:
             s.voice = voice
         input_format = (audio_in.format if audio_in else None) or spec.input_audio_format
@@ -149,7 +224,55 @@ class RealtimeSession:
         tokens = spec.max_output_tokens if spec.max_output_tokens is not None else spec.max_response_output_tokens
         if tokens is not None:
             s.max_output_tokens = tokens
+        if spec.tools is not None:
+            s.tools = spec.tools
+        if spec.tool_choice is not None:
+            s.tool_choice = spec.tool_choice
 
+    def response_options(self, spec: ResponseSpec, event_id: str | None = None) -> ResponseOptions:
+        s = self.settings
+        audio_out = spec.audio.output if spec.audio else None
+        output_format = (audio_out.format if audio_out else None) or spec.output_audio_format
+        tokens = spec.max_output_tokens if spec.max_output_tokens is not None else spec.max_response_output_tokens
+        tools = spec.tools if spec.tools is not None else s.tools
+        choice = spec.tool_choice if spec.tool_choice is not None else s.tool_choice
+        if not isinstance(choice, str) and choice.name not in {t.name for t in tools}:
+            raise RealtimeError(f"response.create: tool_choice names {choice.name!r}, which is not among the tools",
+                                param="response.tool_choice", event_id=event_id)
+        return ResponseOptions(
+            modalities=list(dict.fromkeys(spec.output_modalities or spec.modalities or s.output_modalities)),
+            instructions=spec.instructions if spec.instructions is not None else s.instructions,
+            voice=self._voice((audio_out.voice if audio_out else None) or spec.voice or s.voice,
+                              "response.audio.output.voice", event_id),
+            output_format=audio_format(output_format) if output_format else s.output_format,
+            tools=tools, tool_choice=choice,
+            temperature=spec.temperature if spec.temperature is not None else s.temperature,
+            max_output_tokens=tokens if tokens is not None else s.max_output_tokens,
+            in_conversation=spec.conversation != "none",
+            input=[self._input_item(item, k, event_id) for k, item in enumerate(spec.input)]
+            if spec.input is not None else None,
+            metadata=spec.metadata)
+
+    def _voice(self, name: str, param: str, event_id: str | None = None) -> str:
+        """An installed voice (any case) or an OpenAI voice name (the talker's default speaks it)."""
+        if not self.voices or name in OPENAI_VOICES:
+            return name
+        match = next((v for v in self.voices if v.lower() == name.lower()), None)
+        if match is None:
+            raise RealtimeError(f"{param}: unknown voice {name!r}; valid voices: "
+                                f"{', '.join(self.voices + list(OPENAI_VOICES))}", param=param, event_id=event_id)
+        return match
+
+    def _input_item(self, spec: ItemSpec, k: int, event_id: str | None) -> Item:
+        """An item of `response.create`'s `input`: by reference (`id` alone) or whole."""
+        if spec.id and any(i.id == spec.id for i in self.conversation.items):
+            return self.conversation.get(spec.id)
+        item, audio = item_from_spec(spec, self._decode_audio, event_id)
+        if audio is not None:
+            raise RealtimeError("response.create: input audio out of band is not supported; add the audio to the "
+                                "conversation, or give its transcript", param=f"response.input[{k}]",
+                                event_id=event_id)
+        return item
     def _restart_detector(self) -> None:
         turn = self.settings.turn_detection
         self._detector = None if turn is None else TurnDetector(self._vad, TurnSettings(
@@ -158,45 +281,73 @@ class RealtimeSession:
 
     # ---- the input audio buffer ------------------------------------------------------------------
 
-    def _append(self, audio: str, event_id: str | None) -> list[ServerEvent]:
+    def _bytes(self, audio: str, where: str, param: str, event_id: str | None) -> bytes:
+        """Base64 audio in the session's input format, checked."""
         if len(audio) > MAX_APPEND_BYTES * 4 // 3 + 4:
-            raise RealtimeError(f"input_audio_buffer.append: the audio is larger than {MAX_APPEND_BYTES} bytes; "
-                                "send it in smaller chunks", code="audio_too_large", param="audio", event_id=event_id)
+            raise RealtimeError(f"{where}: the audio is larger than {MAX_APPEND_BYTES} bytes; send it in smaller "
+                                "chunks", code="audio_too_large", param=param, event_id=event_id)
         try:
             data = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError):
-            raise RealtimeError("input_audio_buffer.append: `audio` is not valid base64", code="invalid_base64",
-                                param="audio", event_id=event_id) from None
+            raise RealtimeError(f"{where}: `{param}` is not valid base64", code="invalid_base64", param=param,
+                                event_id=event_id) from None
         fmt = self.settings.input_format
         if fmt.codec == "pcm16" and len(data) % 2:
-            raise RealtimeError(f"input_audio_buffer.append: {fmt.name} audio is 16-bit samples, an even number "
-                                f"of bytes; got {len(data)}", code="invalid_audio_format", param="audio",
-                                event_id=event_id)
+            raise RealtimeError(f"{where}: {fmt.name} audio is 16-bit samples, an even number of bytes; got "
+                                f"{len(data)}", code="invalid_audio_format", param=param, event_id=event_id)
+        return data
+
+    def _decode_audio(self, audio: str, param: str, event_id: str | None = None) -> np.ndarray:
+        """A whole clip in an item (its own reader: the buffer's keeps the stream's resampler state)."""
+        reader = PcmReader(self.settings.input_format)
+        return np.concatenate([reader.read(self._bytes(audio, "conversation.item.create", param, event_id)),
+                               reader.read(b"")])
+
+    def _append(self, audio: str, event_id: str | None) -> list[ServerEvent | Action]:
+        data = self._bytes(audio, "input_audio_buffer.append", "audio", event_id)
+        fmt = self.settings.input_format
         samples = self._reader.read(data)
         self._written_ms += len(data) / fmt.bytes_per_sample * 1000 / fmt.rate
         self._buffer.append(samples)
         self._buffered += len(samples)
-        events: list[ServerEvent] = []
+        events: list[ServerEvent | Action] = []
+        turn_settings = self.settings.turn_detection
         for turn in self._detector.feed(samples) if self._detector else []:
             if isinstance(turn, SpeechStarted):
                 events.append(SpeechStartedEvent(audio_start_ms=round(self._detector_origin_ms + turn.audio_start_ms),
                                                  item_id=self._pending_item))
+                if turn_settings.interrupt_response:
+                    events.append(CancelResponse("turn_detected"))  # barge-in (nothing, when no response runs)
             else:
                 events.append(SpeechStoppedEvent(audio_end_ms=round(self._detector_origin_ms + turn.audio_end_ms),
                                                  item_id=self._pending_item))
                 events += self._commit(None)
+                if turn_settings.create_response:
+                    events.append(StartResponse(self.response_options(ResponseSpec())))
         return events
 
-    def _commit(self, event_id: str | None) -> list[ServerEvent]:
+    def _commit(self, event_id: str | None) -> list[ServerEvent | Action]:
         if self._buffered * 1000 < MIN_COMMIT_MS * ASR_RATE:
             raise RealtimeError(f"input_audio_buffer.commit: the buffer holds {self._buffered * 1000 // ASR_RATE} "
                                 f"ms of audio; at least {MIN_COMMIT_MS} ms is needed", code="input_audio_buffer_"
                                 "commit_empty", event_id=event_id)
-        previous = self.items[-1].item_id if self.items else None
-        item = UserAudio(self._pending_item, np.concatenate(self._buffer))
-        self.items.append(item)
+        items = self.conversation.items
+        previous = items[-1].id if items else None
+        item = Item(id=self._pending_item, type="message", role="user",
+                    content=[ContentPart(type="input_audio", transcript=None)])
+        audio = np.concatenate(self._buffer)
         self._reset_buffer()
-        return [CommittedEvent(previous_item_id=previous, item_id=item.item_id)]
+        return [CommittedEvent(previous_item_id=previous, item_id=item.id), *self._add_item(item, audio)]
+
+    def _add_item(self, item: Item, audio: np.ndarray | None, previous_item_id: str | None = None,
+                  event_id: str | None = None) -> list[ServerEvent | Action]:
+        previous = self.conversation.add(item, previous_item_id, audio, event_id)
+        events: list[ServerEvent | Action] = [
+            ItemEvent(type="conversation.item.added", previous_item_id=previous, item=item),
+            ItemEvent(type="conversation.item.done", previous_item_id=previous, item=item)]
+        if audio is not None and self.transcriber is not None and not any(p.transcript for p in item.content or []):
+            events.append(Transcribe(item.id))
+        return events
 
     def _reset_buffer(self) -> None:
         self._buffer, self._buffered = [], 0

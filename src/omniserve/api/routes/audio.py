@@ -15,10 +15,9 @@ from starlette.datastructures import UploadFile
 from omniserve.api.media import decode_audio_bytes, resolve_voice, voice_names
 from omniserve.api.protocol.audio import OPENAI_VOICES, SpeechRequest, TranscriptionForm
 from omniserve.api.protocol.common import parse_body, validate_fields
-from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect
+from omniserve.api.routes.common import get_client, new_id, resolve_model, stage_params, start, until_disconnect
 from omniserve.api.sse import SSE_HEADERS, sse_stream
 from omniserve.errors import InvalidRequest
-from omniserve.executors import request_params_model
 from omniserve.media.audio import AudioEncoder, encode_audio, output_format
 from omniserve.runtime.types import MediaReading, OmniOutput, OmniRequest
 
@@ -36,13 +35,8 @@ async def create_speech(request: Request):
     params = {"voice": resolve_voice(model, body.voice), "speed": body.speed,
               "noise_scale": body.noise_scale, "noise_w_scale": body.noise_w_scale}
     route = client.stages_of(model)  # an omni checkpoint reads the text aloud through all its stages
-    omni = OmniRequest(new_id("speech"), prompt=body.input, entry=route[0], output_modalities=["audio"])
-    executors = dict(client.stage_executors())
-    for stage in route:
-        params_model = request_params_model(executors[stage])
-        if params_model is not None:
-            seeded = body.seed is not None and "seed" in params_model.model_fields
-            omni.params[stage] = {**params, "seed": body.seed} if seeded else params
+    omni = OmniRequest(new_id("speech"), prompt=body.input, entry=route[0], output_modalities=["audio"],
+                       params=stage_params(client, model, params, body.seed))
     _, stream = await start(request, client, omni)
     rate = model.info["sample_rate"]
     encoder = AudioEncoder(body.response_format, rate)

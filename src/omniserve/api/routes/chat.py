@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.requests import HTTPConnection
 
 from omniserve.api.media import load_audio, load_image, load_video, resolve_voice
 from omniserve.api.protocol.chat import (
@@ -42,13 +43,13 @@ from omniserve.api.routes.common import (
     new_id,
     now,
     resolve_chat_model,
+    stage_params,
     start,
     until_disconnect,
 )
 from omniserve.api.routes.images import encoded, generate
 from omniserve.api.sse import SSE_HEADERS, sse_stream
 from omniserve.errors import InvalidRequest
-from omniserve.executors import request_params_model
 from omniserve.media.audio import AudioEncoder
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import OmniOutput, OmniRequest, audio_part, image_part, video_part
@@ -69,7 +70,7 @@ async def create_chat_completion(request: Request):
     served, adapter = resolve_chat_model(client, body.model, body.lora_path)
     model = f"{served.id}:{adapter}" if adapter else served.id
     request_id = new_id("chatcmpl")
-    omni, talker = await _omni_request(request, client, body, served, request_id)
+    omni, talker = await chat_omni_request(request, client, body, served, request_id)
     omni.sampling[served.stage].lora = adapter
     first, stream = await start(request, client, omni, stage=served.stage)
     speech = _Speech(body.audio or AudioOutput(), talker) if talker else None
@@ -121,9 +122,10 @@ class _Speech:
         return data + encoder.close() if out.finish_reason else data
 
 
-async def _omni_request(request: Request, client: Client, body: ChatCompletionRequest, served: ServedModel,
-                        request_id: str) -> tuple[OmniRequest, ServedModel | None]:
-    """The request, routed through the stages it needs; also the talker, if it speaks."""
+async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatCompletionRequest,
+                            served: ServedModel, request_id: str) -> tuple[OmniRequest, ServedModel | None]:
+    """The request, routed through the stages it needs; also the talker, if it speaks. `request`: the
+    HTTP request or the realtime WebSocket (the server's media limits)."""
     refs = body.media_refs()
     limit = request.app.state.settings.max_media_items
     if len(refs) > limit:
@@ -160,20 +162,12 @@ async def _omni_request(request: Request, client: Client, body: ChatCompletionRe
     if talker is not None:
         omni.output_modalities = ["text", "audio"]
         voice = resolve_voice(talker, (body.audio or AudioOutput()).voice_name, "audio.voice")
-        stages = dict(client.stage_executors())
-        for stage in client.stages_of(talker):
-            params_model = request_params_model(stages[stage])
-            if params_model is None:
-                continue
-            values = {"voice": voice, "choices": body.n}
-            own = omni.stage_sampling.get(stage, {})
-            if "seed" in params_model.model_fields and body.seed is not None and "seed" not in own:
-                values["seed"] = body.seed  # one seed for the whole answer, its voice too
-            omni.params[stage] = values
+        own_seed = {stage for stage, values in omni.stage_sampling.items() if "seed" in values}
+        omni.params.update(stage_params(client, talker, {"voice": voice, "choices": body.n}, body.seed, own_seed))
     return omni, talker
 
 
-async def _load_media(request: Request, body: ChatCompletionRequest, refs: list[tuple[str, str, Any]],
+async def _load_media(request: HTTPConnection, body: ChatCompletionRequest, refs: list[tuple[str, str, Any]],
                       with_video_audio: bool) -> tuple[dict[str, list[dict[str, Any]]], list[Any], list[Any]]:
     """Fetch and decode every media item at once; return the placeholder parts each one
     becomes (by where it sits) and the decoded audio and images they point into."""

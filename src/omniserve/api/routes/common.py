@@ -14,6 +14,7 @@ from fastapi import Request, Response
 from pydantic import BaseModel
 
 from omniserve.errors import InvalidRequest, ModelNotFound, OmniError
+from omniserve.executors import request_params_model
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
@@ -82,6 +83,21 @@ def resolve_chat_model(client: Client, model_id: str | None, lora_path: str | No
     if model_id and client.model(model_id) is None and ":" in model_id:
         model_id, adapter = model_id.rsplit(":", 1)
     return resolve_model(client, model_id), adapter
+
+
+def stage_params(client: Client, model: ServedModel, values: dict[str, Any], seed: int | None = None,
+                 keep_seed: set[str] | frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """`values` for each stage of `model` that takes settings, with `seed` where a stage has one (one seed
+    for a whole answer, its voice too), except in `keep_seed` (stages whose caller set their own)."""
+    executors = dict(client.stage_executors())
+    params = {}
+    for stage in client.stages_of(model):
+        params_model = request_params_model(executors[stage])
+        if params_model is None:
+            continue
+        seeded = seed is not None and "seed" in params_model.model_fields and stage not in keep_seed
+        params[stage] = {**values, "seed": seed} if seeded else dict(values)
+    return params
 
 
 async def start(http: Request, client: Client, request: OmniRequest,

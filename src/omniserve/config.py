@@ -44,6 +44,7 @@ class ServerArgs(BaseSettings):
     threads: int | None = Field(None, ge=1)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     enable_cache_report: bool = False
+    disable_playground: bool = False
     disable_radix_cache: bool = False
     data_dir: Path = Path.home() / ".cache" / "omniserve"
     asr_model: str = Field("whisper-tiny.en", description="speech-to-text alias, Whisper folder, or none")

@@ -20,6 +20,7 @@ from omniserve.api.routes import (
     images,
     lora,
     models,
+    playground,
     realtime,
     videos,
 )
@@ -38,6 +39,8 @@ def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner |
     for router in (chat.router, completions.router, embeddings.router, audio.router, images.router, videos.router,
                    diffusion_lora.router, lora.router, models.router, health.router, realtime.router):
         app.include_router(router)
+    if not settings.disable_playground:
+        playground.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)  # outermost: checked first

@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 from omniserve.api.errors import omni_error_body
 from omniserve.errors import OmniError, PayloadTooLarge, Unauthorized
 
-OPEN_PATHS = {"/health"}
+OPEN_PATHS = {"/health", "/", "/playground"}  # the playground page asks for the key itself
+OPEN_PREFIXES = ("/playground/static/",)
 INSECURE_KEY_PROTOCOL = b"openai-insecure-api-key."
 
 
@@ -24,7 +25,8 @@ class ApiKeyMiddleware:
         self._key = api_key.encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] not in ("http", "websocket") or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization", b"")

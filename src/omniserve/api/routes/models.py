@@ -24,6 +24,8 @@ def model_card(m: ServedModel) -> dict:
         card["max_model_len"] = m.max_model_len
     if m.aliases:
         card["aliases"] = list(m.aliases)
+    if m.kind == "image":  # what it makes: images, and videos when it can
+        card["output_modalities"] = ["image", "video"] if m.info.get("videos") else ["image"]
     return card
 
 

@@ -1,0 +1,429 @@
+// omniserve playground: one page over the server's own OpenAI API. Chat (text, an image, a recorded
+// question; answers streamed, or spoken), a realtime voice conversation over /v1/realtime, and image and
+// video generation when the server has a model for them. No build step: plain browser JavaScript.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const RATE = 24000; // the Realtime API's pcm16 rate; recordings are made at it too
+
+// ---- the API key and requests ------------------------------------------------------------------------
+
+const keyInput = $("key");
+keyInput.value = localStorage.getItem("omniserve-key") || "";
+keyInput.addEventListener("change", () => {
+  localStorage.setItem("omniserve-key", keyInput.value);
+  loadModels();
+});
+
+function headers(json = true) {
+  const h = json ? { "Content-Type": "application/json" } : {};
+  if (keyInput.value) h.Authorization = "Bearer " + keyInput.value;
+  return h;
+}
+
+async function api(path, body) {
+  const init = body === undefined ? { headers: headers(false) }
+    : { method: "POST", headers: headers(), body: JSON.stringify(body) };
+  const response = await fetch(path, init);
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try { message = (await response.json()).error.message; } catch { /* not the error envelope */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+let models = [];
+const modelOf = (type) => models.find((m) => m.type === type);
+
+async function loadModels() {
+  try {
+    models = (await (await api("/v1/models")).json()).data;
+    $("status").textContent = "";
+  } catch (error) {
+    models = [];
+    $("status").textContent = error.message;
+  }
+  $("models").replaceChildren(...models.map((m) => {
+    const item = document.createElement("li");
+    const kind = document.createElement("span");
+    kind.className = "kind";
+    kind.textContent = m.type;
+    item.append(m.id, kind);
+    return item;
+  }));
+  const image = modelOf("image");
+  document.querySelector("[data-tab=images]").hidden = !image;
+  document.querySelector("[data-tab=videos]").hidden = !(image && (image.output_modalities || []).includes("video"));
+}
+
+for (const tab of document.querySelectorAll("#tabs button")) {
+  tab.addEventListener("click", () => {
+    for (const other of document.querySelectorAll("#tabs button")) {
+      other.classList.toggle("active", other === tab);
+      $(other.dataset.tab).hidden = other !== tab;
+    }
+  });
+}
+
+// ---- audio: the microphone, WAV files, and playback ------------------------------------------------------
+
+function base64(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
+function unbase64(text) {
+  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+}
+
+function wav(chunks, rate) {
+  const samples = chunks.reduce((n, c) => n + c.length, 0);
+  const bytes = new Uint8Array(44 + samples * 2);
+  const view = new DataView(bytes.buffer);
+  const text = (at, s) => [...s].forEach((c, i) => view.setUint8(at + i, c.charCodeAt(0)));
+  text(0, "RIFF"); view.setUint32(4, 36 + samples * 2, true); text(8, "WAVEfmt ");
+  view.setUint32(16, 16, true); view.setUint16(20, 1, true); view.setUint16(22, 1, true);
+  view.setUint32(24, rate, true); view.setUint32(28, rate * 2, true); view.setUint16(32, 2, true);
+  view.setUint16(34, 16, true); text(36, "data"); view.setUint32(40, samples * 2, true);
+  let at = 44;
+  for (const chunk of chunks) { bytes.set(new Uint8Array(chunk.buffer), at); at += chunk.length * 2; }
+  return bytes;
+}
+
+class Mic {
+  // Mono 16-bit PCM at 24 kHz, chunk by chunk (the browser resamples the microphone to the context's rate).
+  async start(onChunk) {
+    this.stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
+    this.context = new AudioContext({ sampleRate: RATE });
+    const source = this.context.createMediaStreamSource(this.stream);
+    this.node = this.context.createScriptProcessor(1024, 1, 1);
+    this.node.onaudioprocess = (event) => {
+      const input = event.inputBuffer.getChannelData(0);
+      const pcm = new Int16Array(input.length);
+      for (let i = 0; i < input.length; i++) pcm[i] = Math.max(-1, Math.min(1, input[i])) * 0x7fff;
+      onChunk(pcm);
+    };
+    source.connect(this.node);
+    this.node.connect(this.context.destination); // a processor only runs when connected; it outputs silence
+  }
+
+  stop() {
+    this.node?.disconnect();
+    this.stream?.getTracks().forEach((track) => track.stop());
+    this.context?.close();
+  }
+}
+
+class Player {
+  // pcm16 at 24 kHz, played gaplessly as it arrives; `stop` silences what is queued (barge-in).
+  constructor() {
+    this.context = new AudioContext({ sampleRate: RATE });
+    this.until = 0;
+    this.sources = new Set();
+    this.played = 0; // seconds of audio queued so far
+  }
+
+  play(bytes) {
+    const pcm = new Int16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 1);
+    if (!pcm.length) return;
+    const buffer = this.context.createBuffer(1, pcm.length, RATE);
+    const channel = buffer.getChannelData(0);
+    for (let i = 0; i < pcm.length; i++) channel[i] = pcm[i] / 0x8000;
+    const source = this.context.createBufferSource();
+    source.buffer = buffer;
+    source.connect(this.context.destination);
+    const at = Math.max(this.context.currentTime, this.until);
+    source.start(at);
+    this.until = at + buffer.duration;
+    this.played += buffer.duration;
+    this.sources.add(source);
+    source.onended = () => this.sources.delete(source);
+  }
+
+  stop() {
+    for (const source of this.sources) source.stop();
+    this.sources.clear();
+    this.until = 0;
+  }
+
+  close() {
+    this.stop();
+    this.context.close();
+  }
+}
+
+// ---- chat --------------------------------------------------------------------------------------------
+
+const history = [];
+let attachedImage = null; // a data URL
+let recorded = null; // base64 WAV
+let recorder = null;
+
+function bubble(role, text = "") {
+  const div = document.createElement("div");
+  div.className = `message ${role}`;
+  div.textContent = text;
+  $("messages").append(div);
+  div.scrollIntoView({ block: "end" });
+  return div;
+}
+
+function showAttachments() {
+  const parts = [];
+  if (attachedImage) {
+    const img = document.createElement("img");
+    img.src = attachedImage;
+    parts.push(img);
+  }
+  if (recorded) parts.push(document.createTextNode("recorded question attached"));
+  $("attachments").replaceChildren(...parts);
+}
+
+$("image").addEventListener("change", () => {
+  const file = $("image").files[0];
+  if (!file) return;
+  const reader = new FileReader();
+  reader.onload = () => { attachedImage = reader.result; showAttachments(); };
+  reader.readAsDataURL(file);
+});
+
+$("record").addEventListener("click", async () => {
+  if (recorder) {
+    recorder.mic.stop();
+    recorded = base64(wav(recorder.chunks, RATE));
+    recorder = null;
+    $("record").classList.remove("on");
+    $("record").textContent = "Record";
+    showAttachments();
+    return;
+  }
+  recorder = { mic: new Mic(), chunks: [] };
+  try {
+    await recorder.mic.start((pcm) => recorder && recorder.chunks.push(pcm));
+    $("record").classList.add("on");
+    $("record").textContent = "Stop";
+  } catch (error) {
+    recorder = null;
+    bubble("error", `microphone: ${error.message}`);
+  }
+});
+
+$("prompt").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("chat-form").requestSubmit(); }
+});
+
+$("chat-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = $("prompt").value.trim();
+  if (!text && !attachedImage && !recorded) return;
+  const content = [];
+  if (text) content.push({ type: "text", text });
+  if (attachedImage) content.push({ type: "image_url", image_url: { url: attachedImage } });
+  if (recorded) content.push({ type: "input_audio", input_audio: { data: recorded, format: "wav" } });
+  const shown = bubble("user", text || (recorded ? "(spoken question)" : ""));
+  if (attachedImage) { const img = document.createElement("img"); img.src = attachedImage; shown.append(img); }
+  history.push({ role: "user", content });
+  $("prompt").value = "";
+  $("image").value = "";
+  attachedImage = recorded = null;
+  showAttachments();
+  const answer = bubble("assistant", "…");
+  $("send").disabled = true;
+  try {
+    const model = modelOf("chat")?.id;
+    const said = $("speak").checked ? await spokenAnswer(model, answer) : await streamedAnswer(model, answer);
+    history.push({ role: "assistant", content: said });
+  } catch (error) {
+    answer.className = "message error";
+    answer.textContent = error.message;
+    history.pop();
+  } finally {
+    $("send").disabled = false;
+  }
+});
+
+const temperature = () => Number($("temperature").value);
+
+async function streamedAnswer(model, answer) {
+  const response = await api("/v1/chat/completions", {
+    model, messages: history, stream: true, temperature: temperature(),
+  });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "", pending = "";
+  answer.textContent = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    pending += value;
+    const lines = pending.split("\n");
+    pending = lines.pop();
+    for (const line of lines) {
+      if (!line.startsWith("data: {")) continue;
+      const chunk = JSON.parse(line.slice(6));
+      text += chunk.choices?.[0]?.delta?.content || "";
+      answer.textContent = text;
+    }
+  }
+  answer.dataset.done = "true";
+  return text;
+}
+
+async function spokenAnswer(model, answer) {
+  const response = await api("/v1/chat/completions", {
+    model, messages: history, modalities: ["text", "audio"], audio: { voice: "alloy", format: "wav" },
+    temperature: temperature(),
+  });
+  const message = (await response.json()).choices[0].message;
+  const text = message.content ?? message.audio?.transcript ?? "";
+  answer.textContent = text;
+  if (message.audio) {
+    const audio = document.createElement("audio");
+    audio.controls = true;
+    audio.autoplay = true;
+    audio.src = "data:audio/wav;base64," + message.audio.data;
+    answer.append(audio);
+  }
+  answer.dataset.done = "true";
+  return text;
+}
+
+// ---- voice: /v1/realtime -------------------------------------------------------------------------------
+
+let voice = null;
+
+function voiceLine(role, text) {
+  const div = document.createElement("div");
+  div.className = `message ${role}`;
+  div.textContent = text;
+  $("voice-log").append(div);
+  div.scrollIntoView({ block: "end" });
+  return div;
+}
+
+class VoiceSession {
+  constructor() {
+    const protocols = ["realtime"];
+    if (keyInput.value) protocols.push("openai-insecure-api-key." + keyInput.value);
+    const model = modelOf("chat")?.id;
+    const url = location.origin.replace(/^http/, "ws") + "/v1/realtime" + (model ? `?model=${encodeURIComponent(model)}` : "");
+    this.ws = new WebSocket(url, protocols);
+    this.mic = new Mic();
+    this.player = new Player();
+    this.lines = new Map(); // assistant item id -> its line
+    this.ws.onopen = () => this.listen();
+    this.ws.onmessage = (message) => this.take(JSON.parse(message.data));
+    this.ws.onclose = () => this.closed();
+  }
+
+  async listen() {
+    this.send({ type: "session.update", session: { type: "realtime", output_modalities: ["audio"],
+      max_output_tokens: 200 } });
+    try {
+      await this.mic.start((pcm) => this.send({
+        type: "input_audio_buffer.append", audio: base64(new Uint8Array(pcm.buffer)),
+      }));
+      this.state("listening");
+    } catch (error) {
+      voiceLine("error", `microphone: ${error.message}`);
+      this.ws.close();
+    }
+  }
+
+  send(event) {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(event));
+  }
+
+  state(text) {
+    $("voice-state").textContent = text;
+  }
+
+  take(event) {
+    switch (event.type) {
+      case "input_audio_buffer.speech_started":
+        this.player.stop(); // the user speaks over the answer: it stops here, and the server cuts it
+        this.state("hearing you");
+        break;
+      case "input_audio_buffer.speech_stopped":
+        this.state("thinking");
+        break;
+      case "conversation.item.input_audio_transcription.completed":
+        voiceLine("user", event.transcript || "(unclear)");
+        break;
+      case "response.output_audio_transcript.delta": {
+        let line = this.lines.get(event.item_id);
+        if (!line) { line = voiceLine("assistant", ""); this.lines.set(event.item_id, line); }
+        line.textContent += event.delta;
+        break;
+      }
+      case "response.output_audio.delta":
+        this.player.play(unbase64(event.delta));
+        this.state("speaking");
+        $("voice-log").dataset.audioSeconds = this.player.played.toFixed(2);
+        break;
+      case "response.done": {
+        const line = this.lines.get(event.response.output?.[0]?.id);
+        if (line) line.dataset.done = event.response.status;
+        this.state("listening");
+        break;
+      }
+      case "error":
+        voiceLine("error", event.error.message);
+        break;
+    }
+  }
+
+  close() {
+    this.ws.close();
+  }
+
+  closed() {
+    this.mic.stop();
+    this.player.close();
+    voice = null;
+    this.state("off");
+    $("voice-toggle").textContent = "Start talking";
+  }
+}
+
+$("voice-toggle").addEventListener("click", () => {
+  if (voice) { voice.close(); return; }
+  voice = new VoiceSession();
+  $("voice-toggle").textContent = "Stop";
+  voice.state("connecting");
+});
+
+// ---- images and videos --------------------------------------------------------------------------------
+
+$("image-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const out = $("image-out");
+  out.textContent = "drawing…";
+  try {
+    const body = { model: modelOf("image").id, prompt: $("image-prompt").value, size: $("image-size").value,
+      response_format: "b64_json" };
+    const data = (await (await api("/v1/images/generations", body)).json()).data;
+    out.replaceChildren(...data.map((d) => Object.assign(document.createElement("img"),
+      { src: "data:image/png;base64," + d.b64_json })));
+  } catch (error) {
+    out.textContent = error.message;
+  }
+});
+
+$("video-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const out = $("video-out");
+  out.textContent = "filming…";
+  try {
+    const job = await (await api("/v1/videos/sync", { model: modelOf("image").id, prompt: $("video-prompt").value })).json();
+    if (job.status !== "completed") throw new Error(job.error?.message || `the video job ${job.status}`);
+    const blob = await (await fetch(`/v1/videos/${job.id}/content`, { headers: headers(false) })).blob();
+    out.replaceChildren(Object.assign(document.createElement("video"),
+      { src: URL.createObjectURL(blob), controls: true, autoplay: true, muted: true, loop: true }));
+  } catch (error) {
+    out.textContent = error.message;
+  }
+});
+
+loadModels();

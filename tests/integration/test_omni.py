@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from omniserve.media.pcm import PCM16, PcmWriter
 from tests.conftest import MODEL_DATA, ROOT, run_server
 from tests.media_helpers import cat_video, data_url, image_part, photo_url, rgb, video_part
+from tests.realtime_helpers import audio_of, open_session, receive, send, until
 
 HELLO = [{"role": "user", "content": "Hello, how are you?"}]
 SPEAK = {"temperature": 0, "max_tokens": 120}  # the talker greedy: one answer to compare
@@ -266,6 +268,36 @@ def test_speech_endpoint_reads_the_text_aloud(omni_server):
 
 
 # ---- bad input ----------------------------------------------------------------------------------
+
+
+def test_realtime_the_omni_thinker_hears_the_audio_itself_and_answers_aloud(omni_server):
+    """Over /v1/realtime an omni checkpoint is asked directly: the user's audio goes to its thinker (no
+    speech-to-text stage is served), and its talker and code2wav speak the answer."""
+    sound = (tone(1.5) * 32767).astype("<i2")
+    writer = PcmWriter(PCM16, 16000)
+    pcm24k = writer.write(sound.tobytes()) + writer.flush()
+    with open_session(omni_server.base_url) as ws:
+        session = receive(ws)["session"]
+        assert session["model"] == "tiny-qwen2.5-omni" and session["audio"]["input"]["transcription"] is None
+        send(ws, {"type": "session.update", "session": {"instructions": "Be brief.", "temperature": 0,
+                                                        "max_output_tokens": 8, "output_modalities": ["text"]}})
+        send(ws, {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
+            {"type": "input_audio", "audio": base64.b64encode(pcm24k).decode()}]}})
+        send(ws, {"type": "response.create"})
+        heard = until(ws, "response.done")[-1]["response"]
+        send(ws, {"type": "response.create", "response": {"output_modalities": ["audio"],
+                                                          "stage_sampling": {"talker": SPEAK}}})
+        spoken = until(ws, "response.done")
+    assert not [e for e in spoken if e["type"].startswith("conversation.item.input_audio_transcription")]
+    # the same conversation as one chat request: as many prompt tokens, so the audio reached the thinker
+    chat = omni_server.openai().chat.completions.create(
+        model="tiny-qwen2.5-omni", max_tokens=8, temperature=0,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav_bytes(tone(1.5))).decode(),
+                                                    "format": "wav"}}]}])
+    assert heard["status"] in ("completed", "incomplete")
+    assert heard["usage"]["input_tokens"] == chat.usage.prompt_tokens > 40  # 1.5 s of audio is dozens of tokens
+    assert spoken[-1]["response"]["status"] in ("completed", "incomplete") and len(audio_of(spoken)) > 4800
 
 
 def test_bad_requests_are_400s(omni_server):

@@ -16,6 +16,18 @@ from omniserve.runtime.types import audio_part, fill_media_parts, media_kinds
 from tests.audio_helpers import decode
 
 
+def test_an_answer_opens_with_a_clause_or_a_few_words():
+    # the first chunk of an answer need not wait for the end of its sentence
+    assert split_sentences("Well, cats are", final=False, opening=True) == ([], "Well, cats are")  # 1 word
+    assert split_sentences("Cats are small, and", final=False, opening=True) == (["Cats are small, "], "and")
+    words = "one two three four five six seven eight nine"
+    assert split_sentences(words, final=False, opening=True) == (["one two three four five six seven eight "],
+                                                                 "nine")
+    assert split_sentences("one two three four five six seven eight", final=False, opening=True)[0] == []
+    assert split_sentences("Cats are small, and", final=False) == ([], "Cats are small, and")  # later: sentences
+    assert split_sentences("Hi. Cats are small, and", final=False, opening=True) == (["Hi. "], "Cats are small, and")
+
+
 def test_split_sentences_streaming():
     done, rest = split_sentences("Hello there. How are", final=False)
     assert done == ["Hello there. "] and rest == "How are"

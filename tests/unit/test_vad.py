@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from omniserve.media.vad import RATE, SileroVad, SpeechStarted, SpeechStopped, TurnDetector, TurnSettings
+from omniserve.media.vad import (
+    RATE,
+    SileroVad,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    TurnSettings,
+)
 from tests.audio_helpers import librivox_clips
 
 
@@ -26,10 +35,12 @@ def silence(ms: int) -> np.ndarray:
     return np.zeros(RATE * ms // 1000, np.float32)
 
 
-def feed(vad, audio: np.ndarray, chunk_ms: float, settings: TurnSettings = TurnSettings()) -> list:
+def feed(vad, audio: np.ndarray, chunk_ms: float, settings: TurnSettings = TurnSettings(),
+         pauses: bool = False) -> list:
     detector = TurnDetector(vad, settings)
     step = max(1, int(RATE * chunk_ms / 1000))
-    return [event for i in range(0, len(audio), step) for event in detector.feed(audio[i:i + step])]
+    events = [event for i in range(0, len(audio), step) for event in detector.feed(audio[i:i + step])]
+    return events if pauses else [e for e in events if isinstance(e, SpeechStarted | SpeechStopped)]
 
 
 def test_silence_and_hiss_are_no_turn(vad):
@@ -72,3 +83,17 @@ def test_a_higher_threshold_hears_less(vad):
     default = feed(vad, audio, 20)
     strict = feed(vad, audio, 20, TurnSettings(threshold=0.999))
     assert default and (not strict or strict[0].audio_start_ms >= default[0].audio_start_ms)
+
+
+def test_a_pause_comes_before_each_stop_and_speech_going_on_resumes_it(vad):
+    audio = np.concatenate([silence(500), clip(0), silence(800), clip(1), silence(2500)])
+    events = feed(vad, audio, 20, TurnSettings(silence_duration_ms=2000), pauses=True)
+    kinds = [type(e) for e in events]
+    assert kinds[0] is SpeechStarted and kinds[-2:] == [SpeechPaused, SpeechStopped]
+    # every pause is followed by a resumption or the stop, and nothing comes between a resumption and its pause
+    for i, kind in enumerate(kinds):
+        if kind is SpeechPaused:
+            assert kinds[i + 1] in (SpeechResumed, SpeechStopped)
+        if kind is SpeechResumed:
+            assert kinds[i - 1] is SpeechPaused
+    assert SpeechResumed in kinds  # the 800 ms between the sentences is a pause that the second one resumes

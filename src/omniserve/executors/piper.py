@@ -26,6 +26,11 @@ from omniserve.runtime.types import OmniOutput, OmniRequest
 # A sentence ends at . ! ? ; : or a newline followed by white space.
 _SENTENCE_END = re.compile(r"[.!?;:]+[\"')\]]*\s+|\n+")
 _MAX_CHUNK_CHARS = 300  # a run-on "sentence" is cut at a space past this length
+# The first chunk of an answer may end before its sentence does, so that the voice starts sooner: after a
+# clause of at least 3 words, or after this many words.
+_OPENING_WORDS = 8
+_CLAUSE_END = re.compile(r"[,\u2014\u2013]\s+|\s[-\u2014\u2013]\s+")
+_WORD = re.compile(r"\S+\s+")
 # Control characters say nothing, and espeak-ng's phonemizer refuses a NUL: spoken text goes without them.
 _UNSPOKEN = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
@@ -51,13 +56,17 @@ class SpeechParams(BaseModel):
     choices: int = Field(1, ge=1, le=16, description="the upstream answer's choices, each spoken on its own")
 
 
-def split_sentences(buffer: str, final: bool) -> tuple[list[str], str]:
-    """Complete sentences in `buffer`, and the unfinished rest (all of it when `final`)."""
+def split_sentences(buffer: str, final: bool, opening: bool = False) -> tuple[list[str], str]:
+    """Complete sentences in `buffer`, and the unfinished rest (all of it when `final`). `opening`: nothing of
+    this answer was cut yet, and its first chunk may be the first clause or words of its first sentence."""
     out, start = [], 0
     for match in _SENTENCE_END.finditer(buffer):
         out.append(buffer[start:match.end()])
         start = match.end()
     rest = buffer[start:]
+    if opening and not out and (cut := _opening_cut(rest)):
+        out.append(rest[:cut])
+        rest = rest[cut:]
     while len(rest) > _MAX_CHUNK_CHARS and " " in rest[_MAX_CHUNK_CHARS // 2:]:
         cut = rest.rindex(" ", 0, _MAX_CHUNK_CHARS) if " " in rest[:_MAX_CHUNK_CHARS] else rest.index(" ")
         out.append(rest[:cut + 1])
@@ -66,6 +75,15 @@ def split_sentences(buffer: str, final: bool) -> tuple[list[str], str]:
         out.append(rest)
         rest = ""
     return [s for s in out if s.strip()], rest
+
+
+def _opening_cut(text: str) -> int:
+    """Where an answer's first chunk may end inside its first sentence (0: not yet)."""
+    for match in _CLAUSE_END.finditer(text):
+        if len(text[:match.start()].split()) >= 3:
+            return match.end()
+    words = list(_WORD.finditer(text))
+    return words[_OPENING_WORDS - 1].end() if len(words) >= _OPENING_WORDS else 0
 
 
 @dataclass
@@ -172,7 +190,8 @@ class PiperExecutor:
         voice = job.voices[index]
         if voice.finished or job.request_id not in self._jobs:
             return []
-        sentences, voice.buffer = split_sentences(voice.buffer + text.translate(_UNSPOKEN), final)
+        opening = not voice.sentences and voice.characters == 0
+        sentences, voice.buffer = split_sentences(voice.buffer + text.translate(_UNSPOKEN), final, opening)
         voice.text_done = voice.text_done or final
         if sentences and not voice.sentences:
             self._turns.append((job.request_id, index))

@@ -6,6 +6,10 @@ A turn starts at the first window whose speech probability reaches `threshold`, 
 `threshold - 0.15`). The times are OpenAI's: `audio_start_ms` is where speech began minus
 `prefix_padding_ms` (the audio the model hears first), `audio_end_ms` is where the silence that
 ended the turn ran out. Feeding the same audio in any chunk sizes gives the same events.
+
+Between them, a pause (`PAUSE_MS` of quiet, while the silence that would end the turn is still running out)
+and speech resuming are events too: a listener may start work on what was said so far, and drop it if the
+speaker goes on.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ RATE = 16000
 WINDOW = 512  # samples a call scores (32 ms)
 CONTEXT = 64  # samples of the previous window each call also sees
 HYSTERESIS = 0.15  # speech goes on until the probability falls this far below the threshold
+PAUSE_MS = 160  # quiet this long within a turn is a pause (words are usually closer)
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,17 @@ class SpeechStopped:
     audio_end_ms: int
 
 
-TurnEvent = SpeechStarted | SpeechStopped
+@dataclass(frozen=True)
+class SpeechPaused:
+    """The speaker has been quiet for PAUSE_MS; the turn ends if the quiet lasts."""
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """The speaker went on after a pause."""
+
+
+TurnEvent = SpeechStarted | SpeechStopped | SpeechPaused | SpeechResumed
 
 
 class SileroVad:
@@ -100,6 +115,7 @@ class TurnDetector:
         events: list[TurnEvent] = []
         s = self.settings
         silence_windows = max(1, round(s.silence_duration_ms * RATE / 1000 / WINDOW))
+        pause_windows = round(PAUSE_MS * RATE / 1000 / WINDOW)
         for probability in self._stream.feed(samples):
             start_ms = self._windows * WINDOW * 1000 // RATE
             self._windows += 1
@@ -112,6 +128,10 @@ class TurnDetector:
                 if self._quiet >= silence_windows:
                     self.speaking = False
                     events.append(SpeechStopped(self._windows * WINDOW * 1000 // RATE))
+                elif self._quiet == pause_windows:
+                    events.append(SpeechPaused())
             else:
+                if self._quiet >= pause_windows:
+                    events.append(SpeechResumed())
                 self._quiet = 0
         return events

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 
+import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
 from omniserve.api.realtime.conversation import new_id
@@ -32,6 +34,15 @@ from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import MediaReading, OmniRequest
 
 
+@dataclass
+class Heard:
+    """A transcription: its pieces as they came, the whole text, and the seconds of audio."""
+
+    deltas: list[str]
+    transcript: str
+    seconds: float | None
+
+
 class RealtimeConnection:
     def __init__(self, ws: WebSocket, client: Client, session: RealtimeSession, chat: ServedModel,
                  talker: ServedModel | None, asr: ServedModel | None, beta: bool = False):
@@ -43,6 +54,7 @@ class RealtimeConnection:
         self._response: RealtimeResponse | None = None
         self._response_task: asyncio.Task | None = None
         self._transcriptions: dict[str, asyncio.Task] = {}
+        self._early: tuple[str, asyncio.Task] | None = None  # the buffer's transcription, begun at a pause
 
     def emit(self, event: ServerEvent) -> None:
         if self.beta and event.type in BETA_NAMES:
@@ -84,8 +96,16 @@ class RealtimeConnection:
             raise RealtimeError("the message is not JSON: send one event per text frame") from None
         for result in self.session.handle(parse_client_event(data)):
             match result:
+                case Transcribe(item_id=item_id, audio=audio, early=True):
+                    self._drop_early()
+                    if audio is not None:
+                        self._early = (item_id, asyncio.create_task(self._recognize(audio)))
                 case Transcribe(item_id=item_id):
-                    self._transcriptions[item_id] = asyncio.create_task(self._transcribe(item_id))
+                    early = self._early[1] if self._early and self._early[0] == item_id else None
+                    if early is None:
+                        self._drop_early()
+                    self._early = None
+                    self._transcriptions[item_id] = asyncio.create_task(self._transcribe(item_id, early))
                 case StartResponse():
                     self._start(result)
                 case CancelResponse():
@@ -132,37 +152,50 @@ class RealtimeConnection:
 
     # ---- the user's audio, transcribed ----------------------------------------------------------------
 
-    async def _transcribe(self, item_id: str) -> None:
+    async def _transcribe(self, item_id: str, early: asyncio.Task | None) -> None:
+        """Transcribe a user item, or take `early`, the transcription begun at the pause before it was
+        committed (the audio since was quiet), and say so."""
         conversation = self.session.conversation
         audio = conversation.user_audio[item_id]
-        request = OmniRequest(new_id("transcription"), audios=[audio], entry=self.asr.stage,
-                              params={self.asr.stage: {"task": "transcribe"}})
-        said, reading = [], MediaReading("audio")
-        stream = self.client.generate(request)
         try:
-            async for out in stream:
-                delta = out.text if said else out.text.lstrip()
-                if delta:
-                    said.append(delta)
-                    self.emit(TranscriptionDeltaEvent(item_id=item_id, delta=delta))
-                if isinstance(out.data, MediaReading):
-                    reading = out.data
+            heard = await (early or self._recognize(audio))
         except OmniError as exc:
             self.emit(TranscriptionFailedEvent(item_id=item_id, error={"type": exc.error_type, "code": exc.code,
                                                                        "message": exc.message}))
             return
-        finally:
-            await stream.aclose()
-        transcript = (reading.text or "".join(said)).strip()
+        for delta in heard.deltas:
+            self.emit(TranscriptionDeltaEvent(item_id=item_id, delta=delta))
         part = next((p for i in conversation.items if i.id == item_id for p in i.content or []
                      if p.type == "input_audio"), None)
         if part is not None:
-            part.transcript = transcript
-        self.emit(TranscriptionCompletedEvent(item_id=item_id, transcript=transcript,
+            part.transcript = heard.transcript
+        self.emit(TranscriptionCompletedEvent(item_id=item_id, transcript=heard.transcript,
                                               usage={"type": "duration",
-                                                     "seconds": round(reading.duration or len(audio) / ASR_RATE, 3)}))
+                                                     "seconds": round(heard.seconds or len(audio) / ASR_RATE, 3)}))
+
+    async def _recognize(self, audio: np.ndarray) -> Heard:
+        request = OmniRequest(new_id("transcription"), audios=[audio], entry=self.asr.stage,
+                              params={self.asr.stage: {"task": "transcribe"}})
+        deltas, reading = [], MediaReading("audio")
+        stream = self.client.generate(request)
+        try:
+            async for out in stream:
+                delta = out.text if deltas else out.text.lstrip()
+                if delta:
+                    deltas.append(delta)
+                if isinstance(out.data, MediaReading):
+                    reading = out.data
+        finally:
+            await stream.aclose()
+        return Heard(deltas, (reading.text or "".join(deltas)).strip(), reading.duration)
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            self._early[1].cancel()  # its request is aborted
+            self._early = None
 
     async def _stop(self) -> None:
+        self._drop_early()
         tasks = [t for t in (self._response_task, *self._transcriptions.values()) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()

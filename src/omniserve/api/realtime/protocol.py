@@ -97,6 +97,8 @@ class SessionSpec(_Open):
     max_response_output_tokens: int | Literal["inf"] | None = None  # beta
     tools: list[ToolSpec] | None = None
     tool_choice: ToolChoice | None = None
+    # sglang-omni's per-stage sampling (an omniserve extension, as in chat): {"talker": {"temperature": 0}}
+    stage_sampling: dict[str, dict[str, Any]] | None = None
 
 
 class ContentSpec(_Open):
@@ -136,6 +138,7 @@ class ResponseSpec(_Open):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     max_output_tokens: int | Literal["inf"] | None = None
     max_response_output_tokens: int | Literal["inf"] | None = None  # beta
+    stage_sampling: dict[str, dict[str, Any]] | None = None
     conversation: Literal["auto", "none"] | None = None  # "none": out of band, the conversation is left alone
     input: list[ItemSpec] | None = None  # "none"'s context (else the conversation)
     metadata: dict[str, str] | None = None

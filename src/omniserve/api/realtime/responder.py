@@ -132,7 +132,8 @@ class RealtimeResponse:
             "model": self._chat.id, "messages": messages, "temperature": o.temperature,
             "max_completion_tokens": None if o.max_output_tokens == "inf" else o.max_output_tokens,
             "tools": [{"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
-                      for t in o.tools] or None, "tool_choice": choice if o.tools else None}
+                      for t in o.tools] or None, "tool_choice": choice if o.tools else None,
+            "stage_sampling": o.stage_sampling or None}
         body = validate_fields({k: v for k, v in fields.items() if v is not None}, ChatCompletionRequest)
         text_first = body.calls_tools  # a call must not be spoken: the text first, then read aloud
         if speak and not text_first:
@@ -185,7 +186,9 @@ class RealtimeResponse:
         self._emit(ContentPartEvent(type="response.content_part.added", part=_shown(part), **self._at()))
         if speak:
             self._writer = PcmWriter(self.options.output_format, self._talker.info["sample_rate"])
-            self._track = self._conversation.spoken.setdefault(item.id, SpokenTrack())
+            self._track = SpokenTrack()
+            if self.options.in_conversation:  # what was said aloud, to cut the item back to what was heard
+                self._conversation.spoken[item.id] = self._track
         try:
             async for out in stream:
                 if speak and out.stage == self._talker.stage:

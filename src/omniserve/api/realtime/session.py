@@ -57,7 +57,15 @@ from omniserve.api.realtime.protocol import (
     audio_format,
 )
 from omniserve.media.pcm import ASR_RATE, PCM16, PcmFormat, PcmReader
-from omniserve.media.vad import SileroVad, SpeechStarted, TurnDetector, TurnSettings
+from omniserve.media.vad import (
+    SileroVad,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    TurnSettings,
+)
 
 MAX_APPEND_BYTES = 15 * 1024 * 1024  # one input_audio_buffer.append, as at OpenAI
 MIN_COMMIT_MS = 100  # a shorter buffer is nothing to answer
@@ -74,10 +82,11 @@ class SessionSettings:
     input_format: PcmFormat = PCM16
     output_format: PcmFormat = PCM16
     turn_detection: TurnDetectionSpec | None = field(default_factory=TurnDetectionSpec)
-    temperature: float | None = None
+    temperature: float | None = 0.8  # OpenAI's realtime default; a spoken answer wanders less than at 1
     max_output_tokens: int | str = "inf"
     tools: list[ToolSpec] = field(default_factory=list)
     tool_choice: ToolChoice = "auto"
+    stage_sampling: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +101,7 @@ class ResponseOptions:
     tool_choice: ToolChoice
     temperature: float | None
     max_output_tokens: int | str
+    stage_sampling: dict[str, dict] = field(default_factory=dict)
     in_conversation: bool = True  # False: out of band; its items stay out of the conversation
     input: list[Item] | None = None  # the context instead of the conversation
     metadata: dict[str, str] | None = None
@@ -102,7 +112,11 @@ class ResponseOptions:
 
 @dataclass
 class Transcribe:
+    """Transcribe an item's audio. `early`: the buffer so far, before it is an item (None: forget that)."""
+
     item_id: str
+    audio: np.ndarray | None = None
+    early: bool = False
 
 
 @dataclass
@@ -228,6 +242,8 @@ class RealtimeSession:
             s.tools = spec.tools
         if spec.tool_choice is not None:
             s.tool_choice = spec.tool_choice
+        if spec.stage_sampling is not None:
+            s.stage_sampling = spec.stage_sampling
 
     def response_options(self, spec: ResponseSpec, event_id: str | None = None) -> ResponseOptions:
         s = self.settings
@@ -246,6 +262,7 @@ class RealtimeSession:
                               "response.audio.output.voice", event_id),
             output_format=audio_format(output_format) if output_format else s.output_format,
             tools=tools, tool_choice=choice,
+            stage_sampling=spec.stage_sampling if spec.stage_sampling is not None else s.stage_sampling,
             temperature=spec.temperature if spec.temperature is not None else s.temperature,
             max_output_tokens=tokens if tokens is not None else s.max_output_tokens,
             in_conversation=spec.conversation != "none",
@@ -313,17 +330,23 @@ class RealtimeSession:
         events: list[ServerEvent | Action] = []
         turn_settings = self.settings.turn_detection
         for turn in self._detector.feed(samples) if self._detector else []:
-            if isinstance(turn, SpeechStarted):
-                events.append(SpeechStartedEvent(audio_start_ms=round(self._detector_origin_ms + turn.audio_start_ms),
-                                                 item_id=self._pending_item))
-                if turn_settings.interrupt_response:
-                    events.append(CancelResponse("turn_detected"))  # barge-in (nothing, when no response runs)
-            else:
-                events.append(SpeechStoppedEvent(audio_end_ms=round(self._detector_origin_ms + turn.audio_end_ms),
-                                                 item_id=self._pending_item))
-                events += self._commit(None)
-                if turn_settings.create_response:
-                    events.append(StartResponse(self.response_options(ResponseSpec())))
+            match turn:
+                case SpeechStarted(audio_start_ms=start_ms):
+                    events.append(SpeechStartedEvent(audio_start_ms=round(self._detector_origin_ms + start_ms),
+                                                     item_id=self._pending_item))
+                    if turn_settings.interrupt_response:
+                        events.append(CancelResponse("turn_detected"))  # barge-in (nothing, when no response runs)
+                case SpeechPaused() if self.transcriber is not None:
+                    # what was said so far is likely the turn: transcribing it now hides that work in the silence
+                    events.append(Transcribe(self._pending_item, np.concatenate(self._buffer), early=True))
+                case SpeechResumed():
+                    events.append(Transcribe(self._pending_item, None, early=True))  # it was not: drop it
+                case SpeechStopped(audio_end_ms=end_ms):
+                    events.append(SpeechStoppedEvent(audio_end_ms=round(self._detector_origin_ms + end_ms),
+                                                     item_id=self._pending_item))
+                    events += self._commit(None)
+                    if turn_settings.create_response:
+                        events.append(StartResponse(self.response_options(ResponseSpec())))
         return events
 
     def _commit(self, event_id: str | None) -> list[ServerEvent | Action]:

@@ -16,6 +16,7 @@ import soundfile as sf
 from tests.audio_helpers import librivox_clips, normalize, wer
 from tests.conftest import idle, wait_until
 from tests.integration.test_realtime import text_item
+from tests.media_helpers import photo_url
 from tests.realtime_helpers import append_audio, audio_of, next_of, open_session, receive, send, speech_pcm24k, until
 
 SHORT = {"type": "session.update", "session": {"max_output_tokens": 48}}
@@ -198,3 +199,15 @@ def test_truncate_and_voice_errors(server):
         assert truncated["type"] == "conversation.item.truncated" and truncated["audio_end_ms"] == 0
         send(ws, {"type": "conversation.item.retrieve", "item_id": item["id"]})
         assert receive(ws)["item"]["content"][0]["transcript"] == ""  # nothing was heard
+
+
+def test_an_image_in_a_user_item_reaches_the_vision_stage(server):
+    with open_session(server.base_url) as ws:
+        receive(ws)
+        send(ws, {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
+            {"type": "input_image", "image_url": photo_url("chelsea.png")},
+            {"type": "input_text", "text": "What animal is this?"}]}})
+        send(ws, {"type": "response.create", "response": {"output_modalities": ["text"], "temperature": 0,
+                                                          "max_output_tokens": 40}})
+        done = next_of(ws, "response.done")["response"]
+    assert "cat" in done["output"][0]["content"][0]["text"].lower()

@@ -161,14 +161,17 @@ let attachedImage = null; // a data URL
 let recorded = null; // base64 WAV
 let recorder = null;
 
-function bubble(role, text = "") {
+function line(log, role, text = "") {
+  // One message in a log (the chat's or the voice mode's).
   const div = document.createElement("div");
   div.className = `message ${role}`;
   div.textContent = text;
-  $("messages").append(div);
+  $(log).append(div);
   div.scrollIntoView({ block: "end" });
   return div;
 }
+
+const bubble = (role, text) => line("messages", role, text);
 
 function showAttachments() {
   const parts = [];
@@ -293,14 +296,7 @@ async function spokenAnswer(model, answer) {
 
 let voice = null;
 
-function voiceLine(role, text) {
-  const div = document.createElement("div");
-  div.className = `message ${role}`;
-  div.textContent = text;
-  $("voice-log").append(div);
-  div.scrollIntoView({ block: "end" });
-  return div;
-}
+const voiceLine = (role, text) => line("voice-log", role, text);
 
 class VoiceSession {
   constructor() {

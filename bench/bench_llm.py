@@ -4,6 +4,7 @@ All run on the same GGUF with the same thread count, in one run:
 
 - raw: a bare batched `llama_decode` loop (no HTTP, no scheduler): the limit;
 - omniserve: this server, N concurrent streaming chat clients;
+- omniserve-ray (with `--peers`): the same with `--worker-backend ray`, its stage worker a Ray actor;
 - llama-server: llama.cpp's C++ server, built once from the llama.cpp that the pinned
   llama-cpp-python vendors (`bench/llama_server.py`), with continuous batching and `--parallel`
   equal to omniserve's `--max-running-requests`, and the same context per sequence;
@@ -19,6 +20,7 @@ turns at each level, `--repeats` times (default 3); a figure is over all of a se
 
     python bench/bench_llm.py                       # 1, 4, 8, 16 clients, 128 tokens each
     python bench/bench_llm.py --concurrency 8 --peers omniserve llama-server
+    python bench/bench_llm.py --concurrency 1 8 --peers omniserve omniserve-ray   # Ray's cost (issue 16)
 """
 
 from __future__ import annotations
@@ -124,10 +126,12 @@ CONTEXT = 4096  # tokens per sequence, as omniserve gives SmolLM2 (min(trained, 
 @contextlib.contextmanager
 def server(kind: str, model: str, threads: int, slots: int):
     port = free_port()
-    if kind == "omniserve":
+    if kind.startswith("omniserve"):
         cmd = [sys.executable, "-m", "omniserve", "serve", "--model-path", model, "--threads", str(threads),
                "--max-running-requests", str(slots), "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", "--asr-model", "none", "--tts-model", "none"]
+        if kind == "omniserve-ray":  # the stage workers as Ray actors (a local Ray cluster the server starts)
+            cmd += ["--worker-backend", "ray"]
     elif kind == "llama-server":
         cmd = [str(llama_server.build()), "--model", model, "--threads", str(threads), "--threads-batch", str(threads),
                "--ctx-size", str(CONTEXT * slots), "--parallel", str(slots), "--cont-batching",
@@ -203,7 +207,7 @@ def fmt(r: Result | None) -> str:
             f"{pct(r.itls, 50) * 1000 if r.itls else float('nan'):9.1f}")
 
 
-PEERS = ["raw", "omniserve", "llama-server", "llama_cpp.server"]
+PEERS = ["raw", "omniserve", "omniserve-ray", "llama-server", "llama_cpp.server"]
 
 
 def main() -> None:

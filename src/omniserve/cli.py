@@ -63,6 +63,10 @@ def _serve_parser(sub) -> None:
                    help="report usage.prompt_tokens_details.cached_tokens (SGLang)")
     p.add_argument("--disable-radix-cache", "--disable-prefix-cache", action="store_true", default=None,
                    dest="disable_radix_cache", help="do not reuse the KV cache of shared prompt prefixes (SGLang)")
+    p.add_argument("--worker-backend", choices=["mp", "ray"], help="stage workers: local processes (mp, default) "
+                   "or Ray actors spread over a Ray cluster (pip install 'omniserve[ray]')")
+    p.add_argument("--ray-address", help="with --worker-backend ray: the cluster to join (auto: the one this "
+                   "machine is part of, after `ray start`; default: a local one started for this server)")
     p.add_argument("--disable-playground", action="store_true", default=None,
                    help="do not serve the web playground at / and /playground")
     speech = p.add_argument_group("speech")

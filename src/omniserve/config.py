@@ -45,6 +45,9 @@ class ServerArgs(BaseSettings):
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     enable_cache_report: bool = False
     disable_playground: bool = False
+    worker_backend: Literal["mp", "ray"] = Field("mp", description="stage workers: local processes, or Ray actors")
+    ray_address: str | None = Field(None, description="the Ray cluster to join (auto: this machine's; none: a "
+                                    "local one)")
     disable_radix_cache: bool = False
     data_dir: Path = Path.home() / ".cache" / "omniserve"
     asr_model: str = Field("whisper-tiny.en", description="speech-to-text alias, Whisper folder, or none")
@@ -103,6 +106,11 @@ class Placement(_Strict):
 
     process_group: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$")
     device: str | None = None
+    # With --worker-backend ray: what the stage's actor reserves on its node (custom resources pin it to
+    # nodes that have them, such as {"node:10.0.0.2": 0.01}, or a resource given to `ray start --resources`)
+    num_cpus: float | None = Field(None, ge=0)
+    num_gpus: float | None = Field(None, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
 
 
 class ServedAs(_Strict):

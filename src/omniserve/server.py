@@ -20,7 +20,7 @@ from omniserve.jobs.store import JobStore
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.grammar import GrammarBuilder
-from omniserve.runtime.launcher import StageLoadError
+from omniserve.runtime.launcher import StageLoadError, launch_worker
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,13 @@ def served_models(pipeline: PipelineConfig, coordinator: Coordinator) -> list[Se
 
 
 async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
+    launch = launch_worker
+    if settings.worker_backend == "ray":
+        from omniserve.runtime.ray_backend import launch_ray_worker
+
+        launch = launch_ray_worker
     coordinator = Coordinator(pipeline, settings.max_running_requests, settings.max_queued_requests,
-                              settings.log_level, settings.stall_timeout)
+                              settings.log_level, settings.stall_timeout, launch)
     try:
         await coordinator.start()
     except StageLoadError as exc:
@@ -81,5 +86,13 @@ def run(settings: ServerArgs, pipeline: PipelineConfig) -> None:
         factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but optional at heart
         factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(settings, pipeline))
+    if settings.worker_backend == "ray":
+        from omniserve.runtime.ray_backend import start_ray, stop_ray
+
+        start_ray(settings.ray_address)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(settings, pipeline))
+    finally:
+        if settings.worker_backend == "ray":
+            stop_ray()

@@ -35,7 +35,7 @@ from typing import Any
 from omniserve.config import PipelineConfig, StageConfig
 from omniserve.errors import OmniError, Unavailable, WorkerCrashed
 from omniserve.runtime.admission import Admission, StageLimits
-from omniserve.runtime.launcher import StageLoadError, WorkerHandle, launch_worker
+from omniserve.runtime.launcher import Launcher, StageLoadError, WorkerHandle, launch_worker
 from omniserve.runtime.messages import (
     Aborted,
     AbortRequest,
@@ -73,8 +73,10 @@ class _Tracked:
 
 class Coordinator:
     def __init__(self, pipeline: PipelineConfig, max_running: int, max_queued: int, log_level: str = "info",
-                 stall_timeout: float = 0.0):
+                 stall_timeout: float = 0.0, launch: Launcher = launch_worker):
+        """`launch`: how a worker starts (a local process; `ray_backend.launch_ray_worker`: a Ray actor)."""
         self.pipeline = pipeline
+        self._launch = launch
         self.log_level = log_level
         self.stall_timeout = stall_timeout  # 0: never call a worker stuck
         self.admission = Admission({
@@ -111,7 +113,7 @@ class Coordinator:
         """Load every stage at once; if one fails, the caller shuts the rest down."""
         groups = self._process_groups()
         results = await asyncio.gather(
-            *(launch_worker(group, self.log_level, self._on_message, self._on_worker_closed) for group in groups),
+            *(self._launch(group, self.log_level, self._on_message, self._on_worker_closed) for group in groups),
             return_exceptions=True,
         )
         for group, result in zip(groups, results, strict=True):
@@ -359,7 +361,7 @@ class Coordinator:
         if self.workers.get(stage) is not handle or self._closing:
             return
         code = handle.process.exitcode
-        why = handle.stalled or (f"exit code {code}" if code is not None else "its pipe closed")
+        why = handle.stalled or (f"exit code {code}" if code is not None else "its connection closed")
         group = [s.name for s in self._group_of(stage)]
         log.error("stage %s worker (pid %d) died (%s); restarting", "+".join(group), handle.pid, why)
         for name in group:
@@ -390,7 +392,7 @@ class Coordinator:
         tries = max(c.max_restarts for c in configs)
         for attempt in range(1, tries + 1):
             try:
-                handles = await launch_worker(configs, self.log_level, self._on_message, self._on_worker_closed)
+                handles = await self._launch(configs, self.log_level, self._on_message, self._on_worker_closed)
                 for name, handle in zip(group, handles, strict=True):
                     self.workers[name] = handle
                     self._last_seen[name] = time.monotonic()

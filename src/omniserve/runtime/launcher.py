@@ -1,12 +1,14 @@
-"""Start a stage worker process and wait until its model is loaded."""
+"""Start a stage worker process and wait until its model is loaded. `connect_worker` is the part every
+backend shares: a Ray actor (runtime/ray_backend.py) connects back and is then handled the same way."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
 
 from omniserve.config import StageConfig
 from omniserve.runtime.messages import FromWorker, LoadFailed, Ready
@@ -20,9 +22,25 @@ class StageLoadError(RuntimeError):
     pass
 
 
+class WorkerProcess(Protocol):
+    """What the coordinator needs of a worker: a local process (`multiprocessing.Process`), or a Ray actor."""
+
+    pid: int | None
+    exitcode: int | None
+
+    def is_alive(self) -> bool: ...
+
+    def kill(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+
+Launcher = Callable[..., Awaitable[list["WorkerHandle"]]]
+
+
 @dataclass
 class WorkerHandle:
-    process: Any
+    process: WorkerProcess
     transport: Transport
     info: dict[str, Any]
     stalled: str | None = None  # why the watchdog killed it
@@ -46,7 +64,6 @@ async def launch_worker(
 ) -> list[WorkerHandle]:
     """Spawn one worker process for `stages` (one, or a process group's), wait for each stage's
     `Ready`, then route their messages. Each stage has its own pipe and handle."""
-    loop = asyncio.get_running_loop()
     pipes = [_CTX.Pipe() for _ in stages]
     names = "+".join(stage.name for stage in stages)
     process = _CTX.Process(
@@ -58,10 +75,24 @@ async def launch_worker(
     process.start()
     for _, child in pipes:
         child.close()
+    return await connect_worker(stages, [parent for parent, _ in pipes], process, on_message, on_closed)
+
+
+async def connect_worker(
+    stages: list[StageConfig],
+    conns: list[Connection],
+    process: WorkerProcess,
+    on_message: Callable[[str, FromWorker], None],
+    on_closed: Callable[[str, WorkerHandle], None],
+) -> list[WorkerHandle]:
+    """Given a started worker and the coordinator's end of each of its stages' connections: wait for each
+    stage's `Ready`, then route their messages. Local processes and Ray actors alike."""
+    loop = asyncio.get_running_loop()
+    names = "+".join(stage.name for stage in stages)
     handles: dict[str, WorkerHandle] = {}
     firsts: list[asyncio.Future] = []
     transports = []
-    for stage, (parent, _) in zip(stages, pipes, strict=True):
+    for stage, conn in zip(stages, conns, strict=True):
         first: asyncio.Future = loop.create_future()
         firsts.append(first)
 
@@ -77,7 +108,7 @@ async def launch_worker(
             elif name in handles:
                 on_closed(name, handles[name])
 
-        transports.append(PipeTransport(parent, loop, route, closed))
+        transports.append(PipeTransport(conn, loop, route, closed))
     messages = await asyncio.gather(*firsts)
     failed = next((m for m in messages if not isinstance(m, Ready)), None)
     if failed is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -59,8 +60,9 @@ def run_stage_worker(stages: list[dict[str, Any]], conns: list[Connection], log_
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # a line per request otherwise
     # Ctrl+C or a SIGTERM to the process group reaches us too; the parent decides when
     # we stop (a StopWorker message, or the pipe closing when it exits).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if threading.current_thread() is threading.main_thread():  # a Ray actor may run us in another thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         lanes = []
         for stage, conn in zip(stages, conns, strict=True):

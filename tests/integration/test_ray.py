@@ -1,0 +1,118 @@
+"""`--worker-backend ray`: every stage worker a Ray actor, on a real Ray cluster of three nodes on this machine
+(`ray.cluster_utils.Cluster`: a head and two nodes carrying their own custom resources), stages pinned to nodes by
+the pipeline YAML. Chat, a voice chat (ASR -> thinker ⇢ talker) and an image work across the nodes; a killed actor
+fails its request with the same error as a crashed local worker, /health says 503, and a new actor takes over;
+a cluster that cannot place a stage, or cannot be reached, stops the server at start-up in one line."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+from ray.cluster_utils import Cluster
+
+from tests.conftest import ROOT, free_port, run_server, shared_models, wait_until
+from tests.media_helpers import SPOKEN
+
+PINS = {"thinker": "node_a", "asr": "node_b", "talker": "node_b"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    nodes = {name: cluster.add_node(num_cpus=1, resources={name: 1}) for name in ("node_a", "node_b")}
+    cluster.wait_for_nodes()
+    yield cluster, {name: node.node_id for name, node in nodes.items()}
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(cluster, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ray")
+    config = folder / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"stages": {stage: {"placement": {"resources": {node: 0.1}}}
+                                                 for stage, node in PINS.items()}}))
+    sketches = shared_models() / "sketch-rnn-quickdraw"
+    with run_server("--worker-backend", "ray", "--ray-address", cluster[0].address, "--config", str(config),
+                    "--image-model", f"sketch-rnn:{sketches}", "--embedding-model", "none", "--vision-model", "none",
+                    tmp_path=folder, timeout=300) as s:
+        yield s
+
+
+def stages(server) -> dict[str, dict]:
+    with server.http() as http:
+        return {s["name"]: s["info"] for s in http.get("/get_model_info").json()["stages"]}
+
+
+def test_each_stage_is_an_actor_on_the_node_it_is_pinned_to(server, cluster):
+    _, node_ids = cluster
+    info = stages(server)
+    for stage, node in PINS.items():
+        assert info[stage]["node"] == node_ids[node], stage
+    assert len({info[s]["pid"] for s in info}) == len(info)  # one actor (process) per stage
+    assert all(info[s]["pid"] != server.process.pid for s in info)
+
+
+def test_chat_voice_and_an_image_across_nodes(server):
+    client = server.openai()
+    answer = client.chat.completions.create(model="smollm2-135m", max_tokens=16,
+                                            messages=[{"role": "user", "content": "Say hello."}])
+    assert answer.choices[0].message.content.strip()
+    spoken = {"type": "input_audio", "input_audio": {"data": base64.b64encode(SPOKEN.read_bytes()).decode(),
+                                                     "format": "wav"}}
+    voice = client.chat.completions.create(model="smollm2-135m", max_tokens=24, modalities=["text", "audio"],
+                                           audio={"voice": "alloy", "format": "wav"},
+                                           messages=[{"role": "user", "content": [spoken]}])
+    assert voice.usage.prompt_tokens > 20  # the transcript from node_b reached the thinker on node_a
+    audio = voice.choices[0].message.audio
+    assert audio.transcript and len(base64.b64decode(audio.data)) > 4000  # spoken on node_b
+    image = client.images.generate(model="sketch-rnn", prompt="a cat", size="64x64")
+    assert base64.b64decode(image.data[0].b64_json)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_killed_actor_fails_its_request_and_a_new_one_takes_over(server):
+    before = stages(server)["thinker"]["pid"]
+    with server.http() as http:
+        with http.stream("POST", "/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "Write a long story about the sea."}],
+                "max_tokens": 400, "stream": True}) as r:
+            lines = r.iter_lines()
+            next(line for line in lines if line.startswith("data: {"))
+            os.kill(before, signal.SIGKILL)
+            rest = "\n".join(lines)
+        assert "worker_crashed" in rest and "the 'thinker' stage worker crashed" in rest
+        health = http.get("/health")
+        assert health.status_code == 503 and "thinker" in health.text
+        wait_until(lambda: http.get("/health").status_code == 200, timeout=60)
+        answer = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                          "max_tokens": 8})
+        assert answer.status_code == 200
+    after = stages(server)["thinker"]
+    assert after["pid"] != before and after["node"] == stages(server)["thinker"]["node"]
+
+
+def serve_once(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")}
+    return subprocess.run([sys.executable, "-m", "omniserve", "serve", "--port", "0", "--worker-backend", "ray",
+                           "--asr-model", "none", "--tts-model", "none", "--vision-model", "none",
+                           "--embedding-model", "none", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env=env)
+
+
+def test_a_stage_no_node_can_hold_fails_the_start_in_one_line(cluster, tmp_path):
+    config = tmp_path / "nowhere.yaml"
+    config.write_text(yaml.safe_dump({"stages": {"thinker": {"placement": {"resources": {"gpu_box": 1}}}}}))
+    done = serve_once("--ray-address", cluster[0].address, "--config", str(config))
+    assert done.returncode == 2
+    assert "stage 'thinker' cannot be placed on the Ray cluster: it needs gpu_box 1 on one node" in done.stderr
+
+
+def test_an_unreachable_cluster_fails_the_start_in_one_line():
+    port = free_port()  # nothing listens there
+    done = serve_once("--ray-address", f"127.0.0.1:{port}", timeout=60)
+    assert done.returncode == 2 and f"--ray-address 127.0.0.1:{port}: cannot reach the Ray cluster" in done.stderr

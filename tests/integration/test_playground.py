@@ -153,3 +153,12 @@ def test_images_and_videos_are_made_on_the_page(server, browser):
         "return arguments[0].readyState >= 1 && arguments[0].duration", video[0]))
     assert duration > 0.5, duration
     shot(browser, "videos")
+
+
+def test_the_playground_can_be_turned_off(tmp_path):
+    with run_server("--disable-playground", "--asr-model", "none", "--tts-model", "none", "--vision-model", "none",
+                    "--embedding-model", "none", tmp_path=tmp_path, api_key=KEY) as bare:
+        for path in ("/", "/playground", "/playground/static/app.js"):
+            assert httpx.get(bare.base_url + path).status_code == 401  # no open page: the key guards every path
+        with bare.http() as http:
+            assert http.get("/playground").status_code == 404 and http.get("/v1/models").status_code == 200

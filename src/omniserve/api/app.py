@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from omniserve import __version__
 from omniserve.api import openapi
 from omniserve.api.errors import install_error_handlers
-from omniserve.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from omniserve.api.middleware import OPEN_PATHS, ApiKeyMiddleware, BodyLimitMiddleware
 from omniserve.api.routes import (
     audio,
     chat,
@@ -39,9 +39,12 @@ def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner |
     for router in (chat.router, completions.router, embeddings.router, audio.router, images.router, videos.router,
                    diffusion_lora.router, lora.router, models.router, health.router, realtime.router):
         app.include_router(router)
+    open_paths, open_prefixes = OPEN_PATHS, ()
     if not settings.disable_playground:
         playground.install(app)
+        open_paths, open_prefixes = open_paths | playground.PAGES_PATHS, (playground.STATIC + "/",)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)  # outermost: checked first
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, open_paths=open_paths,
+                           open_prefixes=open_prefixes)  # outermost: checked first
     return app

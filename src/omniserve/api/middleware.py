@@ -10,8 +10,7 @@ from fastapi.responses import JSONResponse
 from omniserve.api.errors import omni_error_body
 from omniserve.errors import OmniError, PayloadTooLarge, Unauthorized
 
-OPEN_PATHS = {"/health", "/", "/playground"}  # the playground page asks for the key itself
-OPEN_PREFIXES = ("/playground/static/",)
+OPEN_PATHS = frozenset({"/health"})
 INSECURE_KEY_PROTOCOL = b"openai-insecure-api-key."
 
 
@@ -20,13 +19,17 @@ async def _reject(exc: OmniError, scope, receive, send) -> None:
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app, api_key: str):
+    def __init__(self, app, api_key: str, open_paths: frozenset[str] = OPEN_PATHS,
+                 open_prefixes: tuple[str, ...] = ()):
+        """`open_paths`, `open_prefixes`: what needs no key (a page that asks for the key itself)."""
+        self._open_paths, self._open_prefixes = open_paths, open_prefixes
         self.app = app
         self._key = api_key.encode()
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if scope["type"] not in ("http", "websocket") or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        if scope["type"] not in ("http", "websocket") or path in self._open_paths \
+                or path.startswith(self._open_prefixes):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization", b"")

@@ -27,7 +27,14 @@ from omniserve.api.realtime.protocol import (
     parse_client_event,
 )
 from omniserve.api.realtime.responder import RealtimeResponse
-from omniserve.api.realtime.session import CancelResponse, RealtimeSession, StartResponse, Transcribe
+from omniserve.api.realtime.session import (
+    CancelResponse,
+    ForgetSoFar,
+    RealtimeSession,
+    StartResponse,
+    Transcribe,
+    TranscribeSoFar,
+)
 from omniserve.errors import OmniError
 from omniserve.media.pcm import ASR_RATE
 from omniserve.runtime.client import Client, ServedModel
@@ -96,16 +103,14 @@ class RealtimeConnection:
             raise RealtimeError("the message is not JSON: send one event per text frame") from None
         for result in self.session.handle(parse_client_event(data)):
             match result:
-                case Transcribe(item_id=item_id, audio=audio, early=True):
+                case TranscribeSoFar(item_id=item_id, audio=audio):
                     self._drop_early()
-                    if audio is not None:
-                        self._early = (item_id, asyncio.create_task(self._recognize(audio)))
+                    self._early = (item_id, asyncio.create_task(self._recognize(audio)))
+                case ForgetSoFar():
+                    self._drop_early()
                 case Transcribe(item_id=item_id):
-                    early = self._early[1] if self._early and self._early[0] == item_id else None
-                    if early is None:
-                        self._drop_early()
-                    self._early = None
-                    self._transcriptions[item_id] = asyncio.create_task(self._transcribe(item_id, early))
+                    self._transcriptions[item_id] = asyncio.create_task(self._transcribe(item_id,
+                                                                                         self._take_early(item_id)))
                 case StartResponse():
                     self._start(result)
                 case CancelResponse():
@@ -188,6 +193,14 @@ class RealtimeConnection:
         finally:
             await stream.aclose()
         return Heard(deltas, (reading.text or "".join(deltas)).strip(), reading.duration)
+
+    def _take_early(self, item_id: str) -> asyncio.Task | None:
+        """The transcription begun at the pause before `item_id` was committed, if it was for that item."""
+        early = self._early[1] if self._early and self._early[0] == item_id else None
+        if early is None:
+            self._drop_early()
+        self._early = None
+        return early
 
     def _drop_early(self) -> None:
         if self._early is not None:

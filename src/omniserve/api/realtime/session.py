@@ -112,11 +112,22 @@ class ResponseOptions:
 
 @dataclass
 class Transcribe:
-    """Transcribe an item's audio. `early`: the buffer so far, before it is an item (None: forget that)."""
+    """Transcribe a user item's audio."""
 
     item_id: str
-    audio: np.ndarray | None = None
-    early: bool = False
+
+
+@dataclass
+class TranscribeSoFar:
+    """Transcribe the buffer so far, which is likely to become item `item_id` (the speaker paused)."""
+
+    item_id: str
+    audio: np.ndarray
+
+
+@dataclass
+class ForgetSoFar:
+    """The speaker went on: what `TranscribeSoFar` began is not the turn."""
 
 
 @dataclass
@@ -131,7 +142,7 @@ class CancelResponse:
     event_id: str | None = None
 
 
-Action = Transcribe | StartResponse | CancelResponse
+Action = Transcribe | TranscribeSoFar | ForgetSoFar | StartResponse | CancelResponse
 
 
 class RealtimeSession:
@@ -338,9 +349,9 @@ class RealtimeSession:
                         events.append(CancelResponse("turn_detected"))  # barge-in (nothing, when no response runs)
                 case SpeechPaused() if self.transcriber is not None:
                     # what was said so far is likely the turn: transcribing it now hides that work in the silence
-                    events.append(Transcribe(self._pending_item, np.concatenate(self._buffer), early=True))
+                    events.append(TranscribeSoFar(self._pending_item, np.concatenate(self._buffer)))
                 case SpeechResumed():
-                    events.append(Transcribe(self._pending_item, None, early=True))  # it was not: drop it
+                    events.append(ForgetSoFar())  # it was not the end of the turn
                 case SpeechStopped(audio_end_ms=end_ms):
                     events.append(SpeechStoppedEvent(audio_end_ms=round(self._detector_origin_ms + end_ms),
                                                      item_id=self._pending_item))

@@ -12,12 +12,13 @@ from fastapi.staticfiles import StaticFiles
 
 PAGES = Path(__file__).resolve().parents[2] / "playground"
 STATIC = "/playground/static"
+PAGES_PATHS = frozenset({"/", "/playground"})  # with its static files, open without a key: the page asks for it
 
 router = APIRouter()
 
 
 @router.get("/", include_in_schema=False)
-@router.get("/playground", include_in_schema=False)
+@router.get("/playground", include_in_schema=False)  # PAGES_PATHS
 async def playground() -> FileResponse:
     return FileResponse(PAGES / "index.html", media_type="text/html")
 

@@ -5,6 +5,8 @@ All run on the same GGUF with the same thread count, in one run:
 - raw: a bare batched `llama_decode` loop (no HTTP, no scheduler): the limit;
 - omniserve: this server, N concurrent streaming chat clients;
 - omniserve-ray (with `--peers`): the same with `--worker-backend ray`, its stage worker a Ray actor;
+- omniserve-replicas (with `--peers`): the same CPU split into two thinker replicas (`replicas: 2`), each with
+  half the threads, each request on the least loaded;
 - llama-server: llama.cpp's C++ server, built once from the llama.cpp that the pinned
   llama-cpp-python vendors (`bench/llama_server.py`), with continuous batching and `--parallel`
   equal to omniserve's `--max-running-requests`, and the same context per sequence;
@@ -21,6 +23,7 @@ turns at each level, `--repeats` times (default 3); a figure is over all of a se
     python bench/bench_llm.py                       # 1, 4, 8, 16 clients, 128 tokens each
     python bench/bench_llm.py --concurrency 8 --peers omniserve llama-server
     python bench/bench_llm.py --concurrency 1 8 --peers omniserve omniserve-ray   # Ray's cost (issue 16)
+    python bench/bench_llm.py --concurrency 1 8 --peers omniserve omniserve-replicas  # threads or replicas
 """
 
 from __future__ import annotations
@@ -132,6 +135,11 @@ def server(kind: str, model: str, threads: int, slots: int):
                "--log-level", "warning", "--asr-model", "none", "--tts-model", "none"]
         if kind == "omniserve-ray":  # the stage workers as Ray actors (a local Ray cluster the server starts)
             cmd += ["--worker-backend", "ray"]
+        if kind == "omniserve-replicas":  # the same cores, as two thinkers of half the threads each
+            config = Path(tempfile.mkdtemp()) / "replicas.yaml"
+            config.write_text(f"stages: {{thinker: {{placement: {{replicas: 2}}, "
+                              f"args: {{threads: {max(1, threads // 2)}}}}}}}\n")
+            cmd += ["--config", str(config)]
     elif kind == "llama-server":
         cmd = [str(llama_server.build()), "--model", model, "--threads", str(threads), "--threads-batch", str(threads),
                "--ctx-size", str(CONTEXT * slots), "--parallel", str(slots), "--cont-batching",
@@ -207,7 +215,7 @@ def fmt(r: Result | None) -> str:
             f"{pct(r.itls, 50) * 1000 if r.itls else float('nan'):9.1f}")
 
 
-PEERS = ["raw", "omniserve", "omniserve-ray", "llama-server", "llama_cpp.server"]
+PEERS = ["raw", "omniserve", "omniserve-ray", "omniserve-replicas", "llama-server", "llama_cpp.server"]
 
 
 def main() -> None:

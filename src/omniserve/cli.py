@@ -67,6 +67,10 @@ def _serve_parser(sub) -> None:
                    "or Ray actors spread over a Ray cluster (pip install 'omniserve[ray]')")
     p.add_argument("--ray-address", help="with --worker-backend ray: the cluster to join (auto: the one this "
                    "machine is part of, after `ray start`; default: a local one started for this server)")
+    p.add_argument("--ray-object-store-min-bytes", type=int, metavar="N",
+                   help="with --worker-backend ray: a payload between stages (an image's latents, embeddings) of N "
+                   "bytes or more goes from the stage that made it to the one that reads it through Ray's object "
+                   "store, not through the server (default 262144)")
     p.add_argument("--disable-playground", action="store_true", default=None,
                    help="do not serve the web playground at / and /playground")
     speech = p.add_argument_group("speech")

@@ -48,6 +48,8 @@ class ServerArgs(BaseSettings):
     worker_backend: Literal["mp", "ray"] = Field("mp", description="stage workers: local processes, or Ray actors")
     ray_address: str | None = Field(None, description="the Ray cluster to join (auto: this machine's; none: a "
                                     "local one)")
+    ray_object_store_min_bytes: int = Field(256 * 1024, ge=0, description="payloads between stages this large "
+                                            "(pickled) or larger go through Ray's object store")
     disable_radix_cache: bool = False
     data_dir: Path = Path.home() / ".cache" / "omniserve"
     asr_model: str = Field("whisper-tiny.en", description="speech-to-text alias, Whisper folder, or none")
@@ -111,6 +113,9 @@ class Placement(_Strict):
     num_cpus: float | None = Field(None, ge=0)
     num_gpus: float | None = Field(None, ge=0)
     resources: dict[str, float] = Field(default_factory=dict)
+    # How many workers serve this stage (data-parallel): each request goes to the least loaded one and stays
+    # there. A process group's stages share their workers, so they must agree on it.
+    replicas: int = Field(1, ge=1)
 
 
 class ServedAs(_Strict):
@@ -165,6 +170,9 @@ class PipelineConfig(_Strict):
     stages: list[StageConfig] = Field(min_length=1)
     edges: list[EdgeConfig] = Field(default_factory=list)
     terminals: list[str] = Field(min_length=1)
+    # With --worker-backend ray: reserve every worker of the pipeline at once, in one Ray placement group with
+    # this strategy (None: each worker is placed on its own, when it starts)
+    placement_strategy: Literal["pack", "spread", "strict_pack", "strict_spread"] | None = None
 
     @model_validator(mode="after")
     def _check_graph(self) -> PipelineConfig:
@@ -186,7 +194,18 @@ class PipelineConfig(_Strict):
                 raise ValueError(f"terminal {name!r} is not a stage")
         if _has_cycle(names, self.edges):
             raise ValueError("the stage graph has a cycle")
+        for group in self.process_groups():
+            if len({s.placement.replicas for s in group}) > 1:
+                raise ValueError(f"the stages of process group {group[0].placement.process_group!r} share their "
+                                 "workers, so their placement.replicas must be equal")
         return self
+
+    def process_groups(self) -> list[list[StageConfig]]:
+        """The stages each worker runs: a process group's stages together, any other alone."""
+        groups: dict[str, list[StageConfig]] = {}
+        for stage in self.stages:
+            groups.setdefault(stage.placement.process_group or f"stage:{stage.name}", []).append(stage)
+        return list(groups.values())
 
     def stage(self, name: str) -> StageConfig:
         return next(s for s in self.stages if s.name == name)
@@ -197,9 +216,10 @@ class PipelineConfig(_Strict):
     def with_overrides(self, overrides: dict[str, Any]) -> PipelineConfig:
         """Deep-merge a YAML override (stages keyed by name) and re-validate."""
         data = self.model_dump()
-        unknown = set(overrides) - {"stages", "edges", "terminals"}
+        unknown = set(overrides) - {"stages", "edges", "terminals", "placement_strategy"}
         if unknown:
-            raise ConfigError(f"config: unknown top-level key(s) {sorted(unknown)}; use stages, edges, terminals")
+            raise ConfigError(f"config: unknown top-level key(s) {sorted(unknown)}; use stages, edges, terminals, "
+                              "placement_strategy")
         stage_overrides = overrides.get("stages") or {}
         if not isinstance(stage_overrides, dict):
             raise ConfigError("config: 'stages' must map stage names to settings")
@@ -210,7 +230,7 @@ class PipelineConfig(_Strict):
             if not isinstance(patch, dict):
                 raise ConfigError(f"config: stages.{name} must be a mapping")
             _deep_merge(by_name[name], patch)
-        for key in ("edges", "terminals"):
+        for key in ("edges", "terminals", "placement_strategy"):
             if key in overrides:
                 data[key] = overrides[key]
         return validate_pipeline(data)

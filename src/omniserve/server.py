@@ -31,11 +31,11 @@ def served_models(pipeline: PipelineConfig, coordinator: Coordinator) -> list[Se
     created = int(time.time())
     out = []
     for stage in pipeline.stages:
-        info = coordinator.workers[stage.name].info
+        info = coordinator.worker_info(stage.name)
         for served in stage.serves:
             facts = {**info, **served.info}
             for other, keys in served.info_from.items():
-                facts.update({key: coordinator.workers[other].info.get(key) for key in keys})
+                facts.update({key: coordinator.worker_info(other).get(key) for key in keys})
             out += [ServedModel(id=i, created=created, owned_by="omniserve", root=info.get("model_path", ""),
                                 max_model_len=info.get("context_length") if served.kind in ("chat", "embedding")
                                 else None, kind=served.kind, stage=stage.name, aliases=tuple(served.aliases),
@@ -47,9 +47,9 @@ def served_models(pipeline: PipelineConfig, coordinator: Coordinator) -> list[Se
 async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
     launch = launch_worker
     if settings.worker_backend == "ray":
-        from omniserve.runtime.ray_backend import launch_ray_worker
+        from omniserve.runtime.ray_backend import RayLauncher
 
-        launch = launch_ray_worker
+        launch = RayLauncher(pipeline, settings.ray_object_store_min_bytes)
     coordinator = Coordinator(pipeline, settings.max_running_requests, settings.max_queued_requests,
                               settings.log_level, settings.stall_timeout, launch)
     try:

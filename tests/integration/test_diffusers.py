@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -213,3 +214,19 @@ def test_a_still_image_model_cannot_make_videos(sd_server):
     with sd_server.http() as http:
         r = http.post("/v1/videos", json={"prompt": "a cat", "size": "64x64"})
     assert r.status_code == 400 and "cannot make videos" in r.json()["error"]["message"], r.text
+
+
+def test_on_ray_the_payloads_go_through_the_object_store_and_the_image_is_the_same(sd_server, tiny_sd, tmp_path):
+    """With `--ray-object-store-min-bytes 0`, the prompt embeddings and the latents go from actor to actor through
+    Ray's object store (the coordinator only sees their references), and the image is the one the local
+    processes make."""
+    with run_server("--worker-backend", "ray", "--ray-object-store-min-bytes", "0", "--image-model",
+                    f"diffusers:{tiny_sd[0]}", "--asr-model", "none", "--tts-model", "none", "--vision-model", "none",
+                    "--embedding-model", "none", tmp_path=tmp_path, timeout=300) as on_ray, on_ray.http() as http:
+        image = pixels(generate(on_ray).data[0])
+        metrics = http.get("/metrics").text
+    assert np.abs(image - pixels(generate(sd_server).data[0])).max() <= 2
+    for stage in ("image_text_encoder", "image_denoiser"):
+        sent = re.search(rf'omniserve_payload_object_store_bytes_total\{{model="[^"]*",stage="{stage}"\}} (\S+)',
+                         metrics)
+        assert sent and float(sent.group(1)) > 1000, stage

@@ -2,7 +2,9 @@
 (`ray.cluster_utils.Cluster`: a head and two nodes carrying their own custom resources), stages pinned to nodes by
 the pipeline YAML. Chat, a voice chat (ASR -> thinker ⇢ talker) and an image work across the nodes; a killed actor
 fails its request with the same error as a crashed local worker, /health says 503, and a new actor takes over;
-a cluster that cannot place a stage, or cannot be reached, stops the server at start-up in one line."""
+so does a node that is lost, once a node that can hold its stages joins. Replicas reserved in a placement group
+spread over the nodes; a cluster that cannot place a stage, or meet the placement strategy, or cannot be reached,
+stops the server at start-up in one line."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def cluster():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     nodes = {name: cluster.add_node(num_cpus=1, resources={name: 1}) for name in ("node_a", "node_b")}
     cluster.wait_for_nodes()
-    yield cluster, {name: node.node_id for name, node in nodes.items()}
+    yield cluster, nodes
     cluster.shutdown()
 
 
@@ -50,10 +52,10 @@ def stages(server) -> dict[str, dict]:
 
 
 def test_each_stage_is_an_actor_on_the_node_it_is_pinned_to(server, cluster):
-    _, node_ids = cluster
+    _, nodes = cluster
     info = stages(server)
     for stage, node in PINS.items():
-        assert info[stage]["node"] == node_ids[node], stage
+        assert info[stage]["node"] == nodes[node].node_id, stage
     assert len({info[s]["pid"] for s in info}) == len(info)  # one actor (process) per stage
     assert all(info[s]["pid"] != server.process.pid for s in info)
 
@@ -116,3 +118,59 @@ def test_an_unreachable_cluster_fails_the_start_in_one_line():
     port = free_port()  # nothing listens there
     done = serve_once("--ray-address", f"127.0.0.1:{port}", timeout=60)
     assert done.returncode == 2 and f"--ray-address 127.0.0.1:{port}: cannot reach the Ray cluster" in done.stderr
+
+
+def test_replicas_reserved_in_a_strict_spread_placement_group_are_on_different_nodes(cluster, tmp_path):
+    config = tmp_path / "spread.yaml"
+    config.write_text(yaml.safe_dump({"placement_strategy": "strict_spread",
+                                      "stages": {"thinker": {"placement": {"replicas": 3}}}}))
+    with run_server("--worker-backend", "ray", "--ray-address", cluster[0].address, "--config", str(config),
+                    "--asr-model", "none", "--tts-model", "none", "--embedding-model", "none",
+                    "--vision-model", "none", tmp_path=tmp_path, timeout=300) as s, s.http() as http:
+        thinker = next(st for st in http.get("/get_model_info").json()["stages"] if st["name"] == "thinker")
+        assert len({replica["node"] for replica in thinker["replicas"]}) == 3  # one on each node
+        assert "placement group" in s.log() and "STRICT_SPREAD" in s.log()
+        answer = s.openai().chat.completions.create(model="smollm2-135m", max_tokens=4,
+                                                    messages=[{"role": "user", "content": "Hi"}])
+        assert answer.choices[0].message.content
+
+
+@pytest.mark.parametrize(("strategy", "placement", "line"), [
+    ("strict_spread", {"replicas": 4},
+     "placement_strategy strict_spread puts each of the pipeline's 4 workers on a node of its own, and the Ray "
+     "cluster has 3 nodes"),
+    ("strict_pack", {"replicas": 2, "num_cpus": 1},
+     "placement_strategy strict_pack puts the pipeline's 2 workers on one node, and no node of the Ray cluster "
+     "has CPU 2"),
+])
+def test_a_strategy_the_cluster_cannot_meet_fails_the_start_in_one_line(cluster, tmp_path, strategy, placement,
+                                                                         line):
+    config = tmp_path / "strategy.yaml"
+    config.write_text(yaml.safe_dump({"placement_strategy": strategy, "stages": {"thinker": {"placement": placement}}}))
+    done = serve_once("--ray-address", cluster[0].address, "--config", str(config))
+    assert done.returncode == 2 and line in done.stderr, done.stderr
+
+
+def test_a_lost_node_fails_its_stages_until_a_node_that_can_hold_them_joins(server, cluster):
+    """Last in this module: it replaces node_b."""
+    ray_cluster, nodes = cluster
+    with server.http() as http:
+        ray_cluster.remove_node(nodes["node_b"])  # the ASR and talker actors go with it
+        def lost() -> dict | None:  # both of node_b's stages seen to be gone (each actor's death is noticed alone)
+            health = http.get("/health").json()
+            return health if all(health.get("stages", {}).get(s, "healthy") != "healthy" for s in ("asr", "talker")) \
+                else None
+
+        health = wait_until(lost, timeout=60, interval=0.1)
+        assert "restarting" in health["stages"]["talker"] and health["stages"]["thinker"] == "healthy"
+        spoken = http.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hello.", "voice": "alloy"})
+        assert spoken.status_code == 503 and "talker" in spoken.json()["error"]["message"]
+        chat = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                        "max_tokens": 4})
+        assert chat.status_code == 200  # the thinker's node is still there
+        nodes["node_b"] = ray_cluster.add_node(num_cpus=1, resources={"node_b": 1})
+        wait_until(lambda: http.get("/health").status_code == 200, timeout=120, interval=0.5)
+        assert stages(server)["talker"]["node"] == nodes["node_b"].node_id
+        spoken = http.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hello.", "voice": "alloy",
+                                                     "response_format": "wav"})
+        assert spoken.status_code == 200 and len(spoken.content) > 4000

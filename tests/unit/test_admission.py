@@ -93,21 +93,41 @@ def test_a_waiter_that_leaves_frees_its_place_and_a_let_in_one_its_slots():
     run(main())
 
 
-def test_paused_stage_keeps_its_line_until_resumed_or_failed():
+def test_a_stage_with_no_worker_up_keeps_its_line_until_one_is_back_or_it_fails():
     async def main():
         a = admission()
-        a.pause("thinker")
+        a.set_workers_up("thinker", 0)
         waiting = asyncio.ensure_future(a.acquire(ROUTE_T))
         await settle()
         assert not waiting.done()
-        a.resume("thinker")
+        a.set_workers_up("thinker", 1)
         await asyncio.wait_for(waiting, 1)
-        a.pause("thinker")
+        a.set_workers_up("thinker", 0)
         doomed = asyncio.ensure_future(a.acquire(ROUTE_T))
         await settle()
         a.fail_waiters("thinker", Unavailable("down"))
         with pytest.raises(Unavailable):
             await doomed
+
+    run(main())
+
+
+def test_each_replica_up_adds_its_max_running():
+    async def main():
+        a = Admission({"thinker": StageLimits(2, 5, workers=3)})
+        for _ in range(6):
+            await asyncio.wait_for(a.acquire(ROUTE_T), 1)
+        seventh = asyncio.ensure_future(a.acquire(ROUTE_T))
+        await settle()
+        assert not seventh.done() and a.capacity("thinker") == 6
+        a.set_workers_up("thinker", 2)  # one died: its room goes, and frees nothing
+        for _ in range(2):
+            a.release(ROUTE_T)
+        await settle()
+        assert not seventh.done() and a.running("thinker") == 4
+        a.release(ROUTE_T)
+        await asyncio.wait_for(seventh, 1)
+        assert a.running("thinker") == 4
 
     run(main())
 

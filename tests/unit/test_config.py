@@ -32,12 +32,24 @@ def test_valid_pipeline_and_override():
         ({"stages": [{**STAGE, "args": {"model_path": "m", "threads": 0}}], "terminals": ["thinker"]},
          "stages.thinker.args.threads"),
         ({"stages": [{**STAGE, "colour": "red"}], "terminals": ["thinker"]}, "stages.thinker.colour"),
+        ({"stages": [{**STAGE, "placement": {"process_group": "g", "replicas": 2}},
+                     {**STAGE, "name": "other", "placement": {"process_group": "g"}}], "terminals": ["thinker"]},
+         "process group 'g' share their workers, so their placement.replicas must be equal"),
+        ({"stages": [{**STAGE, "placement": {"replicas": 0}}], "terminals": ["thinker"]},
+         "stages.thinker.placement.replicas"),
+        (pipeline(placement_strategy="wide"), "placement_strategy"),
     ],
 )
 def test_bad_pipeline_names_the_field(data, says):
     with pytest.raises(ConfigError) as info:
         validate_pipeline(data)
     assert says in str(info.value)
+
+
+def test_placement_strategy_and_replicas_come_from_the_yaml():
+    p = validate_pipeline(pipeline()).with_overrides({"placement_strategy": "spread",
+                                                      "stages": {"thinker": {"placement": {"replicas": 3}}}})
+    assert p.placement_strategy == "spread" and p.stage("thinker").placement.replicas == 3
 
 
 def test_per_stage_mem_fraction_overrides_global():

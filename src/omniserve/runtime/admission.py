@@ -13,8 +13,11 @@ of each of its stages, so a later waiter only takes what is left after the
 earlier ones' claims. Per stage, the line is first come, first served, and a
 request that needs two stages is not starved by a stream of requests for
 one of them; yet a later request for a stage with room to spare does not
-wait behind an earlier one held up by another stage. A stage that is
-restarting is paused: its waiters stay in line until it is back.
+wait behind an earlier one held up by another stage.
+
+A stage served by several workers (replicas) lets `max_running` in per
+worker that is up: one restarting lowers its room, and a stage with none
+up lets nobody in; its waiters stay in line until one is back.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from omniserve.errors import OmniError, Overloaded
 
 @dataclass(frozen=True)
 class StageLimits:
-    max_running: int
+    max_running: int  # per worker that is up
     max_queued: int
+    workers: int = 1
 
 
 @dataclass(eq=False)
@@ -43,7 +47,7 @@ class Admission:
         self.limits = limits
         self._running = dict.fromkeys(limits, 0)
         self._line: deque[_Waiter] = deque()
-        self._paused: set[str] = set()
+        self._up = {stage: limit.workers for stage, limit in limits.items()}  # workers up, per stage
 
     def running(self, stage: str) -> int:
         return self._running[stage]
@@ -59,8 +63,7 @@ class Admission:
             return
         full = next((s for s in sorted(stages) if self.queued(s) >= self.limits[s].max_queued), None)
         if full is not None:
-            limits = self.limits[full]
-            raise Overloaded(f"the {full!r} stage is at capacity ({limits.max_running} running, "
+            raise Overloaded(f"the {full!r} stage is at capacity ({self._running[full]} running, "
                              f"{self.queued(full)} queued); retry later")
         waiter = _Waiter(stages)
         self._line.append(waiter)
@@ -82,11 +85,13 @@ class Admission:
             self._running[stage] -= 1
         self._wake()
 
-    def pause(self, stage: str) -> None:
-        self._paused.add(stage)
+    def capacity(self, stage: str) -> int:
+        """How many requests `stage` runs at once now: `max_running` for each of its workers that is up."""
+        return self.limits[stage].max_running * self._up[stage]
 
-    def resume(self, stage: str) -> None:
-        self._paused.discard(stage)
+    def set_workers_up(self, stage: str, up: int) -> None:
+        """`stage` has `up` workers that can take requests (one died, or is back)."""
+        self._up[stage] = up
         self._wake()
 
     def fail_waiters(self, stage: str, error: OmniError) -> None:
@@ -97,19 +102,19 @@ class Admission:
                 waiter.future.set_result(error)
 
     def _fits(self, stages: frozenset[str]) -> bool:
-        return all(s not in self._paused and self._running[s] < self.limits[s].max_running for s in stages)
+        return all(self._running[s] < self.capacity(s) for s in stages)
 
     def _take(self, stages: frozenset[str]) -> None:
         for stage in stages:
             self._running[stage] += 1
 
     def _wake(self) -> None:
-        free = {s: limits.max_running - self._running[s] for s, limits in self.limits.items()}
+        free = {s: self.capacity(s) - self._running[s] for s in self.limits}
         for waiter in list(self._line):
             if waiter.future.done():  # cancelled while waiting
                 self._line.remove(waiter)
                 continue
-            fits = all(s not in self._paused and free[s] > 0 for s in waiter.stages)
+            fits = all(free[s] > 0 for s in waiter.stages)
             for stage in waiter.stages:  # taken, or claimed for when it fits
                 free[stage] -= 1
             if fits:

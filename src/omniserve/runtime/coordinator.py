@@ -13,9 +13,15 @@
   still holding it; each keeps its slot until the worker confirms.
 - Control: a stage administration call (LoRA adapters) goes to one stage's
   worker and is answered once; it takes no slot.
-- Health, per stage: a worker whose pipe closes is restarted; meanwhile its
-  in-flight requests fail with `WorkerCrashed` and new requests that need
-  that stage get 503 (others go on). A worker whose loop has not turned for
+- Replicas: a stage may be served by several workers (`placement.replicas`;
+  a process group's stages share theirs). A request goes to the least
+  loaded worker of each stage when it starts, and stays with it for its
+  whole life, so a streaming edge keeps feeding the worker that holds its
+  state.
+- Health, per worker: a worker whose pipe closes is restarted; meanwhile its
+  in-flight requests fail with `WorkerCrashed`, the other workers of its
+  stage go on serving, and when a stage has none left, new requests that
+  need it get 503 (others go on). A worker whose loop has not turned for
   `stall_timeout` seconds (it sends a heartbeat every second) is stuck: it
   is killed and restarted the same way, so a hang never looks healthy.
 
@@ -28,6 +34,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -35,7 +42,7 @@ from typing import Any
 from omniserve.config import PipelineConfig, StageConfig
 from omniserve.errors import OmniError, Unavailable, WorkerCrashed
 from omniserve.runtime.admission import Admission, StageLimits
-from omniserve.runtime.launcher import Launcher, StageLoadError, WorkerHandle, launch_worker
+from omniserve.runtime.launcher import Launcher, StageLoadError, WorkerHandle, WorkerSpec, launch_worker
 from omniserve.runtime.messages import (
     Aborted,
     AbortRequest,
@@ -58,6 +65,8 @@ log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_S = 1.0
 
+Replica = tuple[str, int]  # a stage, and which of its workers
+
 
 @dataclass(eq=False)
 class _Tracked:
@@ -67,6 +76,7 @@ class _Tracked:
     stages: set[str] = field(default_factory=set)  # stages still holding this request (and a slot)
     open_terminals: set[str] = field(default_factory=set)
     buffered: dict[tuple[str, str], list[OmniOutput]] = field(default_factory=dict)  # non-streaming edges
+    replicas: dict[str, int] = field(default_factory=dict)  # stage -> the worker of it that holds this request
     finished: bool = False
     clock: RequestClock = field(default_factory=RequestClock)
 
@@ -81,16 +91,21 @@ class Coordinator:
         self.stall_timeout = stall_timeout  # 0: never call a worker stuck
         self.admission = Admission({
             s.name: StageLimits(s.max_running_requests or max_running,
-                                max_queued if s.max_queued_requests is None else s.max_queued_requests)
+                                max_queued if s.max_queued_requests is None else s.max_queued_requests,
+                                s.placement.replicas)
             for s in pipeline.stages
         })
-        self.workers: dict[str, WorkerHandle] = {}
-        self.restarting: dict[str, str] = {}  # stage -> why
-        self.failed: dict[str, str] = {}
+        # each stage's workers, by replica (None: not started, or restarting)
+        self._groups = {s.name: group for group in pipeline.process_groups() for s in group}  # who shares a worker
+        self.workers: dict[str, list[WorkerHandle | None]] = {
+            s.name: [None] * s.placement.replicas for s in pipeline.stages}
+        self.restarting: dict[Replica, str] = {}  # why
+        self.failed: dict[Replica, str] = {}
         self._running: dict[str, _Tracked] = {}
-        self._last_seen: dict[str, float] = {}  # stage -> when its worker last sent anything
+        self._load: Counter[Replica] = Counter()  # requests each worker holds
+        self._last_seen: dict[Replica, float] = {}  # when each worker last sent anything
         self._tasks: set[asyncio.Task] = set()
-        self._calls: dict[str, tuple[str, asyncio.Future]] = {}  # control call id -> (stage, its answer)
+        self._calls: dict[str, tuple[Replica, asyncio.Future]] = {}  # control call id -> (its worker, its answer)
         self._call_ids = itertools.count()
         self.crashes = 0
         self._closing = False
@@ -99,42 +114,49 @@ class Coordinator:
 
     # ---- lifecycle -----------------------------------------------------------------
 
-    def _process_groups(self) -> list[list[StageConfig]]:
-        """The stages each worker process runs: a process group's stages together, any other alone."""
-        groups: dict[str, list[StageConfig]] = {}
-        for stage in self.pipeline.stages:
-            groups.setdefault(stage.placement.process_group or f"stage:{stage.name}", []).append(stage)
-        return list(groups.values())
-
     def _group_of(self, stage: str) -> list[StageConfig]:
-        return next(g for g in self._process_groups() if any(s.name == stage for s in g))
+        return self._groups[stage]
+
+    def _live(self) -> list[tuple[Replica, WorkerHandle]]:
+        return [((stage, i), handle) for stage, handles in self.workers.items()
+                for i, handle in enumerate(handles) if handle is not None]
+
+    def _up(self, stage: str) -> int:
+        return sum(handle is not None for handle in self.workers[stage])
 
     async def start(self) -> None:
-        """Load every stage at once; if one fails, the caller shuts the rest down."""
-        groups = self._process_groups()
-        results = await asyncio.gather(
-            *(self._launch(group, self.log_level, self._on_message, self._on_worker_closed) for group in groups),
-            return_exceptions=True,
-        )
-        for group, result in zip(groups, results, strict=True):
-            if not isinstance(result, BaseException):
-                for stage, handle in zip(group, result, strict=True):
-                    self.workers[stage.name] = handle
-                    self._last_seen[stage.name] = time.monotonic()
+        """Load every worker of every stage at once; if one fails, the caller shuts the rest down."""
+        workers = [(group, i) for group in self.pipeline.process_groups()
+                   for i in range(group[0].placement.replicas)]
+        results = await asyncio.gather(*(self._start_worker(group, i) for group, i in workers),
+                                       return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
         if any(self._stall_timeout(s.name) for s in self.pipeline.stages):
             self._spawn(self._watchdog())
-        log.info("stages ready: %s", ", ".join(f"{name} (pid {h.pid})" for name, h in self.workers.items()))
+        log.info("stages ready: %s", ", ".join(f"{stage}{f'[{i}]' if len(self.workers[stage]) > 1 else ''} "
+                                               f"(pid {h.pid})" for (stage, i), h in self._live()))
+
+    async def _start_worker(self, group: list[StageConfig], replica: int) -> None:
+        """Start worker `replica` of a process group (or lone stage), and take it into service."""
+        def on_message(stage: str, message: FromWorker) -> None:
+            self._on_message((stage, replica), message)
+
+        handles = await self._launch(WorkerSpec(group, replica, self.log_level, on_message, self._on_worker_closed))
+        for stage, handle in zip(group, handles, strict=True):
+            self.workers[stage.name][replica] = handle
+            self._last_seen[(stage.name, replica)] = time.monotonic()
+            self.admission.set_workers_up(stage.name, self._up(stage.name))
 
     async def shutdown(self) -> None:
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        for handle in self.workers.values():
+        live = [handle for _, handle in self._live()]
+        for handle in live:
             handle.transport.send(StopWorker())
-        for handle in self.workers.values():
+        for handle in live:
             await asyncio.to_thread(handle.process.join, 5)
             handle.kill()
 
@@ -146,14 +168,30 @@ class Coordinator:
     # ---- state ---------------------------------------------------------------------
 
     def stage_problem(self, stage: str) -> str | None:
-        """Why `stage` cannot take requests now (None: it can)."""
-        if stage in self.failed:
-            return f"stage {stage!r} is down: {self.failed[stage]}"
-        if stage in self.restarting:
-            return f"stage {stage!r} is restarting ({self.restarting[stage]}); retry shortly"
-        if stage not in self.workers:
-            return f"stage {stage!r} is starting"
-        return None
+        """Why `stage` cannot take requests now (None: it can: one of its workers at least is up)."""
+        if self._up(stage):
+            return None
+        replicas = [(stage, i) for i in range(len(self.workers[stage]))]
+        if all(r in self.failed for r in replicas):
+            return f"stage {stage!r} is down: {self.failed[replicas[0]]}"
+        why = next((self.restarting[r] for r in replicas if r in self.restarting), None)
+        if why is not None:
+            return f"stage {stage!r} is restarting ({why}); retry shortly"
+        return f"stage {stage!r} is starting"
+
+    def _replica_state(self, replica: Replica) -> str:
+        stage, i = replica
+        if self.workers[stage][i] is not None:
+            return "up"
+        if replica in self.failed:
+            return f"down: {self.failed[replica]}"
+        if replica in self.restarting:
+            return f"restarting: {self.restarting[replica]}"
+        return "starting"
+
+    def worker_info(self, stage: str) -> dict[str, Any]:
+        """What `stage`'s model said when it loaded (its first worker up; every replica loads the same)."""
+        return next((handle.info for handle in self.workers[stage] if handle is not None), {})
 
     def healthy(self, stages: set[str] | frozenset[str] | None = None) -> bool:
         """Whether every stage (or each of `stages`) can take requests."""
@@ -175,22 +213,29 @@ class Coordinator:
     def stage_info(self) -> list[dict[str, Any]]:
         out = []
         for stage in self.pipeline.stages:
-            handle = self.workers.get(stage.name)
+            info = self.worker_info(stage.name)
             limits = self.admission.limits[stage.name]
             out.append({
                 "name": stage.name,
                 "executor": stage.executor,
-                "pid": handle.pid if handle else None,
+                "pid": info.get("pid"),
                 "healthy": self.stage_problem(stage.name) is None,
                 "running": self.admission.running(stage.name),
                 "queued": self.admission.queued(stage.name),
-                "max_running_requests": limits.max_running,
+                "max_running_requests": limits.max_running * limits.workers,
                 "max_queued_requests": limits.max_queued,
-                "info": handle.info if handle else {},
+                "info": info,
+                "replicas": [self._replica_info((stage.name, i)) for i in range(len(self.workers[stage.name]))],
                 "downstream": [e.dst for e in self.pipeline.downstream(stage.name)],
                 "terminal": stage.name in self.pipeline.terminals,
             })
         return out
+
+    def _replica_info(self, replica: Replica) -> dict[str, Any]:
+        handle = self.workers[replica[0]][replica[1]]
+        info = handle.info if handle is not None else {}
+        return {"replica": replica[1], "state": self._replica_state(replica), "running": self._load[replica],
+                "pid": info.get("pid"), "node": info.get("node"), "node_ip": info.get("node_ip")}
 
     # ---- requests ------------------------------------------------------------------
 
@@ -234,7 +279,7 @@ class Coordinator:
             return
         tracked.finished = True
         for name in list(tracked.stages):
-            handle = self.workers.get(name)
+            handle = self._holder(tracked, name)
             if handle is None or not handle.transport.send(AbortRequest(request_id)):
                 self._stage_done(tracked, name)
         self._forget_if_done(tracked)
@@ -244,22 +289,44 @@ class Coordinator:
         if stage in tracked.stages:
             tracked.stages.discard(stage)
             self.admission.release({stage})
+            if stage in tracked.replicas:
+                self._load[(stage, tracked.replicas[stage])] -= 1
         self._forget_if_done(tracked)
 
     def _forget_if_done(self, tracked: _Tracked) -> None:
         if tracked.finished and not tracked.stages:
             self._running.pop(tracked.request.request_id, None)
 
+    def _holder(self, tracked: _Tracked, stage: str) -> WorkerHandle | None:
+        """The worker of `stage` that holds the request (None: none does, or it died)."""
+        replica = tracked.replicas.get(stage)
+        return None if replica is None else self.workers[stage][replica]
+
+    def _assign(self, tracked: _Tracked, stage: str) -> WorkerHandle | None:
+        """Give the request to a worker of `stage`: the one its process group's other stages hold it in, or
+        else the least loaded one up (the first, among equals). It stays there for its whole life."""
+        group = self._group_of(stage)
+        replica = next((tracked.replicas[s.name] for s in group if s.name in tracked.replicas), None)
+        if replica is None:
+            up = [i for i, handle in enumerate(self.workers[stage]) if handle is not None]
+            if not up:
+                return None
+            replica = min(up, key=lambda i: sum(self._load[(s.name, i)] for s in group))
+        tracked.replicas[stage] = replica
+        self._load[(stage, replica)] += 1
+        return self.workers[stage][replica]
+
     def _add(self, stage: str, tracked: _Tracked) -> None:
-        handle = self.workers.get(stage)
+        handle = self._assign(tracked, stage)
         if handle is None or not handle.transport.send(AddRequest(tracked.request)):
             self._stage_done(tracked, stage)
             tracked.queue.put_nowait(Unavailable(self.unhealthy_reason({stage}) or f"stage {stage!r} is down"))
 
     # ---- messages from workers -----------------------------------------------------
 
-    def _on_message(self, stage: str, message: FromWorker) -> None:
-        self._last_seen[stage] = time.monotonic()
+    def _on_message(self, replica: Replica, message: FromWorker) -> None:
+        self._last_seen[replica] = time.monotonic()
+        stage = replica[0]
         match message:
             case StepOutputs(outputs, batches):
                 self.metrics.steps(stage, batches)
@@ -287,16 +354,26 @@ class Coordinator:
     # ---- control calls -------------------------------------------------------------
 
     async def control(self, stage: str, op: ControlOp) -> Any:
-        """Run a control operation on one stage, between its steps; its result, or its error."""
+        """Run a control operation on every worker of one stage that is up, between their steps (so each
+        replica serves what any serves); the first one's result, or an error."""
         problem = self.stage_problem(stage)
         if problem is not None:
             raise Unavailable(problem)
+        calls = [self._control_one((stage, i), handle, op) for i, handle in enumerate(self.workers[stage])
+                 if handle is not None]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        error = next((r for r in results if isinstance(r, BaseException)), None)
+        if error is not None:
+            raise error
+        return results[0]
+
+    async def _control_one(self, replica: Replica, handle: WorkerHandle, op: ControlOp) -> Any:
         call_id = f"call-{next(self._call_ids)}"
         answer = asyncio.get_running_loop().create_future()
-        self._calls[call_id] = (stage, answer)
+        self._calls[call_id] = (replica, answer)
         try:
-            if not self.workers[stage].transport.send(Control(call_id, op)):
-                raise Unavailable(self.unhealthy_reason({stage}) or f"stage {stage!r} is down")
+            if not handle.transport.send(Control(call_id, op)):
+                raise Unavailable(self.unhealthy_reason({replica[0]}) or f"stage {replica[0]!r} is down")
             return await answer
         finally:
             self._calls.pop(call_id, None)
@@ -325,7 +402,7 @@ class Coordinator:
             tracked.queue.put_nowait(replace(output, payload=None) if output.payload is not None else output)
 
     def _feed(self, stage: str, tracked: _Tracked, outputs: list[OmniOutput]) -> None:
-        handle = self.workers.get(stage)
+        handle = self._holder(tracked, stage)
         if handle is None or not handle.transport.send(FeedOutputs(outputs)):
             self._stage_done(tracked, stage)
             tracked.queue.put_nowait(Unavailable(self.unhealthy_reason({stage}) or f"stage {stage!r} is down"))
@@ -347,64 +424,67 @@ class Coordinator:
             late, last = now - last > 5 * WATCHDOG_INTERVAL_S, now
             if late:
                 continue
-            for stage, handle in list(self.workers.items()):
-                silent = now - self._last_seen.get(stage, now)
+            for (stage, i), handle in self._live():
+                silent = now - self._last_seen.get((stage, i), now)
                 timeout = self._stall_timeout(stage)
                 if timeout and silent > timeout and handle.stalled is None:
-                    log.error("stage %s worker (pid %d) sent nothing for %.0f s; killing it", stage, handle.pid,
-                              silent)
+                    log.error("stage %s worker %d (pid %d) sent nothing for %.0f s; killing it", stage, i,
+                              handle.pid, silent)
                     handle.stalled = f"it made no progress for {silent:.0f} s"
                     handle.process.kill()
 
     def _on_worker_closed(self, stage: str, handle: WorkerHandle) -> None:
-        """A worker process died: every stage it ran fails its requests and waits for the restart."""
-        if self.workers.get(stage) is not handle or self._closing:
+        """A worker died: every stage it ran fails the requests it held there and waits for the restart
+        (the stage's other workers go on)."""
+        replica = next((i for i, h in enumerate(self.workers.get(stage, [])) if h is handle), None)
+        if replica is None or self._closing:
             return
         code = handle.process.exitcode
         why = handle.stalled or (f"exit code {code}" if code is not None else "its connection closed")
         group = [s.name for s in self._group_of(stage)]
-        log.error("stage %s worker (pid %d) died (%s); restarting", "+".join(group), handle.pid, why)
+        which = f" {replica}" if len(self.workers[stage]) > 1 else ""
+        log.error("stage %s worker%s (pid %d) died (%s); restarting", "+".join(group), which, handle.pid, why)
         for name in group:
-            if self.workers.get(name) is None or self.workers[name].process is not handle.process:
+            current = self.workers[name][replica]
+            if current is None or current.process is not handle.process:
                 continue
             self.crashes += 1
             self.metrics.restarted(name)
-            del self.workers[name]
-            self.restarting[name] = f"its worker died: {why}"
-            self.admission.pause(name)
+            self.workers[name][replica] = None
+            self.restarting[(name, replica)] = f"its worker died: {why}"
+            self.admission.set_workers_up(name, self._up(name))
             error = WorkerCrashed(
                 f"the {name!r} stage worker {'was stuck' if handle.stalled else 'crashed'} while running this "
                 f"request ({why}); the request was aborted, retry it"
             )
             for tracked in list(self._running.values()):
-                if name in tracked.stages:
+                if name in tracked.stages and tracked.replicas.get(name) == replica:
                     if not tracked.finished:
                         tracked.queue.put_nowait(error)
                     self._stage_done(tracked, name)
-            for stage_of_call, answer in list(self._calls.values()):
-                if stage_of_call == name and not answer.done():
+            for called, answer in list(self._calls.values()):
+                if called == (name, replica) and not answer.done():
                     answer.set_exception(error)
-        self._spawn(self._restart(group, handle))
+        self._spawn(self._restart(group, replica, handle))
 
-    async def _restart(self, group: list[str], dead: WorkerHandle) -> None:
+    async def _restart(self, group: list[str], replica: int, dead: WorkerHandle) -> None:
         await asyncio.to_thread(dead.kill)
         configs = [self.pipeline.stage(name) for name in group]
         tries = max(c.max_restarts for c in configs)
         for attempt in range(1, tries + 1):
             try:
-                handles = await self._launch(configs, self.log_level, self._on_message, self._on_worker_closed)
-                for name, handle in zip(group, handles, strict=True):
-                    self.workers[name] = handle
-                    self._last_seen[name] = time.monotonic()
-                    del self.restarting[name]
-                    self.admission.resume(name)
-                log.info("stage %s restarted (pid %d)", "+".join(group), handles[0].pid)
+                await self._start_worker(configs, replica)
+                for name in group:
+                    del self.restarting[(name, replica)]
+                log.info("stage %s worker %d restarted (pid %d)", "+".join(group), replica,
+                         self.workers[group[0]][replica].pid)
                 return
             except StageLoadError as exc:
-                log.error("restart %d of stage %s failed: %s", attempt, "+".join(group), exc)
+                log.error("restart %d of stage %s worker %d failed: %s", attempt, "+".join(group), replica, exc)
                 await asyncio.sleep(min(2**attempt, 30))
         for name in group:
-            del self.restarting[name]
-            self.failed[name] = f"gave up after {tries} restarts"
-            # Nobody will serve this stage's line: answer it now rather than let it wait forever.
-            self.admission.fail_waiters(name, Unavailable(self.unhealthy_reason({name})))
+            del self.restarting[(name, replica)]
+            self.failed[(name, replica)] = f"gave up after {tries} restarts"
+            if self.stage_problem(name) is not None:
+                # Nobody will serve this stage's line: answer it now rather than let it wait forever.
+                self.admission.fail_waiters(name, Unavailable(self.unhealthy_reason({name})))

@@ -35,7 +35,23 @@ class WorkerProcess(Protocol):
     def join(self, timeout: float | None = None) -> None: ...
 
 
-Launcher = Callable[..., Awaitable[list["WorkerHandle"]]]
+@dataclass(frozen=True)
+class WorkerSpec:
+    """A worker to start: its stages (one, or a process group's), which replica of them it is, and where its
+    messages go."""
+
+    stages: list[StageConfig]
+    replica: int
+    log_level: str
+    on_message: Callable[[str, FromWorker], None]
+    on_closed: Callable[[str, WorkerHandle], None]
+
+    @property
+    def names(self) -> str:
+        return "+".join(stage.name for stage in self.stages)
+
+
+Launcher = Callable[[WorkerSpec], Awaitable[list["WorkerHandle"]]]
 
 
 @dataclass
@@ -56,39 +72,27 @@ class WorkerHandle:
         self.process.join(timeout=5)
 
 
-async def launch_worker(
-    stages: list[StageConfig],
-    log_level: str,
-    on_message: Callable[[str, FromWorker], None],
-    on_closed: Callable[[str, WorkerHandle], None],
-) -> list[WorkerHandle]:
-    """Spawn one worker process for `stages` (one, or a process group's), wait for each stage's
-    `Ready`, then route their messages. Each stage has its own pipe and handle."""
-    pipes = [_CTX.Pipe() for _ in stages]
-    names = "+".join(stage.name for stage in stages)
+async def launch_worker(spec: WorkerSpec) -> list[WorkerHandle]:
+    """Spawn a worker as a local process, wait for each of its stages' `Ready`, then route their messages.
+    Each stage has its own pipe and handle."""
+    pipes = [_CTX.Pipe() for _ in spec.stages]
     process = _CTX.Process(
         target=run_stage_worker,
-        args=([stage.model_dump() for stage in stages], [child for _, child in pipes], log_level),
-        name=f"omniserve-{names}",
+        args=([stage.model_dump() for stage in spec.stages], [child for _, child in pipes], spec.log_level),
+        name=f"omniserve-{spec.names}-{spec.replica}",
         daemon=True,
     )
     process.start()
     for _, child in pipes:
         child.close()
-    return await connect_worker(stages, [parent for parent, _ in pipes], process, on_message, on_closed)
+    return await connect_worker(spec, [parent for parent, _ in pipes], process)
 
 
-async def connect_worker(
-    stages: list[StageConfig],
-    conns: list[Connection],
-    process: WorkerProcess,
-    on_message: Callable[[str, FromWorker], None],
-    on_closed: Callable[[str, WorkerHandle], None],
-) -> list[WorkerHandle]:
+async def connect_worker(spec: WorkerSpec, conns: list[Connection], process: WorkerProcess) -> list[WorkerHandle]:
     """Given a started worker and the coordinator's end of each of its stages' connections: wait for each
     stage's `Ready`, then route their messages. Local processes and Ray actors alike."""
     loop = asyncio.get_running_loop()
-    names = "+".join(stage.name for stage in stages)
+    stages, names, on_message, on_closed = spec.stages, spec.names, spec.on_message, spec.on_closed
     handles: dict[str, WorkerHandle] = {}
     firsts: list[asyncio.Future] = []
     transports = []

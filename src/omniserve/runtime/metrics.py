@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from omniserve.runtime.types import OmniOutput
+from omniserve.runtime.types import OmniOutput, PayloadRef
 
 disable_created_metrics()  # no `_created` sample beside every series: nobody reads them, everyone scrapes them
 
@@ -70,6 +70,9 @@ class StageMetrics:
                                 registry=self.registry)
         self.restarts = Counter("omniserve_worker_restarts", "Stage workers that died or hung and were restarted",
                                 labels, registry=self.registry)
+        self.object_store_bytes = Counter("omniserve_payload_object_store_bytes",
+                                          "Bytes of payloads a stage sent to the next through Ray's object store",
+                                          labels, registry=self.registry)
 
     def set_models(self, models: dict[str, str]) -> None:
         self.models.update(models)
@@ -110,6 +113,8 @@ class StageMetrics:
             self.finished.labels(*on, out.finish_reason).inc()
             if out.completion_tokens:
                 self.generation_tokens.labels(*on).inc(out.completion_tokens)
+        if isinstance(out.payload, PayloadRef):
+            self.object_store_bytes.labels(*on).inc(out.payload.nbytes)
         if out.done and clock.audio_seconds.get(stage):
             self.rtf.labels(*on).observe((now - clock.arrived) / clock.audio_seconds[stage])
 

@@ -1,29 +1,45 @@
 """Stage workers as Ray actors (`--worker-backend ray`): the stages spread over the machines of a Ray cluster.
 
-Each worker (one stage, or a process group's stages) is one actor, placed by Ray from its stages' `placement`
-(`num_cpus`, `num_gpus`, custom `resources`, which can pin it to a node). The actor runs the same worker loop
-as a local process; it connects back to the coordinator over TCP, one authenticated `multiprocessing`
-connection per stage, and the coordinator drives those with the same `PipeTransport` and typed messages as a
-local pipe. A dead actor (killed, crashed, or its node lost) closes its sockets, and the coordinator fails its
-requests and starts a new one, as it does for a local process.
+Each worker (one stage, or a process group's stages; each of their `replicas`) is one actor, placed by Ray from
+its stages' `placement` (`num_cpus`, `num_gpus`, custom `resources`, which can pin it to a node). With the
+pipeline's `placement_strategy`, every worker is reserved at once in one placement group (a bundle each, packed
+or spread over the nodes) before any starts, and a restarted worker goes back to its bundle.
+
+The actor runs the same worker loop as a local process; it connects back to the coordinator over TCP, one
+authenticated `multiprocessing` connection per stage, and the coordinator drives those with the same
+`PipeTransport` and typed messages as a local pipe. A large payload for the next stage (an image's latents,
+embeddings) stays with the actor that made it; the message carries a `PayloadRef`, and the stage that reads it
+fetches it from that actor through Ray's object store (`ObjectStoreCarrier`), not through the coordinator.
+
+A dead actor (killed, crashed, or its node lost) closes its sockets, and the coordinator fails its requests and
+starts a new one, as it does for a local process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import os
+import pickle
 import secrets
 import socket
-from collections.abc import Callable
+import threading
+import time
+from dataclasses import replace
 from multiprocessing.connection import Client as connect_to
 from multiprocessing.connection import Connection, Listener
 from typing import Any
 
-from omniserve.config import StageConfig
-from omniserve.errors import ConfigError
-from omniserve.runtime.launcher import StageLoadError, WorkerHandle, connect_worker
-from omniserve.runtime.messages import FromWorker
+from omniserve.config import PipelineConfig, StageConfig
+from omniserve.errors import ConfigError, OmniError
+from omniserve.runtime.launcher import StageLoadError, WorkerHandle, WorkerSpec, connect_worker
+from omniserve.runtime.types import OmniOutput, PayloadRef
 from omniserve.runtime.worker import run_stage_worker
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "omniserve"
 
 
 def start_ray(address: str | None) -> None:
@@ -40,7 +56,7 @@ def start_ray(address: str | None) -> None:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"--ray-address {address}: cannot reach the Ray cluster ({exc})") from None
     try:
-        ray.init(address=address, namespace="omniserve", include_dashboard=False, configure_logging=False,
+        ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, configure_logging=False,
                  log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigError(f"--ray-address {address}: cannot join the Ray cluster: {exc}") from None
@@ -106,6 +122,94 @@ def _check_placeable(names: str, options: dict[str, Any]) -> None:
                          f"{wanted.get(short, 1):g} on one node, and the most any node has is {have:g}")
 
 
+RESERVE_TIMEOUT_S = 60.0
+TOKEN_CPU = 0.01  # a bundle must hold something: what a worker that asks for nothing reserves in a placement group
+
+
+def _bundle(options: dict[str, Any]) -> dict[str, float]:
+    wanted = {"CPU": options["num_cpus"], "GPU": options["num_gpus"], **options["resources"]}
+    return {name: amount for name, amount in wanted.items() if amount} or {"CPU": TOKEN_CPU}
+
+
+def _check_strategy(strategy: str, bundles: list[dict[str, float]]) -> None:
+    """Fail now, in one line, when the strict strategies cannot hold the bundles (Ray would wait forever)."""
+    import ray
+
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    if strategy == "strict_spread" and len(bundles) > len(nodes):
+        raise StageLoadError(f"placement_strategy strict_spread puts each of the pipeline's {len(bundles)} workers "
+                             f"on a node of its own, and the Ray cluster has {len(nodes)} nodes")
+    if strategy == "strict_pack":
+        total: dict[str, float] = {}
+        for bundle in bundles:
+            for name, amount in bundle.items():
+                total[name] = total.get(name, 0.0) + amount
+        if not any(all(node.get(name, 0) >= amount for name, amount in total.items()) for node in nodes):
+            need = ", ".join(f"{name} {amount:g}" for name, amount in total.items())
+            raise StageLoadError(f"placement_strategy strict_pack puts the pipeline's {len(bundles)} workers on one "
+                                 f"node, and no node of the Ray cluster has {need}")
+
+
+class ObjectStoreCarrier:
+    """An actor's large payloads (`min_bytes` pickled, or more) stay with it until each stage that reads them
+    (`readers` per stage: its downstream edges) has fetched them through Ray's object store, or `KEEP_S` passes
+    (a request that went to fewer of them, or was aborted); the message to the coordinator carries a
+    `PayloadRef`. It also fetches the ones this actor's stages read. `take` runs on the actor's second thread."""
+
+    KEEP_S = 120.0
+    FETCH_TIMEOUT_S = 60.0
+
+    def __init__(self, holder: str, min_bytes: int, readers: dict[str, int]):
+        self.holder, self.min_bytes, self.readers = holder, min_bytes, readers
+        self._held: dict[str, tuple[bytes, int, float]] = {}  # key -> (pickled payload, fetches left, kept until)
+        self._lock = threading.Lock()
+        self._keys = itertools.count()
+        self._holders: dict[str, Any] = {}  # actor name -> handle
+
+    def outgoing(self, stage: str, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        readers = self.readers.get(stage, 0)
+        return [self._leave(output, readers) if readers and output.payload is not None else output
+                for output in outputs]
+
+    def _leave(self, output: OmniOutput, readers: int) -> OmniOutput:
+        data = pickle.dumps(output.payload, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) < self.min_bytes:
+            return output
+        key = f"{output.request_id}/{next(self._keys)}"
+        now = time.monotonic()
+        with self._lock:
+            for stale in [k for k, (_, _, until) in self._held.items() if until < now]:
+                del self._held[stale]
+            self._held[key] = (data, readers, now + self.KEEP_S)
+        return replace(output, payload=PayloadRef(self.holder, key, len(data)))
+
+    def take(self, key: str) -> bytes:
+        with self._lock:
+            data, left, until = self._held[key]
+            if left > 1:
+                self._held[key] = (data, left - 1, until)
+            else:
+                del self._held[key]
+        return data
+
+    def incoming(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        return [replace(output, payload=self._fetch(output.payload)) if isinstance(output.payload, PayloadRef)
+                else output for output in outputs]
+
+    def _fetch(self, ref: PayloadRef) -> Any:
+        import ray
+
+        try:
+            if ref.holder not in self._holders:
+                self._holders[ref.holder] = ray.get_actor(ref.holder, namespace=NAMESPACE)
+            data = ray.get(self._holders[ref.holder].take_payload.remote(ref.key), timeout=self.FETCH_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - Ray's error, told in one line
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise OmniError(f"the upstream stage's output ({ref.nbytes} bytes) could not be fetched from its "
+                            f"worker {ref.holder} ({reason}); retry the request") from None
+        return pickle.loads(data)
+
+
 _ACTOR = None
 
 
@@ -115,19 +219,25 @@ def _actor_class():
     if _ACTOR is None:
         import ray
 
-        @ray.remote(max_restarts=0)
+        @ray.remote(max_restarts=0, max_concurrency=2)
         class StageWorker:
+            """Two threads: one runs the worker loop (`run`, its only call), the other hands out the payloads
+            that loop leaves with its carrier (`take_payload`)."""
+
             def run(self, stages: list[dict[str, Any]], address: tuple[str, int], authkey: bytes,
-                    log_level: str) -> None:
-                """The worker loop, until the coordinator stops it (an actor runs one call at a time: this is
-                its only one)."""
+                    log_level: str, carrier: tuple[str, int, dict[str, int]]) -> None:
+                """The worker loop, until the coordinator stops it."""
+                self.carrier = ObjectStoreCarrier(*carrier)
                 conns = []
                 for stage in stages:
                     conn = connect_to(address, authkey=authkey)
                     where = (ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address())
                     conn.send((stage["name"], os.getpid(), where))  # which stage this connection carries, and where
                     conns.append(conn)
-                run_stage_worker(stages, conns, log_level)
+                run_stage_worker(stages, conns, log_level, self.carrier)
+
+            def take_payload(self, key: str) -> bytes:
+                return self.carrier.take(key)
 
         _ACTOR = StageWorker
     return _ACTOR
@@ -143,23 +253,83 @@ def _accept(listener: Listener, names: list[str]) -> tuple[list[Connection], int
     return [conns[name] for name in names], pid, node
 
 
-async def launch_ray_worker(
-    stages: list[StageConfig],
-    log_level: str,
-    on_message: Callable[[str, FromWorker], None],
-    on_closed: Callable[[str, WorkerHandle], None],
-) -> list[WorkerHandle]:
-    """Start one actor for `stages`, wait until it is placed, connected and loaded."""
+class RayLauncher:
+    """Starts the pipeline's workers as Ray actors (the coordinator's `launch`). With a `placement_strategy`, the
+    first start reserves a bundle for every worker of the pipeline in one placement group, and each worker
+    (and its restarts) goes into its own bundle."""
+
+    def __init__(self, pipeline: PipelineConfig, object_store_min_bytes: int):
+        self.pipeline = pipeline
+        self.object_store_min_bytes = object_store_min_bytes
+        self.placement_group: Any = None
+        self._bundle_of: dict[tuple[str, int], int] = {}  # (a worker's first stage, replica) -> its bundle
+        self._reserving = asyncio.Lock()
+
+    async def _reserve(self) -> None:
+        """The placement group of the whole pipeline, once; a worker that no node can hold, or a strategy the
+        cluster cannot meet, fails it in one line."""
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        strategy = self.pipeline.placement_strategy
+        async with self._reserving:
+            if self.placement_group is not None or strategy is None:
+                return
+            bundles = []
+            for group in self.pipeline.process_groups():
+                options = _actor_options(group)
+                _check_placeable("+".join(s.name for s in group), options)
+                for replica in range(group[0].placement.replicas):
+                    self._bundle_of[(group[0].name, replica)] = len(bundles)
+                    bundles.append(_bundle(options))
+            _check_strategy(strategy, bundles)
+            reserved = placement_group(bundles, strategy=strategy.upper(), name=f"omniserve-{secrets.token_hex(4)}")
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(reserved.ready().future()), RESERVE_TIMEOUT_S)
+            except TimeoutError:
+                remove_placement_group(reserved)
+                raise StageLoadError(f"the Ray cluster could not reserve the pipeline's {len(bundles)} workers "
+                                     f"({strategy}) in {RESERVE_TIMEOUT_S:g} s: {bundles}") from None
+            self.placement_group = reserved
+            _log_placement(ray, reserved)
+
+    def _scheduling(self, stages: list[StageConfig], replica: int) -> dict[str, Any]:
+        if self.placement_group is None:
+            return {}
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundle = self._bundle_of[(stages[0].name, replica)]
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.placement_group, bundle)}
+
+    async def __call__(self, spec: WorkerSpec) -> list[WorkerHandle]:
+        """Start one actor for the worker, wait until it is placed, connected and loaded."""
+        await self._reserve()
+        options = _actor_options(spec.stages)
+        if self.placement_group is None:
+            _check_placeable(spec.names, options)
+        readers = {s.name: len(self.pipeline.downstream(s.name)) for s in spec.stages}
+        return await _launch_actor(spec, {**options, **self._scheduling(spec.stages, spec.replica)},
+                                   (self.object_store_min_bytes, readers))
+
+
+def _log_placement(ray: Any, group: Any) -> None:
+    """Say where each bundle went (a user reads this to see pack or spread at work)."""
+    table = ray.util.placement_group_table(group)
+    log.info("placement group %s (%s): bundles on nodes %s", table.get("name"), table.get("strategy"),
+             table.get("bundles_to_node_id"))
+
+
+async def _launch_actor(spec: WorkerSpec, options: dict[str, Any],
+                        carrier: tuple[int, dict[str, int]]) -> list[WorkerHandle]:
     import ray
 
-    names = [stage.name for stage in stages]
-    options = _actor_options(stages)
-    _check_placeable("+".join(names), options)
+    names = [stage.name for stage in spec.stages]
     authkey = secrets.token_bytes(32)
     listener = Listener((ray.util.get_node_ip_address(), 0), authkey=authkey)
-    actor = _actor_class().options(name=f"omniserve-{'+'.join(names)}-{secrets.token_hex(4)}",
-                                   **options).remote()
-    run = actor.run.remote([stage.model_dump() for stage in stages], listener.address, authkey, log_level)
+    name = f"omniserve-{spec.names}-{spec.replica}-{secrets.token_hex(4)}"
+    actor = _actor_class().options(name=name, **options).remote()
+    run = actor.run.remote([stage.model_dump() for stage in spec.stages], listener.address, authkey,
+                           spec.log_level, (name, *carrier))
     accepting = asyncio.ensure_future(asyncio.to_thread(_accept, listener, names))
     ended = asyncio.wrap_future(run.future())
     try:
@@ -170,7 +340,7 @@ async def launch_ray_worker(
                 reason = "the actor ended before it connected"
             except Exception as exc:  # noqa: BLE001 - Ray's error, reported in one line
                 reason = str(exc).strip().splitlines()[-1]
-            raise StageLoadError(f"stage {'+'.join(names)!r} failed to start on Ray: {reason}")
+            raise StageLoadError(f"stage {spec.names!r} failed to start on Ray: {reason}")
         conns, pid, node = accepting.result()
     finally:
         listener.close()  # no other connection is expected (and a pending accept gives up)
@@ -178,7 +348,7 @@ async def launch_ray_worker(
             accepting.cancel()
     process = ActorProcess(actor, run, pid, node)
     try:
-        handles = await connect_worker(stages, conns, process, on_message, on_closed)
+        handles = await connect_worker(spec, conns, process)
     except StageLoadError:
         process.kill()
         raise

@@ -192,6 +192,16 @@ class VideoFrames:
 OutputData = MediaReading | Embeddings | GeneratedImage | VideoFrames
 
 
+@dataclass(frozen=True)
+class PayloadRef:
+    """A payload left with the worker that made it (`holder`, a Ray actor's name), for the stage that reads it to
+    fetch through Ray's object store: large tensors do not pass through the coordinator."""
+
+    holder: str
+    key: str
+    nbytes: int
+
+
 @dataclass
 class OmniOutput:
     """An increment of one choice (`index`) of one request from one stage.
@@ -221,5 +231,6 @@ class OmniOutput:
     segments: list[dict[str, Any]] = field(default_factory=list)
     data: OutputData | None = None  # what the output carries besides text and audio
     progress: int | None = None  # percent of a long job done (an image's denoising, a video's frames)
-    # For the downstream stages only (hidden states, codec codes); the caller never sees it.
+    # For the downstream stages only (hidden states, codec codes); the caller never sees it. On Ray, a large
+    # one travels as a `PayloadRef`.
     payload: Any = None

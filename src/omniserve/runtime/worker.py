@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Protocol
 
 from omniserve.errors import InvalidRequest, OmniError
 from omniserve.executors import create_executor
@@ -50,7 +50,17 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 
 
-def run_stage_worker(stages: list[dict[str, Any]], conns: list[Connection], log_level: str) -> None:
+class PayloadCarrier(Protocol):
+    """How payloads reach the stages that read them when they do not ride the messages themselves (on Ray, large
+    ones go through the object store: `ray_backend.ObjectStoreCarrier`)."""
+
+    def outgoing(self, stage: str, outputs: list[OmniOutput]) -> list[OmniOutput]: ...
+
+    def incoming(self, outputs: list[OmniOutput]) -> list[OmniOutput]: ...
+
+
+def run_stage_worker(stages: list[dict[str, Any]], conns: list[Connection], log_level: str,
+                     carrier: PayloadCarrier | None = None) -> None:
     """Process entry point (must stay importable for the `spawn` start method). One stage, or the
     stages of one process group (`--colocate`), each with its own pipe to the coordinator."""
     names = "+".join(stage["name"] for stage in stages)
@@ -75,7 +85,7 @@ def run_stage_worker(stages: list[dict[str, Any]], conns: list[Connection], log_
                 for other in conns:
                     other.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
                 return
-            lanes.append(_Lane(executor, conn, stage["name"], {**info, "pid": os.getpid()}))
+            lanes.append(_Lane(executor, conn, stage["name"], {**info, "pid": os.getpid()}, carrier))
         for lane in lanes:
             lane.send(Ready(lane.info))
         _Loop(lanes).run()
@@ -86,11 +96,13 @@ def run_stage_worker(stages: list[dict[str, Any]], conns: list[Connection], log_
 class _Lane:
     """One stage in this process: its executor and its pipe."""
 
-    def __init__(self, executor, conn: Connection, stage: str, info: dict[str, Any]):
+    def __init__(self, executor, conn: Connection, stage: str, info: dict[str, Any],
+                 carrier: PayloadCarrier | None = None):
         self.executor = executor
         self.conn = conn
         self.stage = stage
         self.info = info
+        self.carrier = carrier
         self.last_sent = time.monotonic()
         self.batches: list[int] = []  # batch sizes of the steps not yet reported
         self.live: set[str] = set()  # requests added here and not finished, failed or aborted
@@ -111,8 +123,18 @@ class _Lane:
                 self.live.add(request.request_id)
                 return self._guarded(request.request_id, self.executor.add, request)
             case FeedOutputs(outputs):  # upstream stage outputs on a graph edge
-                return self._guarded(outputs[0].request_id, self.executor.feed, outputs)
+                return self._guarded(outputs[0].request_id, self._feed, outputs)
         return []
+
+    def _feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        return self.executor.feed(self.carrier.incoming(outputs) if self.carrier else outputs)
+
+    def send_outputs(self, outputs: list[OmniOutput]) -> None:
+        """What the last steps made (its large payloads left with the carrier), and their batch sizes."""
+        if self.carrier is not None:
+            outputs = self.carrier.outgoing(self.stage, outputs)
+        self.send(StepOutputs(outputs, self.batches))
+        self.batches = []
 
     def _guarded(self, request_id: str, call, argument) -> list[OmniOutput]:
         try:
@@ -185,8 +207,7 @@ class _Loop:
                     lane.batches.append(getattr(lane.executor, "batch_size", 1))
                 if outputs:
                     lane.live.difference_update(out.request_id for out in outputs if out.done)
-                    lane.send(StepOutputs(outputs, lane.batches))
-                    lane.batches = []
+                    lane.send_outputs(outputs)
                 elif time.monotonic() - lane.last_sent >= HEARTBEAT_S:
                     lane.send(Alive(lane.batches))
                     lane.batches = []

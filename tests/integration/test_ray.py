@@ -9,6 +9,7 @@ stops the server at start-up in one line."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,7 +27,11 @@ PINS = {"thinker": "node_a", "asr": "node_b", "talker": "node_b"}
 
 @pytest.fixture(scope="module")
 def cluster():
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # The head notices a silent node within about 2 s (Ray's defaults: about 30 s).
+    health_checks = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                     "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                            "_system_config": health_checks})
     nodes = {name: cluster.add_node(num_cpus=1, resources={name: 1}) for name in ("node_a", "node_b")}
     cluster.wait_for_nodes()
     yield cluster, nodes
@@ -136,6 +141,8 @@ def test_replicas_reserved_in_a_strict_spread_placement_group_are_on_different_n
 
 
 @pytest.mark.parametrize(("strategy", "placement", "line"), [
+    (None, {"replicas": 4, "num_cpus": 1},
+     "the pipeline's workers need CPU 4 in all (thinker 4 × 1), and the Ray cluster has 3"),
     ("strict_spread", {"replicas": 4},
      "placement_strategy strict_spread puts each of the pipeline's 4 workers on a node of its own, and the Ray "
      "cluster has 3 nodes"),
@@ -143,19 +150,23 @@ def test_replicas_reserved_in_a_strict_spread_placement_group_are_on_different_n
      "placement_strategy strict_pack puts the pipeline's 2 workers on one node, and no node of the Ray cluster "
      "has CPU 2"),
 ])
-def test_a_strategy_the_cluster_cannot_meet_fails_the_start_in_one_line(cluster, tmp_path, strategy, placement,
-                                                                         line):
+def test_a_layout_the_cluster_cannot_hold_fails_the_start_in_one_line(cluster, tmp_path, strategy, placement, line):
+    """Each worker alone would fit a node; together, or as the strategy wants them, they cannot."""
     config = tmp_path / "strategy.yaml"
     config.write_text(yaml.safe_dump({"placement_strategy": strategy, "stages": {"thinker": {"placement": placement}}}))
     done = serve_once("--ray-address", cluster[0].address, "--config", str(config))
     assert done.returncode == 2 and line in done.stderr, done.stderr
 
 
-def test_a_lost_node_fails_its_stages_until_a_node_that_can_hold_them_joins(server, cluster):
-    """Last in this module: it replaces node_b."""
+def test_a_node_lost_without_a_word_fails_its_stages_until_a_node_that_can_hold_them_joins(server, cluster):
+    """node_b's raylet stops answering, as a machine that loses power would: its actors' processes (stopped
+    with it) close no socket, so only Ray can tell that they are gone. Last in this module: it replaces node_b."""
     ray_cluster, nodes = cluster
     with server.http() as http:
-        ray_cluster.remove_node(nodes["node_b"])  # the ASR and talker actors go with it
+        raylet = nodes["node_b"].all_processes["raylet"][0].process.pid
+        actors = [stages(server)[name]["pid"] for name in ("asr", "talker")]
+        for pid in (raylet, *actors):
+            os.kill(pid, signal.SIGSTOP)
         def lost() -> dict | None:  # both of node_b's stages seen to be gone (each actor's death is noticed alone)
             health = http.get("/health").json()
             return health if all(health.get("stages", {}).get(s, "healthy") != "healthy" for s in ("asr", "talker")) \
@@ -168,6 +179,10 @@ def test_a_lost_node_fails_its_stages_until_a_node_that_can_hold_them_joins(serv
         chat = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
                                                         "max_tokens": 4})
         assert chat.status_code == 200  # the thinker's node is still there
+        ray_cluster.remove_node(nodes["node_b"], allow_graceful=False)  # its stopped processes, killed
+        for pid in actors:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         nodes["node_b"] = ray_cluster.add_node(num_cpus=1, resources={"node_b": 1})
         wait_until(lambda: http.get("/health").status_code == 200, timeout=120, interval=0.5)
         assert stages(server)["talker"]["node"] == nodes["node_b"].node_id

@@ -11,8 +11,8 @@
   for the stages the request emits from, to the request's output stream.
 - Abort: when the consumer goes away the request is aborted at every stage
   still holding it; each keeps its slot until the worker confirms.
-- Control: a stage administration call (LoRA adapters) goes to one stage's
-  worker and is answered once; it takes no slot.
+- Control: a stage administration call (LoRA adapters) goes to every worker
+  of one stage that is up, and is answered once; it takes no slot.
 - Replicas: a stage may be served by several workers (`placement.replicas`;
   a process group's stages share theirs). A request goes to the least
   loaded worker of each stage when it starts, and stays with it for its
@@ -95,7 +95,7 @@ class Coordinator:
                                 s.placement.replicas)
             for s in pipeline.stages
         })
-        # each stage's workers, by replica (None: not started, or restarting)
+        # each stage's workers, by replica (None: not started, restarting, or given up on)
         self._groups = {s.name: group for group in pipeline.process_groups() for s in group}  # who shares a worker
         self.workers: dict[str, list[WorkerHandle | None]] = {
             s.name: [None] * s.placement.replicas for s in pipeline.stages}
@@ -304,14 +304,16 @@ class Coordinator:
 
     def _assign(self, tracked: _Tracked, stage: str) -> WorkerHandle | None:
         """Give the request to a worker of `stage`: the one its process group's other stages hold it in, or
-        else the least loaded one up (the first, among equals). It stays there for its whole life."""
+        else the one up that holds the fewest requests on the group's stages this request visits (the first,
+        among equals). It stays there for its whole life."""
         group = self._group_of(stage)
         replica = next((tracked.replicas[s.name] for s in group if s.name in tracked.replicas), None)
         if replica is None:
             up = [i for i, handle in enumerate(self.workers[stage]) if handle is not None]
             if not up:
                 return None
-            replica = min(up, key=lambda i: sum(self._load[(s.name, i)] for s in group))
+            visits = [s.name for s in group if s.name in tracked.stages]
+            replica = min(up, key=lambda i: sum(self._load[(name, i)] for name in visits))
         tracked.replicas[stage] = replica
         self._load[(stage, replica)] += 1
         return self.workers[stage][replica]
@@ -354,8 +356,8 @@ class Coordinator:
     # ---- control calls -------------------------------------------------------------
 
     async def control(self, stage: str, op: ControlOp) -> Any:
-        """Run a control operation on every worker of one stage that is up, between their steps (so each
-        replica serves what any serves); the first one's result, or an error."""
+        """Run a control operation on every worker of one stage that is up, between their steps; the first one's
+        result, or the first error (the others may have applied it). A worker that starts later has not."""
         problem = self.stage_problem(stage)
         if problem is not None:
             raise Unavailable(problem)

@@ -11,8 +11,9 @@ authenticated `multiprocessing` connection per stage, and the coordinator drives
 embeddings) stays with the actor that made it; the message carries a `PayloadRef`, and the stage that reads it
 fetches it from that actor through Ray's object store (`ObjectStoreCarrier`), not through the coordinator.
 
-A dead actor (killed, crashed, or its node lost) closes its sockets, and the coordinator fails its requests and
-starts a new one, as it does for a local process.
+A dead actor (killed or crashed) closes its sockets, and the coordinator fails its requests and starts a new one,
+as it does for a local process. One whose node is lost without a word closes nothing: Ray notices, ends the
+actor's call, and its connections are closed here as if it had.
 """
 
 from __future__ import annotations
@@ -106,13 +107,22 @@ def _actor_options(stages: list[StageConfig]) -> dict[str, Any]:
             "num_gpus": sum(s.placement.num_gpus or 0 for s in stages), "resources": resources}
 
 
-def _check_placeable(names: str, options: dict[str, Any]) -> None:
-    """Fail now, in one line, when no node of the cluster has what a worker asks for (Ray would wait forever)."""
+def _wants(options: dict[str, Any]) -> dict[str, float]:
+    """What a worker's actor asks for, as Ray's resource names (those it asks none of left out)."""
+    wanted = {"CPU": options["num_cpus"], "GPU": options["num_gpus"], **options["resources"]}
+    return {name: amount for name, amount in wanted.items() if amount}
+
+
+def _alive_nodes() -> list[dict[str, float]]:
     import ray
 
-    wanted = {"CPU": options["num_cpus"], "GPU": options["num_gpus"], **options["resources"]}
-    wanted = {name: amount for name, amount in wanted.items() if amount}
-    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+
+
+def _check_placeable(names: str, options: dict[str, Any]) -> None:
+    """Fail now, in one line, when no node of the cluster has what a worker asks for (Ray would wait forever)."""
+    wanted = _wants(options)
+    nodes = _alive_nodes()
     if any(all(node.get(name, 0) >= amount for name, amount in wanted.items()) for node in nodes):
         return
     short = next(name for name, amount in wanted.items() if all(node.get(name, 0) < amount for node in nodes)) \
@@ -122,20 +132,35 @@ def _check_placeable(names: str, options: dict[str, Any]) -> None:
                          f"{wanted.get(short, 1):g} on one node, and the most any node has is {have:g}")
 
 
+def _check_totals(workers: list[tuple[str, dict[str, Any], int]]) -> None:
+    """Fail now, in one line, when the workers (name, options, replicas) ask for more of a resource together than
+    the whole cluster has (each alone may fit; Ray would leave the last ones waiting forever)."""
+    wanted: dict[str, float] = {}
+    askers: dict[str, list[str]] = {}
+    for names, options, replicas in workers:
+        for name, amount in _wants(options).items():
+            wanted[name] = wanted.get(name, 0.0) + amount * replicas
+            askers.setdefault(name, []).append(f"{names} {replicas} × {amount:g}")
+    nodes = _alive_nodes()
+    for name, amount in wanted.items():
+        have = sum(node.get(name, 0) for node in nodes)
+        if amount > have + 1e-9:
+            raise StageLoadError(f"the pipeline's workers need {name} {amount:g} in all ({', '.join(askers[name])}), "
+                                 f"and the Ray cluster has {have:g}")
+
+
 RESERVE_TIMEOUT_S = 60.0
+PLACE_TIMEOUT_S = 120.0  # from asking for an actor to its first connection (before its model loads)
 TOKEN_CPU = 0.01  # a bundle must hold something: what a worker that asks for nothing reserves in a placement group
 
 
 def _bundle(options: dict[str, Any]) -> dict[str, float]:
-    wanted = {"CPU": options["num_cpus"], "GPU": options["num_gpus"], **options["resources"]}
-    return {name: amount for name, amount in wanted.items() if amount} or {"CPU": TOKEN_CPU}
+    return _wants(options) or {"CPU": TOKEN_CPU}
 
 
 def _check_strategy(strategy: str, bundles: list[dict[str, float]]) -> None:
     """Fail now, in one line, when the strict strategies cannot hold the bundles (Ray would wait forever)."""
-    import ray
-
-    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    nodes = _alive_nodes()
     if strategy == "strict_spread" and len(bundles) > len(nodes):
         raise StageLoadError(f"placement_strategy strict_spread puts each of the pipeline's {len(bundles)} workers "
                              f"on a node of its own, and the Ray cluster has {len(nodes)} nodes")
@@ -152,9 +177,10 @@ def _check_strategy(strategy: str, bundles: list[dict[str, float]]) -> None:
 
 class ObjectStoreCarrier:
     """An actor's large payloads (`min_bytes` pickled, or more) stay with it until each stage that reads them
-    (`readers` per stage: its downstream edges) has fetched them through Ray's object store, or `KEEP_S` passes
-    (a request that went to fewer of them, or was aborted); the message to the coordinator carries a
-    `PayloadRef`. It also fetches the ones this actor's stages read. `take` runs on the actor's second thread."""
+    (`readers` per stage: its downstream edges) has fetched them through Ray's object store; one older than
+    `KEEP_S` (its request went to fewer of them, or was aborted) goes when the actor next keeps one. The message to
+    the coordinator carries a `PayloadRef`. It also fetches the ones this actor's stages read (blocking the worker
+    loop meanwhile, as reading a large message would). `take` runs on the actor's second thread."""
 
     KEEP_S = 120.0
     FETCH_TIMEOUT_S = 60.0
@@ -263,35 +289,50 @@ class RayLauncher:
         self.object_store_min_bytes = object_store_min_bytes
         self.placement_group: Any = None
         self._bundle_of: dict[tuple[str, int], int] = {}  # (a worker's first stage, replica) -> its bundle
-        self._reserving = asyncio.Lock()
+        self._preparing = asyncio.Lock()
+        self._prepared: StageLoadError | bool = False  # True once done; the error, if it failed
 
-    async def _reserve(self) -> None:
-        """The placement group of the whole pipeline, once; a worker that no node can hold, or a strategy the
-        cluster cannot meet, fails it in one line."""
+    async def _prepare(self) -> None:
+        """Once, before the first worker starts (every worker calls it; the first does it): check that the cluster
+        can hold each worker, and all of them together, then reserve the placement group if the pipeline asks for
+        one. What the cluster cannot do fails every start in the same one line."""
+        async with self._preparing:
+            if self._prepared is False:
+                try:
+                    await self._check_and_reserve()
+                    self._prepared = True
+                except StageLoadError as exc:
+                    self._prepared = exc
+        if isinstance(self._prepared, StageLoadError):
+            raise self._prepared
+
+    async def _check_and_reserve(self) -> None:
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
 
+        workers, bundles = [], []
+        for group in self.pipeline.process_groups():
+            names, options = "+".join(s.name for s in group), _actor_options(group)
+            replicas = group[0].placement.replicas
+            _check_placeable(names, options)
+            workers.append((names, options, replicas))
+            for replica in range(replicas):
+                self._bundle_of[(group[0].name, replica)] = len(bundles)
+                bundles.append(_bundle(options))
+        _check_totals(workers)
         strategy = self.pipeline.placement_strategy
-        async with self._reserving:
-            if self.placement_group is not None or strategy is None:
-                return
-            bundles = []
-            for group in self.pipeline.process_groups():
-                options = _actor_options(group)
-                _check_placeable("+".join(s.name for s in group), options)
-                for replica in range(group[0].placement.replicas):
-                    self._bundle_of[(group[0].name, replica)] = len(bundles)
-                    bundles.append(_bundle(options))
-            _check_strategy(strategy, bundles)
-            reserved = placement_group(bundles, strategy=strategy.upper(), name=f"omniserve-{secrets.token_hex(4)}")
-            try:
-                await asyncio.wait_for(asyncio.wrap_future(reserved.ready().future()), RESERVE_TIMEOUT_S)
-            except TimeoutError:
-                remove_placement_group(reserved)
-                raise StageLoadError(f"the Ray cluster could not reserve the pipeline's {len(bundles)} workers "
-                                     f"({strategy}) in {RESERVE_TIMEOUT_S:g} s: {bundles}") from None
-            self.placement_group = reserved
-            _log_placement(ray, reserved)
+        if strategy is None:
+            return
+        _check_strategy(strategy, bundles)
+        reserved = placement_group(bundles, strategy=strategy.upper(), name=f"omniserve-{secrets.token_hex(4)}")
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(reserved.ready().future()), RESERVE_TIMEOUT_S)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            remove_placement_group(reserved)
+            raise StageLoadError(f"the Ray cluster could not reserve the pipeline's {len(bundles)} workers "
+                                 f"({strategy}) in {RESERVE_TIMEOUT_S:g} s: {bundles}") from None
+        self.placement_group = reserved
+        _log_placement(ray, reserved)
 
     def _scheduling(self, stages: list[StageConfig], replica: int) -> dict[str, Any]:
         if self.placement_group is None:
@@ -303,7 +344,7 @@ class RayLauncher:
 
     async def __call__(self, spec: WorkerSpec) -> list[WorkerHandle]:
         """Start one actor for the worker, wait until it is placed, connected and loaded."""
-        await self._reserve()
+        await self._prepare()
         options = _actor_options(spec.stages)
         if self.placement_group is None:
             _check_placeable(spec.names, options)
@@ -331,21 +372,18 @@ async def _launch_actor(spec: WorkerSpec, options: dict[str, Any],
     run = actor.run.remote([stage.model_dump() for stage in spec.stages], listener.address, authkey,
                            spec.log_level, (name, *carrier))
     accepting = asyncio.ensure_future(asyncio.to_thread(_accept, listener, names))
+    accepting.add_done_callback(lambda f: f.cancelled() or f.exception())  # an unblocked accept's error is no news
     ended = asyncio.wrap_future(run.future())
     try:
-        await asyncio.wait({accepting, ended}, return_when=asyncio.FIRST_COMPLETED)
-        if not accepting.done():  # the actor ended before it connected: it could not start
-            try:
-                ended.result()
-                reason = "the actor ended before it connected"
-            except Exception as exc:  # noqa: BLE001 - Ray's error, reported in one line
-                reason = str(exc).strip().splitlines()[-1]
-            raise StageLoadError(f"stage {spec.names!r} failed to start on Ray: {reason}")
+        await asyncio.wait({accepting, ended}, timeout=PLACE_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        if not accepting.done():  # it ended before it connected, or was never placed: it holds nothing after this
+            ray.kill(actor, no_restart=True)
+            raise StageLoadError(f"stage {spec.names!r} failed to start on Ray: {_why_not_connected(ended)}")
         conns, pid, node = accepting.result()
     finally:
-        listener.close()  # no other connection is expected (and a pending accept gives up)
         if not accepting.done():
-            accepting.cancel()
+            _unblock(listener)
+        listener.close()  # no other connection is expected
     process = ActorProcess(actor, run, pid, node)
     try:
         handles = await connect_worker(spec, conns, process)
@@ -354,5 +392,39 @@ async def _launch_actor(spec: WorkerSpec, options: dict[str, Any],
         raise
     for handle in handles:
         handle.info["node"], handle.info["node_ip"] = node
+    # A node lost without a word (power, network) closes no socket; Ray notices, and ends the actor's call.
+    loop = asyncio.get_running_loop()
+    run.future().add_done_callback(lambda _: _lose_soon(loop, handles))
     return handles
+
+
+def _why_not_connected(ended: asyncio.Future) -> str:
+    if not ended.done():
+        return (f"it was not placed within {PLACE_TIMEOUT_S:g} s (other actors hold what it asks for, or a node "
+                "that has it is gone)")
+    try:
+        ended.result()
+        return "the actor ended before it connected"
+    except Exception as exc:  # noqa: BLE001 - Ray's error, reported in one line
+        return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+
+
+def _unblock(listener: Listener) -> None:
+    """Wake the thread blocked in `listener.accept()` (closing the listener does not): connect, and hang up."""
+    try:
+        socket.create_connection(listener.address, timeout=1).close()
+    except OSError:
+        pass
+
+
+def _lose_soon(loop: asyncio.AbstractEventLoop, handles: list[WorkerHandle]) -> None:
+    """From Ray's thread: tell the coordinator's loop that the actor's connections are gone."""
+    def lose() -> None:
+        for handle in handles:
+            handle.transport.lost()
+
+    try:
+        loop.call_soon_threadsafe(lose)
+    except RuntimeError:  # the server has shut down its loop: nobody is left to tell
+        pass
 

@@ -38,6 +38,10 @@ class Transport(Protocol):
 
     def close(self) -> None: ...
 
+    def lost(self) -> None:
+        """The worker is gone though the channel did not say so (its Ray node lost without a word): close it as if
+        it had, calling `on_closed`."""
+
 
 class PipeTransport:
     def __init__(
@@ -82,7 +86,7 @@ class PipeTransport:
         except BlockingIOError:
             pass
         except OSError:
-            self._lost()
+            self.lost()
             return
         if self._outbox:
             self._loop.add_writer(self._fd, self._write)
@@ -110,13 +114,13 @@ class PipeTransport:
             while True:
                 chunk = os.read(self._fd, 1 << 20)
                 if not chunk:  # EOF: the worker is gone
-                    self._lost()
+                    self.lost()
                     return
                 self._inbox += chunk
         except BlockingIOError:
             pass
         except OSError:
-            self._lost()
+            self.lost()
             return
         for message in self._frames():
             self._on_message(message)
@@ -140,7 +144,7 @@ class PipeTransport:
         del buf[:pos]
         return out
 
-    def _lost(self) -> None:
+    def lost(self) -> None:
         if not self.closed:
             self.closed = True
             self._detach()

@@ -5,6 +5,8 @@ here for SmolLM2 (`scripts/make_tiny_lora.py`)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from omniserve.models.defaults import ALIASES
-from tests.conftest import MODEL_DATA, ROOT, run_server
+from tests.conftest import MODEL_DATA, ROOT, run_server, wait_until
 
 BASE = "smollm2-135m"
 ASK = [{"role": "user", "content": "Tell me about the sea."}]
@@ -102,3 +104,20 @@ def test_bad_adapter_requests(lora_server, route, body, status, words):
         r = http.post(route, json=body)
     assert r.status_code == status, r.text
     assert words in r.json()["error"]["message"], r.json()
+
+
+def test_a_restarted_worker_gets_back_the_adapters_loaded_at_run_time(lora_server):
+    """Last in this module: it kills the thinker's worker."""
+    client, http = lora_server.openai(), lora_server.http()
+    r = http.post("/v1/load_lora_adapter", json={"lora_name": "other", "lora_path": "other.gguf"})
+    assert r.status_code == 200, r.text
+    before = answer(client, f"{BASE}:other")
+    pid = next(s["pid"] for s in http.get("/get_model_info").json()["stages"] if s["name"] == "thinker")
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: http.get("/health").status_code == 503, interval=0.02)
+    wait_until(lambda: http.get("/health").status_code == 200, timeout=60)
+    assert next(s["pid"] for s in http.get("/get_model_info").json()["stages"] if s["name"] == "thinker") != pid
+    after = answer(client, f"{BASE}:other")  # replayed on the new worker: the same adapter, the same answer
+    assert after[0] == before[0] and close(after[1], before[1])
+    r = http.post("/v1/load_lora_adapter", json={"lora_name": "other", "lora_path": "other.gguf"})
+    assert r.status_code == 400 and "already loaded" in r.json()["error"]["message"]

@@ -12,7 +12,9 @@
 - Abort: when the consumer goes away the request is aborted at every stage
   still holding it; each keeps its slot until the worker confirms.
 - Control: a stage administration call (LoRA adapters) goes to every worker
-  of one stage that is up, and is answered once; it takes no slot.
+  of one stage that is up, and is answered once; it takes no slot. One that
+  changes the stage is replayed on a worker of it that starts later (a
+  restart), before it takes requests.
 - Replicas: a stage may be served by several workers (`placement.replicas`;
   a process group's stages share theirs). A request goes to the least
   loaded worker of each stage when it starts, and stays with it for its
@@ -64,6 +66,7 @@ from omniserve.runtime.types import OmniOutput, OmniRequest
 log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_S = 1.0
+REPLAY_TIMEOUT_S = 120.0  # for each control call replayed on a restarted worker
 
 Replica = tuple[str, int]  # a stage, and which of its workers
 
@@ -106,6 +109,7 @@ class Coordinator:
         self._last_seen: dict[Replica, float] = {}  # when each worker last sent anything
         self._tasks: set[asyncio.Task] = set()
         self._calls: dict[str, tuple[Replica, asyncio.Future]] = {}  # control call id -> (its worker, its answer)
+        self._applied: dict[str, list[ControlOp]] = {s.name: [] for s in pipeline.stages}  # to replay, in order
         self._call_ids = itertools.count()
         self.crashes = 0
         self._closing = False
@@ -139,11 +143,21 @@ class Coordinator:
                                                f"(pid {h.pid})" for (stage, i), h in self._live()))
 
     async def _start_worker(self, group: list[StageConfig], replica: int) -> None:
-        """Start worker `replica` of a process group (or lone stage), and take it into service."""
+        """Start worker `replica` of a process group (or lone stage), bring it to the state the control calls
+        left its stages in, and take it into service."""
         def on_message(stage: str, message: FromWorker) -> None:
             self._on_message((stage, replica), message)
 
         handles = await self._launch(WorkerSpec(group, replica, self.log_level, on_message, self._on_worker_closed))
+        try:
+            for stage, handle in zip(group, handles, strict=True):
+                for op in self._applied[stage.name]:
+                    await asyncio.wait_for(self._control_one((stage.name, replica), handle, op), REPLAY_TIMEOUT_S)
+        except (OmniError, asyncio.TimeoutError) as exc:
+            for handle in handles:
+                await asyncio.to_thread(handle.kill)
+            raise StageLoadError(f"stage {'+'.join(s.name for s in group)} could not be given back what was done "
+                                 f"to it at run time ({type(exc).__name__}: {exc})") from None
         for stage, handle in zip(group, handles, strict=True):
             self.workers[stage.name][replica] = handle
             self._last_seen[(stage.name, replica)] = time.monotonic()
@@ -367,6 +381,8 @@ class Coordinator:
         error = next((r for r in results if isinstance(r, BaseException)), None)
         if error is not None:
             raise error
+        if op.changes_state:
+            self._applied[stage].append(op)
         return results[0]
 
     async def _control_one(self, replica: Replica, handle: WorkerHandle, op: ControlOp) -> Any:

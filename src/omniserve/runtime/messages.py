@@ -6,25 +6,28 @@ makes flows back as `StepOutputs`. A `Control` call (LoRA adapters) is answered 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 WireError = tuple[str, str, str | None, str | None]  # OmniError.to_wire(): class, message, param, code
 
 # ---- control operations: stage administration, not requests ------------------------------
+# Those that change a stage (`changes_state`) are replayed, in order, on a worker of it that starts later.
 
 
 @dataclass
 class LoadAdapter:
     """Load a GGUF LoRA adapter into the chat model (`/v1/load_lora_adapter`)."""
 
+    changes_state: ClassVar[bool] = True
     name: str
     path: str
 
 
 @dataclass
 class UnloadAdapter:
+    changes_state: ClassVar[bool] = True
     name: str
 
 
@@ -32,6 +35,7 @@ class UnloadAdapter:
 class SetAdapters:
     """A diffusion denoiser's adapters and their strengths (SGLang Diffusion's `/v1/set_lora`)."""
 
+    changes_state: ClassVar[bool] = True
     nicknames: list[str]
     paths: list[str]
     strengths: list[float]
@@ -41,12 +45,13 @@ class SetAdapters:
 class MergeAdapters:
     """Fuse the active adapters into the weights (`merge`), or take them out again."""
 
+    changes_state: ClassVar[bool] = True
     merge: bool
 
 
 @dataclass
 class ListAdapters:
-    pass
+    changes_state: ClassVar[bool] = False
 
 
 ControlOp = LoadAdapter | UnloadAdapter | SetAdapters | MergeAdapters | ListAdapters

@@ -87,7 +87,7 @@ class _Tracked:
 class Coordinator:
     def __init__(self, pipeline: PipelineConfig, max_running: int, max_queued: int, log_level: str = "info",
                  stall_timeout: float = 0.0, launch: Launcher = launch_worker):
-        """`launch`: how a worker starts (a local process; `ray_backend.launch_ray_worker`: a Ray actor)."""
+        """`launch`: how a worker starts (a local process; `ray_backend.RayLauncher`: a Ray actor)."""
         self.pipeline = pipeline
         self._launch = launch
         self.log_level = log_level
@@ -98,8 +98,8 @@ class Coordinator:
                                 s.placement.replicas)
             for s in pipeline.stages
         })
-        # each stage's workers, by replica (None: not started, restarting, or given up on)
         self._groups = {s.name: group for group in pipeline.process_groups() for s in group}  # who shares a worker
+        # each stage's workers, by replica (None: not started, restarting, or given up on)
         self.workers: dict[str, list[WorkerHandle | None]] = {
             s.name: [None] * s.placement.replicas for s in pipeline.stages}
         self.restarting: dict[Replica, str] = {}  # why

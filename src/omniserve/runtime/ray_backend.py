@@ -73,8 +73,8 @@ def stop_ray() -> None:
 class ActorProcess:
     """A worker that is a Ray actor, as the coordinator sees a worker process."""
 
-    def __init__(self, actor: Any, run: Any, pid: int, node: tuple[str, str]):
-        self.actor, self.run, self.pid, self.node = actor, run, pid, node
+    def __init__(self, actor: Any, run: Any, pid: int):
+        self.actor, self.run, self.pid = actor, run, pid
         self.exitcode: int | None = None
 
     def is_alive(self) -> bool:
@@ -384,7 +384,7 @@ async def _launch_actor(spec: WorkerSpec, options: dict[str, Any],
         if not accepting.done():
             _unblock(listener)
         listener.close()  # no other connection is expected
-    process = ActorProcess(actor, run, pid, node)
+    process = ActorProcess(actor, run, pid)
     try:
         handles = await connect_worker(spec, conns, process)
     except StageLoadError:

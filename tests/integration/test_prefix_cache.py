@@ -34,8 +34,9 @@ def first_token(response) -> dict[str, float]:
 
 
 def same_start(got: dict[str, float], want: dict[str, float]) -> bool:
-    """The same distribution, up to float noise: the tokens likely without the cache are as likely with it."""
-    return all(abs(got.get(token, -99) - logprob) < 0.2 for token, logprob in want.items() if logprob > -3)
+    """The same distribution, up to float noise (batch layouts move a token near -3 by 0.25, seen in CI): the tokens
+    likely without the cache are as likely with it. A wrong prefix moves them by more than a whole unit."""
+    return all(abs(got.get(token, -99) - logprob) < 0.3 for token, logprob in want.items() if logprob > -3)
 
 
 @pytest.fixture(scope="module")

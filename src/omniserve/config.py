@@ -9,6 +9,7 @@ environment variables, then defaults. No other module reads `os.environ`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,20 @@ class ServerArgs(BaseSettings):
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     enable_cache_report: bool = False
     disable_playground: bool = False
+    allowed_origins: list[str] = Field(default_factory=list, description="web origins (scheme://host[:port]) "
+                                       "besides the server's own that may call it from a browser (CORS and the "
+                                       "realtime WebSocket); * allows any")
+    public_base_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+                                        description="the server's address as clients reach it (links to stored "
+                                        "images); default: the address the request came in on")
+    realtime_max_sessions: int = Field(64, ge=1, description="realtime sessions open at once")
+    realtime_idle_timeout: float = Field(600.0, ge=0, description="close a realtime session that has sent nothing "
+                                         "for this long while no response runs (0: never)")
+    realtime_max_items: int = Field(1000, ge=1, description="items one realtime conversation may hold")
+    realtime_max_session_mib: float = Field(64.0, gt=0, description="memory one realtime session's items and "
+                                            "audio may take")
+    default_max_tokens: int | None = Field(None, ge=1, description="tokens a chat or completion writes when it "
+                                           "names no max_tokens (default: what the context leaves)")
     worker_backend: Literal["mp", "ray"] = Field("mp", description="stage workers: local processes, or Ray actors")
     ray_address: str | None = Field(None, description="the Ray cluster to join (auto: this machine's; none: a "
                                     "local one)")
@@ -80,6 +95,18 @@ class ServerArgs(BaseSettings):
     talker_mem_fraction_static: float | None = Field(None, gt=0, lt=1)
     max_generated_image_size: int | None = Field(None, ge=1)
     omni: bool = False
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            origin = value.strip().rstrip("/")
+            if origin not in ("*", "null") and not re.fullmatch(r"https?://[^\s/?#@]+", origin):
+                raise ValueError(f"{value!r} is not an origin: give scheme://host[:port], such as "
+                                 "https://app.example:8443, or *")
+            out.append(origin)
+        return out
 
     @field_validator("log_level")
     @classmethod

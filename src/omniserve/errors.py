@@ -48,6 +48,22 @@ class Unauthorized(OmniError):
     code = "invalid_api_key"
 
 
+class Forbidden(OmniError):
+    """A browser page of another site tried to drive the server (403)."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "cross_origin_forbidden"
+
+
+class UnsupportedMediaType(OmniError):
+    """The body is not in a media type the route reads (415)."""
+
+    status_code = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class NotFound(OmniError):
     status_code = 404
     error_type = "invalid_request_error"
@@ -93,6 +109,15 @@ class OutOfMemory(OmniError):
     code = "out_of_memory"
 
 
+class StorageFailed(OmniError):
+    """The data directory cannot be written (the disk is full, or it is read-only): 507, and what is
+    already stored stays as it was."""
+
+    status_code = 507
+    error_type = "insufficient_storage"
+    code = "insufficient_storage"
+
+
 class ConfigError(Exception):
     """A bad flag, model path or pipeline config; the CLI prints it on one line."""
 
@@ -104,6 +129,8 @@ _BY_NAME = {
         InvalidRequest,
         ContextLengthExceeded,
         Unauthorized,
+        Forbidden,
+        UnsupportedMediaType,
         NotFound,
         ModelNotFound,
         PayloadTooLarge,
@@ -111,5 +138,6 @@ _BY_NAME = {
         Unavailable,
         WorkerCrashed,
         OutOfMemory,
+        StorageFailed,
     )
 }

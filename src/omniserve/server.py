@@ -13,14 +13,16 @@ import uvicorn
 from omniserve import __version__
 from omniserve.api.app import create_app
 from omniserve.api.protocol.grammar import build as build_grammar
+from omniserve.api.realtime.session import MAX_EVENT_BYTES
 from omniserve.config import PipelineConfig, ServerArgs
-from omniserve.errors import ConfigError
+from omniserve.errors import ConfigError, StorageFailed
 from omniserve.jobs.runner import VideoRunner
 from omniserve.jobs.store import JobStore
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.grammar import GrammarBuilder
 from omniserve.runtime.launcher import StageLoadError, launch_worker
+from omniserve.storage import DataDir
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,11 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
         from omniserve.runtime.ray_backend import RayLauncher
 
         launch = RayLauncher(pipeline, settings.ray_object_store_min_bytes)
+    data = DataDir(settings.data_dir)
+    try:  # before any model loads: a data dir that cannot be written stops the start in one line
+        store = JobStore(settings.data_dir / "jobs.sqlite3", data)
+    except StorageFailed as exc:
+        raise ConfigError(f"--data-dir: {exc.message}") from None
     coordinator = Coordinator(pipeline, settings.max_running_requests, settings.max_queued_requests,
                               settings.log_level, settings.stall_timeout, launch)
     try:
@@ -62,11 +69,11 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
         llm = next((m for m in served if m.kind == "chat" and m.info.get("n_vocab")), None)
         grammars = GrammarBuilder(build_grammar, llm.root, settings.grammar_timeout) if llm else None
         client = Client(coordinator, served, served[0].root, grammars)
-        store = JobStore(settings.data_dir / "jobs.sqlite3")
         video_runner = VideoRunner(store, client, settings.data_dir / "videos")
         video_runner.start()
-        config = uvicorn.Config(create_app(settings, client, video_runner), host=settings.host, port=settings.port,
-                                log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
+        app = create_app(settings, client, video_runner, data)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                                access_log=False, timeout_graceful_shutdown=5, ws_max_size=MAX_EVENT_BYTES)
         log.info("omniserve %s serving %s on http://%s:%d (pid %d)", __version__, [m.id for m in served],
                  settings.host, settings.port, os.getpid())
         try:

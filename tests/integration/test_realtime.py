@@ -139,7 +139,7 @@ def test_text_that_is_not_json_and_an_unknown_model(server):
     with session(server) as ws:
         receive(ws)
         ws.send("hello")
-        assert "not JSON" in receive(ws)["error"]["message"]
+        assert "not valid JSON" in receive(ws)["error"]["message"]
         ws.send(b"\x00\x01")
         assert "binary frames" in receive(ws)["error"]["message"]
         send(ws, {"type": "input_audio_buffer.clear"})

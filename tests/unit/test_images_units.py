@@ -55,13 +55,25 @@ def test_quality_presets():
 def test_store_expires(tmp_path):
     store = ImageStore(tmp_path, ttl_s=60)
     image_id = store.save(b"png", "png")
-    assert store.find(image_id)[0].read_bytes() == b"png"
+    file, media_type = store.open(image_id)
+    with file:
+        assert file.read() == b"png" and media_type == "image/png"
     old = time.time() - 120
     os.utime(tmp_path / f"{image_id}.png", (old, old))
-    assert store.find(image_id) is None
+    assert store.open(image_id) is None
     store.save(b"x", "webp")  # saving purges what expired
     assert not (tmp_path / f"{image_id}.png").exists()
-    assert store.find("../etc/passwd") is None and store.find("img_../../x") is None
+    assert store.open("../etc/passwd") is None and store.open("img_../../x") is None
+
+
+def test_the_image_store_serves_an_open_file_after_it_is_removed(tmp_path):
+    store = ImageStore(tmp_path, ttl_s=60)
+    image_id = store.save(b"x" * 300_000, "png")
+    file, _ = store.open(image_id)
+    (tmp_path / f"{image_id}.png").unlink()  # a purge or an expiry meanwhile
+    with file:
+        assert len(file.read()) == 300_000
+    assert store.open(image_id) is None
 
 
 @pytest.mark.parametrize("body, seconds, frames", [

@@ -5,11 +5,13 @@ the port only accepts requests once every stage has loaded its model."""
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from omniserve import __version__
 from omniserve.api import openapi
 from omniserve.api.errors import install_error_handlers
-from omniserve.api.middleware import OPEN_PATHS, ApiKeyMiddleware, BodyLimitMiddleware
+from omniserve.api.middleware import OPEN_PATHS, ApiKeyMiddleware, BodyLimitMiddleware, SameOriginMiddleware
+from omniserve.api.realtime.limits import SessionCount
 from omniserve.api.routes import (
     audio,
     chat,
@@ -27,13 +29,17 @@ from omniserve.api.routes import (
 from omniserve.config import ServerArgs
 from omniserve.jobs.runner import VideoRunner
 from omniserve.runtime.client import Client
+from omniserve.storage import DataDir
 
 
-def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner | None = None) -> FastAPI:
+def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner | None = None,
+               data: DataDir | None = None) -> FastAPI:
     app = FastAPI(title="omniserve", version=__version__)
     app.state.client = client
     app.state.videos = video_runner
     app.state.settings = settings
+    app.state.data = data or DataDir(settings.data_dir)
+    app.state.realtime_sessions = SessionCount(settings.realtime_max_sessions)
     install_error_handlers(app)
     openapi.install(app)
     for router in (chat.router, completions.router, embeddings.router, audio.router, images.router, videos.router,
@@ -46,5 +52,9 @@ def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner |
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, open_paths=open_paths,
-                           open_prefixes=open_prefixes)  # outermost: checked first
+                           open_prefixes=open_prefixes)
+    app.add_middleware(SameOriginMiddleware, allowed_origins=settings.allowed_origins)
+    if settings.allowed_origins:  # outermost: a preflight is answered before any check
+        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["*"],
+                           allow_headers=["*"])
     return app

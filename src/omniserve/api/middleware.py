@@ -1,14 +1,16 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it breaks streaming and
-disconnect detection): the API key check and the request-body size cap."""
+disconnect detection): the API key check, the request-body size cap, and the
+check that a browser page of another site does not drive the server."""
 
 from __future__ import annotations
 
 import hmac
+from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
 
 from omniserve.api.errors import omni_error_body
-from omniserve.errors import OmniError, PayloadTooLarge, Unauthorized
+from omniserve.errors import Forbidden, OmniError, PayloadTooLarge, Unauthorized
 
 OPEN_PATHS = frozenset({"/health"})
 INSECURE_KEY_PROTOCOL = b"openai-insecure-api-key."
@@ -69,3 +71,55 @@ class BodyLimitMiddleware:
             return message
 
         return await self.app(scope, limited_receive, send)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """scheme, host and port of an origin (`http://localhost:8000`), or None if it is not one."""
+    try:
+        parts = urlsplit(url.strip().lower())
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return None
+    return (parts.scheme, parts.hostname, port) if parts.scheme in _DEFAULT_PORTS and parts.hostname else None
+
+
+class SameOriginMiddleware:
+    """A web page the user opens may send requests to a server on their machine, which needs no key there:
+    requests that change something (every method but GET, HEAD and OPTIONS) and WebSocket upgrades whose
+    `Origin` is neither the server's own (the scheme and the Host it was reached at: the playground) nor an
+    `--allowed-origins` one are refused with 403. Clients that are not browsers send no Origin."""
+
+    SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app, allowed_origins: list[str]):
+        self.app = app
+        self._any = "*" in allowed_origins
+        self._allowed = {o for o in map(_origin, allowed_origins) if o} | (
+            {"null"} if "null" in allowed_origins else set())
+
+    async def __call__(self, scope, receive, send):
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or self._any or (kind == "http" and scope["method"] in self.SAFE_METHODS):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        origin = headers.get(b"origin")
+        if origin is None or self._allowed_origin(origin.decode("latin-1"), scope, headers):
+            return await self.app(scope, receive, send)
+        if kind == "websocket":  # closing before the handshake answers it with 403
+            return await send({"type": "websocket.close", "code": 1008})
+        shown = origin.decode("latin-1")[:100]
+        return await _reject(Forbidden(f"a web page at {shown!r} may not call this server: only its own pages and "
+                                       "the origins given to --allowed-origins may"), scope, receive, send)
+
+    def _allowed_origin(self, origin: str, scope, headers: dict[bytes, bytes]) -> bool:
+        if origin.strip().lower() == "null":
+            return "null" in self._allowed
+        theirs = _origin(origin)
+        if theirs is None:
+            return False
+        scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme", "http"))
+        ours = _origin(f"{scheme}://{headers.get(b'host', b'').decode('latin-1')}")
+        return theirs == ours or theirs in self._allowed

@@ -8,6 +8,7 @@ pass). It knows nothing about HTTP or other stages.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -39,6 +40,22 @@ class EmbeddingParams(BaseModel):
 
     input: list[str] | list[list[int]]
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
+
+    def texts_within(self, most: int, size: Callable[[str], int], tokens: int) -> list[str | list[int]]:
+        """The inputs, each text checked by its `size` before it is tokenized (a 30 MB text would hold the
+        worker for many seconds): over `most`, it cannot fit in `tokens` tokens, so it is a 400, or, with
+        truncate_prompt_tokens (which keeps the end), only its last `most` characters are tokenized."""
+        out: list[str | list[int]] = []
+        for i, text in enumerate(self.input):
+            if isinstance(text, str) and size(text) > most:
+                if self.truncate_prompt_tokens is None:
+                    where = f"input[{i}]" if len(self.input) > 1 else "input"
+                    raise InvalidRequest(f"{where} is {len(text)} characters: more than this model's {tokens} "
+                                         "tokens can hold. Shorten it, or set truncate_prompt_tokens to keep its "
+                                         "last tokens", param="input")
+                text = text[-most:]
+            out.append(text)
+        return out
 
 
 class RoundRobinExecutor:

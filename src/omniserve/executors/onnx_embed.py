@@ -22,6 +22,9 @@ from omniserve.executors.base import EmbeddingParams, request_params
 from omniserve.runtime.types import Embeddings, OmniOutput, OmniRequest
 
 BATCH = 64
+# WordPiece's longest word (a longer one is a single [UNK]): a text this many characters a token is
+# checked by its length, not tokenized in full
+CHARS_PER_TOKEN = 100
 
 
 class EmbedderArgs(BaseModel):
@@ -68,7 +71,8 @@ class EmbedderExecutor:
             raise InvalidRequest(f"truncate_prompt_tokens: this model takes at most {model.max_tokens} tokens; "
                                  f"got {limit}", param="truncate_prompt_tokens")
         limit = model.max_tokens if limit in (None, -1) else limit
-        ids = model.tokenize(params.input) if texts else params.input
+        ids = model.tokenize(params.texts_within(limit * CHARS_PER_TOKEN, len, model.max_tokens)) if texts \
+            else params.input
         out = []
         for i, tokens in enumerate(ids):
             where = f"input[{i}]" if len(ids) > 1 else "input"

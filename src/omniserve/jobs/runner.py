@@ -5,7 +5,8 @@ are encoded to mp4 as they arrive and the stage's progress is written to the
 store. Deleting a running job cancels its task, which aborts the request in
 the pipeline (the same path as a client that disconnects), and removes its
 partial file. The store is the truth: the runner keeps only which job it is
-running now.
+running now, and the outcome of a job that the store could not take yet (the disk
+is full): it is written when the disk takes it, and until then the queue waits.
 """
 
 from __future__ import annotations
@@ -16,17 +17,21 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from omniserve.errors import OmniError
+from omniserve.errors import OmniError, StorageFailed
 from omniserve.jobs.store import JobStore, VideoJob
 from omniserve.media.video import VideoEncoder
 from omniserve.runtime.client import Client
 from omniserve.runtime.types import OmniRequest, VideoFrames
+from omniserve.storage import storage_failure
 
 log = logging.getLogger(__name__)
+
+STORAGE_RETRY_S = 2.0  # how often a runner whose store cannot be written tries again
 
 
 class VideoRunner:
@@ -36,6 +41,7 @@ class VideoRunner:
         self.folder = folder
         self._wake = asyncio.Event()
         self._current: tuple[str, asyncio.Task] | None = None
+        self._outcome: tuple[str, dict[str, Any]] | None = None  # a finished job's fields, until they are written
         self._finished: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task | None = None
 
@@ -79,39 +85,65 @@ class VideoRunner:
         return self.folder / f"{job_id}.reference.png"
 
     async def _loop(self) -> None:
+        """Run jobs one by one. A store that cannot be written (the disk is full) holds the queue, and the
+        loop tries again every few seconds: a job's outcome is kept until it is written."""
         while True:
-            job = self.store.next_queued()
-            if job is None:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            self.store.update(job.id, status="in_progress", progress=0)
-            task = asyncio.get_running_loop().create_task(self._run(job))
-            self._current = (job.id, task)
             try:
-                await task
-            except asyncio.CancelledError:
-                if not task.cancelled():  # the loop itself is stopping
-                    task.cancel()
-                    raise
-            finally:
-                self._current = None
-                self._done(job.id)
+                await self._next()
+            except StorageFailed:
+                await asyncio.sleep(STORAGE_RETRY_S)  # the data dir logged it once and /health shows it
+            except Exception as exc:  # the store itself failed (a read): the runner lives on
+                log.warning("video jobs: the job store failed (%s); trying again in %g s", exc, STORAGE_RETRY_S)
+                await asyncio.sleep(STORAGE_RETRY_S)
 
-    async def _run(self, job: VideoJob) -> None:
+    async def _next(self) -> None:
+        if self._outcome is not None:  # a job finished, but its outcome could not be written yet
+            job_id, fields = self._outcome
+            self.store.update(job_id, **fields)
+            self._outcome = None
+            self._done(job_id)
+        job = self.store.next_queued()
+        if job is None:
+            self._wake.clear()
+            await self._wake.wait()
+            return
+        self.store.update(job.id, status="in_progress", progress=0)
+        task = asyncio.get_running_loop().create_task(self._run(job))
+        self._current = (job.id, task)
+        try:
+            outcome = await task
+        except asyncio.CancelledError:
+            if not task.cancelled():  # the loop itself is stopping
+                task.cancel()
+                raise
+            self._done(job.id)  # deleted
+            return
+        finally:
+            self._current = None
+        self._outcome = (job.id, outcome)
+        self.store.update(job.id, **outcome)
+        self._outcome = None
+        self._done(job.id)
+
+    async def _run(self, job: VideoJob) -> dict[str, Any]:
+        """Make the job's video; the fields that record how it ended."""
         partial = self.folder / f".{job.id}.partial.mp4"
         try:
             await self._generate(job, partial)
             os.replace(partial, self.path(job.id))
-            self.store.update(job.id, status="completed", progress=100, completed_at=int(time.time()),
-                              file=str(self.path(job.id)))
+            return {"status": "completed", "progress": 100, "completed_at": int(time.time()),
+                    "file": str(self.path(job.id))}
         except OmniError as exc:
-            self._fail(job, exc.code or type(exc).__name__, str(exc))
+            return self._failed(exc.code or type(exc).__name__, str(exc))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug must fail the job, not the runner
-            log.exception("video job %s failed", job.id)
-            self._fail(job, "internal_error", f"the job failed: {type(exc).__name__}")
+        except Exception as exc:
+            failure = storage_failure(exc, self.folder, "the video")
+            if failure is not None:
+                log.warning("video job %s failed: %s", job.id, failure.message)
+                return self._failed(failure.code, failure.message)
+            log.exception("video job %s failed", job.id)  # a bug must fail the job, not the runner
+            return self._failed("internal_error", f"the job failed: {type(exc).__name__}")
         finally:
             partial.unlink(missing_ok=True)
 
@@ -135,15 +167,16 @@ class VideoRunner:
                     writing = asyncio.ensure_future(asyncio.to_thread(encoder.write, out.data.frames))
                     await asyncio.shield(writing)
                 if out.progress is not None:
-                    self.store.update(job.id, progress=min(99, out.progress))
+                    with contextlib.suppress(StorageFailed):  # progress is worth no failed job
+                        self.store.update(job.id, progress=min(99, out.progress))
         finally:
             if writing is not None:  # cancelled mid-write: the thread still runs; the encoder is not thread-safe
                 await asyncio.wait({writing})
             await asyncio.to_thread(encoder.close)
 
-    def _fail(self, job: VideoJob, code: str, message: str) -> None:
-        self.store.update(job.id, status="failed", error={"code": code, "message": message},
-                          completed_at=int(time.time()))
+    @staticmethod
+    def _failed(code: str, message: str) -> dict[str, Any]:
+        return {"status": "failed", "error": {"code": code, "message": message}, "completed_at": int(time.time())}
 
     def _done(self, job_id: str) -> None:
         event = self._finished.pop(job_id, None)

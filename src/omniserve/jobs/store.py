@@ -4,7 +4,8 @@ A job is a row: its request, status (`queued` -> `in_progress` -> `completed`
 | `failed`), progress, error and result file. The store is the only place job
 state lives; the runner and the API read and write it here. On start-up,
 jobs a previous process left `queued` or `in_progress` go back to the queue
-(they are run again from the start), so no job is ever lost.
+(they are run again from the start), so no job is ever lost. A write the disk
+refuses (full, read-only) is a `StorageFailed` and changes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from omniserve.storage import DataDir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS videos (
@@ -63,19 +66,24 @@ class VideoJob:
 
 
 class JobStore:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+    def __init__(self, path: Path, data: DataDir | None = None):
+        self._data = data or DataDir(path.parent)
+        with self._writing():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(_SCHEMA)
         self._lock = threading.Lock()
+
+    def _writing(self):
+        return self._data.writing("the video job")
 
     def close(self) -> None:
         self._db.close()
 
     def create(self, job_id: str, model: str, prompt: str | None, size: str, seconds: str,
                params: dict[str, Any]) -> VideoJob:
-        with self._lock:
+        with self._lock, self._writing():
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM videos").fetchone()[0]
             self._db.execute(
                 "INSERT INTO videos (id, seq, model, status, created_at, prompt, size, seconds, params) "
@@ -111,15 +119,18 @@ class JobStore:
         if "error" in fields and fields["error"] is not None:
             fields["error"] = json.dumps(fields["error"])
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        self._db.execute(f"UPDATE videos SET {assignments} WHERE id = ?", (*fields.values(), job_id))
+        with self._writing():
+            self._db.execute(f"UPDATE videos SET {assignments} WHERE id = ?", (*fields.values(), job_id))
 
     def delete(self, job_id: str) -> None:
-        self._db.execute("DELETE FROM videos WHERE id = ?", (job_id,))
+        with self._writing():
+            self._db.execute("DELETE FROM videos WHERE id = ?", (job_id,))
 
     def requeue_interrupted(self) -> int:
         """Jobs a previous process did not finish go back to the queue, from the start."""
-        return self._db.execute("UPDATE videos SET status = 'queued', progress = 0 "
-                                "WHERE status IN ('queued', 'in_progress')").rowcount
+        with self._writing():
+            return self._db.execute("UPDATE videos SET status = 'queued', progress = 0 "
+                                    "WHERE status IN ('queued', 'in_progress')").rowcount
 
     @staticmethod
     def _job(row: tuple) -> VideoJob:

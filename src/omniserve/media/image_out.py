@@ -8,11 +8,13 @@ an explicit `output_compression` wins over both.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -65,18 +67,24 @@ class ImageStore:
         os.replace(partial, self.folder / f"{image_id}.{fmt}")
         return image_id
 
-    def find(self, image_id: str) -> tuple[Path, str] | None:
-        """The file and media type of a stored image, if it exists and has not expired."""
+    def open(self, image_id: str) -> tuple[BinaryIO, str] | None:
+        """The open file and media type of a stored image, if it exists and has not expired. Open: a purge
+        or expiry that removes it meanwhile cannot cut its download short."""
         if not image_id.startswith("img_") or not image_id[4:].isalnum():
             return None
         for fmt, (_, media_type) in OUTPUT_FORMATS.items():
-            path = self.folder / f"{image_id}.{fmt}"
-            if path.is_file() and time.time() - path.stat().st_mtime < self.ttl_s:
-                return path, media_type
+            try:
+                file = (self.folder / f"{image_id}.{fmt}").open("rb")
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+            if time.time() - os.fstat(file.fileno()).st_mtime < self.ttl_s:
+                return file, media_type
+            file.close()
         return None
 
     def purge(self) -> None:
         cutoff = time.time() - self.ttl_s
         for path in self.folder.glob("img_*"):
-            if path.stat().st_mtime < cutoff:
-                path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):  # another request's purge may be at it too
+                if path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)

@@ -79,7 +79,9 @@ async def fetch(reference: str, where: str, limits: MediaLimits) -> Fetched:
 
 def inside(root: Path, reference: str) -> Path | None:
     """`reference` (relative to `root`, or absolute) resolved through `..` and symlinks, if it
-    stays inside `root`; None otherwise, whether or not it exists."""
+    stays inside `root`; None otherwise, whether or not it exists (a NUL is in no path)."""
+    if "\0" in reference:
+        return None
     base = root.resolve()
     path = (base / reference).resolve()
     return path if path.is_relative_to(base) else None

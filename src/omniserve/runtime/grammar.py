@@ -158,9 +158,15 @@ class _Helper:
 # ---- the helper process ---------------------------------------------------------------------
 
 def _serve(conn: Connection, make: Callable[[Any], str | None], vocab_path: str | None) -> None:
+    import os
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl+C is not ours to act on
+    # llama.cpp's grammar parser prints the grammar it could not parse to stderr, which is the server's log: a
+    # client's grammar must not write lines there (its errors come back in the reply)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)
+    os.close(quiet)
     checker = _LlamaCheck(vocab_path) if vocab_path else None
     conn.send("ready")
     while True:

@@ -134,17 +134,23 @@ class SamplingFields(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-def parse_body(raw: bytes, model: type[M]) -> M:
-    """JSON bytes -> validated model, or InvalidRequest naming the parameter."""
-    too_deep = InvalidRequest(f"the request body nests objects and arrays more than {MAX_BODY_NESTING} levels deep")
+def load_json(raw: bytes | str, what: str = "the request body") -> Any:
+    """JSON text -> data, nested no deeper than MAX_BODY_NESTING, or InvalidRequest."""
+    too_deep = InvalidRequest(f"{what} nests objects and arrays more than {MAX_BODY_NESTING} levels deep")
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+        raise InvalidRequest(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise too_deep from None
     if _nesting(data) > MAX_BODY_NESTING:  # what reads it next (schemas, grammars, pickling) recurses too
         raise too_deep
+    return data
+
+
+def parse_body(raw: bytes, model: type[M]) -> M:
+    """JSON bytes -> validated model, or InvalidRequest naming the parameter."""
+    data = load_json(raw)
     if _SURROGATE_ESCAPE.search(raw):  # JSON can spell a lone UTF-16 surrogate, which is no text at all
         try:
             json.dumps(data, ensure_ascii=False).encode("utf-8")

@@ -12,6 +12,7 @@ from omniserve.media.image_out import QUALITY_PRESETS
 
 DEFAULT_SIZE = (512, 512)
 MAX_SIDE = 4096  # whatever --max-generated-image-size says
+MAX_SEED = 2**32 - 1  # what every image stage's generator takes (numpy's RandomState the least)
 
 
 def parse_size(size: str | None, param: str = "size") -> tuple[int, int]:
@@ -42,7 +43,8 @@ class ImageGenerationRequest(BaseModel):
     style: str | None = None
     user: str | None = None
     # SGLang Diffusion / vLLM-Omni extensions
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="the same seed, prompt and settings give the "
+                             "same image")
     negative_prompt: str | None = None
     num_inference_steps: int | None = Field(None, ge=1, le=1000)
     guidance_scale: float | None = Field(None, ge=0, le=100)
@@ -126,7 +128,7 @@ class ImageChatFields(BaseModel):
     size: str | None = None
     height: int | None = None
     width: int | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     negative_prompt: str | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None

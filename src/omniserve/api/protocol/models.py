@@ -29,6 +29,7 @@ class Health(BaseModel):
     running: bool
     reason: str | None = None  # why not, when unhealthy
     stages: dict[str, str] | None = None  # each stage's state, when unhealthy
+    storage: str | None = None  # why --data-dir cannot be written now (video jobs and stored images wait)
 
 
 class StageLoad(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from omniserve.api.protocol.common import NonBlankStr, merge_extra_body
-from omniserve.api.protocol.images import parse_size
+from omniserve.api.protocol.images import MAX_SEED, parse_size
 from omniserve.media.image_out import QUALITY_PRESETS
 
 MAX_SECONDS = 60
@@ -22,7 +22,7 @@ class VideoRequest(BaseModel):
     size: str = "720x1280"
     fps: int = Field(8, ge=1, le=60)
     num_frames: int | None = Field(None, ge=1, le=3600)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     input_reference: str | dict[str, Any] | None = None  # JSON: a URL or {"image_url": ...}; multipart: a file
     quality: Literal[tuple(QUALITY_PRESETS)] | None = None  # type: ignore[valid-type]
     output_compression: int | None = Field(None, ge=0, le=100)

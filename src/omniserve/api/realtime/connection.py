@@ -8,12 +8,14 @@ requests, so a session holds nothing once it is gone."""
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
+from omniserve.api.protocol.common import load_json
 from omniserve.api.realtime.conversation import new_id
 from omniserve.api.realtime.protocol import (
     BETA_NAMES,
@@ -35,11 +37,12 @@ from omniserve.api.realtime.session import (
     Transcribe,
     TranscribeSoFar,
 )
-from omniserve.errors import OmniError
+from omniserve.errors import InvalidRequest, OmniError
 from omniserve.media.pcm import ASR_RATE
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import MediaReading, OmniRequest
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class Heard:
@@ -52,11 +55,14 @@ class Heard:
 
 class RealtimeConnection:
     def __init__(self, ws: WebSocket, client: Client, session: RealtimeSession, chat: ServedModel,
-                 talker: ServedModel | None, asr: ServedModel | None, beta: bool = False):
-        """`beta`: the client speaks the beta API (`OpenAI-Beta: realtime=v1`): events go by its names."""
+                 talker: ServedModel | None, asr: ServedModel | None, beta: bool = False, idle_timeout: float = 0):
+        """`beta`: the client speaks the beta API (`OpenAI-Beta: realtime=v1`): events go by its names.
+        `idle_timeout`: seconds the client may send nothing while no response runs (0: for ever)."""
         self.ws, self.client, self.session = ws, client, session
         self.chat, self.talker, self.asr = chat, talker, asr
         self.beta = beta
+        self.idle_timeout = idle_timeout
+        self._heard_at = time.monotonic()  # the client's last event
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._response: RealtimeResponse | None = None
         self._response_task: asyncio.Task | None = None
@@ -74,33 +80,60 @@ class RealtimeConnection:
     async def serve(self) -> None:
         self.emit(self.session.created())
         writer = asyncio.create_task(self._write())
+        watch = asyncio.create_task(self._watch_idle()) if self.idle_timeout else None
         try:
             while not writer.done():
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
                     break
+                self._heard_at = time.monotonic()
                 try:
                     await self._take(message)
                 except RealtimeError as exc:
                     self.emit(ErrorEvent.of(exc))
-        except (WebSocketDisconnect, RuntimeError):
+        except WebSocketDisconnect:
             pass  # the client left
+        except RuntimeError as exc:  # the socket was closed under the handler (the client left, or idle)
+            log.debug("realtime session %s ended: %s", self.session.id, exc)
         finally:
             await self._stop()
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            for task in (writer, watch):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (writer, watch) if t is not None), return_exceptions=True)
+
+    async def _watch_idle(self) -> None:
+        """Close the session once the client has sent nothing for `idle_timeout` while nothing ran for it."""
+        while True:
+            left = self._heard_at + self.idle_timeout - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)
+            elif self._busy():
+                self._heard_at = time.monotonic()  # the time runs from when the work ends
+            else:
+                self.emit(ErrorEvent.of(RealtimeError(
+                    f"the session sent nothing for {self.idle_timeout:g} s (--realtime-idle-timeout) and is closed",
+                    code="session_expired")))
+                await self._outbox.join()
+                await self.ws.close(code=1000, reason="idle")
+                return
+
+    def _busy(self) -> bool:
+        tasks = [self._response_task, *self._transcriptions.values()]
+        return any(t is not None and not t.done() for t in tasks)
 
     async def _write(self) -> None:
         while True:
             await self.ws.send_text(await self._outbox.get())
+            self._outbox.task_done()
 
     async def _take(self, message: dict) -> None:
         if message.get("text") is None:
             raise RealtimeError("binary frames are not events: send each event as JSON in a text frame")
         try:
-            data = json.loads(message["text"])
-        except ValueError:
-            raise RealtimeError("the message is not JSON: send one event per text frame") from None
+            data = load_json(message["text"], "the message")
+        except InvalidRequest as exc:
+            raise RealtimeError(f"{exc.message}: send one event per text frame") from None
         for result in self.session.handle(parse_client_event(data)):
             match result:
                 case TranscribeSoFar(item_id=item_id, audio=audio):
@@ -132,6 +165,7 @@ class RealtimeConnection:
     async def _cancel(self, cancel: CancelResponse) -> None:
         """Cancel the response in progress. A user who spoke over it heard only part of its audio: its item
         is cut to what was played."""
+        await asyncio.sleep(0)  # a response created just now starts, so that it still ends with response.done
         response, task = self._response, self._response_task
         if task is None or task.done():
             if cancel.reason == "client_cancelled":

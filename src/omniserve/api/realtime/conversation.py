@@ -78,6 +78,17 @@ class Conversation:
             self.user_audio[item.id] = audio
         return self.items[at - 1].id if at else None
 
+    def held_bytes(self) -> int:
+        """About what the conversation keeps in memory: its items' text (and image URLs) and the user's audio."""
+        return sum(map(self.item_bytes, self.items)) + sum(audio.nbytes for audio in self.user_audio.values())
+
+    @staticmethod
+    def item_bytes(item: Item) -> int:
+        """An item's text, transcripts, arguments and image URLs, in characters."""
+        parts = item.content or []
+        return sum(len(value or "") for value in (item.arguments, item.output,
+                                                  *(v for p in parts for v in (p.text, p.transcript, p.image_url))))
+
     def get(self, item_id: str, event_id: str | None = None) -> Item:
         return self.items[self._index(item_id, "item_id", event_id)]
 

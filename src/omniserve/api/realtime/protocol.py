@@ -6,9 +6,9 @@ shape (`audio.input.format`, `audio.output.voice`, `output_modalities`) and beta
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from omniserve.api.protocol.common import omitted
 from omniserve.media.pcm import FORMATS
@@ -81,6 +81,16 @@ class FunctionChoice(_Open):
 ToolChoice = Literal["auto", "none", "required"] | FunctionChoice
 
 
+def _max_tokens(value: Any) -> int | str:
+    if value == "inf" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096):
+        return value
+    raise ValueError(f'must be an integer from 1 to 4096, or "inf"; got {value!r}')
+
+
+# an answer's length, as at OpenAI (one check, so that an error names the field and the range)
+MaxTokens = Annotated[int | Literal["inf"], PlainValidator(_max_tokens)]
+
+
 class SessionSpec(_Open):
     """`session.update`'s `session`: only the fields it sets change."""
 
@@ -93,8 +103,8 @@ class SessionSpec(_Open):
     output_audio_format: Literal["pcm16", "g711_ulaw", "g711_alaw"] | None = None  # beta
     turn_detection: TurnDetectionSpec | None = None  # beta (and GA inside audio.input)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    max_output_tokens: int | Literal["inf"] | None = None
-    max_response_output_tokens: int | Literal["inf"] | None = None  # beta
+    max_output_tokens: MaxTokens | None = None
+    max_response_output_tokens: MaxTokens | None = None  # beta
     tools: list[ToolSpec] | None = None
     tool_choice: ToolChoice | None = None
     # sglang-omni's per-stage sampling (an omniserve extension, as in chat): {"talker": {"temperature": 0}}
@@ -136,8 +146,8 @@ class ResponseSpec(_Open):
     tools: list[ToolSpec] | None = None
     tool_choice: ToolChoice | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    max_output_tokens: int | Literal["inf"] | None = None
-    max_response_output_tokens: int | Literal["inf"] | None = None  # beta
+    max_output_tokens: MaxTokens | None = None
+    max_response_output_tokens: MaxTokens | None = None  # beta
     stage_sampling: dict[str, dict[str, Any]] | None = None
     conversation: Literal["auto", "none"] | None = None  # "none": out of band, the conversation is left alone
     input: list[ItemSpec] | None = None  # "none"'s context (else the conversation)

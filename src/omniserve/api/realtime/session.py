@@ -68,10 +68,24 @@ from omniserve.media.vad import (
 )
 
 MAX_APPEND_BYTES = 15 * 1024 * 1024  # one input_audio_buffer.append, as at OpenAI
+MAX_EVENT_BYTES = MAX_APPEND_BYTES * 4 // 3 + 1024 * 1024  # the largest frame: such an append, in base64, as JSON
 MIN_COMMIT_MS = 100  # a shorter buffer is nothing to answer
+# with server_vad, the quiet before speech is kept only this long (an open microphone streams it for ever)
+QUIET_KEPT_MS = 10_000
 # what a session is told until the client says otherwise (OpenAI has default instructions too): a spoken
 # answer should be short, and a small model keeps to the point when asked
 DEFAULT_INSTRUCTIONS = "You are a friendly voice assistant. Keep your answers short: one or two sentences."
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """What one session may hold, so that no client can take the server's memory: seconds of audio in the
+    input buffer or in one item (the server's --max-audio-seconds, as for HTTP audio), and its conversation's
+    items and bytes (text, image URLs and audio as kept, the input buffer included)."""
+
+    max_audio_seconds: float = 600.0
+    max_items: int = 1000
+    max_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass
@@ -146,10 +160,12 @@ Action = Transcribe | TranscribeSoFar | ForgetSoFar | StartResponse | CancelResp
 
 
 class RealtimeSession:
-    def __init__(self, model: str, voices: list[str], vad: SileroVad, transcriber: str | None = None):
+    def __init__(self, model: str, voices: list[str], vad: SileroVad, transcriber: str | None = None,
+                 limits: SessionLimits = SessionLimits()):
         """`voices`: the talker's (the first is the default; none: no talker, any name goes).
         `transcriber`: the speech-to-text model that transcribes the user's audio (None: none served)."""
         self.id = new_id("sess")
+        self.limits = limits
         self.model = model
         self.voices = voices
         self.settings = SessionSettings(voice=voices[0] if voices else "alloy")
@@ -327,15 +343,48 @@ class RealtimeSession:
 
     def _decode_audio(self, audio: str, param: str, event_id: str | None = None) -> np.ndarray:
         """A whole clip in an item (its own reader: the buffer's keeps the stream's resampler state)."""
+        where = "conversation.item.create"
+        data = self._bytes(audio, where, param, event_id)
+        self._check_audio(self._seconds(data), where, "the item's audio", param, event_id)
+        self._check_bytes(self._kept_bytes(data), where, event_id)
         reader = PcmReader(self.settings.input_format)
-        return np.concatenate([reader.read(self._bytes(audio, "conversation.item.create", param, event_id)),
-                               reader.read(b"")])
+        return np.concatenate([reader.read(data), reader.read(b"")])
+
+    # ---- limits ----------------------------------------------------------------------------------
+
+    def _seconds(self, data: bytes) -> float:
+        fmt = self.settings.input_format
+        return len(data) / fmt.bytes_per_sample / fmt.rate
+
+    def _kept_bytes(self, data: bytes) -> int:
+        """What `data` takes once read: float32 samples at 16 kHz."""
+        return round(self._seconds(data) * ASR_RATE) * 4
+
+    def _check_audio(self, seconds: float, where: str, what: str, param: str | None, event_id: str | None) -> None:
+        limit = self.limits.max_audio_seconds
+        if seconds > limit:
+            raise RealtimeError(f"{where}: {what} would hold {seconds:.1f} s of audio, over this server's limit of "
+                                f"{limit:g} s (--max-audio-seconds); commit or clear the buffer, or send less",
+                                code="audio_too_long", param=param, event_id=event_id)
+
+    def _check_bytes(self, more: int, where: str, event_id: str | None) -> None:
+        """The conversation, the input buffer and `more` bytes must fit the session's memory limit."""
+        held = self.conversation.held_bytes() + self._buffered * 4
+        limit = self.limits.max_bytes
+        if held + more > limit:
+            raise RealtimeError(f"{where}: the session would hold {(held + more) / 2**20:.1f} MiB of items and "
+                                f"audio, over this server's limit of {limit / 2**20:g} MiB per session "
+                                "(--realtime-max-session-mib); delete items, or start a new session",
+                                code="session_too_large", event_id=event_id)
 
     def _append(self, audio: str, event_id: str | None) -> list[ServerEvent | Action]:
-        data = self._bytes(audio, "input_audio_buffer.append", "audio", event_id)
-        fmt = self.settings.input_format
+        where = "input_audio_buffer.append"
+        data = self._bytes(audio, where, "audio", event_id)
+        self._check_audio(self._buffered / ASR_RATE + self._seconds(data), where, "the input audio buffer", "audio",
+                          event_id)
+        self._check_bytes(self._kept_bytes(data), where, event_id)
         samples = self._reader.read(data)
-        self._written_ms += len(data) / fmt.bytes_per_sample * 1000 / fmt.rate
+        self._written_ms += self._seconds(data) * 1000
         self._buffer.append(samples)
         self._buffered += len(samples)
         events: list[ServerEvent | Action] = []
@@ -358,7 +407,16 @@ class RealtimeSession:
                     events += self._commit(None)
                     if turn_settings.create_response:
                         events.append(StartResponse(self.response_options(ResponseSpec())))
+        if self._detector is not None and not self._detector.speaking:
+            self._keep_last(min(QUIET_KEPT_MS, round(self.limits.max_audio_seconds * 500)))  # under half the limit
         return events
+
+    def _keep_last(self, ms: int) -> None:
+        """Drop all but the last `ms` of the buffer (the quiet before anyone speaks)."""
+        keep = ms * ASR_RATE // 1000
+        if self._buffered > keep:
+            self._buffer = [np.concatenate(self._buffer)[-keep:]]
+            self._buffered = keep
 
     def _commit(self, event_id: str | None) -> list[ServerEvent | Action]:
         if self._buffered * 1000 < MIN_COMMIT_MS * ASR_RATE:
@@ -369,12 +427,20 @@ class RealtimeSession:
         previous = items[-1].id if items else None
         item = Item(id=self._pending_item, type="message", role="user",
                     content=[ContentPart(type="input_audio", transcript=None)])
-        audio = np.concatenate(self._buffer)
+        added = self._add_item(item, np.concatenate(self._buffer), event_id=event_id,
+                               where="input_audio_buffer.commit")  # first: a refused item keeps the buffer
         self._reset_buffer()
-        return [CommittedEvent(previous_item_id=previous, item_id=item.id), *self._add_item(item, audio)]
+        return [CommittedEvent(previous_item_id=previous, item_id=item.id), *added]
 
     def _add_item(self, item: Item, audio: np.ndarray | None, previous_item_id: str | None = None,
-                  event_id: str | None = None) -> list[ServerEvent | Action]:
+                  event_id: str | None = None, where: str = "conversation.item.create") -> list[ServerEvent | Action]:
+        limit = self.limits.max_items
+        if len(self.conversation.items) >= limit:
+            raise RealtimeError(f"{where}: the conversation holds {limit} items, this server's limit "
+                                "(--realtime-max-items); delete items, or start a new session",
+                                code="too_many_items", event_id=event_id)
+        if audio is None:  # a committed buffer was counted as it came; an item's audio as it was decoded
+            self._check_bytes(Conversation.item_bytes(item), where, event_id)
         previous = self.conversation.add(item, previous_item_id, audio, event_id)
         events: list[ServerEvent | Action] = [
             ItemEvent(type="conversation.item.added", previous_item_id=previous, item=item),

@@ -14,8 +14,16 @@ from starlette.datastructures import UploadFile
 
 from omniserve.api.media import decode_audio_bytes, resolve_voice, voice_names
 from omniserve.api.protocol.audio import OPENAI_VOICES, SpeechRequest, TranscriptionForm
-from omniserve.api.protocol.common import parse_body, validate_fields
-from omniserve.api.routes.common import get_client, new_id, resolve_model, stage_params, start, until_disconnect
+from omniserve.api.protocol.common import validate_fields
+from omniserve.api.routes.common import (
+    get_client,
+    new_id,
+    read_json,
+    resolve_model,
+    stage_params,
+    start,
+    until_disconnect,
+)
 from omniserve.api.sse import SSE_HEADERS, sse_stream
 from omniserve.errors import InvalidRequest
 from omniserve.media.audio import AudioEncoder, encode_audio, output_format
@@ -29,7 +37,7 @@ router = APIRouter()
 
 @router.post("/v1/audio/speech")
 async def create_speech(request: Request):
-    body = parse_body(await request.body(), SpeechRequest)
+    body = await read_json(request, SpeechRequest)
     client = get_client(request)
     model = resolve_model(client, body.model, "tts")
     params = {"voice": resolve_voice(model, body.voice), "speed": body.speed,

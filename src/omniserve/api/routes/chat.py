@@ -42,6 +42,7 @@ from omniserve.api.routes.common import (
     model_response,
     new_id,
     now,
+    read_json,
     resolve_chat_model,
     stage_params,
     start,
@@ -61,12 +62,11 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(request: Request):
-    raw = await request.body()
-    body = parse_body(raw, ChatCompletionRequest)
+    body = await read_json(request, ChatCompletionRequest)
     client = get_client(request)
     named = client.model(body.model) if body.model else None
     if named is not None and named.kind == "image":
-        return await _chat_image(request, raw, body, named)
+        return await _chat_image(request, body, named)
     served, adapter = resolve_chat_model(client, body.model, body.lora_path)
     model = f"{served.id}:{adapter}" if adapter else served.id
     request_id = new_id("chatcmpl")
@@ -82,7 +82,7 @@ async def create_chat_completion(request: Request):
     return model_response(await until_disconnect(request, _collect(body, head, first, stream, speech, report)))
 
 
-async def _chat_image(request: Request, raw: bytes, body: ChatCompletionRequest, model: ServedModel) -> Response:
+async def _chat_image(request: Request, body: ChatCompletionRequest, model: ServedModel) -> Response:
     """vLLM-Omni's chat as a universal endpoint: the last user message is the prompt and
     the answer's content is the image(s), as image_url parts with data URLs."""
     if body.stream:
@@ -90,7 +90,7 @@ async def _chat_image(request: Request, raw: bytes, body: ChatCompletionRequest,
     user = next((m for m in reversed(body.messages) if m.role == "user"), None)
     prompt = user.content if user and isinstance(user.content, str) else " ".join(
         str(p.get("text", "")) for p in (user.parts if user else []) if p["type"] == "text")
-    fields = {k: v for k, v in parse_body(raw, ImageChatFields).model_dump(exclude_none=True).items()}
+    fields = {k: v for k, v in parse_body(await request.body(), ImageChatFields).model_dump(exclude_none=True).items()}
     image_body = validate_fields({**fields, "prompt": prompt}, ImageGenerationRequest)
     outputs = await generate(request, model, image_body, image_body.dimensions())
     parts = [{"type": "image_url", "image_url": {"url": f"data:image/{image_body.output_format};base64,"
@@ -155,7 +155,10 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
                                                      with_video_audio=asr is not None or "audio" in native)
     omni = body.to_omni_request(request_id, placeholders, served.stage, per_stage.get(served.stage),
                                 served.info.get("template_tools", False))
-    omni.sampling[served.stage].grammar = grammar
+    sampling = omni.sampling[served.stage]
+    sampling.grammar = grammar
+    if sampling.max_tokens is None:  # as at OpenAI, what the context leaves, unless the operator caps it
+        sampling.max_tokens = request.app.state.settings.default_max_tokens
     omni.audios, omni.images = audios, images
     # the other stages' settings: the runtime checks them against each stage's executor
     omni.stage_sampling = {name: values for name, values in per_stage.items() if name != served.stage}

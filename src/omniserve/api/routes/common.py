@@ -4,16 +4,19 @@ validation, disconnect-aware collection, and OpenAI-shaped pieces."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from omniserve.errors import InvalidRequest, ModelNotFound, OmniError
+from omniserve.api.protocol.common import parse_body
+from omniserve.errors import InvalidRequest, ModelNotFound, OmniError, UnsupportedMediaType
 from omniserve.executors import request_params_model
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import OmniOutput, OmniRequest
@@ -36,6 +39,36 @@ class Head:
 
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+def public_url(request: Request, path: str) -> str:
+    """A link to `path` on this server: under --public-base-url, else at the address and port the request
+    came in on. Never from the Host header, which the client writes (a link must not point elsewhere)."""
+    base = request.app.state.settings.public_base_url
+    if base:
+        return base.rstrip("/") + path
+    settings = request.app.state.settings
+    host, port = request.scope.get("server") or (settings.host, settings.port)
+    host = f"[{host}]" if ":" in host else host
+    return f"{request.url.scheme}://{host}:{port}{path}"
+
+
+def is_json(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+
+
+async def read_json(request: Request, model: type[M], empty_ok: bool = False) -> M:
+    """The body as `model`. JSON comes as `application/json` only: a web page cannot send that to another
+    site without asking it first (CORS), while `text/plain` and form bodies it can. `empty_ok`: no body is {}."""
+    raw = await request.body()
+    if not raw and empty_ok:
+        raw = b"{}"
+    elif not is_json(request):
+        kind = request.headers.get("content-type") or "none"
+        raise UnsupportedMediaType(f"the body must be JSON sent with 'Content-Type: application/json'; got "
+                                   f"{kind[:100]!r}")
+    return parse_body(raw, model)
 
 
 def get_client(request: Request) -> Client:
@@ -226,3 +259,20 @@ async def until_disconnect(request: Request, work: Any) -> Any:
 def model_response(body: BaseModel) -> Response:
     """A response model as the JSON body (fields it omits while None stay out)."""
     return Response(body.model_dump_json(), media_type="application/json")
+
+
+async def _read(file: BinaryIO, chunk: int = 256 * 1024) -> AsyncIterator[bytes]:
+    try:
+        while data := await asyncio.to_thread(file.read, chunk):
+            yield data
+    finally:
+        file.close()
+
+
+def open_file_response(file: BinaryIO, media_type: str, filename: str | None = None) -> StreamingResponse:
+    """A stored file sent from its open handle: a DELETE or an expiry that removes it meanwhile neither fails
+    the download nor cuts it short of its Content-Length (files are only ever replaced whole)."""
+    headers = {"Content-Length": str(os.fstat(file.fileno()).st_size)}
+    if filename:
+        headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return StreamingResponse(_read(file), media_type=media_type, headers=headers)

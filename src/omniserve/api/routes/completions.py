@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from omniserve.api.protocol.common import Usage, parse_body
+from omniserve.api.protocol.common import Usage
 from omniserve.api.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from omniserve.api.routes.choices import Choice, Ended, TextPiece
 from omniserve.api.routes.common import (
@@ -19,6 +19,7 @@ from omniserve.api.routes.common import (
     merge,
     model_response,
     new_id,
+    read_json,
     resolve_chat_model,
     start_all,
     until_disconnect,
@@ -31,7 +32,7 @@ router = APIRouter()
 
 @router.post("/v1/completions")
 async def create_completion(request: Request):
-    body = parse_body(await request.body(), CompletionRequest)
+    body = await read_json(request, CompletionRequest)
     client = get_client(request)
     served, adapter = resolve_chat_model(client, body.model, body.lora_path)
     head = Head(new_id("cmpl"), f"{served.id}:{adapter}" if adapter else served.id, served.fingerprint)

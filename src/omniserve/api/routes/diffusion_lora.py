@@ -13,9 +13,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from omniserve.api.protocol.common import parse_body
 from omniserve.api.protocol.lora import LoraNameRequest, SetLoraRequest
-from omniserve.api.routes.common import get_client, resolve_model
+from omniserve.api.routes.common import get_client, read_json, resolve_model
 from omniserve.api.routes.lora import adapter_file
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.client import ServedModel
@@ -46,7 +45,7 @@ async def _run(request: Request, model: ServedModel, op: ControlOp) -> JSONRespo
 
 @router.post("/v1/set_lora")
 async def set_lora(request: Request):
-    body = parse_body(await request.body(), SetLoraRequest)
+    body = await read_json(request, SetLoraRequest)
     model = _lora_model(request, body.model)
     nicknames = body.lora_nickname if isinstance(body.lora_nickname, list) else [body.lora_nickname]
     if not nicknames or not all(n.strip() for n in nicknames):
@@ -67,13 +66,13 @@ async def set_lora(request: Request):
 
 @router.post("/v1/merge_lora_weights")
 async def merge_lora(request: Request):
-    body = parse_body(await request.body() or b"{}", LoraNameRequest)
+    body = await read_json(request, LoraNameRequest, empty_ok=True)
     return await _run(request, _lora_model(request, body.model), MergeAdapters(merge=True))
 
 
 @router.post("/v1/unmerge_lora_weights")
 async def unmerge_lora(request: Request):
-    body = parse_body(await request.body() or b"{}", LoraNameRequest)
+    body = await read_json(request, LoraNameRequest, empty_ok=True)
     return await _run(request, _lora_model(request, body.model), MergeAdapters(merge=False))
 
 

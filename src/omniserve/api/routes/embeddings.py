@@ -11,9 +11,8 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from omniserve.api.protocol.common import parse_body
 from omniserve.api.protocol.embeddings import EmbeddingRequest
-from omniserve.api.routes.common import get_client, new_id, resolve_model, start, until_disconnect
+from omniserve.api.routes.common import get_client, new_id, read_json, resolve_model, start, until_disconnect
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import Embeddings, OmniRequest
@@ -24,7 +23,7 @@ OPENAI_EMBEDDING_NAMES = ("text-embedding-3-small", "text-embedding-3-large", "t
 
 @router.post("/v1/embeddings")
 async def create_embeddings(request: Request):
-    body = parse_body(await request.body(), EmbeddingRequest)
+    body = await read_json(request, EmbeddingRequest)
     client = get_client(request)
     model = embedding_model(client, body.model)
     width = model.info["dimensions"]

@@ -16,8 +16,9 @@ router = APIRouter()
 async def health(request: Request) -> JSONResponse:
     client = get_client(request)
     ok, reason = client.health()
+    storage = request.app.state.data.problem  # the server serves, but cannot store jobs or images
     if ok:
-        return JSONResponse({"status": "healthy", "running": True})
+        return JSONResponse({"status": "healthy", "running": True} | ({"storage": storage} if storage else {}))
     stages = {name: "healthy" if problem is None else problem for name, problem in client.stage_health().items()}
     return JSONResponse({"status": "unhealthy", "running": False, "reason": reason, "stages": stages},
                         status_code=503)
@@ -25,7 +26,8 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/get_model_info")
 async def model_info(request: Request) -> dict:
-    return get_client(request).model_info()
+    data = request.app.state.data
+    return get_client(request).model_info() | {"data_dir": {"path": str(data.path), "problem": data.problem}}
 
 
 @router.get("/get_load")

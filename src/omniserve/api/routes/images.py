@@ -12,13 +12,24 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from omniserve.api.media import decode_uploaded_image, load_image
-from omniserve.api.protocol.common import parse_body, validate_fields
+from omniserve.api.protocol.common import validate_fields
 from omniserve.api.protocol.images import MAX_EDIT_IMAGES, ImageEditRequest, ImageGenerationRequest
-from omniserve.api.routes.common import get_client, new_id, now, resolve_model, start, together, until_disconnect
+from omniserve.api.routes.common import (
+    get_client,
+    new_id,
+    now,
+    open_file_response,
+    public_url,
+    read_json,
+    resolve_model,
+    start,
+    together,
+    until_disconnect,
+)
 from omniserve.errors import InvalidRequest, NotFound
 from omniserve.media.image_out import ImageStore, encode_image, encoding_quality
 from omniserve.runtime.client import ServedModel
@@ -69,8 +80,9 @@ async def images_response(request: Request, body: ImageGenerationRequest, output
     for out, blob in zip(outputs, await encoded(body, outputs), strict=True):
         item: dict[str, Any] = {"revised_prompt": out.data.revised_prompt}
         if body.response_format == "url":
-            image_id = await asyncio.to_thread(store.save, blob, body.output_format)
-            item["url"] = str(request.url_for("image_content", image_id=image_id))
+            with request.app.state.data.writing("the image", store.folder):
+                image_id = await asyncio.to_thread(store.save, blob, body.output_format)
+            item["url"] = public_url(request, request.app.url_path_for("image_content", image_id=image_id))
         else:
             item["b64_json"] = base64.b64encode(blob).decode()
         data.append(item)
@@ -86,7 +98,7 @@ async def images_response(request: Request, body: ImageGenerationRequest, output
 
 @router.post("/v1/images/generations")
 async def create_images(request: Request):
-    body = parse_body(await request.body(), ImageGenerationRequest)
+    body = await read_json(request, ImageGenerationRequest)
     model = resolve_model(get_client(request), body.model, "image")
     return await images_response(request, body, await generate(request, model, body, body.dimensions()))
 
@@ -135,7 +147,7 @@ async def _edit_upload(request: Request) -> tuple[ImageGenerationRequest, list[n
 
 
 async def _edit_json(request: Request) -> tuple[ImageGenerationRequest, list[np.ndarray], np.ndarray | None]:
-    body = parse_body(await request.body(), ImageEditRequest)
+    body = await read_json(request, ImageEditRequest)
     images = await asyncio.gather(*(load_image(request, ref.image_url, f"images[{i}].image_url")
                                     for i, ref in enumerate(body.images)))
     mask = await load_image(request, body.mask.image_url, "mask.image_url", alpha=True) if body.mask else None
@@ -160,9 +172,8 @@ async def image_model_info(request: Request):
 
 @router.get("/v1/images/{image_id}/content", name="image_content")
 async def image_content(request: Request, image_id: str):
-    found = image_store(request).find(image_id)
+    found = await asyncio.to_thread(image_store(request).open, image_id)
     if found is None:
         raise NotFound(f"no image {image_id!r}: it never existed or has expired (images stored for "
                        "response_format url are kept for --image-ttl-seconds)", param="image_id")
-    path, media_type = found
-    return FileResponse(path, media_type=media_type)
+    return open_file_response(*found)

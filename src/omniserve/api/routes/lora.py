@@ -8,9 +8,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from omniserve.api.protocol.common import parse_body
 from omniserve.api.protocol.lora import LoadLoraRequest, UnloadLoraRequest
-from omniserve.api.routes.common import get_client, resolve_model
+from omniserve.api.routes.common import get_client, read_json, resolve_model
 from omniserve.errors import InvalidRequest
 from omniserve.media.inputs import inside
 from omniserve.runtime.messages import LoadAdapter, UnloadAdapter
@@ -30,13 +29,13 @@ def adapter_file(request: Request, path: str) -> str:
 
 @router.post("/v1/load_lora_adapter")
 async def load_lora_adapter(request: Request):
-    body = parse_body(await request.body(), LoadLoraRequest)
+    body = await read_json(request, LoadLoraRequest)
     return await _run(request, LoadAdapter(body.lora_name, adapter_file(request, body.lora_path)))
 
 
 @router.post("/v1/unload_lora_adapter")
 async def unload_lora_adapter(request: Request):
-    body = parse_body(await request.body(), UnloadLoraRequest)
+    body = await read_json(request, UnloadLoraRequest)
     return await _run(request, UnloadAdapter(body.lora_name))
 
 

@@ -5,11 +5,14 @@ speech to text, the thinker, and the talker (api/realtime/)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket
+from fastapi.responses import JSONResponse
 
+from omniserve.api.errors import omni_error_body
 from omniserve.api.media import voice_names
 from omniserve.api.realtime.connection import RealtimeConnection
 from omniserve.api.realtime.protocol import ErrorEvent, RealtimeError
-from omniserve.api.realtime.session import RealtimeSession
+from omniserve.api.realtime.session import RealtimeSession, SessionLimits
+from omniserve.errors import Overloaded
 from omniserve.media.vad import SileroVad
 
 router = APIRouter()
@@ -25,6 +28,20 @@ def _vad(ws: WebSocket) -> SileroVad:
 
 @router.websocket("/v1/realtime")
 async def realtime(ws: WebSocket, model: str | None = None):
+    sessions = ws.app.state.realtime_sessions
+    if not sessions.take():
+        busy = Overloaded(f"this server has {sessions.limit} realtime sessions open, its limit "
+                          "(--realtime-max-sessions); retry later", code="too_many_sessions")
+        await ws.send_denial_response(JSONResponse(omni_error_body(busy), status_code=busy.status_code))
+        return
+    try:
+        await _serve(ws, model)
+    finally:
+        sessions.give_back()
+
+
+async def _serve(ws: WebSocket, model: str | None) -> None:
+    settings = ws.app.state.settings
     client = ws.app.state.client
     offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
@@ -37,6 +54,10 @@ async def realtime(ws: WebSocket, model: str | None = None):
         await ws.close(code=1008)
         return
     talker, asr = client.model(None, "tts"), client.model(None, "asr")
-    session = RealtimeSession(chat.id, voice_names(talker) if talker else [], _vad(ws), asr.id if asr else None)
+    limits = SessionLimits(settings.max_audio_seconds, settings.realtime_max_items,
+                           round(settings.realtime_max_session_mib * 2**20))
+    session = RealtimeSession(chat.id, voice_names(talker) if talker else [], _vad(ws), asr.id if asr else None,
+                              limits)
     beta = "realtime=v1" in ws.headers.get("openai-beta", "")
-    await RealtimeConnection(ws, client, session, chat, talker, asr, beta).serve()
+    await RealtimeConnection(ws, client, session, chat, talker, asr, beta,
+                             idle_timeout=settings.realtime_idle_timeout).serve()

@@ -11,14 +11,14 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.datastructures import UploadFile
 
 from omniserve.api.media import decode_uploaded_image, load_image
-from omniserve.api.protocol.common import parse_body, validate_fields
+from omniserve.api.protocol.common import validate_fields
 from omniserve.api.protocol.videos import VideoRequest
-from omniserve.api.routes.common import get_client, resolve_model
+from omniserve.api.routes.common import get_client, open_file_response, read_json, resolve_model
 from omniserve.errors import InvalidRequest, NotFound, Overloaded
 from omniserve.jobs.runner import VideoRunner
 from omniserve.media.image_out import VIDEO_DEFAULT_QUALITY, encoding_quality
@@ -52,7 +52,7 @@ async def _create(request: Request) -> str:
         if isinstance(upload, UploadFile):
             reference = await decode_uploaded_image(request, upload, "input_reference")
     else:
-        body = parse_body(await request.body(), VideoRequest)
+        body = await read_json(request, VideoRequest)
     if body.input_reference is not None and reference is None:
         ref = body.input_reference
         reference = await load_image(request, ref.get("image_url", ref) if isinstance(ref, dict) else ref,
@@ -67,7 +67,8 @@ async def _create(request: Request) -> str:
     width, height = map(int, body.size.split("x"))
     video_id = f"video_{uuid.uuid4().hex}"
     if reference is not None:
-        await asyncio.to_thread(Image.fromarray(reference).save, jobs.reference_path(video_id), format="PNG")
+        with request.app.state.data.writing("the reference image", jobs.folder):
+            await asyncio.to_thread(Image.fromarray(reference).save, jobs.reference_path(video_id), format="PNG")
     stage = {"n": 1, "width": width, "height": height, "num_frames": body.frames(), "seed": body.seed,
              "negative_prompt": body.negative_prompt, "num_inference_steps": body.num_inference_steps,
              "guidance_scale": body.guidance_scale}
@@ -127,10 +128,16 @@ async def video_content(request: Request, video_id: str, variant: str = "video")
     expires_at = _resource(request, job)["expires_at"]
     if expires_at is not None and time.time() >= expires_at:
         path.unlink(missing_ok=True)
-    if not path.is_file():
         raise NotFound(f"video {video_id} has expired (videos are kept for --image-ttl-seconds after they "
                        "complete)", param="video_id", code="video_expired")
-    return FileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4")
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        _job(request, video_id)  # deleted meanwhile: 404 video_not_found
+        raise NotFound(f"video {video_id} completed, but its file {path} is gone: it was removed from the data "
+                       "directory outside the server; create the video again", param="video_id",
+                       code="video_file_missing") from None
+    return open_file_response(file, "video/mp4", f"{video_id}.mp4")
 
 
 @router.delete("/v1/videos/{video_id}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from omniserve.errors import InvalidRequest, OmniError
+from omniserve.executors.base import EmbeddingParams
 from omniserve.executors.llamacpp.runtime import LlamaRuntime
 
 EMBED_MAX_TOKENS = 1024  # longest input (one ubatch; its compute buffer grows with it)
@@ -23,13 +24,15 @@ class LlamaEmbedder:
         if self._ctx is not None:
             self.rt.ll.llama_free(self._ctx)
 
-    def embed(self, inputs: list[str | list[int]], truncate: int | None) -> tuple[np.ndarray, int]:
+    def embed(self, params: EmbeddingParams) -> tuple[np.ndarray, int]:
         """One unit vector per input, and the tokens embedded in all."""
         ll, rt = self.rt.ll, self.rt
+        truncate = params.truncate_prompt_tokens
         limit = self.longest if truncate in (None, -1) else truncate
         if limit > self.longest:
             raise InvalidRequest(f"truncate_prompt_tokens: this model embeds at most {self.longest} tokens; got "
                                  f"{limit}", param="truncate_prompt_tokens")
+        inputs = params.texts_within(limit * rt.max_piece_bytes, _utf8_bytes, self.longest)  # bytes/piece: a bound
         ids = [rt.tokenize(x, add_special=True) if isinstance(x, str) else list(x) for x in inputs]
         for i, tokens in enumerate(ids):
             where = f"input[{i}]" if len(ids) > 1 else "input"
@@ -66,3 +69,7 @@ class LlamaEmbedder:
             pooled = np.ctypeslib.as_array(ll.llama_get_embeddings_seq(self._ctx, 0), (rt.n_embd_out,))
             vectors[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
         return vectors, total
+
+
+def _utf8_bytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))

@@ -129,7 +129,7 @@ class LlamaCppExecutor:
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         if "embedding" in request.output_modalities:  # /v1/embeddings from the chat GGUF
             embed = request_params(EmbeddingParams, request.params_for(self.stage))
-            vectors, tokens = self.embedder.embed(embed.input, embed.truncate_prompt_tokens)
+            vectors, tokens = self.embedder.embed(embed)
             return [OmniOutput(request.request_id, started=True, prompt_tokens=tokens),
                     OmniOutput(request.request_id, finish_reason="stop", done=True,
                                data=Embeddings(list(range(len(vectors))), vectors))]

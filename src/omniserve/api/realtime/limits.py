@@ -1,0 +1,42 @@
+"""How many realtime sessions may be open at once. Each holds a socket for as long as it lasts, so past
+some number the process would have no file descriptors left, and every request (`/health` too) would fail:
+the limit is the server's `--realtime-max-sessions`, lowered where the process's descriptor limit leaves
+less, so that `FD_RESERVE` descriptors always stay for HTTP, the workers' pipes and files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+
+log = logging.getLogger(__name__)
+
+FD_RESERVE = 256
+
+
+def open_descriptors() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc: count nothing, the reserve still applies
+        return 0
+
+
+class SessionCount:
+    def __init__(self, limit: int):
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        room = soft - open_descriptors() - FD_RESERVE if soft != resource.RLIM_INFINITY else limit
+        self.limit = max(1, min(limit, room))
+        if self.limit < limit:
+            log.warning("realtime sessions: at most %d, not %d (--realtime-max-sessions): the process may open %d "
+                        "files (ulimit -n) and keeps %d for HTTP", self.limit, limit, soft, FD_RESERVE)
+        self.open = 0
+
+    def take(self) -> bool:
+        """One more session, if there is room."""
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1

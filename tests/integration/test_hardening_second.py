@@ -1,0 +1,127 @@
+"""Regression tests for the second outside probe (issue 24) that need the default server: a huge
+embeddings input refused before it is tokenized, bad values refused where the request is parsed
+(negative image seeds, NUL in paths), a client's grammar kept out of the server log, and the
+operator's cap on answers that name no max_tokens. The realtime, storage and cross-site findings have
+their own modules (test_realtime_limits, test_storage, test_cross_site)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_server, shared_models
+from tests.integration.test_errors import assert_envelope
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+
+
+def stage_pid(http, name: str) -> int:
+    return next(s["pid"] for s in http.get("/get_model_info").json()["stages"] if s["name"] == name)
+
+
+# ---- 5: a huge embeddings input is refused by its size --------------------------------------------
+
+def test_a_huge_embeddings_input_is_refused_at_once(server, http):
+    embedder = stage_pid(http, "embedder")
+    before = rss_mb(embedder)
+    result = {}
+
+    def post():
+        with server.http() as h:
+            t0 = time.time()
+            result["r"] = h.post("/v1/embeddings", json={"input": "hello world " * 2_500_000})
+            result["s"] = time.time() - t0
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    t0 = time.time()
+    small = http.post("/v1/embeddings", json={"input": "a small one"})
+    other = time.time() - t0
+    thread.join()
+    assert small.status_code == 200, small.text
+    err = assert_envelope(result["r"], 400, "input", "characters")
+    assert "truncate_prompt_tokens" in err["message"]
+    assert result["s"] < 5 and other < 5, (result["s"], other)  # tokenizing it all took 20 s
+    assert rss_mb(embedder) < before + 150, (before, rss_mb(embedder))  # it grew by 2.5 GB
+    # with truncation the end is kept, and only the end is tokenized
+    r = http.post("/v1/embeddings", json={"input": "hello world " * 2_500_000, "truncate_prompt_tokens": 8})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 8, r.text
+    same = http.post("/v1/embeddings", json={"input": "hello world " * 20, "truncate_prompt_tokens": 8})
+    assert same.json()["data"][0]["embedding"] == r.json()["data"][0]["embedding"]
+
+
+# ---- 9: bad values are refused where the request is parsed --------------------------------------
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory):
+    sketches = shared_models() / "sketch-rnn-quickdraw"
+    with run_server("--image-model", f"sketch-rnn:{sketches}", "--asr-model", "none", "--tts-model", "none",
+                    "--vision-model", "none", "--embedding-model", "none",
+                    tmp_path=tmp_path_factory.mktemp("seeds")) as s:
+        yield s
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_an_image_seed_out_of_range_is_a_400(image_server, seed):
+    with image_server.http() as http:
+        image = stage_pid(http, "image")
+        for path, body in (("/v1/images/generations", {"prompt": "a cat", "size": "64x64", "seed": seed}),
+                           ("/v1/videos", {"prompt": "a cat", "size": "64x64", "seed": seed})):
+            assert_envelope(http.post(path, json=body), 400, "seed", "seed")
+        form = {"prompt": "a cat", "size": "64x64", "seed": str(seed)}
+        r = http.post("/v1/videos", files={k: (None, v) for k, v in form.items()})  # multipart
+        assert_envelope(r, 400, "seed")
+        assert http.post("/v1/images/generations", json={"prompt": "a cat", "size": "64x64", "seed": 2**32 - 1}
+                         ).status_code == 200
+        assert stage_pid(http, "image") == image
+    assert "Traceback" not in image_server.log()
+
+
+def test_a_nul_in_a_lora_path_is_a_400(image_server):
+    """(/v1/set_lora resolves its paths with the same helper; its model is in test_diffusers.)"""
+    with image_server.http() as http:
+        r = http.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "a\u0000b.gguf"})
+        assert_envelope(r, 400, "lora_path")
+    assert "Traceback" not in image_server.log()
+
+
+def test_a_nul_in_a_local_media_path_is_a_400(tmp_path):
+    with run_server("--allowed-local-media-path", str(tmp_path), "--asr-model", "none", "--tts-model", "none",
+                    "--embedding-model", "none", tmp_path=tmp_path) as s, s.http() as http:
+        for url in (f"file://{tmp_path}/a%00b.png", f"{tmp_path}/a\u0000b.png"):
+            body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
+                    "max_tokens": 2}
+            assert_envelope(http.post("/v1/chat/completions", json=body), 400)
+    assert "Traceback" not in s.log()
+
+
+# ---- 11: a client's text never writes lines into the log ----------------------------------------
+
+def test_a_grammar_that_does_not_parse_is_not_echoed_into_the_log(server, http):
+    forged = "ERROR omniserve.runtime.coordinator: worker thinker died (forged)"
+    r = http.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 2,
+                                                "ebnf": f'root ::= "a"\n{forged}\nx ::= (('})
+    assert_envelope(r, 400, "ebnf", "does not parse")
+    time.sleep(0.5)
+    assert forged not in server.log()
+
+
+# ---- 14: the operator's cap on answers that name no max_tokens -----------------------------------
+
+def test_default_max_tokens_caps_answers_that_name_none(tmp_path):
+    with run_server("--default-max-tokens", "5", "--asr-model", "none", "--tts-model", "none", "--vision-model",
+                    "none", "--embedding-model", "none", tmp_path=tmp_path) as s, s.http() as http:
+        story = {"messages": [{"role": "user", "content": "Tell me a very long story."}], "ignore_eos": True}
+        r = http.post("/v1/chat/completions", json=story)
+        assert r.json()["usage"]["completion_tokens"] == 5 and r.json()["choices"][0]["finish_reason"] == "length"
+        r = http.post("/v1/chat/completions", json=story | {"max_tokens": 9})  # a request's own wins
+        assert r.json()["usage"]["completion_tokens"] == 9

@@ -6,11 +6,14 @@ their own modules (test_realtime_limits, test_storage, test_cross_site)."""
 
 from __future__ import annotations
 
+import random
 import re
+import string
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import run_server, shared_models
@@ -125,3 +128,48 @@ def test_default_max_tokens_caps_answers_that_name_none(tmp_path):
         assert r.json()["usage"]["completion_tokens"] == 5 and r.json()["choices"][0]["finish_reason"] == "length"
         r = http.post("/v1/chat/completions", json=story | {"max_tokens": 9})  # a request's own wins
         assert r.json()["usage"]["completion_tokens"] == 9
+
+
+# ---- 6: clients share the grammar helpers, and a grammar's cost per step is bounded ----------------
+
+def test_one_clients_slow_grammars_do_not_hold_up_another(tmp_path):
+    """Six regexes that each run out the grammar timeout, from 127.0.0.2, then a small schema from 127.0.0.1:
+    the schema waits for at most one slow build per helper, not for all six (the outside probe: 37 s)."""
+    with run_server("--grammar-timeout", "2", "--asr-model", "none", "--tts-model", "none", "--vision-model",
+                    "none", "--embedding-model", "none", tmp_path=tmp_path) as s:
+        slow = []
+
+        def post_slow(k: int):
+            transport = httpx.HTTPTransport(local_address="127.0.0.2")
+            with httpx.Client(base_url=s.base_url, transport=transport, timeout=120) as c:
+                slow.append(c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2,
+                                                            "regex": f"[ab]*a[ab]{{{14 + k}}}"}))
+
+        threads = [threading.Thread(target=post_slow, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        schema = {"type": "json_schema", "json_schema": {"name": "n", "schema": {
+            "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}
+        with s.http() as http:
+            t0 = time.time()
+            r = http.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 12,
+                                                        "response_format": schema})
+            took = time.time() - t0
+        for t in threads:
+            t.join()
+        assert r.status_code == 200, r.text
+        assert took < 5, took  # one slow build on each of the two helpers, at most
+        assert all(x.status_code == 400 and "longer than" in x.json()["error"]["message"] for x in slow)
+
+
+def test_a_grammar_too_costly_to_apply_at_each_step_is_a_400(http):
+    rng = random.Random(0)
+    words = ["".join(rng.choices(string.ascii_lowercase, k=8)) for _ in range(8000)]  # about 0.7 s a step
+    schema = {"type": "json_schema", "json_schema": {"name": "e", "schema": {"type": "string", "enum": words}}}
+    r = http.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 4, "response_format": schema})
+    err = assert_envelope(r, 400, "response_format", "ms to apply")
+    assert "long enums" in err["message"]
+    small = {"type": "json_schema", "json_schema": {"name": "e", "schema": {"type": "string", "enum": words[:20]}}}
+    r = http.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 8, "response_format": small})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].strip('"') in words[:20], r.text

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from omniserve.errors import InvalidRequest
-from omniserve.runtime.grammar import GrammarBuilder
+from omniserve.runtime.grammar import FairSlots, GrammarBuilder
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,66 @@ def test_a_caller_that_leaves_strands_no_helper():
         await asyncio.sleep(0)
         assert await b.build(Spec("d")) == 'root ::= "d"'  # the shielded build finished and was kept
         assert len(b._idle) == 1
+        b.close()
+
+    asyncio.run(main())
+
+
+def test_fair_slots_take_turns_among_owners():
+    async def main():
+        slots = FairSlots(1)
+        order = []
+
+        async def use(owner: str, k: int):
+            async with slots.held(owner):
+                order.append(f"{owner}{k}")
+                await asyncio.sleep(0.01)
+
+        await slots.acquire("first")  # busy: what follows waits
+        tasks = [asyncio.ensure_future(use("a", k)) for k in range(4)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.ensure_future(use("b", 0)))
+        gone = asyncio.ensure_future(use("c", 0))
+        await asyncio.sleep(0)
+        gone.cancel()  # a waiter that leaves is skipped
+        slots.release()
+        await asyncio.gather(*tasks)
+        assert order == ["a0", "b0", "a1", "a2", "a3"]
+        assert slots.free == 1
+
+    asyncio.run(main())
+
+
+def test_one_owners_slow_grammars_do_not_hold_up_another():
+    async def main():
+        b = GrammarBuilder(make, None, timeout=1, helpers=1)
+        slow = [asyncio.ensure_future(b.build(Spec("slow", param=f"p{k}"), owner="greedy")) for k in range(4)]
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        assert await b.build(Spec("quick"), owner="other") == 'root ::= "quick"'
+        assert time.monotonic() - t0 < 6  # after the slow build that runs, not after all four (4+ s and spawns)
+        for task in slow:
+            task.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)
+        b.close()
+
+    asyncio.run(main())
+
+
+def test_a_build_whose_callers_left_before_it_had_a_helper_is_dropped():
+    async def main():
+        b = GrammarBuilder(make, None, timeout=2, helpers=1)
+        busy = asyncio.ensure_future(b.build(Spec("slow"), owner="a"))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(b.build(Spec("never"), owner="b"))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        await asyncio.gather(queued, return_exceptions=True)
+        await asyncio.sleep(0)
+        assert not any("never" in key for key in b._pending)  # dropped, not run later
+        with pytest.raises(InvalidRequest):
+            await busy
+        assert not any("never" in key for key in b._outcomes)
         b.close()
 
     asyncio.run(main())

@@ -63,13 +63,14 @@ class Client:
         """A stage administration call (LoRA adapters): its result, or its error."""
         return await self.coordinator.control(stage, op)
 
-    async def build_grammar(self, spec: Any) -> str | None:
-        """The GBNF a request's output must follow (None: free text), built out of this process."""
+    async def build_grammar(self, spec: Any, owner: str = "") -> str | None:
+        """The GBNF a request's output must follow (None: free text), built out of this process. `owner`: the
+        client that asks (builds are shared fairly among clients)."""
         if spec is None:
             return None
         if self.grammars is None:
             raise InvalidRequest(f"{spec.param}: this server's chat model takes no output grammar", param=spec.param)
-        return await self.grammars.build(spec)
+        return await self.grammars.build(spec, owner)
 
     def close(self) -> None:
         if self.grammars is not None:

@@ -9,19 +9,25 @@ grammar allows a first token. A helper gets `timeout` seconds a grammar; one tha
 killed and one that crashes is replaced, and the request gets a 400 either way. The event loop
 only waits. Outcomes are kept for the last `CACHE_SIZE` specs, refusals too, so a client that
 sends the same grammar again (good or bad) costs nothing.
+
+The helpers are shared fairly: when builds wait for one, the clients (by address) that wait take turns,
+so one client's many slow grammars do not hold up another's; a build whose callers have all left before
+it reached a helper is dropped. A grammar that takes longer than `MAX_STEP_MS` to apply to the vocabulary
+is refused: the sampler applies it at every step, and every sequence decoding beside it would wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import logging
 import multiprocessing as mp
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -33,7 +39,66 @@ log = logging.getLogger(__name__)
 
 _CTX = mp.get_context("spawn")
 CACHE_SIZE = 256
+MAX_STEP_MS = 250  # applying a grammar to the whole vocabulary once (what each decoding step costs it)
 Outcome = str | None | OmniError
+
+
+class FairSlots:
+    """`size` slots for owners: while they are contended, the owners that wait get one in turn (round
+    robin), each its oldest waiter first."""
+
+    def __init__(self, size: int):
+        self.free = size
+        self._waiting: OrderedDict[str, deque[asyncio.Future]] = OrderedDict()
+
+    async def acquire(self, owner: str) -> None:
+        if self.free and not self._waiting:
+            self.free -= 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(owner, deque()).append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed a slot just as it left: pass it on
+            else:
+                queue = self._waiting.get(owner)
+                if queue is not None and turn in queue:
+                    queue.remove(turn)
+                    if not queue:
+                        del self._waiting[owner]
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            owner, queue = next(iter(self._waiting.items()))
+            turn = queue.popleft()
+            if queue:
+                self._waiting.move_to_end(owner)  # the next owner's turn
+            else:
+                del self._waiting[owner]
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.free += 1
+
+    @contextlib.asynccontextmanager
+    async def held(self, owner: str):
+        await self.acquire(owner)
+        try:
+            yield
+        finally:
+            self.release()
+
+
+@dataclass
+class _Pending:
+    """A build under way, which callers with the same spec join."""
+
+    task: asyncio.Task | None = None
+    waiters: int = 0
+    started: bool = False  # it has a helper: it runs to its end (a helper is not stopped mid-grammar)
 
 
 class GrammarBuilder:
@@ -45,12 +110,13 @@ class GrammarBuilder:
         self.vocab_path = vocab_path  # a GGUF to read the vocabulary from (None: skip llama.cpp's check)
         self.timeout = timeout
         self._idle: list[_Helper] = []
-        self._slots = asyncio.Semaphore(helpers)
+        self._slots = FairSlots(helpers)
         self._outcomes: OrderedDict[str, Outcome] = OrderedDict()
-        self._pending: dict[str, asyncio.Task] = {}  # builds under way, which the same spec joins
+        self._pending: dict[str, _Pending] = {}  # builds under way, which the same spec joins
 
-    async def build(self, spec: Any) -> str | None:
-        """The GBNF for `spec` (None for free text), or an InvalidRequest naming the parameter."""
+    async def build(self, spec: Any, owner: str = "") -> str | None:
+        """The GBNF for `spec` (None for free text), or an InvalidRequest naming the parameter. `owner`:
+        who asks (the client's address), for a fair share of the helpers."""
         if spec is None:
             return None
         key = json.dumps(asdict(spec), sort_keys=True, default=str)
@@ -58,17 +124,25 @@ class GrammarBuilder:
             self._outcomes.move_to_end(key)
             outcome = self._outcomes[key]
         else:
-            if key not in self._pending:
-                self._pending[key] = asyncio.ensure_future(self._build_and_keep(key, spec))
-            # shielded: a client that leaves does not cut a build short and strand its helper
-            outcome = await asyncio.shield(self._pending[key])
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = _Pending()
+                pending.task = asyncio.ensure_future(self._build_and_keep(key, spec, owner, pending))
+            pending.waiters += 1
+            try:
+                # shielded: a client that leaves does not cut a build short and strand its helper
+                outcome = await asyncio.shield(pending.task)
+            finally:
+                pending.waiters -= 1
+                if not pending.waiters and not pending.started and not pending.task.done():
+                    pending.task.cancel()  # every caller left before it had a helper: nobody needs it
         if isinstance(outcome, OmniError):
             raise outcome
         return outcome
 
-    async def _build_and_keep(self, key: str, spec: Any) -> Outcome:
+    async def _build_and_keep(self, key: str, spec: Any, owner: str, pending: _Pending) -> Outcome:
         try:
-            outcome = await self._build(spec)
+            outcome = await self._build(spec, owner, pending)
         finally:
             del self._pending[key]
         if not isinstance(outcome, Unavailable):
@@ -77,8 +151,9 @@ class GrammarBuilder:
                 self._outcomes.popitem(last=False)
         return outcome
 
-    async def _build(self, spec: Any) -> Outcome:
-        async with self._slots:
+    async def _build(self, spec: Any, owner: str, pending: _Pending) -> Outcome:
+        async with self._slots.held(owner):
+            pending.started = True
             for attempt in (1, 2):  # an idle helper may have died since it was last used: then a new one
                 reused = bool(self._idle)
                 try:
@@ -224,8 +299,15 @@ class _LlamaCheck:
             self.tokens["logit"] = 0.0
             data = self.tokens.ctypes.data_as(ctypes.POINTER(ll.llama_token_data))
             candidates = ll.llama_token_data_array(data, len(self.tokens), -1, False)
+            started = time.perf_counter()
             ll.llama_sampler_apply(sampler, ctypes.byref(candidates))
+            ms = (time.perf_counter() - started) * 1000
             if np.isneginf(self.tokens["logit"]).all():
                 raise InvalidRequest(f"{param}: the grammar allows no output at all", param=param)
+            if ms > MAX_STEP_MS:
+                raise InvalidRequest(f"{param}: the grammar takes {ms:.0f} ms to apply to the model's vocabulary, "
+                                     f"which it would cost every step of the answer; this server allows "
+                                     f"{MAX_STEP_MS} ms. Shorten it: long enums and many alternatives cost the most",
+                                     param=param)
         finally:
             ll.llama_sampler_free(sampler)

@@ -38,6 +38,7 @@ from omniserve.api.protocol.tools import parse_calls
 from omniserve.api.routes.choices import AudioPiece, Choice, Ended, Piece, TextPiece
 from omniserve.api.routes.common import (
     Head,
+    client_address,
     get_client,
     model_response,
     new_id,
@@ -150,7 +151,8 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
                              param="modalities")
     per_stage = body.per_stage()
     # the grammar first: a bad one is a 400 before any media is fetched
-    grammar = await client.build_grammar(body.answer_grammar_spec(served.stage, per_stage.get(served.stage)))
+    grammar = await client.build_grammar(body.answer_grammar_spec(served.stage, per_stage.get(served.stage)),
+                                         client_address(request))
     placeholders, audios, images = await _load_media(request, body, refs,
                                                      with_video_audio=asr is not None or "audio" in native)
     omni = body.to_omni_request(request_id, placeholders, served.stage, per_stage.get(served.stage),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
 from fastapi import Request, Response
+from starlette.requests import HTTPConnection
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -73,6 +74,12 @@ async def read_json(request: Request, model: type[M], empty_ok: bool = False) ->
 
 def get_client(request: Request) -> Client:
     return request.app.state.client
+
+
+def client_address(request: HTTPConnection) -> str:
+    """Who sends the request, for a fair share of what clients contend for: its address (the connection's
+    peer, not a header it could write)."""
+    return request.client.host if request.client else ""
 
 
 def new_id(prefix: str) -> str:

@@ -15,6 +15,7 @@ from omniserve.api.protocol.completions import Completion, CompletionChoice, Com
 from omniserve.api.routes.choices import Choice, Ended, TextPiece
 from omniserve.api.routes.common import (
     Head,
+    client_address,
     get_client,
     merge,
     model_response,
@@ -37,7 +38,7 @@ async def create_completion(request: Request):
     served, adapter = resolve_chat_model(client, body.model, body.lora_path)
     head = Head(new_id("cmpl"), f"{served.id}:{adapter}" if adapter else served.id, served.fingerprint)
     requests = body.to_omni_requests(head.id, served.stage)
-    grammar = await client.build_grammar(body.grammar_spec())
+    grammar = await client.build_grammar(body.grammar_spec(), client_address(request))
     for omni in requests:
         omni.sampling[served.stage].lora = adapter
         omni.sampling[served.stage].grammar = grammar

@@ -53,6 +53,9 @@ def _serve_parser(sub) -> None:
                    "the server answers 503 at once")
     p.add_argument("--stall-timeout", type=float, help="seconds a stage worker may go without finishing a step "
                    "before it is killed and restarted, failing its requests (default 300; 0: never)")
+    p.add_argument("--slow-reader-timeout", type=float, help="seconds a streamed answer's output may wait for a "
+                   "client that does not read it before the request is stopped and its slots freed (default 30; "
+                   "0: never)")
     p.add_argument("--grammar-timeout", type=float, help="seconds a structured-output grammar (response_format, "
                    "regex, ebnf, forced tool calls) may take to build; past it, a 400 (default 5)")
     p.add_argument("--context-length", type=int, help="tokens per sequence (default: min(trained, 4096))")

@@ -41,6 +41,8 @@ class ServerArgs(BaseSettings):
     max_queued_requests: int = Field(128, ge=0)
     grammar_timeout: float = Field(5.0, gt=0, description="longest a structured-output grammar may take to build")
     stall_timeout: float = Field(300.0, ge=0, description="restart a stage worker stuck this long (0: never)")
+    slow_reader_timeout: float = Field(30.0, ge=0, description="stop a request whose client has not read its "
+                                       "waiting output this long (0: never)")
     context_length: int | None = Field(None, ge=16)
     threads: int | None = Field(None, ge=1)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)

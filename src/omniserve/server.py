@@ -58,7 +58,7 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
     except StorageFailed as exc:
         raise ConfigError(f"--data-dir: {exc.message}") from None
     coordinator = Coordinator(pipeline, settings.max_running_requests, settings.max_queued_requests,
-                              settings.log_level, settings.stall_timeout, launch)
+                              settings.log_level, settings.stall_timeout, launch, settings.slow_reader_timeout)
     try:
         await coordinator.start()
     except StageLoadError as exc:

@@ -6,7 +6,10 @@ their own modules (test_realtime_limits, test_storage, test_cross_site)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
+import socket
 import re
 import string
 import threading
@@ -16,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import run_server, shared_models
+from tests.conftest import run_server, shared_models, wait_until
 from tests.integration.test_errors import assert_envelope
+from tests.realtime_helpers import next_of, open_session, receive, send
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -173,3 +177,74 @@ def test_a_grammar_too_costly_to_apply_at_each_step_is_a_400(http):
     small = {"type": "json_schema", "json_schema": {"name": "e", "schema": {"type": "string", "enum": words[:20]}}}
     r = http.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 8, "response_format": small})
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].strip('"') in words[:20], r.text
+
+
+# ---- 7: what a request holds counts, and a client that does not read holds nothing for long --------
+
+def test_a_streamed_answer_that_is_not_read_frees_its_slots(tmp_path):
+    """A spoken, streamed chat whose client reads nothing (a 4 KB receive window): once its output has
+    waited --slow-reader-timeout, the request is stopped at the thinker and the talker (the probe: 141 s)."""
+    with run_server("--slow-reader-timeout", "3", "--asr-model", "none", "--vision-model", "none",
+                    "--embedding-model", "none", tmp_path=tmp_path) as s, s.http() as http:
+        body = json.dumps({"messages": [{"role": "user", "content": "Tell me a very long story."}],
+                           "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"},
+                           "stream": True, "max_tokens": 1500, "ignore_eos": True}).encode()
+        host, port = s.base_url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        try:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            wait_until(lambda: http.get("/get_load").json()["running"] == 1, timeout=30)
+            t0 = time.time()
+            wait_until(lambda: http.get("/get_load").json()["running"] == 0, timeout=120)
+            assert time.time() - t0 < 90
+            assert "client read its answer too slowly" in s.log() or "waited" in s.log(), s.log()[-2000:]
+        finally:
+            sock.close()
+        r = http.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 3})
+        assert r.status_code == 200
+
+
+def test_many_choices_count_for_what_they_hold_and_do_not_hold_up_a_small_chat(server, http):
+    result = {}
+
+    def wide():
+        with server.http() as h:
+            result["wide"] = h.post("/v1/chat/completions", json={
+                "messages": MSG, "n": 16, "max_tokens": 120, "ignore_eos": True, "temperature": 1})
+
+    thread = threading.Thread(target=wide)
+    thread.start()
+    wait_until(lambda: http.get("/get_load").json()["stages"]["thinker"]["running"] >= 4, timeout=30)
+    assert http.get("/get_load").json()["stages"]["thinker"]["running"] == 4  # half of the 8 slots, not 1
+    t0 = time.time()
+    small = http.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 5})
+    took = time.time() - t0
+    thread.join()
+    assert small.status_code == 200 and result["wide"].status_code == 200
+    assert len(result["wide"].json()["choices"]) == 16
+    assert not thread.is_alive() and took < 30
+
+
+def test_realtime_answers_in_line_do_not_hold_up_a_plain_chat(tmp_path):
+    """One slot; six realtime sessions ask for long answers, then a chat comes: realtime and HTTP take turns,
+    so the chat is answered while most of the sessions still wait (in one line it came seventh)."""
+    with run_server("--max-running-requests", "1", "--asr-model", "none", "--tts-model", "none", "--vision-model",
+                    "none", "--embedding-model", "none", tmp_path=tmp_path) as s, contextlib.ExitStack() as stack:
+        sessions = [stack.enter_context(open_session(s.base_url)) for _ in range(6)]
+        for ws in sessions:
+            receive(ws)
+            send(ws, {"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Tell a story."}]}})
+            send(ws, {"type": "response.create", "response": {"output_modalities": ["text"],
+                                                              "max_output_tokens": 150}})
+        with s.http() as http:
+            wait_until(lambda: http.get("/get_load").json()["queued"] >= 5, timeout=30)
+            r = http.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 3})
+            assert r.status_code == 200, r.text
+            done = http.get("/get_load").json()
+        assert done["queued"] >= 3, done  # the chat went in after one or two of them, not after all six
+        for ws in sessions:
+            assert next_of(ws, "response.done", timeout=120)["response"]["status"] in ("completed", "incomplete")

@@ -191,3 +191,44 @@ def test_spare_capacity_is_not_held_for_a_waiter_blocked_elsewhere():
         late.cancel()
 
     run(main())
+
+
+def test_a_request_takes_a_slot_for_each_of_its_choices():
+    async def main():
+        a = Admission({"thinker": StageLimits(4, 4), "talker": StageLimits(1, 4)})
+        assert a.weights(ROUTE_TS, 2) == {"thinker": 2, "talker": 1}
+        assert a.weights(ROUTE_T, 16) == {"thinker": 2}  # at most half of what a stage runs: others get in too
+        await a.acquire(ROUTE_T, {"thinker": 3})
+        assert a.running("thinker") == 3
+        await asyncio.wait_for(a.acquire(ROUTE_T), 1)  # one left
+        waiting = asyncio.ensure_future(a.acquire(ROUTE_T, {"thinker": 2}))
+        await settle()
+        assert not waiting.done()  # two do not fit in none
+        a.release(ROUTE_T, {"thinker": 3})
+        await asyncio.wait_for(waiting, 1)
+        assert a.running("thinker") == 3
+
+    run(main())
+
+
+def test_lanes_take_turns_for_freed_slots():
+    """Five realtime answers wait, then one chat: the chat gets the second slot that frees, not the sixth."""
+    async def main():
+        a = admission(running=1, queued=10)
+        await a.acquire(ROUTE_T)
+        realtime = [asyncio.ensure_future(a.acquire(ROUTE_T, lane="realtime")) for _ in range(5)]
+        await settle()
+        chat = asyncio.ensure_future(a.acquire(ROUTE_T))
+        await settle()
+        a.release(ROUTE_T)
+        await settle()
+        assert realtime[0].done() and not chat.done()
+        a.release(ROUTE_T)
+        await settle()
+        assert chat.done() and not realtime[1].done()
+        for _ in range(4):
+            a.release(ROUTE_T)
+            await settle()
+        assert all(r.done() for r in realtime)
+
+    run(main())

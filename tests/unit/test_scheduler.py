@@ -301,3 +301,20 @@ def test_many_requests_keep_every_stream_consistent(slots):
             answer = [900 + k for k in range(1, q.n_past - len(q.prompt) + 1)]
             assert kv.streams[q.slot] == q.prompt[:q.n_past] + answer
     assert sorted(s.free_slots + [q.slot for q in s.running]) == list(range(slots))
+
+
+def test_a_free_slot_goes_to_the_request_running_the_fewest_sequences():
+    """Six choices of one request on two slots, then a single one: it takes the first slot that frees,
+    ahead of the choices still waiting."""
+    kv = FakeKv(2)
+    s = Scheduler(kv, slots=2, n_batch=64, max_prefill_sequences=4)
+    many = [Sequence("many", i, [1, 2, 3]) for i in range(6)]
+    for q in many:
+        s.add(q)
+    alone = seq("alone", [7, 8, 9])
+    s.add(alone)
+    assert {q.request_id for q in s.running} == {"many"} and alone.state is SeqState.WAITING
+    while not any(q.state is SeqState.DONE for q in many):
+        step(s, kv)
+    assert alone.state is SeqState.RUNNING  # in order, two more of the six would have taken both freed slots
+    assert sum(q.state is SeqState.WAITING for q in many) == 3

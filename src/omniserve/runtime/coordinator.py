@@ -66,6 +66,11 @@ from omniserve.runtime.types import OmniOutput, OmniRequest
 log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_S = 1.0
+MAX_UNREAD_BYTES = 32 * 1024 * 1024  # output a request may have waiting for a consumer that does not read
+
+
+def _size(output: OmniOutput) -> int:
+    return len(output.audio or b"") + len(output.text or "")
 REPLAY_TIMEOUT_S = 120.0  # for each control call replayed on a restarted worker
 
 Replica = tuple[str, int]  # a stage, and which of its workers
@@ -80,15 +85,21 @@ class _Tracked:
     open_terminals: set[str] = field(default_factory=set)
     buffered: dict[tuple[str, str], list[OmniOutput]] = field(default_factory=dict)  # non-streaming edges
     replicas: dict[str, int] = field(default_factory=dict)  # stage -> the worker of it that holds this request
+    weights: dict[str, int] = field(default_factory=dict)  # admission slots it holds per stage (its choices)
+    unread: int = 0  # bytes of output waiting for the consumer
+    read_at: float = field(default_factory=time.monotonic)  # when the consumer last came for more
     finished: bool = False
     clock: RequestClock = field(default_factory=RequestClock)
 
 
 class Coordinator:
     def __init__(self, pipeline: PipelineConfig, max_running: int, max_queued: int, log_level: str = "info",
-                 stall_timeout: float = 0.0, launch: Launcher = launch_worker):
-        """`launch`: how a worker starts (a local process; `ray_backend.RayLauncher`: a Ray actor)."""
+                 stall_timeout: float = 0.0, launch: Launcher = launch_worker, reader_timeout: float = 0.0):
+        """`launch`: how a worker starts (a local process; `ray_backend.RayLauncher`: a Ray actor).
+        `reader_timeout`: a request whose consumer has not come for its waiting output this long is stopped
+        (0: never), so a client that does not read holds no slot."""
         self.pipeline = pipeline
+        self.reader_timeout = reader_timeout
         self._launch = launch
         self.log_level = log_level
         self.stall_timeout = stall_timeout  # 0: never call a worker stuck
@@ -260,9 +271,11 @@ class Coordinator:
         route, emit = planned.stages, set(planned.emit)
         if not self.healthy(route):
             raise Unavailable(self.unhealthy_reason(route))
-        await self.admission.acquire(route)
+        weights = self.admission.weights(route, max((p.n for p in request.sampling.values()), default=1))
+        await self.admission.acquire(route, weights, request.lane)
         self.metrics.admitted(clock, route)
-        tracked = _Tracked(request, emit=emit, stages=set(route), open_terminals=set(emit), clock=clock)
+        tracked = _Tracked(request, emit=emit, stages=set(route), open_terminals=set(emit), clock=clock,
+                           weights=weights)
         self._running[request.request_id] = tracked
         ending = "abort"  # unless it completes or fails: the consumer left
         try:
@@ -270,7 +283,10 @@ class Coordinator:
                 if stage.name in route:
                     self._add(stage.name, tracked)
             while True:
+                tracked.read_at = time.monotonic()
                 item = await tracked.queue.get()
+                if isinstance(item, OmniOutput):
+                    tracked.unread -= _size(item)
                 if isinstance(item, OmniError):
                     ending = "error"
                     raise item
@@ -302,7 +318,7 @@ class Coordinator:
         """`stage` no longer holds the request: its slot goes to the next in line."""
         if stage in tracked.stages:
             tracked.stages.discard(stage)
-            self.admission.release({stage})
+            self.admission.release({stage}, tracked.weights)
             if stage in tracked.replicas:
                 self._load[(stage, tracked.replicas[stage])] -= 1
         self._forget_if_done(tracked)
@@ -417,7 +433,22 @@ class Coordinator:
             if output.done:
                 self._feed(edge.dst, tracked, tracked.buffered.pop((stage, edge.dst)))
         if stage in tracked.emit:
+            tracked.unread += _size(output)
+            if tracked.unread > MAX_UNREAD_BYTES:
+                self._stop_unread(tracked, f"{tracked.unread // 2**20} MiB of its output waited unread")
+                return
             tracked.queue.put_nowait(replace(output, payload=None) if output.payload is not None else output)
+
+    def _stop_unread(self, tracked: _Tracked, why: str) -> None:
+        """The consumer does not read: drop what waits for it, tell it why (if it ever reads again) and stop
+        the request at every stage, so that it holds no slot."""
+        while not tracked.queue.empty():
+            tracked.queue.get_nowait()
+        tracked.unread = 0
+        log.warning("request %s stopped: %s", tracked.request.request_id, why)
+        tracked.queue.put_nowait(OmniError(f"the request was stopped: {why} (the client read its answer too "
+                                           "slowly)", code="client_too_slow"))
+        self.abort(tracked.request.request_id)
 
     def _feed(self, stage: str, tracked: _Tracked, outputs: list[OmniOutput]) -> None:
         handle = self._holder(tracked, stage)
@@ -442,6 +473,11 @@ class Coordinator:
             late, last = now - last > 5 * WATCHDOG_INTERVAL_S, now
             if late:
                 continue
+            if self.reader_timeout:
+                for tracked in list(self._running.values()):
+                    idle = now - tracked.read_at
+                    if not tracked.finished and not tracked.queue.empty() and idle > self.reader_timeout:
+                        self._stop_unread(tracked, f"its output waited {idle:.0f} s for the client to read it")
             for (stage, i), handle in self._live():
                 silent = now - self._last_seen.get((stage, i), now)
                 timeout = self._stall_timeout(stage)

@@ -55,6 +55,9 @@ class OmniRequest:
     # the graph, its media and its `output_modalities` (runtime/routing.py).
     entry: str = ""
     progress: bool = False  # every stage on the route reports to the caller (a long job's progress)
+    # The kind of traffic it is ("realtime", or "" for HTTP): when slots are short, kinds take turns, so that
+    # one kind does not starve another (runtime/admission.py).
+    lane: str = ""
     # Function tools for a chat template that renders them itself (OpenAI's `tools` entries).
     tools: list[dict[str, Any]] | None = None
 

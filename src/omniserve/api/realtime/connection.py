@@ -8,6 +8,7 @@ requests, so a session holds nothing once it is gone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from omniserve.api.protocol.common import load_json
 from omniserve.api.realtime.conversation import new_id
+from omniserve.api.realtime.limits import REALTIME
 from omniserve.api.realtime.protocol import (
     BETA_NAMES,
     ErrorEvent,
@@ -44,6 +46,8 @@ from omniserve.runtime.types import MediaReading, OmniRequest
 
 log = logging.getLogger(__name__)
 
+MAX_UNSENT_BYTES = 32 * 1024 * 1024  # events waiting for a client that does not read: past it, the session ends
+
 @dataclass
 class Heard:
     """A transcription: its pieces as they came, the whole text, and the seconds of audio."""
@@ -63,6 +67,8 @@ class RealtimeConnection:
         self.beta = beta
         self.idle_timeout = idle_timeout
         self._heard_at = time.monotonic()  # the client's last event
+        self._unsent = 0  # bytes of events waiting to go out
+        self._dropping: asyncio.Task | None = None
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._response: RealtimeResponse | None = None
         self._response_task: asyncio.Task | None = None
@@ -75,7 +81,20 @@ class RealtimeConnection:
             if name is None:
                 return
             event = event.model_copy(update={"type": name})
-        self._outbox.put_nowait(event.model_dump_json())
+        text = event.model_dump_json()
+        self._unsent += len(text)
+        if self._unsent > MAX_UNSENT_BYTES:  # the client does not read what it is sent: it holds nothing more
+            if self._dropping is None:
+                self._dropping = asyncio.create_task(self._drop_slow_client())
+            return
+        self._outbox.put_nowait(text)
+
+    async def _drop_slow_client(self) -> None:
+        log.warning("realtime session %s closed: %d MiB of events waited for the client to read them",
+                    self.session.id, self._unsent // 2**20)
+        await self._stop()
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # it may be closing already
+            await self.ws.close(code=1008, reason="the client read too slowly")
 
     async def serve(self) -> None:
         self.emit(self.session.created())
@@ -124,7 +143,9 @@ class RealtimeConnection:
 
     async def _write(self) -> None:
         while True:
-            await self.ws.send_text(await self._outbox.get())
+            text = await self._outbox.get()
+            await self.ws.send_text(text)
+            self._unsent -= len(text)
             self._outbox.task_done()
 
     async def _take(self, message: dict) -> None:
@@ -213,7 +234,7 @@ class RealtimeConnection:
                                                      "seconds": round(heard.seconds or len(audio) / ASR_RATE, 3)}))
 
     async def _recognize(self, audio: np.ndarray) -> Heard:
-        request = OmniRequest(new_id("transcription"), audios=[audio], entry=self.asr.stage,
+        request = OmniRequest(new_id("transcription"), audios=[audio], entry=self.asr.stage, lane=REALTIME,
                               params={self.asr.stage: {"task": "transcribe"}})
         deltas, reading = [], MediaReading("audio")
         stream = self.client.generate(request)

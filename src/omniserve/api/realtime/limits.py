@@ -12,6 +12,7 @@ import resource
 log = logging.getLogger(__name__)
 
 FD_RESERVE = 256
+REALTIME = "realtime"  # the admission lane of the sessions' requests: they take turns with HTTP's
 
 
 def open_descriptors() -> int:

@@ -22,6 +22,7 @@ from omniserve.api.protocol.chat import AudioOutput, ChatCompletionRequest
 from omniserve.api.protocol.common import validate_fields
 from omniserve.api.protocol.tools import parse_calls
 from omniserve.api.realtime.conversation import Conversation, SpokenTrack, new_id
+from omniserve.api.realtime.limits import REALTIME
 from omniserve.api.realtime.protocol import (
     ArgumentsDeltaEvent,
     ArgumentsDoneEvent,
@@ -139,6 +140,7 @@ class RealtimeResponse:
         if speak and not text_first:
             body.modalities, body.audio = ["text", "audio"], AudioOutput(voice=o.voice)
         omni, _ = await chat_omni_request(self._conn, self._client, body, self._chat, self.id)
+        omni.lane = REALTIME
         if not text_first:
             await self._message(self._client.generate(omni), speak)
             return
@@ -163,7 +165,7 @@ class RealtimeResponse:
         talker = self._talker
         route = self._client.stages_of(talker)
         voice = resolve_voice(talker, self.options.voice, "voice")
-        return self._client.generate(OmniRequest(new_id("speech"), prompt=text, entry=route[0],
+        return self._client.generate(OmniRequest(new_id("speech"), prompt=text, entry=route[0], lane=REALTIME,
                                                  output_modalities=["audio"],
                                                  params=stage_params(self._client, talker, {"voice": voice})))
 

@@ -34,7 +34,7 @@ work, and the prefix cache only matches prompts decoded with the same adapter.
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -152,9 +152,12 @@ class Scheduler:
         self.admit()
 
     def admit(self) -> None:
-        """Waiting sequences take the free slots, in order."""
+        """Waiting sequences take the free slots: first those whose request runs the fewest sequences, in
+        order among equals, so that a request with many choices does not hold up a single one behind them."""
         while self.waiting and self.free_slots:
-            seq = self.waiting.popleft()
+            running = Counter(s.request_id for s in self.running)
+            seq = min(self.waiting, key=lambda s: running[s.request_id])  # the first of the fewest
+            self.waiting.remove(seq)
             self._place(seq)
             seq.state = SeqState.RUNNING
             self.running.append(seq)

@@ -25,9 +25,9 @@ def before_call(context, case, kwargs):
     for key, most in SMALL.items():
         if type(body.get(key)) is int and body[key] > most:
             body[key] = most
-    if case.operation.path.startswith("/v1/videos"):  # a video job's default is 32 frames of 720x1280
+    if case.operation.path.startswith("/v1/videos") and not _negative(case):  # default: 32 frames of 720x1280
         body.setdefault("size", "128x128")
-        if type(body.get("num_frames")) is int and body["num_frames"] > VIDEO_FRAMES:
+        if type(body.get("num_frames")) is int and VIDEO_FRAMES < body["num_frames"] <= 3600:  # still valid
             body["num_frames"] = VIDEO_FRAMES
     if "messages" in body and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
         body["max_tokens"] = SMALL["max_tokens"]
@@ -36,3 +36,10 @@ def before_call(context, case, kwargs):
         body["input"] = text[:SPEECH_CHARS]
     elif isinstance(text, list) and len(text) > EMBEDDING_INPUTS:
         body["input"] = text[:EMBEDDING_INPUTS]
+
+
+def _negative(case) -> bool:
+    """A case meant to break the schema: left as it is, so that it still does."""
+    mode = getattr(getattr(getattr(case, "meta", None), "generation", None), "mode", None)
+    return str(getattr(mode, "value", mode)).lower() == "negative"
+

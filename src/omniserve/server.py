@@ -4,6 +4,7 @@ serve HTTP with uvicorn, then shut the runtime down."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import time
@@ -86,7 +87,20 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
         await coordinator.shutdown()
 
 
+def return_large_frees() -> None:
+    """glibc keeps the memory of large freed buffers (a realtime session's audio, a 20 MB event) for reuse once
+    one has been freed: it raises its mmap threshold to that size. A fixed threshold keeps blocks of 128 KiB or more
+    in their own mappings (as at the start), so that what a closed session held goes back to the system."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 128 * 1024)  # glibc's own starting value
+
+
 def run(settings: ServerArgs, pipeline: PipelineConfig) -> None:
+    return_large_frees()
     try:
         import uvloop
 

@@ -1,7 +1,8 @@
 """Schemathesis against the server's own /openapi.json: every route, a bounded run.
 
-What must hold: no 5xx, every error in OpenAI's envelope (the declared error schema), every
-answer in the declared shape and media type, schema-breaking input refused, methods in
+What must hold: no 5xx but the documented 503 and 507, every error in OpenAI's envelope (the declared error schema), every
+answer in the declared shape and media type, schema-breaking input refused, schema-valid input
+accepted (but where tests/schemathesis.toml says why it cannot be), methods in
 `Allow`, no request over a few seconds, and the server healthy and idle afterwards with no
 traceback in its log. `tests/fuzz_hooks.py` trims valid requests (output tokens, speech length)
 so that each is quick on 2 cores; the real limits are tested elsewhere.
@@ -21,9 +22,8 @@ from tests.conftest import ROOT, idle, run_server, wait_until
 
 MAX_RESPONSE_S = 15  # a valid request at the bounds below takes a few seconds; the slowest, under load, up to ~8
 EXAMPLES = int(os.environ.get("OMNISERVE_FUZZ_EXAMPLES", "6"))
-CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
-          "response_schema_conformance,negative_data_rejection,missing_required_header,unsupported_method,"
-          "allow_header_conformance")
+# the checks, the documented 503 and 507, and where schema-valid data may be refused (with the reasons)
+CONFIG = ROOT / "tests" / "schemathesis.toml"
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,9 @@ def fuzz_server(tmp_path_factory):
 
 def test_schemathesis_finds_nothing(fuzz_server):
     s = fuzz_server
-    cmd = [str(Path(sys.executable).with_name("schemathesis")), "run", s.base_url + "/openapi.json",
-           "--checks", CHECKS, "--max-examples", str(EXAMPLES), "--phases", "examples,coverage,fuzzing",
+    cmd = [str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(CONFIG), "run",
+           s.base_url + "/openapi.json",
+           "--max-examples", str(EXAMPLES), "--phases", "examples,coverage,fuzzing",
            "--max-response-time", str(MAX_RESPONSE_S), "--request-timeout", "60", "--workers", "2",
            "--suppress-health-check", "all", "--seed", "20261129", "--no-color", "--max-failures", "20"]
     t0 = time.time()

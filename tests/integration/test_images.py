@@ -240,7 +240,7 @@ def test_edit_bad_input(image_server):
         r = http.post("/v1/images/edits", json={"prompt": "a dog", "images": [{"file_id": "file-1"}]})
         assert r.status_code == 400 and "Files API" in r.json()["error"]["message"], r.text
         r = http.post("/v1/images/edits", content=b"prompt=a+dog", headers={"content-type": "text/plain"})
-        assert r.status_code == 400 and "multipart" in r.json()["error"]["message"]
+        assert r.status_code == 415 and "multipart" in r.json()["error"]["message"]
 
 
 def test_chat_with_an_image_model_returns_images(image_server):

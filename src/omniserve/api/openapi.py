@@ -21,7 +21,9 @@ from pydantic.json_schema import models_json_schema
 
 from omniserve.api.protocol import audio, chat, completions, embeddings, images, models, videos
 from omniserve.api.protocol.common import ErrorResponse
+from omniserve.api.protocol.audio import OPENAI_VOICES
 from omniserve.api.protocol.lora import LoadLoraRequest, LoraNameRequest, SetLoraRequest, UnloadLoraRequest
+from omniserve.runtime.client import ServedModel
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -37,27 +39,35 @@ class Operation:
     # media type -> response: a model, several (any of them), or None for bytes
     ok: dict[str, type[BaseModel] | tuple[type[BaseModel], ...] | None] = field(default_factory=dict)
     body_required: bool = True
+    # the served-model fact the operation needs (`info` key of any served model): without it the spec leaves
+    # the operation out, since every request to it would be refused
+    needs: str | None = None
+    # the kinds of served model its `model` names: the spec lists them (a request naming another is refused)
+    kinds: tuple[str, ...] = ()
 
 
 OPERATIONS = (
     Operation("post", "/v1/chat/completions", {JSON: chat.ChatCompletionRequest},
-              {JSON: chat.ChatCompletion, SSE: chat.ChatCompletionChunk}),
+              {JSON: chat.ChatCompletion, SSE: chat.ChatCompletionChunk}, kinds=("chat", "image")),
     Operation("post", "/v1/completions", {JSON: completions.CompletionRequest},
-              {JSON: completions.Completion, SSE: completions.Completion}),
-    Operation("post", "/v1/embeddings", {JSON: embeddings.EmbeddingRequest}, {JSON: embeddings.EmbeddingList}),
+              {JSON: completions.Completion, SSE: completions.Completion}, kinds=("chat",)),
+    Operation("post", "/v1/embeddings", {JSON: embeddings.EmbeddingRequest}, {JSON: embeddings.EmbeddingList},
+              kinds=("embedding", "chat")),
     Operation("post", "/v1/audio/speech", {JSON: audio.SpeechRequest},
-              {**dict.fromkeys(AUDIO), SSE: (audio.SpeechChunk, audio.SpeechEvent)}),
+              {**dict.fromkeys(AUDIO), SSE: (audio.SpeechChunk, audio.SpeechEvent)}, kinds=("tts",)),
     Operation("post", "/v1/audio/transcriptions", {MULTIPART: audio.TranscriptionUpload},
               {JSON: (audio.TranscriptionVerbose, audio.Transcription), "text/plain": None, "text/vtt": None,
-               SSE: audio.TranscriptEvent}),
+               SSE: audio.TranscriptEvent}, kinds=("asr",)),
     Operation("post", "/v1/audio/translations", {MULTIPART: audio.TranscriptionUpload},
-              {JSON: (audio.TranscriptionVerbose, audio.Transcription), "text/plain": None, "text/vtt": None}),
+              {JSON: (audio.TranscriptionVerbose, audio.Transcription), "text/plain": None, "text/vtt": None},
+              needs="multilingual", kinds=("asr",)),
     Operation("get", "/v1/audio/voices", ok={JSON: audio.VoiceList}),
     Operation("post", "/v1/images/generations", {JSON: images.ImageGenerationRequest},
-              {JSON: images.ImagesResponse}),
+              {JSON: images.ImagesResponse}, kinds=("image",)),
     Operation("post", "/v1/images/edits", {MULTIPART: images.ImageEditUpload, JSON: images.ImageEditRequest},
-              {JSON: images.ImagesResponse}),
-    *(Operation("post", path, {JSON: videos.VideoRequest, MULTIPART: videos.VideoUpload}, {JSON: videos.Video})
+              {JSON: images.ImagesResponse}, needs="edits", kinds=("image",)),
+    *(Operation("post", path, {JSON: videos.VideoRequest, MULTIPART: videos.VideoUpload}, {JSON: videos.Video},
+                needs="videos", kinds=("image",))
       for path in ("/v1/videos", "/v1/videos/generations", "/v1/videos/sync")),
     Operation("get", "/v1/videos", ok={JSON: videos.VideoList}),
     Operation("get", "/v1/videos/{video_id}", ok={JSON: videos.Video}),
@@ -67,10 +77,11 @@ OPERATIONS = (
     Operation("get", "/v1/models/{model_id}", ok={JSON: models.ModelCard}),
     Operation("post", "/v1/load_lora_adapter", {JSON: LoadLoraRequest}, {JSON: models.LoraAdapters}),
     Operation("post", "/v1/unload_lora_adapter", {JSON: UnloadLoraRequest}, {JSON: models.LoraAdapters}),
-    Operation("post", "/v1/set_lora", {JSON: SetLoraRequest}, {JSON: models.DiffusionLoras}),
-    *(Operation("post", path, {JSON: LoraNameRequest}, {JSON: models.DiffusionLoras}, body_required=False)
+    Operation("post", "/v1/set_lora", {JSON: SetLoraRequest}, {JSON: models.DiffusionLoras}, needs="lora"),
+    *(Operation("post", path, {JSON: LoraNameRequest}, {JSON: models.DiffusionLoras}, body_required=False,
+                needs="lora")
       for path in ("/v1/merge_lora_weights", "/v1/unmerge_lora_weights")),
-    Operation("get", "/v1/list_loras", ok={JSON: models.DiffusionLoras}),
+    Operation("get", "/v1/list_loras", ok={JSON: models.DiffusionLoras}, needs="lora"),
     Operation("get", "/health", ok={JSON: models.Health}),
     Operation("get", "/get_load", ok={JSON: models.Load}),
 )
@@ -104,13 +115,17 @@ def install(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = describe(get_openapi(title=app.title, version=app.version, routes=app.routes))
+            app.openapi_schema = describe(get_openapi(title=app.title, version=app.version, routes=app.routes),
+                                          app.state.client.served_models)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def describe(spec: dict[str, Any]) -> dict[str, Any]:
+def describe(spec: dict[str, Any], served: list[ServedModel] | None = None) -> dict[str, Any]:
+    """The spec with every route's body and answers, as this server serves them (`served`: its models; None:
+    any server's): the model names each operation takes, the voices, and only the operations its models can
+    do."""
     wanted = {(m, "validation") for op in OPERATIONS for m in op.body.values()}
     wanted |= {(m, "serialization") for op in OPERATIONS for m in map(_models, op.ok.values()) for m in m}
     wanted.add((ErrorResponse, "serialization"))
@@ -129,6 +144,18 @@ def describe(spec: dict[str, Any]) -> dict[str, Any]:
                                                       for kind, answer in op.ok.items()}},
             "4XX": error, "5XX": error,
         }
+    schemas = spec["components"]["schemas"]
+    if served is not None:
+        _served_names(schemas, served)
+    for op in OPERATIONS:  # a form field is sent or not: it cannot be null
+        if MULTIPART in op.body:
+            _no_nulls(schemas[op.body[MULTIPART].__name__])
+    facts = None if served is None else {key for m in served for key, value in m.info.items() if value}
+    for op in OPERATIONS:
+        if op.needs and facts is not None and op.needs not in facts:
+            del spec["paths"][op.path][op.method]
+            if not spec["paths"][op.path]:
+                del spec["paths"][op.path]
     for path in spec["paths"].values():  # routes outside the table answer errors the same way (never a 422)
         for operation in path.values():
             operation["responses"].pop("422", None)
@@ -137,6 +164,42 @@ def describe(spec: dict[str, Any]) -> dict[str, Any]:
     for unused in ("HTTPValidationError", "ValidationError"):
         spec["components"]["schemas"].pop(unused, None)
     return spec
+
+
+def _served_names(schemas: dict[str, Any], served: list[ServedModel]) -> None:
+    """Each body's `model` as the names this server serves for it, and the voices its talker speaks."""
+    for op in OPERATIONS:
+        names = sorted({name for m in served if m.kind in op.kinds for name in (m.id, *m.aliases)})
+        if "embedding" in op.kinds and not any(m.kind == "embedding" for m in served):
+            names += embeddings.OPENAI_EMBEDDING_NAMES  # the chat model embeds under them
+        if "chat" in op.kinds:  # a chat model with one of its LoRA adapters
+            names += [f"{m.id}:{a}" for m in served if m.kind == "chat" for a in m.info.get("loras") or {}]
+        for model in op.body.values():
+            props = schemas[model.__name__].get("properties", {})
+            if op.kinds and "model" in props:
+                props["model"] = {"anyOf": [{"enum": names}, {"type": "null"}], "default": None, "description":
+                                  "a model this server serves for this route (GET /v1/models); none: its first"}
+    voices = [v for m in served if m.kind == "tts" for v in m.info.get("voices", [])]
+    if voices:
+        voices += [v for v in OPENAI_VOICES if v not in voices]
+        voice = {"anyOf": [{"enum": voices}, {"type": "object", "properties": {"id": {"enum": voices}},
+                                              "required": ["id"]}, {"type": "null"}],
+                 "default": None, "description": "a voice this server speaks (GET /v1/audio/voices), in any case"}
+        for name in ("SpeechRequest", "AudioOutput"):
+            if "voice" in schemas.get(name, {}).get("properties", {}):
+                schemas[name]["properties"]["voice"] = voice
+
+
+def _no_nulls(schema: dict[str, Any]) -> None:
+    """A form's fields without their `null` alternatives."""
+    for prop in schema.get("properties", {}).values():
+        kinds = prop.get("anyOf")
+        if kinds and {"type": "null"} in kinds:
+            kinds.remove({"type": "null"})
+            if len(kinds) == 1:
+                prop.update(prop.pop("anyOf")[0])
+            if prop.get("default", 0) is None:
+                del prop["default"]
 
 
 def _models(answer: Any) -> tuple[type[BaseModel], ...]:

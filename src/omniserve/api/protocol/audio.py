@@ -3,9 +3,9 @@ translations (multipart forms)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from omniserve.api.protocol.common import TextStr
 
@@ -14,6 +14,14 @@ MAX_SPEECH_INPUT_CHARS = 4096
 # OpenAI's voice names; each maps to the served model's default voice (see docs/audio.md).
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
                  "marin", "cedar")
+
+
+def voice_id(voice: dict[str, Any]) -> str:
+    """OpenAI's `{"id": NAME}` voice object: its name."""
+    name = voice.get("id")
+    if not isinstance(name, str):
+        raise ValueError('voice: give a voice name, or {"id": NAME}')
+    return name
 
 
 class SpeechRequest(BaseModel):
@@ -37,7 +45,7 @@ class SpeechRequest(BaseModel):
     def _voice_object(cls, data: Any) -> Any:
         """OpenAI also accepts `voice: {"id": ...}`."""
         if isinstance(data, dict) and isinstance(data.get("voice"), dict):
-            data = {**data, "voice": data["voice"].get("id")}
+            data = {**data, "voice": voice_id(data["voice"])}
         return data
 
 
@@ -46,7 +54,9 @@ class TranscriptionForm(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    language: str | None = Field(None, pattern=r"^[a-zA-Z]{2,3}([-_][a-zA-Z]{2,4})?$")
+    # surrounding whitespace is dropped first: a pattern's `$` in the schema also matches before a final newline
+    language: Annotated[str | None, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v)] = Field(
+        None, pattern=r"^[a-zA-Z]{2,3}([-_][a-zA-Z]{2,4})?$")
     prompt: str | None = None
     response_format: Literal["json", "text", "srt", "vtt", "verbose_json"] = "json"
     temperature: float = Field(0.0, ge=0, le=1)

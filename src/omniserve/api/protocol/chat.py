@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from omniserve.api.protocol.audio import voice_id
 from omniserve.api.protocol.common import ResponseHead, SamplingFields, Usage, omitted, validate_fields
 from omniserve.api.protocol.structured import GrammarSpec, check_choice
 from omniserve.api.protocol.tools import Tool, forced_names, native_messages, plain_messages
@@ -63,9 +64,14 @@ class AudioOutput(BaseModel):
     voice: str | dict[str, Any] | None = None
     format: Literal["wav", "mp3", "flac", "opus", "aac", "pcm16", "pcm"] = "wav"
 
+    @field_validator("voice")
+    @classmethod
+    def _voice_object(cls, value: Any) -> Any:
+        return voice_id(value) if isinstance(value, dict) else value
+
     @property
     def voice_name(self) -> str | None:
-        return self.voice.get("id") if isinstance(self.voice, dict) else self.voice
+        return self.voice
 
     @property
     def encoding(self) -> str:
@@ -73,6 +79,15 @@ class AudioOutput(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
+    # what `_check` below refuses, as the schema says it: a forced or required tool_choice needs tools, and
+    # top_logprobs needs logprobs
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {"not": {"enum": ["none", "auto", None]}}}},
+         "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}},
+        {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
+         "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}},
+    ]})
+
     messages: list[ChatMessage] = Field(min_length=1)
     modalities: list[Literal["text", "audio"]] | None = None
     audio: AudioOutput | None = None

@@ -28,13 +28,18 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False
 
 
+_SOME_TEXT = re.compile(r"\S")
+
+
 def _not_blank(value: str) -> str:
-    if not value.strip():
+    if not _SOME_TEXT.search(value):  # as the schema's pattern reads it
         raise ValueError("must not be empty")
     return value
 
 
-NonBlankStr = Annotated[str, AfterValidator(_not_blank)]  # a prompt or text that must say something
+# a prompt or text that must say something (the schema says so too, for clients and fuzzers; the check
+# is the validator's, which says it in words)
+NonBlankStr = Annotated[str, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"}), AfterValidator(_not_blank)]
 
 
 def _no_nul(value: str) -> str:
@@ -43,7 +48,21 @@ def _no_nul(value: str) -> str:
     return value
 
 
-TextStr = Annotated[NonBlankStr, AfterValidator(_no_nul)]  # text for a model that reads characters, not bytes
+# text for a model that reads characters, not bytes: something said, and no NUL
+TextStr = Annotated[str, Field(json_schema_extra={"minLength": 1, "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"}),
+                    AfterValidator(_not_blank), AfterValidator(_no_nul)]
+
+
+def _integral_numbers(data: Any) -> Any:
+    """JSON's 1.0 is the integer 1 (as JSON Schema reads it): integral floats become ints, so that a strict
+    integer field takes them (a float field takes an int as it is)."""
+    if isinstance(data, float) and data.is_integer():
+        return int(data)
+    if isinstance(data, list):
+        return [_integral_numbers(x) for x in data]
+    if isinstance(data, dict):
+        return {k: _integral_numbers(v) for k, v in data.items()}
+    return data
 
 
 def merge_extra_body(data: Any) -> Any:
@@ -159,7 +178,7 @@ def parse_body(raw: bytes, model: type[M]) -> M:
                                  "string; send valid Unicode text") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
-    return validate_fields(data, model, strict=True)
+    return validate_fields(_integral_numbers(data), model, strict=True)
 
 
 def _nesting(data: Any) -> int:

@@ -16,7 +16,7 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5)
     suffix: str | None = None
-    best_of: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1, description="must equal n: extra candidates are not generated and ranked")
 
     @model_validator(mode="after")
     def _check(self) -> CompletionRequest:

@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from omniserve.api.protocol.common import merge_extra_body
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
+# OpenAI's embedding models: with no embedding model served, the chat model embeds under these names
+OPENAI_EMBEDDING_NAMES = ["text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"]
+# what the validators below check, as the schema says it
+Text = Annotated[str, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})]
+TokenId = Annotated[int, Field(json_schema_extra={"minimum": 0})]
+_SOME = Field(json_schema_extra={"minItems": 1})
+_INPUTS = Field(json_schema_extra={"minItems": 1, "maxItems": MAX_INPUTS})
 
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    input: str | list[str] | list[int] | list[list[int]] = Field(
-        description=f"a text, a list of at most {MAX_INPUTS} texts, token ids, or a list of token-id lists")
+    input: Text | Annotated[list[Text], _INPUTS] | Annotated[list[TokenId], _SOME] \
+        | Annotated[list[Annotated[list[TokenId], _SOME]], _INPUTS] = Field(
+        description=f"a text, a list of at most {MAX_INPUTS} texts, token ids, or a list of token-id lists (each "
+                    "id in the model's vocabulary)")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    truncate_prompt_tokens: int | None = Field(None, ge=-1, json_schema_extra={"not": {"const": 0}})
 
     _merge_extra_body = model_validator(mode="before")(classmethod(lambda cls, data: merge_extra_body(data)))
 
@@ -34,13 +44,13 @@ class EmbeddingRequest(BaseModel):
     @field_validator("input")
     @classmethod
     def _not_empty(cls, value: Any) -> Any:
-        if value == "" or value == []:
+        if value == [] or (isinstance(value, str) and not re.search(r"\S", value)):
             raise ValueError("must not be empty: give a string, a list of strings, or token ids")
         if isinstance(value, list):
             if len(value) > MAX_INPUTS and not isinstance(value[0], int):
                 raise ValueError(f"at most {MAX_INPUTS} inputs per request; got {len(value)}")
             empty = next((i for i, item in enumerate(value) if isinstance(item, str | list) and not
-                          (item.strip() if isinstance(item, str) else item)), None)
+                          (re.search(r"\S", item) if isinstance(item, str) else item)), None)
             if empty is not None:
                 raise ValueError(f"input[{empty}] is empty; every input must hold some text or token ids")
         return value

@@ -12,6 +12,7 @@ from omniserve.media.image_out import QUALITY_PRESETS
 
 DEFAULT_SIZE = (512, 512)
 MAX_SIDE = 4096  # whatever --max-generated-image-size says
+SIZE_PATTERN = r"^(auto|[1-9][0-9]{1,3}x[1-9][0-9]{1,3})$"  # the form; the sides' range is checked too
 MAX_SEED = 2**32 - 1  # what every image stage's generator takes (numpy's RandomState the least)
 
 
@@ -34,7 +35,9 @@ class ImageGenerationRequest(BaseModel):
     model: str | None = None
     prompt: NonBlankStr = Field(max_length=32000)
     n: int = Field(1, ge=1, le=10)
-    size: str | None = None
+    size: str | None = Field(None, json_schema_extra={"pattern": SIZE_PATTERN},
+                             description="WIDTHxHEIGHT, each side 16 to 4096 (and at most --max-generated-image-size), "
+                                         "or auto")
     response_format: Literal["b64_json", "url"] = "b64_json"
     output_format: Literal["png", "jpeg", "webp"] = "png"
     output_compression: int | None = Field(None, ge=0, le=100)
@@ -70,17 +73,15 @@ class ImageReference(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_url: str | None = None
-    file_id: str | None = None
+    image_url: str = Field(min_length=1, description="a URL or a data URL")
 
-    @model_validator(mode="after")
-    def _url(self) -> ImageReference:
-        if self.file_id is not None:
+    @model_validator(mode="before")
+    @classmethod
+    def _no_file_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "file_id" in data:
             raise ValueError("file_id: this server has no Files API; send the image as image_url (a URL or a "
                              "data URL)")
-        if not self.image_url:
-            raise ValueError("image_url: this parameter is required")
-        return self
+        return data
 
 
 MAX_EDIT_IMAGES = 16

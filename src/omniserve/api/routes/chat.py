@@ -144,7 +144,10 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
         if kind in ("image", "video") and vision is None:
             raise InvalidRequest(f"this server has no vision stage for {kind} input (it was started with "
                                  "--vision-model none)", param=where)
-    talker = client.model(None, "tts") if body.wants_audio else None
+    speaker = client.model(None, "tts")
+    if speaker is not None and body.audio is not None and body.audio.voice_name is not None:
+        resolve_voice(speaker, body.audio.voice_name, "audio.voice")  # named: it must be one, spoken or not
+    talker = speaker if body.wants_audio else None
     if body.wants_audio and talker is None:
         raise InvalidRequest("this server has no text-to-speech stage for audio output (--text-only, --tts-model "
                              "none, or a checkpoint without audio output); drop 'audio' from modalities",

@@ -11,14 +11,13 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from omniserve.api.protocol.embeddings import EmbeddingRequest
+from omniserve.api.protocol.embeddings import OPENAI_EMBEDDING_NAMES, EmbeddingRequest
 from omniserve.api.routes.common import get_client, new_id, read_json, resolve_model, start, until_disconnect
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import Embeddings, OmniRequest
 
 router = APIRouter()
-OPENAI_EMBEDDING_NAMES = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
 
 
 @router.post("/v1/embeddings")

@@ -30,7 +30,7 @@ from omniserve.api.routes.common import (
     together,
     until_disconnect,
 )
-from omniserve.errors import InvalidRequest, NotFound
+from omniserve.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from omniserve.media.image_out import ImageStore, encode_image, encoding_quality
 from omniserve.runtime.client import ServedModel
 from omniserve.runtime.types import GeneratedImage, OmniOutput, OmniRequest
@@ -113,7 +113,7 @@ async def edit_images(request: Request):
     elif kind.startswith("application/json"):
         body, images, mask = await _edit_json(request)
     else:
-        raise InvalidRequest("an edit is a multipart/form-data upload (image or image[], prompt, optionally mask) "
+        raise UnsupportedMediaType("an edit is a multipart/form-data upload (image or image[], prompt, optionally mask) "
                              'or JSON ({"images": [{"image_url": ...}], "prompt": ..., "mask": {"image_url": ...}})')
     model = resolve_model(get_client(request), body.model, "image")
     if not model.info.get("edits"):

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from omniserve.api.protocol.lora import LoadLoraRequest, UnloadLoraRequest
 from omniserve.api.routes.common import get_client, read_json, resolve_model
-from omniserve.errors import InvalidRequest
+from omniserve.errors import InvalidRequest, NotFound
 from omniserve.media.inputs import inside
 from omniserve.runtime.messages import LoadAdapter, UnloadAdapter
 
@@ -21,9 +21,11 @@ def adapter_file(request: Request, path: str) -> str:
     """An adapter's path, resolved inside `--lora-dir` (default `<data-dir>/loras`), or a 400."""
     settings = request.app.state.settings
     resolved = inside(settings.lora_dir or settings.data_dir / "loras", path)
-    if resolved is None or not resolved.exists():
-        raise InvalidRequest(f"lora_path: no adapter at {path!r} inside the LoRA folder (--lora-dir)",
-                             param="lora_path")
+    if resolved is None:
+        raise InvalidRequest(f"lora_path: {path!r} is not inside the LoRA folder (--lora-dir)", param="lora_path")
+    if not resolved.exists():
+        raise NotFound(f"lora_path: no adapter at {path!r} inside the LoRA folder (--lora-dir)", param="lora_path",
+                       code="lora_not_found")
     return str(resolved)
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.datastructures import UploadFile
@@ -96,15 +96,12 @@ async def create_video_sync(request: Request):
 
 
 @router.get("/v1/videos")
-async def list_videos(request: Request, after: str | None = None, limit: int = 20, order: str = "desc"):
-    if not 0 <= limit <= 100:
-        raise InvalidRequest("limit: must be 0 to 100", param="limit")
-    if order not in ("asc", "desc"):
-        raise InvalidRequest("order: must be asc or desc", param="order")
+async def list_videos(request: Request, after: str | None = None, limit: int = Query(20, ge=0, le=100),
+                      order: Literal["asc", "desc"] = "desc"):
     try:
         jobs, more = runner(request).store.list(after, limit, order)
     except KeyError:
-        raise InvalidRequest(f"after: no video job {after!r}", param="after") from None
+        raise NotFound(f"after: no video job {after!r}", param="after", code="video_not_found") from None
     data = [_resource(request, j) for j in jobs]
     return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                          "last_id": data[-1]["id"] if data else None, "has_more": more})
@@ -116,10 +113,9 @@ async def retrieve_video(request: Request, video_id: str):
 
 
 @router.get("/v1/videos/{video_id}/content")
-async def video_content(request: Request, video_id: str, variant: str = "video"):
+async def video_content(request: Request, video_id: str,
+                        variant: Literal["video"] = Query("video", description="only the video itself is kept")):
     job = _job(request, video_id)
-    if variant != "video":
-        raise InvalidRequest(f"variant: only 'video' is available; got {variant!r}", param="variant")
     if job.status != "completed":
         detail = f"; error: {job.error['message']}" if job.error else f" ({job.progress}% done)"
         raise NotFound(f"video {video_id} is not ready: its status is {job.status}{detail}", param="video_id",

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import free_port, http, running  # noqa: E402
 
-from omniserve.api.realtime.session import DEFAULT_INSTRUCTIONS  # noqa: E402
+from omniserve.api.realtime.settings import DEFAULT_INSTRUCTIONS  # noqa: E402
 from omniserve.media.pcm import PCM16, PcmWriter  # noqa: E402
 from tests.audio_helpers import librivox_clips  # noqa: E402
 from tests.realtime_helpers import CHUNK, open_session, receive, send  # noqa: E402

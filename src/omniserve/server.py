@@ -14,7 +14,7 @@ import uvicorn
 from omniserve import __version__
 from omniserve.api.app import create_app
 from omniserve.api.protocol.grammar import build as build_grammar
-from omniserve.api.realtime.session import MAX_EVENT_BYTES
+from omniserve.api.realtime.limits import MAX_EVENT_BYTES
 from omniserve.config import PipelineConfig, ServerArgs
 from omniserve.errors import ConfigError, StorageFailed
 from omniserve.jobs.runner import VideoRunner
@@ -34,11 +34,11 @@ def served_models(pipeline: PipelineConfig, coordinator: Coordinator) -> list[Se
     created = int(time.time())
     out = []
     for stage in pipeline.stages:
-        info = coordinator.worker_info(stage.name)
+        info = coordinator.pool.info(stage.name)
         for served in stage.serves:
             facts = {**info, **served.info}
             for other, keys in served.info_from.items():
-                facts.update({key: coordinator.worker_info(other).get(key) for key in keys})
+                facts.update({key: coordinator.pool.info(other).get(key) for key in keys})
             out += [ServedModel(id=i, created=created, owned_by="omniserve", root=info.get("model_path", ""),
                                 max_model_len=info.get("context_length") if served.kind in ("chat", "embedding")
                                 else None, kind=served.kind, stage=stage.name, aliases=tuple(served.aliases),

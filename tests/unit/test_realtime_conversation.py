@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from omniserve.api.realtime.conversation import Conversation, SpokenTrack, item_from_spec
-from omniserve.api.realtime.protocol import ContentPart, Item, ItemSpec, RealtimeError
+from omniserve.api.realtime.events import ContentPart, Item
+from omniserve.api.realtime.protocol import ItemSpec, RealtimeError
 
 
 def user(item_id: str, text: str) -> Item:

@@ -80,8 +80,8 @@ class Client:
         self.coordinator.abort(request_id)
 
     def health(self) -> tuple[bool, str]:
-        ok = self.coordinator.healthy()
-        return ok, "" if ok else self.coordinator.unhealthy_reason()
+        ok = self.coordinator.pool.healthy()
+        return ok, "" if ok else self.coordinator.pool.unhealthy_reason()
 
     def model(self, model_id: str | None, kind: str = "chat") -> ServedModel | None:
         """The served model for a request's `model` field (None: the first of that kind). One id may
@@ -109,7 +109,7 @@ class Client:
 
     def stage_health(self) -> dict[str, str | None]:
         """Each stage's problem (None: healthy)."""
-        return {s.name: self.coordinator.stage_problem(s.name) for s in self.coordinator.pipeline.stages}
+        return {s.name: self.coordinator.pool.problem(s.name) for s in self.coordinator.pipeline.stages}
 
     def model_info(self) -> dict[str, Any]:
         stages = self.coordinator.stage_info()

@@ -14,7 +14,7 @@
 - Control: a stage administration call (LoRA adapters) goes to every worker
   of one stage that is up, and is answered once; it takes no slot. One that
   changes the stage is replayed on a worker of it that starts later (a
-  restart), before it takes requests.
+  restart), before it takes requests (`control.py`).
 - Replicas: a stage may be served by several workers (`placement.replicas`;
   a process group's stages share theirs). A request goes to the least
   loaded worker of each stage when it starts, and stays with it for its
@@ -25,7 +25,9 @@
   stage go on serving, and when a stage has none left, new requests that
   need it get 503 (others go on). A worker whose loop has not turned for
   `stall_timeout` seconds (it sends a heartbeat every second) is stuck: it
-  is killed and restarted the same way, so a hang never looks healthy.
+  is killed and restarted the same way, so a hang never looks healthy. Each
+  worker's state, and each stage's health, is kept in `workers.py`; each
+  request's, with the outputs waiting for its caller, in `tracked.py`.
 
 It knows stage names and edges, not models and not HTTP.
 """
@@ -33,24 +35,22 @@ It knows stage names and edges, not models and not HTTP.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from omniserve.config import PipelineConfig, StageConfig
 from omniserve.errors import OmniError, Unavailable, WorkerCrashed
 from omniserve.runtime.admission import Admission, StageLimits
+from omniserve.runtime.control import ControlCalls
 from omniserve.runtime.launcher import Launcher, StageLoadError, WorkerHandle, WorkerSpec, launch_worker
 from omniserve.runtime.messages import (
     Aborted,
     AbortRequest,
     AddRequest,
     Alive,
-    Control,
     ControlDone,
     ControlOp,
     FeedOutputs,
@@ -61,35 +61,15 @@ from omniserve.runtime.messages import (
 )
 from omniserve.runtime.metrics import RequestClock, StageMetrics
 from omniserve.runtime.routing import plan_route
+from omniserve.runtime.tracked import Tracked
 from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.runtime.workers import Replica, Workers
 
 log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_S = 1.0
-MAX_UNREAD_BYTES = 32 * 1024 * 1024  # output a request may have waiting for a consumer that does not read
-
-
-def _size(output: OmniOutput) -> int:
-    return len(output.audio or b"") + len(output.text or "")
 REPLAY_TIMEOUT_S = 120.0  # for each control call replayed on a restarted worker
 
-Replica = tuple[str, int]  # a stage, and which of its workers
-
-
-@dataclass(eq=False)
-class _Tracked:
-    request: OmniRequest
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    emit: set[str] = field(default_factory=set)
-    stages: set[str] = field(default_factory=set)  # stages still holding this request (and a slot)
-    open_terminals: set[str] = field(default_factory=set)
-    buffered: dict[tuple[str, str], list[OmniOutput]] = field(default_factory=dict)  # non-streaming edges
-    replicas: dict[str, int] = field(default_factory=dict)  # stage -> the worker of it that holds this request
-    weights: dict[str, int] = field(default_factory=dict)  # admission slots it holds per stage (its choices)
-    unread: int = 0  # bytes of output waiting for the consumer
-    read_at: float = field(default_factory=time.monotonic)  # when the consumer last came for more
-    finished: bool = False
-    clock: RequestClock = field(default_factory=RequestClock)
 
 
 class Coordinator:
@@ -110,18 +90,11 @@ class Coordinator:
             for s in pipeline.stages
         })
         self._groups = {s.name: group for group in pipeline.process_groups() for s in group}  # who shares a worker
-        # each stage's workers, by replica (None: not started, restarting, or given up on)
-        self.workers: dict[str, list[WorkerHandle | None]] = {
-            s.name: [None] * s.placement.replicas for s in pipeline.stages}
-        self.restarting: dict[Replica, str] = {}  # why
-        self.failed: dict[Replica, str] = {}
-        self._running: dict[str, _Tracked] = {}
-        self._load: Counter[Replica] = Counter()  # requests each worker holds
+        self.pool = Workers(pipeline)
+        self._running: dict[str, Tracked] = {}
         self._last_seen: dict[Replica, float] = {}  # when each worker last sent anything
         self._tasks: set[asyncio.Task] = set()
-        self._calls: dict[str, tuple[Replica, asyncio.Future]] = {}  # control call id -> (its worker, its answer)
-        self._applied: dict[str, list[ControlOp]] = {s.name: [] for s in pipeline.stages}  # to replay, in order
-        self._call_ids = itertools.count()
+        self.calls = ControlCalls([s.name for s in pipeline.stages])
         self.crashes = 0
         self._closing = False
         self.metrics = StageMetrics(s.name for s in pipeline.stages)
@@ -131,13 +104,6 @@ class Coordinator:
 
     def _group_of(self, stage: str) -> list[StageConfig]:
         return self._groups[stage]
-
-    def _live(self) -> list[tuple[Replica, WorkerHandle]]:
-        return [((stage, i), handle) for stage, handles in self.workers.items()
-                for i, handle in enumerate(handles) if handle is not None]
-
-    def _up(self, stage: str) -> int:
-        return sum(handle is not None for handle in self.workers[stage])
 
     async def start(self) -> None:
         """Load every worker of every stage at once; if one fails, the caller shuts the rest down."""
@@ -150,8 +116,8 @@ class Coordinator:
             raise errors[0]
         if any(self._stall_timeout(s.name) for s in self.pipeline.stages):
             self._spawn(self._watchdog())
-        log.info("stages ready: %s", ", ".join(f"{stage}{f'[{i}]' if len(self.workers[stage]) > 1 else ''} "
-                                               f"(pid {h.pid})" for (stage, i), h in self._live()))
+        log.info("stages ready: %s", ", ".join(f"{stage}{f'[{i}]' if len(self.pool.handles[stage]) > 1 else ''} "
+                                               f"(pid {h.pid})" for (stage, i), h in self.pool.live()))
 
     async def _start_worker(self, group: list[StageConfig], replica: int) -> None:
         """Start worker `replica` of a process group (or lone stage), bring it to the state the control calls
@@ -162,7 +128,7 @@ class Coordinator:
         handles = await self._launch(WorkerSpec(group, replica, self.log_level, on_message, self._on_worker_closed))
         try:
             for stage, handle in zip(group, handles, strict=True):
-                for op in self._applied[stage.name]:
+                for op in self.calls.applied[stage.name]:
                     await asyncio.wait_for(self._control_one((stage.name, replica), handle, op), REPLAY_TIMEOUT_S)
         except (OmniError, asyncio.TimeoutError) as exc:
             for handle in handles:
@@ -170,15 +136,15 @@ class Coordinator:
             raise StageLoadError(f"stage {'+'.join(s.name for s in group)} could not be given back what was done "
                                  f"to it at run time ({type(exc).__name__}: {exc})") from None
         for stage, handle in zip(group, handles, strict=True):
-            self.workers[stage.name][replica] = handle
+            self.pool.handles[stage.name][replica] = handle
             self._last_seen[(stage.name, replica)] = time.monotonic()
-            self.admission.set_workers_up(stage.name, self._up(stage.name))
+            self.admission.set_workers_up(stage.name, self.pool.up(stage.name))
 
     async def shutdown(self) -> None:
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        live = [handle for _, handle in self._live()]
+        live = [handle for _, handle in self.pool.live()]
         for handle in live:
             handle.transport.send(StopWorker())
         for handle in live:
@@ -192,41 +158,6 @@ class Coordinator:
 
     # ---- state ---------------------------------------------------------------------
 
-    def stage_problem(self, stage: str) -> str | None:
-        """Why `stage` cannot take requests now (None: it can: one of its workers at least is up)."""
-        if self._up(stage):
-            return None
-        replicas = [(stage, i) for i in range(len(self.workers[stage]))]
-        if all(r in self.failed for r in replicas):
-            return f"stage {stage!r} is down: {self.failed[replicas[0]]}"
-        why = next((self.restarting[r] for r in replicas if r in self.restarting), None)
-        if why is not None:
-            return f"stage {stage!r} is restarting ({why}); retry shortly"
-        return f"stage {stage!r} is starting"
-
-    def _replica_state(self, replica: Replica) -> str:
-        stage, i = replica
-        if self.workers[stage][i] is not None:
-            return "up"
-        if replica in self.failed:
-            return f"down: {self.failed[replica]}"
-        if replica in self.restarting:
-            return f"restarting: {self.restarting[replica]}"
-        return "starting"
-
-    def worker_info(self, stage: str) -> dict[str, Any]:
-        """What `stage`'s model said when it loaded (its first worker up; every replica loads the same)."""
-        return next((handle.info for handle in self.workers[stage] if handle is not None), {})
-
-    def healthy(self, stages: set[str] | frozenset[str] | None = None) -> bool:
-        """Whether every stage (or each of `stages`) can take requests."""
-        names = stages if stages is not None else [s.name for s in self.pipeline.stages]
-        return all(self.stage_problem(name) is None for name in names)
-
-    def unhealthy_reason(self, stages: set[str] | frozenset[str] | None = None) -> str:
-        names = stages if stages is not None else [s.name for s in self.pipeline.stages]
-        return next((p for p in map(self.stage_problem, sorted(names)) if p), "")
-
     @property
     def num_running(self) -> int:
         return len(self._running)
@@ -238,29 +169,24 @@ class Coordinator:
     def stage_info(self) -> list[dict[str, Any]]:
         out = []
         for stage in self.pipeline.stages:
-            info = self.worker_info(stage.name)
+            info = self.pool.info(stage.name)
             limits = self.admission.limits[stage.name]
             out.append({
                 "name": stage.name,
                 "executor": stage.executor,
                 "pid": info.get("pid"),
-                "healthy": self.stage_problem(stage.name) is None,
+                "healthy": self.pool.problem(stage.name) is None,
                 "running": self.admission.running(stage.name),
                 "queued": self.admission.queued(stage.name),
                 "max_running_requests": limits.max_running * limits.workers,
                 "max_queued_requests": limits.max_queued,
                 "info": info,
-                "replicas": [self._replica_info((stage.name, i)) for i in range(len(self.workers[stage.name]))],
+                "replicas": [self.pool.replica_info((stage.name, i))
+                             for i in range(len(self.pool.handles[stage.name]))],
                 "downstream": [e.dst for e in self.pipeline.downstream(stage.name)],
                 "terminal": stage.name in self.pipeline.terminals,
             })
         return out
-
-    def _replica_info(self, replica: Replica) -> dict[str, Any]:
-        handle = self.workers[replica[0]][replica[1]]
-        info = handle.info if handle is not None else {}
-        return {"replica": replica[1], "state": self._replica_state(replica), "running": self._load[replica],
-                "pid": info.get("pid"), "node": info.get("node"), "node_ip": info.get("node_ip")}
 
     # ---- requests ------------------------------------------------------------------
 
@@ -269,12 +195,12 @@ class Coordinator:
         clock = RequestClock()
         planned = plan_route(self.pipeline, request)
         route, emit = planned.stages, set(planned.emit)
-        if not self.healthy(route):
-            raise Unavailable(self.unhealthy_reason(route))
+        if not self.pool.healthy(route):
+            raise Unavailable(self.pool.unhealthy_reason(route))
         weights = self.admission.weights(route, max((p.n for p in request.sampling.values()), default=1))
         await self.admission.acquire(route, weights, request.lane)
         self.metrics.admitted(clock, route)
-        tracked = _Tracked(request, emit=emit, stages=set(route), open_terminals=set(emit), clock=clock,
+        tracked = Tracked(request, emit=emit, stages=set(route), open_terminals=set(emit), clock=clock,
                            weights=weights)
         self._running[request.request_id] = tracked
         ending = "abort"  # unless it completes or fails: the consumer left
@@ -283,10 +209,7 @@ class Coordinator:
                 if stage.name in route:
                     self._add(stage.name, tracked)
             while True:
-                tracked.read_at = time.monotonic()
-                item = await tracked.queue.get()
-                if isinstance(item, OmniOutput):
-                    tracked.unread -= _size(item)
+                item = await tracked.next()
                 if isinstance(item, OmniError):
                     ending = "error"
                     raise item
@@ -314,45 +237,45 @@ class Coordinator:
                 self._stage_done(tracked, name)
         self._forget_if_done(tracked)
 
-    def _stage_done(self, tracked: _Tracked, stage: str) -> None:
+    def _stage_done(self, tracked: Tracked, stage: str) -> None:
         """`stage` no longer holds the request: its slot goes to the next in line."""
         if stage in tracked.stages:
             tracked.stages.discard(stage)
             self.admission.release({stage}, tracked.weights)
             if stage in tracked.replicas:
-                self._load[(stage, tracked.replicas[stage])] -= 1
+                self.pool.load[(stage, tracked.replicas[stage])] -= 1
         self._forget_if_done(tracked)
 
-    def _forget_if_done(self, tracked: _Tracked) -> None:
+    def _forget_if_done(self, tracked: Tracked) -> None:
         if tracked.finished and not tracked.stages:
             self._running.pop(tracked.request.request_id, None)
 
-    def _holder(self, tracked: _Tracked, stage: str) -> WorkerHandle | None:
+    def _holder(self, tracked: Tracked, stage: str) -> WorkerHandle | None:
         """The worker of `stage` that holds the request (None: none does, or it died)."""
         replica = tracked.replicas.get(stage)
-        return None if replica is None else self.workers[stage][replica]
+        return None if replica is None else self.pool.handles[stage][replica]
 
-    def _assign(self, tracked: _Tracked, stage: str) -> WorkerHandle | None:
+    def _assign(self, tracked: Tracked, stage: str) -> WorkerHandle | None:
         """Give the request to a worker of `stage`: the one its process group's other stages hold it in, or
         else the one up that holds the fewest requests on the group's stages this request visits (the first,
         among equals). It stays there for its whole life."""
         group = self._group_of(stage)
         replica = next((tracked.replicas[s.name] for s in group if s.name in tracked.replicas), None)
         if replica is None:
-            up = [i for i, handle in enumerate(self.workers[stage]) if handle is not None]
+            up = [i for i, handle in enumerate(self.pool.handles[stage]) if handle is not None]
             if not up:
                 return None
             visits = [s.name for s in group if s.name in tracked.stages]
-            replica = min(up, key=lambda i: sum(self._load[(name, i)] for name in visits))
+            replica = min(up, key=lambda i: sum(self.pool.load[(name, i)] for name in visits))
         tracked.replicas[stage] = replica
-        self._load[(stage, replica)] += 1
-        return self.workers[stage][replica]
+        self.pool.load[(stage, replica)] += 1
+        return self.pool.handles[stage][replica]
 
-    def _add(self, stage: str, tracked: _Tracked) -> None:
+    def _add(self, stage: str, tracked: Tracked) -> None:
         handle = self._assign(tracked, stage)
         if handle is None or not handle.transport.send(AddRequest(tracked.request)):
             self._stage_done(tracked, stage)
-            tracked.queue.put_nowait(Unavailable(self.unhealthy_reason({stage}) or f"stage {stage!r} is down"))
+            tracked.deliver(self.pool.unavailable(stage))
 
     # ---- messages from workers -----------------------------------------------------
 
@@ -370,47 +293,34 @@ class Coordinator:
                 tracked = self._running.get(request_id)
                 if tracked is not None:
                     self._stage_done(tracked, stage)
-                    tracked.queue.put_nowait(OmniError.from_wire(error))
+                    tracked.deliver(OmniError.from_wire(error))
             case Aborted(request_id):
                 tracked = self._running.get(request_id)
                 if tracked is not None:
                     self._stage_done(tracked, stage)
             case ControlDone(call_id, result, error):
-                _, answer = self._calls.pop(call_id, (None, None))
-                if answer is not None and not answer.done():
-                    if error is None:
-                        answer.set_result(result)
-                    else:
-                        answer.set_exception(OmniError.from_wire(error))
+                self.calls.answered(call_id, result, error)
 
     # ---- control calls -------------------------------------------------------------
 
     async def control(self, stage: str, op: ControlOp) -> Any:
         """Run a control operation on every worker of one stage that is up, between their steps; the first one's
         result, or the first error (the others may have applied it). A worker that starts later has not."""
-        problem = self.stage_problem(stage)
+        problem = self.pool.problem(stage)
         if problem is not None:
             raise Unavailable(problem)
-        calls = [self._control_one((stage, i), handle, op) for i, handle in enumerate(self.workers[stage])
+        calls = [self._control_one((stage, i), handle, op) for i, handle in enumerate(self.pool.handles[stage])
                  if handle is not None]
         results = await asyncio.gather(*calls, return_exceptions=True)
         error = next((r for r in results if isinstance(r, BaseException)), None)
         if error is not None:
             raise error
         if op.changes_state:
-            self._applied[stage].append(op)
+            self.calls.applied[stage].append(op)
         return results[0]
 
-    async def _control_one(self, replica: Replica, handle: WorkerHandle, op: ControlOp) -> Any:
-        call_id = f"call-{next(self._call_ids)}"
-        answer = asyncio.get_running_loop().create_future()
-        self._calls[call_id] = (replica, answer)
-        try:
-            if not handle.transport.send(Control(call_id, op)):
-                raise Unavailable(self.unhealthy_reason({replica[0]}) or f"stage {replica[0]!r} is down")
-            return await answer
-        finally:
-            self._calls.pop(call_id, None)
+    def _control_one(self, replica: Replica, handle: WorkerHandle, op: ControlOp) -> Any:
+        return self.calls.call(replica, handle, op, lambda: self.pool.unavailable(replica[0]))
 
     def _route(self, stage: str, output: OmniOutput) -> None:
         tracked = self._running.get(output.request_id)
@@ -433,28 +343,22 @@ class Coordinator:
             if output.done:
                 self._feed(edge.dst, tracked, tracked.buffered.pop((stage, edge.dst)))
         if stage in tracked.emit:
-            tracked.unread += _size(output)
-            if tracked.unread > MAX_UNREAD_BYTES:
+            if not tracked.deliver(replace(output, payload=None) if output.payload is not None else output):
                 self._stop_unread(tracked, f"{tracked.unread // 2**20} MiB of its output waited unread")
-                return
-            tracked.queue.put_nowait(replace(output, payload=None) if output.payload is not None else output)
 
-    def _stop_unread(self, tracked: _Tracked, why: str) -> None:
+    def _stop_unread(self, tracked: Tracked, why: str) -> None:
         """The consumer does not read: drop what waits for it, tell it why (if it ever reads again) and stop
         the request at every stage, so that it holds no slot."""
-        while not tracked.queue.empty():
-            tracked.queue.get_nowait()
-        tracked.unread = 0
         log.warning("request %s stopped: %s", tracked.request.request_id, why)
-        tracked.queue.put_nowait(OmniError(f"the request was stopped: {why} (the client read its answer too "
-                                           "slowly)", code="client_too_slow"))
+        tracked.replace_unread(OmniError(f"the request was stopped: {why} (the client read its answer too "
+                                         "slowly)", code="client_too_slow"))
         self.abort(tracked.request.request_id)
 
-    def _feed(self, stage: str, tracked: _Tracked, outputs: list[OmniOutput]) -> None:
+    def _feed(self, stage: str, tracked: Tracked, outputs: list[OmniOutput]) -> None:
         handle = self._holder(tracked, stage)
         if handle is None or not handle.transport.send(FeedOutputs(outputs)):
             self._stage_done(tracked, stage)
-            tracked.queue.put_nowait(Unavailable(self.unhealthy_reason({stage}) or f"stage {stage!r} is down"))
+            tracked.deliver(self.pool.unavailable(stage))
 
     # ---- crashes and hangs ---------------------------------------------------------
 
@@ -475,10 +379,9 @@ class Coordinator:
                 continue
             if self.reader_timeout:
                 for tracked in list(self._running.values()):
-                    idle = now - tracked.read_at
-                    if not tracked.finished and not tracked.queue.empty() and idle > self.reader_timeout:
+                    if (idle := tracked.unread_for(now)) > self.reader_timeout:
                         self._stop_unread(tracked, f"its output waited {idle:.0f} s for the client to read it")
-            for (stage, i), handle in self._live():
+            for (stage, i), handle in self.pool.live():
                 silent = now - self._last_seen.get((stage, i), now)
                 timeout = self._stall_timeout(stage)
                 if timeout and silent > timeout and handle.stalled is None:
@@ -490,23 +393,23 @@ class Coordinator:
     def _on_worker_closed(self, stage: str, handle: WorkerHandle) -> None:
         """A worker died: every stage it ran fails the requests it held there and waits for the restart
         (the stage's other workers go on)."""
-        replica = next((i for i, h in enumerate(self.workers.get(stage, [])) if h is handle), None)
+        replica = next((i for i, h in enumerate(self.pool.handles.get(stage, [])) if h is handle), None)
         if replica is None or self._closing:
             return
         code = handle.process.exitcode
         why = handle.stalled or (f"exit code {code}" if code is not None else "its connection closed")
         group = [s.name for s in self._group_of(stage)]
-        which = f" {replica}" if len(self.workers[stage]) > 1 else ""
+        which = f" {replica}" if len(self.pool.handles[stage]) > 1 else ""
         log.error("stage %s worker%s (pid %d) died (%s); restarting", "+".join(group), which, handle.pid, why)
         for name in group:
-            current = self.workers[name][replica]
+            current = self.pool.handles[name][replica]
             if current is None or current.process is not handle.process:
                 continue
             self.crashes += 1
             self.metrics.restarted(name)
-            self.workers[name][replica] = None
-            self.restarting[(name, replica)] = f"its worker died: {why}"
-            self.admission.set_workers_up(name, self._up(name))
+            self.pool.handles[name][replica] = None
+            self.pool.restarting[(name, replica)] = f"its worker died: {why}"
+            self.admission.set_workers_up(name, self.pool.up(name))
             error = WorkerCrashed(
                 f"the {name!r} stage worker {'was stuck' if handle.stalled else 'crashed'} while running this "
                 f"request ({why}); the request was aborted, retry it"
@@ -514,11 +417,9 @@ class Coordinator:
             for tracked in list(self._running.values()):
                 if name in tracked.stages and tracked.replicas.get(name) == replica:
                     if not tracked.finished:
-                        tracked.queue.put_nowait(error)
+                        tracked.deliver(error)
                     self._stage_done(tracked, name)
-            for called, answer in list(self._calls.values()):
-                if called == (name, replica) and not answer.done():
-                    answer.set_exception(error)
+            self.calls.fail((name, replica), error)
         self._spawn(self._restart(group, replica, handle))
 
     async def _restart(self, group: list[str], replica: int, dead: WorkerHandle) -> None:
@@ -529,16 +430,16 @@ class Coordinator:
             try:
                 await self._start_worker(configs, replica)
                 for name in group:
-                    del self.restarting[(name, replica)]
+                    del self.pool.restarting[(name, replica)]
                 log.info("stage %s worker %d restarted (pid %d)", "+".join(group), replica,
-                         self.workers[group[0]][replica].pid)
+                         self.pool.handles[group[0]][replica].pid)
                 return
             except StageLoadError as exc:
                 log.error("restart %d of stage %s worker %d failed: %s", attempt, "+".join(group), replica, exc)
                 await asyncio.sleep(min(2**attempt, 30))
         for name in group:
-            del self.restarting[(name, replica)]
-            self.failed[(name, replica)] = f"gave up after {tries} restarts"
-            if self.stage_problem(name) is not None:
+            del self.pool.restarting[(name, replica)]
+            self.pool.failed[(name, replica)] = f"gave up after {tries} restarts"
+            if self.pool.problem(name) is not None:
                 # Nobody will serve this stage's line: answer it now rather than let it wait forever.
-                self.admission.fail_waiters(name, Unavailable(self.unhealthy_reason({name})))
+                self.admission.fail_waiters(name, self.pool.unavailable(name))

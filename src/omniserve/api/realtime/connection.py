@@ -18,18 +18,17 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from omniserve.api.protocol.common import load_json
 from omniserve.api.realtime.conversation import new_id
-from omniserve.api.realtime.limits import REALTIME
-from omniserve.api.realtime.protocol import (
+from omniserve.api.realtime.events import (
     BETA_NAMES,
     ErrorEvent,
     ItemTruncatedEvent,
-    RealtimeError,
     ServerEvent,
     TranscriptionCompletedEvent,
     TranscriptionDeltaEvent,
     TranscriptionFailedEvent,
-    parse_client_event,
 )
+from omniserve.api.realtime.limits import REALTIME
+from omniserve.api.realtime.protocol import RealtimeError, parse_client_event
 from omniserve.api.realtime.responder import RealtimeResponse
 from omniserve.api.realtime.session import (
     CancelResponse,

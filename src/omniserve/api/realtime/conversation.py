@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from omniserve.api.realtime.protocol import ContentPart, Item, ItemSpec, RealtimeError
+from omniserve.api.realtime.events import ContentPart, Item
+from omniserve.api.realtime.protocol import ItemSpec, RealtimeError
 from omniserve.media.audio import encode_audio
 from omniserve.media.pcm import ASR_RATE
 

@@ -22,8 +22,7 @@ from omniserve.api.protocol.chat import AudioOutput, ChatCompletionRequest
 from omniserve.api.protocol.common import validate_fields
 from omniserve.api.protocol.tools import parse_calls
 from omniserve.api.realtime.conversation import Conversation, SpokenTrack, new_id
-from omniserve.api.realtime.limits import REALTIME
-from omniserve.api.realtime.protocol import (
+from omniserve.api.realtime.events import (
     ArgumentsDeltaEvent,
     ArgumentsDoneEvent,
     AudioDoneEvent,
@@ -41,7 +40,8 @@ from omniserve.api.realtime.protocol import (
     TokenDetails,
     TranscriptDoneEvent,
 )
-from omniserve.api.realtime.session import ResponseOptions
+from omniserve.api.realtime.limits import REALTIME
+from omniserve.api.realtime.settings import ResponseOptions
 from omniserve.api.routes.chat import chat_omni_request
 from omniserve.api.routes.common import stage_params
 from omniserve.errors import InvalidRequest, OmniError

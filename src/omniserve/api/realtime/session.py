@@ -11,52 +11,53 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from omniserve.api.protocol.audio import OPENAI_VOICES
 from omniserve.api.realtime.conversation import Conversation, item_from_spec, new_id
-from omniserve.api.realtime.protocol import (
+from omniserve.api.realtime.events import (
     AudioInputOut,
     AudioOut,
     AudioOutputOut,
     ClearedEvent,
-    ClientEvent,
     CommittedEvent,
     ContentPart,
     FormatOut,
+    Item,
+    ItemDeletedEvent,
+    ItemEvent,
+    ItemTruncatedEvent,
+    ServerEvent,
+    SessionEvent,
+    SessionOut,
+    SpeechStartedEvent,
+    SpeechStoppedEvent,
+    TurnDetectionOut,
+)
+from omniserve.api.realtime.limits import MAX_APPEND_BYTES, SessionLimits
+from omniserve.api.realtime.protocol import (
+    ClientEvent,
     InputAudioAppend,
     InputAudioClear,
     InputAudioCommit,
-    Item,
     ItemCreate,
     ItemDelete,
-    ItemDeletedEvent,
-    ItemEvent,
     ItemRetrieve,
     ItemSpec,
     ItemTruncate,
-    ItemTruncatedEvent,
     RealtimeError,
     ResponseCancel,
     ResponseCreate,
     ResponseSpec,
-    ServerEvent,
-    SessionEvent,
-    SessionOut,
     SessionSpec,
     SessionUpdate,
-    SpeechStartedEvent,
-    SpeechStoppedEvent,
-    ToolChoice,
-    ToolSpec,
-    TurnDetectionOut,
-    TurnDetectionSpec,
     audio_format,
 )
-from omniserve.media.pcm import ASR_RATE, PCM16, PcmFormat, PcmReader
+from omniserve.api.realtime.settings import ResponseOptions, SessionSettings
+from omniserve.media.pcm import ASR_RATE, PcmReader
 from omniserve.media.vad import (
     SileroVad,
     SpeechPaused,
@@ -67,58 +68,9 @@ from omniserve.media.vad import (
     TurnSettings,
 )
 
-MAX_APPEND_BYTES = 15 * 1024 * 1024  # one input_audio_buffer.append, as at OpenAI
-MAX_EVENT_BYTES = MAX_APPEND_BYTES * 4 // 3 + 1024 * 1024  # the largest frame: such an append, in base64, as JSON
 MIN_COMMIT_MS = 100  # a shorter buffer is nothing to answer
 # with server_vad, the quiet before speech is kept only this long (an open microphone streams it for ever)
 QUIET_KEPT_MS = 10_000
-# what a session is told until the client says otherwise (OpenAI has default instructions too): a spoken
-# answer should be short, and a small model keeps to the point when asked
-DEFAULT_INSTRUCTIONS = "You are a friendly voice assistant. Keep your answers short: one or two sentences."
-
-
-@dataclass(frozen=True)
-class SessionLimits:
-    """What one session may hold, so that no client can take the server's memory: seconds of audio in the
-    input buffer or in one item (the server's --max-audio-seconds, as for HTTP audio), and its conversation's
-    items and bytes (text, image URLs and audio as kept, the input buffer included)."""
-
-    max_audio_seconds: float = 600.0
-    max_items: int = 1000
-    max_bytes: int = 64 * 1024 * 1024
-
-
-@dataclass
-class SessionSettings:
-    voice: str
-    instructions: str = DEFAULT_INSTRUCTIONS
-    output_modalities: list[str] = field(default_factory=lambda: ["audio"])
-    input_format: PcmFormat = PCM16
-    output_format: PcmFormat = PCM16
-    turn_detection: TurnDetectionSpec | None = field(default_factory=TurnDetectionSpec)
-    temperature: float | None = 0.8  # OpenAI's realtime default; a spoken answer wanders less than at 1
-    max_output_tokens: int | str = "inf"
-    tools: list[ToolSpec] = field(default_factory=list)
-    tool_choice: ToolChoice = "auto"
-    stage_sampling: dict[str, dict] = field(default_factory=dict)
-
-
-@dataclass
-class ResponseOptions:
-    """One response's settings: the session's, with `response.create`'s over them."""
-
-    modalities: list[str]
-    instructions: str
-    voice: str
-    output_format: PcmFormat
-    tools: list[ToolSpec]
-    tool_choice: ToolChoice
-    temperature: float | None
-    max_output_tokens: int | str
-    stage_sampling: dict[str, dict] = field(default_factory=dict)
-    in_conversation: bool = True  # False: out of band; its items stay out of the conversation
-    input: list[Item] | None = None  # the context instead of the conversation
-    metadata: dict[str, str] | None = None
 
 
 # ---- what the connection is asked to do ------------------------------------------------------------

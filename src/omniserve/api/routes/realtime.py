@@ -10,8 +10,10 @@ from fastapi.responses import JSONResponse
 from omniserve.api.errors import omni_error_body
 from omniserve.api.media import voice_names
 from omniserve.api.realtime.connection import RealtimeConnection
-from omniserve.api.realtime.protocol import ErrorEvent, RealtimeError
-from omniserve.api.realtime.session import RealtimeSession, SessionLimits
+from omniserve.api.realtime.events import ErrorEvent
+from omniserve.api.realtime.limits import SessionLimits
+from omniserve.api.realtime.protocol import RealtimeError
+from omniserve.api.realtime.session import RealtimeSession
 from omniserve.errors import Overloaded
 from omniserve.media.vad import SileroVad
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -122,6 +123,12 @@ def idle(http) -> bool:
     load = http.get("/get_load").json()
     return (load["running"], load["queued"]) == (0, 0) and all(
         (s["running"], s["queued"]) == (0, 0) for s in load["stages"].values())
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
 
 
 def wait_until(predicate, timeout: float = 30, interval: float = 0.1):

@@ -1,9 +1,9 @@
 """Schemathesis hooks for `test_fuzz.py` (loaded with SCHEMATHESIS_HOOKS).
 
 A run on 2 cores must stay short while every request is answered within a few seconds, so a
-request's large but valid values (many output tokens, choices, long speech, many inputs) are
-trimmed before it is sent (a video job with no size gets a small one). Schemathesis re-checks a trimmed request against the schema, so a
-request that breaks the schema still tests that it is refused. A chat that sets no limit on its
+request's large but valid values (many output tokens, choices, long speech, many inputs, a video
+job's frames and default size) are trimmed before it is sent. Cases meant to break the schema are
+left alone, so that they still test that it is refused. A chat that sets no limit on its
 tokens gets one (it would write up to the context's end).
 """
 

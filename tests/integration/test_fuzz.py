@@ -1,10 +1,10 @@
 """Schemathesis against the server's own /openapi.json: every route, a bounded run.
 
-What must hold: no 5xx but the documented 503 and 507, every error in OpenAI's envelope (the declared error schema), every
-answer in the declared shape and media type, schema-breaking input refused, schema-valid input
-accepted (but where tests/schemathesis.toml says why it cannot be), methods in
-`Allow`, no request over a few seconds, and the server healthy and idle afterwards with no
-traceback in its log. `tests/fuzz_hooks.py` trims valid requests (output tokens, speech length)
+What must hold: no 5xx but the documented 503 and 507, every error in OpenAI's envelope (the
+declared error schema), every answer in the declared shape and media type, schema-breaking input
+refused, schema-valid input accepted (but where tests/schemathesis.toml says why it cannot be),
+methods in `Allow`, no request over a few seconds, and the server healthy and idle afterwards with
+no traceback in its log. `tests/fuzz_hooks.py` trims valid requests (output tokens, speech length)
 so that each is quick on 2 cores; the real limits are tested elsewhere.
 """
 

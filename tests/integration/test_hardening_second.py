@@ -10,29 +10,19 @@ import contextlib
 import json
 import random
 import socket
-import re
 import string
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import run_server, shared_models, wait_until
+from tests.conftest import rss_mb, run_server, shared_models, wait_until
 from tests.integration.test_errors import assert_envelope
+from tests.integration.test_hardening import stage_pid
 from tests.realtime_helpers import next_of, open_session, receive, send
 
 MSG = [{"role": "user", "content": "hi"}]
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
-
-
-def stage_pid(http, name: str) -> int:
-    return next(s["pid"] for s in http.get("/get_model_info").json()["stages"] if s["name"] == name)
 
 
 # ---- 5: a huge embeddings input is refused by its size --------------------------------------------

@@ -8,16 +8,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from omniserve.api.realtime.session import MAX_APPEND_BYTES
-from tests.conftest import idle, run_server, wait_until
+from omniserve.api.realtime.limits import MAX_APPEND_BYTES
+from tests.conftest import idle, rss_mb, run_server, wait_until
 from tests.realtime_helpers import next_of, open_session, receive, send
 
 MAX_SECONDS = 5
@@ -202,11 +200,6 @@ def test_max_output_tokens_out_of_range_is_an_error(server, tokens):
         assert error["param"] == "session.max_output_tokens", error
         send(ws, {"type": "response.create", "event_id": "r", "response": {"max_output_tokens": tokens}})
         assert error_of(ws, "r")["param"] == "response.max_output_tokens"
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
 
 
 def test_a_realtime_soak_gives_its_memory_back(tmp_path):

@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import idle, run_server, shared_models, wait_until
+from tests.conftest import idle, wait_until
 from tests.integration.test_cli import omniserve
+from tests.integration.test_videos import serve
 from tests.media_helpers import finished
 from tests.media_helpers import video_frames as frames
 
@@ -30,18 +31,12 @@ def tmpfs(path: Path, *options: str):
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(("size=64m", *options)), "tmpfs", str(path)],
                           capture_output=True, text=True)
     if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); this test needs root")
+        pytest.fail(f"cannot mount a tmpfs here ({done.stderr.strip()}): these tests fill and lock a real disk, "
+                    "which needs root (as CI and the developers' machines run)")
     try:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def serve(tmp_path: Path, data: Path):
-    sketches = shared_models() / "sketch-rnn-quickdraw"
-    return run_server("--image-model", f"sketch-rnn:{sketches}", "--data-dir", str(data), "--asr-model", "none",
-                      "--tts-model", "none", "--vision-model", "none", "--embedding-model", "none",
-                      tmp_path=tmp_path)
 
 
 def fill(folder: Path) -> Path:
@@ -56,7 +51,8 @@ def fill(folder: Path) -> Path:
 
 
 def test_a_full_disk_fails_writes_with_507_and_the_runner_lives_on(tmp_path):
-    with tmpfs(tmp_path / "disk") as disk, serve(tmp_path, disk) as server, server.http() as http:
+    with tmpfs(tmp_path / "disk") as disk, serve(tmp_path, disk, "--embedding-model", "none") as server, \
+            server.http() as http:
         videos = server.openai().videos
         job = videos.create(prompt="a roller coaster", extra_body=LONG)
         wait_until(lambda: (v := videos.retrieve(job.id)).status == "in_progress" and v.progress > 0, timeout=60)
@@ -102,8 +98,15 @@ def test_a_read_only_data_dir_fails_the_start_in_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def video_server(tmp_path_factory):
-    with serve(tmp_path_factory.mktemp("race"), tmp_path_factory.mktemp("racedata")) as server:
+    with serve(tmp_path_factory.mktemp("race"), tmp_path_factory.mktemp("racedata"), "--embedding-model",
+               "none") as server:
         yield server
+
+
+def download(base_url: str, video_id: str, results: list) -> None:
+    with httpx.Client(base_url=base_url, timeout=30) as c:
+        r = c.get(f"/v1/videos/{video_id}/content")
+        results.append((r.status_code, len(r.content), r.headers.get("content-length"), r))
 
 
 def test_downloads_racing_a_delete_are_whole_or_404(video_server):
@@ -113,13 +116,8 @@ def test_downloads_racing_a_delete_are_whole_or_404(video_server):
         job = finished(videos, videos.create(prompt="a lantern", extra_body=SMALL).id)
         assert job.status == "completed"
         results = []
-
-        def download():
-            with httpx.Client(base_url=video_server.base_url, timeout=30) as c:
-                r = c.get(f"/v1/videos/{job.id}/content")
-                results.append((r.status_code, len(r.content), r.headers.get("content-length"), r))
-
-        threads = [threading.Thread(target=download) for _ in range(3)]
+        threads = [threading.Thread(target=download, args=(video_server.base_url, job.id, results))
+                   for _ in range(3)]
         for t in threads:
             t.start()
         with video_server.http() as http:

@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from omniserve.api.protocol import audio, chat, completions, embeddings, images, models, videos
-from omniserve.api.protocol.common import ErrorResponse
 from omniserve.api.protocol.audio import OPENAI_VOICES
+from omniserve.api.protocol.common import ErrorResponse
 from omniserve.api.protocol.lora import LoadLoraRequest, LoraNameRequest, SetLoraRequest, UnloadLoraRequest
 from omniserve.runtime.client import ServedModel
 

@@ -53,16 +53,11 @@ TextStr = Annotated[str, Field(json_schema_extra={"minLength": 1, "pattern": r"^
                     AfterValidator(_not_blank), AfterValidator(_no_nul)]
 
 
-def _integral_numbers(data: Any) -> Any:
-    """JSON's 1.0 is the integer 1 (as JSON Schema reads it): integral floats become ints, so that a strict
-    integer field takes them (a float field takes an int as it is)."""
-    if isinstance(data, float) and data.is_integer():
-        return int(data)
-    if isinstance(data, list):
-        return [_integral_numbers(x) for x in data]
-    if isinstance(data, dict):
-        return {k: _integral_numbers(v) for k, v in data.items()}
-    return data
+def _json_number(text: str) -> int | float:
+    """JSON's 1.0 is the integer 1 (as JSON Schema reads it): an integral number reads as an int, so that a
+    strict integer field takes it (a float field takes an int as it is)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 def merge_extra_body(data: Any) -> Any:
@@ -157,7 +152,7 @@ def load_json(raw: bytes | str, what: str = "the request body") -> Any:
     """JSON text -> data, nested no deeper than MAX_BODY_NESTING, or InvalidRequest."""
     too_deep = InvalidRequest(f"{what} nests objects and arrays more than {MAX_BODY_NESTING} levels deep")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_float=_json_number)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
@@ -178,7 +173,7 @@ def parse_body(raw: bytes, model: type[M]) -> M:
                                  "string; send valid Unicode text") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
-    return validate_fields(_integral_numbers(data), model, strict=True)
+    return validate_fields(data, model, strict=True)
 
 
 def _nesting(data: Any) -> int:

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
 from fastapi import Request, Response
-from starlette.requests import HTTPConnection
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.requests import HTTPConnection
 
 from omniserve.api.protocol.common import parse_body
 from omniserve.errors import InvalidRequest, ModelNotFound, OmniError, UnsupportedMediaType
@@ -46,10 +46,9 @@ M = TypeVar("M", bound=BaseModel)
 def public_url(request: Request, path: str) -> str:
     """A link to `path` on this server: under --public-base-url, else at the address and port the request
     came in on. Never from the Host header, which the client writes (a link must not point elsewhere)."""
-    base = request.app.state.settings.public_base_url
-    if base:
-        return base.rstrip("/") + path
     settings = request.app.state.settings
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/") + path
     host, port = request.scope.get("server") or (settings.host, settings.port)
     host = f"[{host}]" if ":" in host else host
     return f"{request.url.scheme}://{host}:{port}{path}"

@@ -20,6 +20,7 @@ from omniserve.api.protocol.common import validate_fields
 from omniserve.api.protocol.images import MAX_EDIT_IMAGES, ImageEditRequest, ImageGenerationRequest
 from omniserve.api.routes.common import (
     get_client,
+    is_json,
     new_id,
     now,
     open_file_response,
@@ -110,11 +111,12 @@ async def edit_images(request: Request):
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         body, images, mask = await _edit_upload(request)
-    elif kind.startswith("application/json"):
+    elif is_json(request):
         body, images, mask = await _edit_json(request)
     else:
-        raise UnsupportedMediaType("an edit is a multipart/form-data upload (image or image[], prompt, optionally mask) "
-                             'or JSON ({"images": [{"image_url": ...}], "prompt": ..., "mask": {"image_url": ...}})')
+        raise UnsupportedMediaType("an edit is a multipart/form-data upload (image or image[], prompt, optionally "
+                                   'mask) or JSON ({"images": [{"image_url": ...}], "prompt": ..., "mask": '
+                                   '{"image_url": ...}})')
     model = resolve_model(get_client(request), body.model, "image")
     if not model.info.get("edits"):
         raise InvalidRequest(f"model `{model.id}` cannot edit images", param="model")

@@ -40,13 +40,12 @@ def tmpfs(path: Path, *options: str):
 
 
 def fill(folder: Path) -> Path:
-    """Write a file until the disk is full; the file."""
+    """Write a file until the disk is full (it may be already); the file, if there was room to make it."""
     filler = folder / "filler"
-    with filler.open("wb") as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+    with contextlib.suppress(OSError), filler.open("ab") as f:
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
     return filler
 
 
@@ -56,7 +55,7 @@ def test_a_full_disk_fails_writes_with_507_and_the_runner_lives_on(tmp_path):
         videos = server.openai().videos
         job = videos.create(prompt="a roller coaster", extra_body=LONG)
         wait_until(lambda: (v := videos.retrieve(job.id)).status == "in_progress" and v.progress > 0, timeout=60)
-        filler = fill(disk)
+        filler = fill(disk)  # (the job's mp4 may have filled it already)
         # the job's mp4 cannot be written, nor its outcome: the runner holds it, and everything else serves
         r = wait_until(lambda: (r := http.post("/v1/videos", json={"prompt": "a dog " * 2000, **SMALL})).status_code
                        != 200 and r, timeout=30)
@@ -72,7 +71,7 @@ def test_a_full_disk_fails_writes_with_507_and_the_runner_lives_on(tmp_path):
         wait_until(lambda: idle(http), timeout=60)
         # its mp4 met the full disk: the job failed, or its outcome waits for the disk (tests/unit/test_video_runner)
         assert videos.retrieve(job.id).status in ("in_progress", "failed")
-        filler.unlink()  # space again: the outcome is written, and the queue goes on
+        filler.unlink(missing_ok=True)  # space again: the outcome is written, and the queue goes on
         ended = finished(videos, job.id, timeout=60)
         if ended.status == "completed":  # its frames were all written before, or after: the video is whole
             assert len(frames(videos.download_content(job.id).read())) == LONG["num_frames"]

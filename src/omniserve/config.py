@@ -70,7 +70,19 @@ class ServerArgs(BaseSettings):
     disable_radix_cache: bool = False
     data_dir: Path = Path.home() / ".cache" / "omniserve"
     asr_model: str = Field("whisper-tiny.en", description="speech-to-text alias, Whisper folder, or none")
-    tts_model: str = Field("piper-joe-medium", description="text-to-speech alias, Piper .onnx, or none")
+    tts_model: list[str] = Field(["piper-joe-medium", "kokoro-82m"], min_length=1, description="voice models, "
+                                 "each a talker stage, the first the default: aliases, Piper .onnx files, Kokoro "
+                                 "folders; or none")
+
+    @field_validator("tts_model", mode="before")
+    @classmethod
+    def _one_tts_model(cls, value: Any) -> Any:
+        """One model may be given as a string (a YAML file, the environment)."""
+        return [value] if isinstance(value, str) else value
+    speaker_model: str = Field("resemblyzer-ge2e", description="speaker embeddings for the voice library's "
+                               "consent checks: resemblyzer-ge2e, or none")
+    voice_match_threshold: float = Field(0.75, gt=0, le=1, description="cosine similarity of speaker embeddings "
+                                         "a voice sample needs with its consent recording")
     max_audio_seconds: float = Field(600.0, gt=0)
     max_media_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     media_fetch_timeout: float = Field(30.0, gt=0, description="deadline for fetching one media URL")
@@ -151,7 +163,7 @@ class ServedAs(_Strict):
     """Model ids a stage answers for in /v1/models, declared by the preset that made the stage."""
 
     ids: list[str] = Field(min_length=1)
-    kind: Literal["chat", "asr", "tts", "vision", "image", "embedding"]
+    kind: Literal["chat", "asr", "tts", "vision", "image", "embedding", "speaker"]
     aliases: list[str] = Field(default_factory=list)  # other names requests may use (OpenAI's, say)
     route: list[str] = Field(default_factory=list)  # the stages a request to it visits, when more than this one
     # other stages' load facts it carries (a talker's voices, a denoiser's LoRA support): stage -> keys

@@ -4,7 +4,6 @@ serve HTTP with uvicorn, then shut the runtime down."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import time
@@ -19,11 +18,13 @@ from omniserve.config import PipelineConfig, ServerArgs
 from omniserve.errors import ConfigError, StorageFailed
 from omniserve.jobs.runner import VideoRunner
 from omniserve.jobs.store import JobStore
+from omniserve.memory import return_large_frees
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.grammar import GrammarBuilder
 from omniserve.runtime.launcher import StageLoadError, launch_worker
 from omniserve.storage import DataDir
+from omniserve.voice_library.store import VoiceLibrary
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
     data = DataDir(settings.data_dir)
     try:  # before any model loads: a data dir that cannot be written stops the start in one line
         store = JobStore(settings.data_dir / "jobs.sqlite3", data)
+        voices = VoiceLibrary(settings.data_dir / "voices", data)
     except StorageFailed as exc:
         raise ConfigError(f"--data-dir: {exc.message}") from None
     coordinator = Coordinator(pipeline, settings.max_running_requests, settings.max_queued_requests,
@@ -72,7 +74,7 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
         client = Client(coordinator, served, served[0].root, grammars)
         video_runner = VideoRunner(store, client, settings.data_dir / "videos")
         video_runner.start()
-        app = create_app(settings, client, video_runner, data)
+        app = create_app(settings, client, video_runner, data, voices)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                                 access_log=False, timeout_graceful_shutdown=5, ws_max_size=MAX_EVENT_BYTES)
         log.info("omniserve %s serving %s on http://%s:%d (pid %d)", __version__, [m.id for m in served],
@@ -83,20 +85,9 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
             await video_runner.stop()
             client.close()
             store.close()
+            voices.close()
     finally:
         await coordinator.shutdown()
-
-
-def return_large_frees() -> None:
-    """glibc keeps the memory of large freed buffers (a realtime session's audio, a 20 MB event) for reuse once
-    one has been freed: it raises its mmap threshold to that size. A fixed threshold keeps blocks of 128 KiB or more
-    in their own mappings (as at the start), so that what a closed session held goes back to the system."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return
-    m_mmap_threshold = -3
-    libc.mallopt(m_mmap_threshold, 128 * 1024)  # glibc's own starting value
 
 
 def run(settings: ServerArgs, pipeline: PipelineConfig) -> None:

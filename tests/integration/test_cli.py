@@ -65,8 +65,10 @@ def test_not_a_gguf(tmp_path):
 def test_corrupt_gguf_fails_with_one_line(tmp_path):
     bogus = tmp_path / "broken.gguf"
     bogus.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
-    # its own data dir: on a fresh machine the first start also converts the image classifier (and says so)
-    r = omniserve("serve", "--model-path", str(bogus), "--data-dir", str(tmp_path), "--vision-model", "none")
+    # its own data dir: on a fresh machine the first start also converts the image classifier and joins
+    # Kokoro's parts (and says so)
+    r = omniserve("serve", "--model-path", str(bogus), "--data-dir", str(tmp_path), "--vision-model", "none",
+                  "--tts-model", "none")
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode != 0 and len(lines) == 1, r.stderr
     assert "failed to start" in lines[0] and "broken.gguf" in lines[0]
@@ -98,7 +100,8 @@ def test_config_override_and_served_names(tmp_path):
     with run_server("--config", str(path), "--served-model-name", "alpha", "beta", tmp_path=tmp_path) as s:
         with s.http() as http:
             ids = [m["id"] for m in http.get("/v1/models").json()["data"]]
-            assert ids == ["alpha", "beta", "whisper-tiny.en", "imagenet-ocr", "piper-joe-medium", "all-MiniLM-L6-v2"]
+            assert ids == ["alpha", "beta", "whisper-tiny.en", "imagenet-ocr", "piper-joe-medium", "kokoro-82m",
+                           "resemblyzer-ge2e", "all-MiniLM-L6-v2"]
             assert http.get("/v1/models/beta").json()["max_model_len"] == 512
             r = http.post("/v1/chat/completions", json={"model": "beta", "messages": [
                 {"role": "user", "content": "word " * 600}]})

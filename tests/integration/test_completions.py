@@ -66,7 +66,8 @@ def test_completion_stop(client):
 
 def test_models(client, http):
     ids = [m.id for m in client.models.list().data]
-    assert ids == ["smollm2-135m", "whisper-tiny.en", "imagenet-ocr", "piper-joe-medium", "all-MiniLM-L6-v2"]
+    assert ids == ["smollm2-135m", "whisper-tiny.en", "imagenet-ocr", "piper-joe-medium", "kokoro-82m",
+                   "resemblyzer-ge2e", "all-MiniLM-L6-v2"]
     card = http.get("/v1/models/smollm2-135m").json()
     assert card["max_model_len"] == 4096
     assert client.models.retrieve("smollm2-135m").id == "smollm2-135m"
@@ -77,6 +78,7 @@ def test_model_info_names_stages(http):
     assert info["model_path"].endswith(".gguf")
     assert info["context_length"] == 4096
     stages = {s["name"]: s for s in info["stages"]}
-    assert [s["executor"] for s in info["stages"]] == ["whisper", "describer", "llamacpp", "piper", "embedder"]
+    assert [s["executor"] for s in info["stages"]] == ["whisper", "describer", "llamacpp", "piper", "kokoro",
+                                                       "speaker_encoder", "embedder"]
     assert stages["thinker"]["pid"] and stages["asr"]["downstream"] == ["thinker"]
-    assert stages["thinker"]["downstream"] == ["talker"] and stages["talker"]["terminal"]
+    assert stages["thinker"]["downstream"] == ["talker", "talker_kokoro"] and stages["talker"]["terminal"]

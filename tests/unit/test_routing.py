@@ -64,6 +64,21 @@ def test_a_chat_visits_the_stages_its_media_and_outputs_need():
                                                                               {"thinker", "talker"})
 
 
+def test_a_request_names_which_of_two_voice_models_speaks():
+    p = cascade()
+    p = validate_pipeline({
+        "stages": [s.model_dump() for s in p.stages] + [
+            {"name": "talker_kokoro", "executor": "kokoro", "args": {"model_path": "k", "voices_path": "v"}}],
+        "edges": [e.model_dump() for e in p.edges] + [{"src": "thinker", "dst": "talker_kokoro", "streaming": True}],
+        "terminals": ["thinker"]})
+    spoken = {"entry": "thinker", "output_modalities": ["text", "audio"]}
+    assert route(p, **spoken) == ({"thinker", "talker"}, {"thinker", "talker"})  # the nearest: the first
+    assert route(p, **spoken, makers={"audio": "talker_kokoro"}) == ({"thinker", "talker_kokoro"},
+                                                                     {"thinker", "talker_kokoro"})
+    with pytest.raises(InvalidRequest, match="makes audio"):
+        route(p, **spoken, makers={"audio": "vision"})
+
+
 def test_single_stage_requests_stay_on_their_stage():
     p = cascade()
     assert route(p, entry="asr", audios=[AUDIO]) == ({"asr"}, {"asr"})  # a transcription

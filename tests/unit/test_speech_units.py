@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from omniserve.errors import InvalidRequest
-from omniserve.executors.piper import split_sentences
+from omniserve.executors.sentence_speech import split_sentences
 from omniserve.media.audio import AudioEncoder, decode_audio, encode_audio
 from omniserve.runtime.transport import PipeTransport
 from omniserve.runtime.types import audio_part, fill_media_parts, media_kinds

@@ -25,25 +25,29 @@ from omniserve.api.routes import (
     playground,
     realtime,
     videos,
+    voice_library,
 )
 from omniserve.config import ServerArgs
 from omniserve.jobs.runner import VideoRunner
 from omniserve.runtime.client import Client
 from omniserve.storage import DataDir
+from omniserve.voice_library.store import VoiceLibrary
 
 
 def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner | None = None,
-               data: DataDir | None = None) -> FastAPI:
+               data: DataDir | None = None, voices: VoiceLibrary | None = None) -> FastAPI:
     app = FastAPI(title="omniserve", version=__version__)
     app.state.client = client
     app.state.videos = video_runner
     app.state.settings = settings
     app.state.data = data or DataDir(settings.data_dir)
+    app.state.voice_library = voices
     app.state.realtime_sessions = SessionCount(settings.realtime_max_sessions)
     install_error_handlers(app)
     openapi.install(app)
     for router in (chat.router, completions.router, embeddings.router, audio.router, images.router, videos.router,
-                   diffusion_lora.router, lora.router, models.router, health.router, realtime.router):
+                   diffusion_lora.router, lora.router, models.router, health.router, realtime.router,
+                   voice_library.router):
         app.include_router(router)
     open_paths, open_prefixes = OPEN_PATHS, ()
     if not settings.disable_playground:

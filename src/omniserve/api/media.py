@@ -1,6 +1,6 @@
 """What routes need from `omniserve.media`: media references (URLs, data
 URLs, base64 objects, file paths) turned into decoded audio, images and
-video frames under the server's limits, and voice names resolved.
+video frames under the server's limits.
 
 Decoding is CPU work, so it runs in a thread and the event loop keeps serving.
 """
@@ -13,13 +13,11 @@ from typing import Any
 import numpy as np
 from starlette.requests import HTTPConnection
 
-from omniserve.api.protocol.audio import OPENAI_VOICES
 from omniserve.errors import InvalidRequest, PayloadTooLarge
 from omniserve.media.audio import decode_audio
 from omniserve.media.images import decode_image
 from omniserve.media.inputs import Fetched, MediaLimits, decode_base64, fetch
 from omniserve.media.video import VideoClip, decode_video
-from omniserve.runtime.client import ServedModel
 
 # The MIME types a declared type must match for each kind of input (None or octet-stream: not declared).
 _ACCEPTED_MIME = {
@@ -91,19 +89,3 @@ async def decode_audio_bytes(request: HTTPConnection, data: bytes, where: str) -
 async def load_audio(request: HTTPConnection, ref: dict[str, Any] | str, where: str) -> np.ndarray:
     """An `input_audio` object ({data: base64, format}) or an `audio_url` -> samples."""
     return await decode_audio_bytes(request, await fetch_media(request, ref, where, "audio"), where)
-
-
-def voice_names(model: ServedModel) -> list[str]:
-    return list(model.info.get("voices", []))
-
-
-def resolve_voice(model: ServedModel, voice: str | None, param: str = "voice") -> str:
-    """An installed voice by name (any case), or an OpenAI voice name (-> the default voice)."""
-    installed = voice_names(model)
-    if voice is None or voice in OPENAI_VOICES:
-        return installed[0]
-    match = next((name for name in installed if name.lower() == voice.lower()), None)
-    if match is not None:
-        return match
-    valid = ", ".join(installed + list(OPENAI_VOICES))
-    raise InvalidRequest(f"{param}: unknown voice {voice!r}; valid voices: {valid}", param=param)

@@ -19,11 +19,11 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from omniserve.api.protocol import audio, chat, completions, embeddings, images, models, videos
-from omniserve.api.protocol.audio import OPENAI_VOICES
+from omniserve.api.protocol import audio, chat, completions, embeddings, images, models, videos, voice_library
 from omniserve.api.protocol.common import ErrorResponse
 from omniserve.api.protocol.lora import LoadLoraRequest, LoraNameRequest, SetLoraRequest, UnloadLoraRequest
 from omniserve.runtime.client import ServedModel
+from omniserve.voices import OPENAI_VOICES
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -62,6 +62,19 @@ OPERATIONS = (
               {JSON: (audio.TranscriptionVerbose, audio.Transcription), "text/plain": None, "text/vtt": None},
               needs="multilingual", kinds=("asr",)),
     Operation("get", "/v1/audio/voices", ok={JSON: audio.VoiceList}),
+    Operation("post", "/v1/audio/voice_consents", {MULTIPART: voice_library.ConsentUpload},
+              {JSON: voice_library.VoiceConsent}, needs="speaker_embeddings"),
+    Operation("get", "/v1/audio/voice_consents", ok={JSON: voice_library.VoiceConsentList}),
+    Operation("get", "/v1/audio/voice_consents/{consent_id}", ok={JSON: voice_library.VoiceConsent}),
+    Operation("post", "/v1/audio/voice_consents/{consent_id}", {JSON: voice_library.ConsentRename},
+              {JSON: voice_library.VoiceConsent}),
+    Operation("delete", "/v1/audio/voice_consents/{consent_id}", ok={JSON: voice_library.VoiceConsentDeleted}),
+    Operation("post", "/v1/audio/voices", {MULTIPART: voice_library.VoiceUpload}, {JSON: voice_library.CustomVoice},
+              needs="speaker_embeddings"),
+    Operation("post", "/v1/audio/voice/upload", {MULTIPART: voice_library.VoiceUpload},
+              {JSON: voice_library.VoiceUploaded}, needs="speaker_embeddings"),
+    Operation("get", "/v1/audio/voices/{voice_id}", ok={JSON: voice_library.CustomVoice}),
+    Operation("delete", "/v1/audio/voices/{voice_id}", ok={JSON: voice_library.CustomVoiceDeleted}),
     Operation("post", "/v1/images/generations", {JSON: images.ImageGenerationRequest},
               {JSON: images.ImagesResponse}, kinds=("image",)),
     Operation("post", "/v1/images/edits", {MULTIPART: images.ImageEditUpload, JSON: images.ImageEditRequest},

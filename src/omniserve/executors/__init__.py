@@ -15,6 +15,8 @@ _EXECUTORS = {
     "llamacpp": ("omniserve.executors.llamacpp", "LlamaCppExecutor", "LlamaCppArgs", "EmbeddingParams"),
     "whisper": ("omniserve.executors.whisper", "WhisperExecutor", "WhisperArgs", "AsrParams"),
     "piper": ("omniserve.executors.piper", "PiperExecutor", "PiperArgs", "SpeechParams"),
+    "kokoro": ("omniserve.executors.kokoro", "KokoroExecutor", "KokoroArgs", "SpeechParams"),
+    "speaker_encoder": ("omniserve.executors.speaker_encoder", "SpeakerEncoderExecutor", "SpeakerEncoderArgs", None),
     "describer": ("omniserve.executors.describer", "DescriberExecutor", "DescriberArgs", None),
     "mtmd": ("omniserve.executors.mtmd_encoder", "MtmdEncoderExecutor", "MtmdArgs", None),
     "embedder": ("omniserve.executors.onnx_embed", "EmbedderExecutor", "EmbedderArgs", "EmbeddingParams"),
@@ -43,6 +45,8 @@ _IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "llamacpp": ((), ("text", "embedding")),
     "whisper": (("audio",), ("text",)),
     "piper": ((), ("audio",)),
+    "kokoro": ((), ("audio",)),
+    "speaker_encoder": (("audio",), ("embedding",)),
     "describer": (("image",), ("text",)),
     "mtmd": (("image",), ()),  # image embeddings, for the thinker only
     "embedder": ((), ("embedding",)),
@@ -69,7 +73,7 @@ def makes(name: str) -> tuple[str, ...]:
 
 
 # Executors that implement `feed` (take an upstream stage's outputs on a graph edge).
-_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "diffusers_denoiser", "diffusers_vae", "qwen_omni_talker",
+_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "kokoro", "diffusers_denoiser", "diffusers_vae", "qwen_omni_talker",
                               "qwen_omni_code2wav", "qwen3_omni_talker", "qwen3_omni_code2wav"}
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.executors.base import PerImageExecutor
+from omniserve.onnx_cpu import cpu_session
 from omniserve.runtime.types import MediaReading
 
 SIZE = 224  # the classifier's input side
@@ -39,12 +40,8 @@ class DescriberExecutor(PerImageExecutor):
     args: DescriberArgs
 
     def load(self) -> dict[str, Any]:
-        import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.args.threads
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(self.args.classifier_path, options, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(self.args.classifier_path, self.args.threads)
         self._input = self._session.get_inputs()[0].name
         self.labels = imagenet_labels()
         self._ocr = None

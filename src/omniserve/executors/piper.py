@@ -1,38 +1,21 @@
-"""Text to speech with a Piper voice (VITS, ONNX).
-
-A request's text arrives whole (`OmniRequest.prompt`, the speech endpoint)
-or as a stream of upstream text chunks (the thinker, on a streaming edge),
-where each of the answer's choices (`index`) gets a voice of its own.
-Either way it is cut into sentences and each step speaks one sentence of
-one choice of one request, round robin: the first audio leaves after the
-first sentence, not after the whole text, and concurrent requests take turns.
-"""
+"""Text to speech with a Piper voice (VITS, ONNX): one voice, English, 22.05 kHz, and fast (a sentence in
+tens of milliseconds on a CPU). How text becomes sentences and requests take turns is `SentenceSpeaker`'s."""
 
 from __future__ import annotations
 
 import json
-import re
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
-from omniserve.executors.base import request_params
-from omniserve.runtime.types import OmniOutput, OmniRequest
+from omniserve.executors.sentence_speech import SentenceSpeaker, SpeechParams, to_pcm16
+from omniserve.onnx_cpu import cpu_session
+from omniserve.voices import OPENAI_VOICES, language_tag
 
-# A sentence ends at . ! ? ; : or a newline followed by white space.
-_SENTENCE_END = re.compile(r"[.!?;:]+[\"')\]]*\s+|\n+")
-_MAX_CHUNK_CHARS = 300  # a run-on "sentence" is cut at a space past this length
-# The first chunk of an answer may end before its sentence does, so that the voice starts sooner: after a
-# clause of at least 3 words, or after this many words.
-_OPENING_WORDS = 8
-_CLAUSE_END = re.compile(r"[,\u2014\u2013]\s+|\s[-\u2014\u2013]\s+")
-_WORD = re.compile(r"\S+\s+")
-# Control characters say nothing, and espeak-ng's phonemizer refuses a NUL: spoken text goes without them.
-_UNSPOKEN = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+__all__ = ["PiperArgs", "PiperExecutor", "SpeechParams"]
 
 
 class PiperArgs(BaseModel):
@@ -44,179 +27,54 @@ class PiperArgs(BaseModel):
     threads: int = Field(2, ge=1)
 
 
-class SpeechParams(BaseModel):
-    """What a request may set for this stage (`OmniRequest.params[stage]`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    voice: str | None = None
-    speed: float = Field(1.0, ge=0.25, le=4.0)
-    noise_scale: float | None = Field(None, ge=0, le=2)
-    noise_w_scale: float | None = Field(None, ge=0, le=2)
-    choices: int = Field(1, ge=1, le=16, description="the upstream answer's choices, each spoken on its own")
-
-
-def split_sentences(buffer: str, final: bool, opening: bool = False) -> tuple[list[str], str]:
-    """Complete sentences in `buffer`, and the unfinished rest (all of it when `final`). `opening`: nothing of
-    this answer was cut yet, and its first chunk may be the first clause or words of its first sentence."""
-    out, start = [], 0
-    for match in _SENTENCE_END.finditer(buffer):
-        out.append(buffer[start:match.end()])
-        start = match.end()
-    rest = buffer[start:]
-    if opening and not out and (cut := _opening_cut(rest)):
-        out.append(rest[:cut])
-        rest = rest[cut:]
-    while len(rest) > _MAX_CHUNK_CHARS and " " in rest[_MAX_CHUNK_CHARS // 2:]:
-        cut = rest.rindex(" ", 0, _MAX_CHUNK_CHARS) if " " in rest[:_MAX_CHUNK_CHARS] else rest.index(" ")
-        out.append(rest[:cut + 1])
-        rest = rest[cut + 1:]
-    if final and rest:
-        out.append(rest)
-        rest = ""
-    return [s for s in out if s.strip()], rest
-
-
-def _opening_cut(text: str) -> int:
-    """Where an answer's first chunk may end inside its first sentence (0: not yet)."""
-    for match in _CLAUSE_END.finditer(text):
-        if len(text[:match.start()].split()) >= 3:
-            return match.end()
-    words = list(_WORD.finditer(text))
-    return words[_OPENING_WORDS - 1].end() if len(words) >= _OPENING_WORDS else 0
-
-
-@dataclass
-class _Voice:
-    """The speech of one choice of a request."""
-
-    index: int
-    sentences: deque[str] = field(default_factory=deque)
-    buffer: str = ""
-    text_done: bool = False  # no more text will come
-    finished: bool = False
-    samples: int = 0
-    characters: int = 0
-
-
-@dataclass
-class _Job:
-    request_id: str
+@dataclass(frozen=True)
+class _Settings:
     config: Any  # piper SynthesisConfig
-    voices: list[_Voice]
 
 
-class PiperExecutor:
+class PiperExecutor(SentenceSpeaker):
     def __init__(self, args: PiperArgs, stage: str = "talker"):
+        super().__init__(stage)
         self.args = args
-        self.stage = stage
-        self._jobs: dict[str, _Job] = {}
-        self._turns: deque[tuple[str, int]] = deque()  # round robin over (request, choice) with a sentence ready
 
     def load(self) -> dict[str, Any]:
-        import onnxruntime
         from piper import PiperVoice
         from piper.config import PiperConfig
 
         model = Path(self.args.model_path)
         config_path = Path(self.args.config_path or f"{model}.json")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = self.args.threads
-        options.inter_op_num_threads = 1
         self._voice = PiperVoice(
-            session=onnxruntime.InferenceSession(str(model), sess_options=options,
-                                                 providers=["CPUExecutionProvider"]),
+            session=cpu_session(model, self.args.threads),
             config=PiperConfig.from_dict(json.loads(config_path.read_text())),
         )
         self.sample_rate = self._voice.config.sample_rate
         self.voice_name = self.args.voice or model.name.removesuffix(".onnx")
-        return {"model_path": str(model), "sample_rate": self.sample_rate, "voices": [self.voice_name]}
+        self.language = language_tag(self._voice.config.espeak_voice) or self._voice.config.espeak_voice
+        return {"model_path": str(model), "sample_rate": self.sample_rate, "voices": [self.voice_name],
+                "voice_details": {self.voice_name: {"language": self.language, "gender": None}},
+                # every OpenAI name speaks with the one voice
+                "openai_voices": dict.fromkeys(OPENAI_VOICES, self.voice_name)}
 
-    def close(self) -> None:
-        self._jobs.clear()
-
-    def add(self, request: OmniRequest) -> list[OmniOutput]:
+    def _settings(self, params: SpeechParams) -> _Settings:
         from piper.config import SynthesisConfig
 
-        params = request_params(SpeechParams, request.params_for(self.stage))
         if params.voice not in (None, self.voice_name):
             raise InvalidRequest(f"voice: unknown voice {params.voice!r}; this stage has {self.voice_name!r}",
                                  param="voice")
-        config = SynthesisConfig(length_scale=self._voice.config.length_scale / params.speed,
-                                 noise_scale=params.noise_scale, noise_w_scale=params.noise_w_scale)
-        job = _Job(request.request_id, config, [_Voice(i) for i in range(params.choices)])
-        self._jobs[job.request_id] = job
-        if isinstance(request.prompt, str):  # the whole text is here: speak it
-            return [OmniOutput(request.request_id, started=True)] + self._take_text(job, 0, request.prompt, True)
-        return []  # text will stream in from upstream
+        asked = language_tag(params.language) if params.language else None
+        if params.language and (asked is None or asked.split("-")[0] != self.language.split("-")[0]):
+            raise InvalidRequest(f"language: the voice {self.voice_name} speaks {self.language} only",
+                                 param="language")
+        return _Settings(SynthesisConfig(length_scale=self._voice.config.length_scale / params.speed,
+                                         noise_scale=params.noise_scale, noise_w_scale=params.noise_w_scale))
 
-    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        job = self._jobs.get(outputs[0].request_id)
-        if job is None:
-            return []
-        out = []
-        for o in outputs:  # a choice's finish_reason means no more text for it
-            if o.index < len(job.voices):
-                out += self._take_text(job, o.index, o.text, final=o.finish_reason is not None or o.done)
-            if o.done:  # the request is over upstream: so is every choice's text
-                for voice in job.voices:
-                    out += self._take_text(job, voice.index, "", final=True)
-        return out
-
-    def abort(self, request_id: str) -> None:
-        self._jobs.pop(request_id, None)
-
-    def has_work(self) -> bool:
-        return bool(self._turns)
-
-    def step(self) -> list[OmniOutput]:
-        request_id, index = self._turns.popleft()
-        job = self._jobs.get(request_id)
-        if job is None or not job.voices[index].sentences:
-            return []
-        voice = job.voices[index]
-        sentence = voice.sentences.popleft()
-        pcm = self._speak(sentence, job.config)
-        voice.samples += len(pcm) // 2
-        voice.characters += len(sentence)
-        out = [OmniOutput(request_id, index=index, text=sentence, audio=pcm, sample_rate=self.sample_rate)]
-        if voice.sentences:
-            self._turns.append((request_id, index))
-        elif voice.text_done:
-            out += self._finish(job, voice)
-        return out
-
-    def _take_text(self, job: _Job, index: int, text: str, final: bool) -> list[OmniOutput]:
-        voice = job.voices[index]
-        if voice.finished or job.request_id not in self._jobs:
-            return []
-        opening = not voice.sentences and voice.characters == 0
-        sentences, voice.buffer = split_sentences(voice.buffer + text.translate(_UNSPOKEN), final, opening)
-        voice.text_done = voice.text_done or final
-        if sentences and not voice.sentences:
-            self._turns.append((job.request_id, index))
-        voice.sentences.extend(sentences)
-        return self._finish(job, voice) if voice.text_done and not voice.sentences else []
-
-    def _speak(self, text: str, config) -> bytes:
+    def _speak(self, text: str, settings: _Settings) -> bytes:
         import numpy as np
 
         pieces = []
         for phonemes in self._voice.phonemize(text):
             if phonemes:
-                audio = self._voice.phoneme_ids_to_audio(self._voice.phonemes_to_ids(phonemes), config)
+                audio = self._voice.phoneme_ids_to_audio(self._voice.phonemes_to_ids(phonemes), settings.config)
                 peak = float(np.max(np.abs(audio))) if audio.size else 0.0
                 pieces.append(audio / peak if peak > 1e-8 else audio)
-        if not pieces:
-            return b""
-        audio = np.clip(np.concatenate(pieces), -1.0, 1.0)
-        return (audio * 32767).astype(np.int16).tobytes()
-
-    def _finish(self, job: _Job, voice: _Voice) -> list[OmniOutput]:
-        """A choice's last output; the request's too (`done`) once every choice has ended."""
-        voice.finished = True
-        done = all(v.finished for v in job.voices)
-        if done:
-            del self._jobs[job.request_id]
-        return [OmniOutput(job.request_id, index=voice.index, finish_reason="stop", done=done,
-                           sample_rate=self.sample_rate)]
+        return to_pcm16(np.concatenate(pieces)) if pieces else b""

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from omniserve.onnx_cpu import cpu_session
+
 RATE = 16000
 WINDOW = 512  # samples a call scores (32 ms)
 CONTEXT = 64  # samples of the previous window each call also sees
@@ -62,17 +64,12 @@ class SileroVad:
     """The model: one onnxruntime session (one thread), shared by every stream that scores with it."""
 
     def __init__(self, path: Path | None = None):
-        import onnxruntime
 
         if path is None:
             from faster_whisper.utils import get_assets_path
 
             path = Path(get_assets_path()) / "silero_vad_v6.onnx"
-        options = onnxruntime.SessionOptions()
-        options.inter_op_num_threads = options.intra_op_num_threads = 1
-        options.log_severity_level = 4
-        self.session = onnxruntime.InferenceSession(str(path), sess_options=options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, quiet=True)
 
     def stream(self) -> VadStream:
         return VadStream(self)

@@ -117,8 +117,9 @@ class _StateDictUnpickler(_PlainUnpickler):
         return self._storages.setdefault(key, _Storage(kind.dtype, numel))
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """The tensors of a legacy-format (non-zip) torch checkpoint holding a state dict, by name."""
+def read_checkpoint(path: str | os.PathLike[str], key: str | None = None) -> dict[str, np.ndarray]:
+    """The tensors of a legacy-format (non-zip) torch checkpoint holding a state dict, by name; `key`: the
+    state dict is that entry of the checkpoint's dict (which may hold more, such as an optimizer's state)."""
     with open(path, "rb") as f:
         if _PlainUnpickler(f).load() != LEGACY_MAGIC or _PlainUnpickler(f).load() != LEGACY_PROTOCOL:
             raise ValueError(f"{path}: not a legacy-format torch checkpoint")
@@ -130,9 +131,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         keys = _PlainUnpickler(f).load()
         if not isinstance(state, dict) or not isinstance(keys, list) or set(keys) != set(storages):
             raise ValueError(f"{path}: the storage list does not match the state dict")
-        for key in keys:
-            _read_storage(f, storages[key])
-    if not all(isinstance(k, str) and isinstance(v, _TensorRef) for k, v in state.items()):
+        for storage in keys:
+            _read_storage(f, storages[storage])
+    if key is not None:
+        state = state.get(key) if isinstance(state, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, _TensorRef)
+                                              for k, v in state.items()):
         raise ValueError(f"{path}: the state dict holds more than named tensors")
     return {name: ref.array() for name, ref in state.items()}
 

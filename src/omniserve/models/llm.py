@@ -1,7 +1,7 @@
 """Preset graph for a chat LLM with optional speech and vision stages:
 
     asr(whisper)       ─┐
-                        ├─> thinker(llamacpp) ⇢ talker(piper)
+                        ├─> thinker(llamacpp) ⇢ talker(piper), talker_kokoro(kokoro)
     vision(describer)  ─┘
 
 The thinker does templating, tokenization and detokenization itself (it owns
@@ -25,7 +25,9 @@ from omniserve.models.minilm import ALIASES as EMBEDDING_ALIASES
 from omniserve.models.minilm import SERVED_ID as EMBEDDING_ID
 from omniserve.models.minilm import embedding_stage_on
 from omniserve.models.qwen_omni import is_hub_id
-from omniserve.models.speech import ASR_OPENAI_NAMES, TTS_OPENAI_NAMES, SpeechModel
+from omniserve.models.speaker_export import ALIAS as SPEAKER_ID
+from omniserve.models.speaker_export import resolve_speaker_model
+from omniserve.models.speech import ASR_OPENAI_NAMES, SpeechModel, TtsModel
 from omniserve.models.vision import VisionModel
 
 
@@ -53,7 +55,7 @@ def lora_paths(specs: list[str]) -> dict[str, str]:
     return out
 
 
-def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None, tts: SpeechModel | None,
+def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None, tts: list[TtsModel],
                   vision: VisionModel | None = None, image: ImageModel | None = None) -> dict[str, Any]:
     threads = settings.resolved_threads()
     args: dict[str, Any] = {"model_path": gguf_path, "threads": threads,
@@ -79,14 +81,32 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
                                         "args": {**vision_args, "threads": threads},
                                         "serves": [{"ids": [vision.id], "kind": "vision"}]})
         edges.append({"src": "vision", "dst": "thinker"})
-    if tts is not None and not settings.text_only:
-        stages.append({"name": "talker", "executor": "piper", "args": {"model_path": tts.path, "threads": threads},
-                       "serves": [{"ids": [tts.id], "kind": "tts", "aliases": list(TTS_OPENAI_NAMES)}]})
-        edges.append({"src": "thinker", "dst": "talker", "streaming": True})
-        terminals.append("talker")
+    for name, model in zip(talker_names(tts), tts, strict=True):
+        stages.append({"name": name, "executor": model.executor, "args": {**model.args, "threads": threads},
+                       "serves": [{"ids": [model.id], "kind": "tts", "aliases": model.aliases}]})
+        edges.append({"src": "thinker", "dst": name, "streaming": True})
+        terminals.append(name)
+    speaker = resolve_speaker_model(settings.speaker_model, settings.data_dir, make=False,
+                                    explicit="speaker_model" in settings.model_fields_set)
+    if speaker is not None and asr is not None and tts:
+        # the voice library's speaker embeddings, a stage of its own (a consent is checked by speech to text
+        # too, and voices are for the voice models)
+        stages.append({"name": "speaker", "executor": "speaker_encoder", "args": {"model_path": str(speaker),
+                                                                                "threads": 1},
+                       "serves": [{"ids": [SPEAKER_ID], "kind": "speaker"}]})
+        terminals.append("speaker")
     side = side_stages(settings, image)
     return {"stages": stages + side["stages"], "edges": edges + side["edges"],
             "terminals": terminals + side["terminals"]}
+
+
+def talker_names(models: list[TtsModel]) -> list[str]:
+    """`talker` for the first voice model, `talker_<executor>` for others (`talker_<n>` if that is taken)."""
+    names: list[str] = []
+    for i, model in enumerate(models):
+        name = "talker" if i == 0 else f"talker_{model.executor}"
+        names.append(f"talker_{i + 1}" if name in names else name)
+    return names
 
 
 def side_stages(settings: ServerArgs, image: ImageModel | None) -> dict[str, Any]:

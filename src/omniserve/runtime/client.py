@@ -31,7 +31,7 @@ class ServedModel:
     owned_by: str
     max_model_len: int | None
     root: str
-    kind: Literal["chat", "asr", "tts", "vision", "image", "embedding"] = "chat"
+    kind: Literal["chat", "asr", "tts", "vision", "image", "embedding", "speaker"] = "chat"
     stage: str = "thinker"
     aliases: tuple[str, ...] = ()
     route: tuple[str, ...] = ()  # the stages a request to this model visits, when more than `stage`

@@ -2,7 +2,8 @@
 it enters (the one serving the model it names), the media it carries, and the outputs it asks for.
 
 - Outputs: for each kind asked for, the nearest stage downstream of the entry (the entry itself
-  first) that makes it emits it, and every stage on the way there is visited: a spoken answer goes
+  first) that makes it emits it, or the one the request names (`OmniRequest.makers`: which of two
+  voice models speaks), and every stage on the way there is visited: a spoken answer goes
   thinker ⇢ talker (⇢ code2wav), an image text encoder -> denoiser -> VAE.
 - Inputs: a media kind that no stage on the route reads itself is read by an upstream stage of the
   entry that does (speech to text for audio, the vision stage for images), which then feeds the
@@ -38,7 +39,7 @@ def plan_route(pipeline: PipelineConfig, request: OmniRequest) -> Route:
     executors = {s.name: s.executor for s in pipeline.stages}
     stages, emit = {entry}, set()
     for kind in dict.fromkeys(request.output_modalities):
-        path = _path_to_maker(pipeline, executors, entry, kind)
+        path = _path_to_maker(pipeline, executors, entry, kind, request.makers.get(kind))
         if path is None:
             raise InvalidRequest(f"this server has no stage that makes {kind} output from the {entry!r} stage",
                                  param="modalities")
@@ -57,12 +58,14 @@ def plan_route(pipeline: PipelineConfig, request: OmniRequest) -> Route:
     return Route(frozenset(stages), frozenset(emit))
 
 
-def _path_to_maker(pipeline: PipelineConfig, executors: dict[str, str], entry: str, kind: str) -> list[str] | None:
-    """The stages from `entry` to the nearest one downstream that makes `kind` (breadth first)."""
+def _path_to_maker(pipeline: PipelineConfig, executors: dict[str, str], entry: str, kind: str,
+                   maker: str | None = None) -> list[str] | None:
+    """The stages from `entry` to the nearest one downstream that makes `kind` (breadth first), or to
+    `maker` when given."""
     paths = deque([[entry]])
     while paths:
         path = paths.popleft()
-        if kind in makes(executors[path[-1]]):
+        if kind in makes(executors[path[-1]]) and maker in (None, path[-1]):
             return path
         paths.extend(path + [e.dst] for e in pipeline.downstream(path[-1]) if e.dst not in path)
     return None

@@ -54,6 +54,9 @@ class OmniRequest:
     # The stage serving the model the request names; the runtime plans the rest of its route from
     # the graph, its media and its `output_modalities` (runtime/routing.py).
     entry: str = ""
+    # The stage that makes an output kind, where several could (two voice models after the thinker):
+    # kind -> stage name. A kind not named goes to the nearest stage that makes it.
+    makers: dict[str, str] = field(default_factory=dict)
     progress: bool = False  # every stage on the route reports to the caller (a long job's progress)
     # The kind of traffic it is ("realtime", or "" for HTTP): when slots are short, kinds take turns, so that
     # one kind does not starve another (runtime/admission.py).

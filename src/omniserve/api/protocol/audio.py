@@ -11,9 +11,6 @@ from omniserve.api.protocol.common import TextStr
 
 MAX_SPEECH_INPUT_CHARS = 4096
 
-# OpenAI's voice names; each maps to the served model's default voice (see docs/audio.md).
-OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
-                 "marin", "cedar")
 
 
 def voice_id(voice: dict[str, Any]) -> str:
@@ -30,7 +27,9 @@ class SpeechRequest(BaseModel):
     model: str | None = None
     input: TextStr = Field(max_length=MAX_SPEECH_INPUT_CHARS)
     voice: str | None = None
-    instructions: str | None = None  # accepted; a Piper voice has no style control
+    instructions: str | None = None  # accepted; Piper and Kokoro voices have no style control
+    # vLLM-Omni's: the language to speak (a tag such as en-GB or fr, or a name); none or "auto": the voice's own
+    language: str | None = Field(None, max_length=40)
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: Literal["sse", "audio"] | None = None
@@ -136,11 +135,27 @@ class Voice(BaseModel):
     object: Literal["voice"]
     model: str
     sample_rate: int | None
+    language: str | None  # BCP 47
+    gender: Literal["female", "male"] | None
     default: bool
-    aliases: list[str]
+    aliases: list[str]  # the OpenAI names this model speaks with it
+
+
+class CustomVoiceEntry(BaseModel):
+    """A custom voice of the voice library, as the voices list shows it."""
+
+    id: str
+    object: Literal["audio.voice"]
+    name: str
+    created_at: int
+    model: None
+    language: str | None  # its consent's
+    gender: None
+    consent: str
+    enabled: bool  # false once its consent is deleted
 
 
 class VoiceList(BaseModel):
     object: Literal["list"]
-    data: list[Voice]
+    data: list[Voice | CustomVoiceEntry]
     voices: list[str]

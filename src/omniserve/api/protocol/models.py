@@ -14,7 +14,7 @@ class ModelCard(BaseModel):
     owned_by: str
     root: str | None = None
     parent: str | None = None
-    type: Literal["chat", "asr", "tts", "vision", "image", "embedding"]
+    type: Literal["chat", "asr", "tts", "vision", "image", "embedding", "speaker"]
     max_model_len: int | None = None
     aliases: list[str] | None = None
 

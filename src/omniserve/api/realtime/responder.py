@@ -17,7 +17,6 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
-from omniserve.api.media import resolve_voice
 from omniserve.api.protocol.chat import AudioOutput, ChatCompletionRequest
 from omniserve.api.protocol.common import validate_fields
 from omniserve.api.protocol.tools import parse_calls
@@ -44,6 +43,7 @@ from omniserve.api.realtime.limits import REALTIME
 from omniserve.api.realtime.settings import ResponseOptions
 from omniserve.api.routes.chat import chat_omni_request
 from omniserve.api.routes.common import stage_params
+from omniserve.api.speakers import Speakers
 from omniserve.errors import InvalidRequest, OmniError
 from omniserve.media.pcm import PcmWriter
 from omniserve.runtime.client import Client, ServedModel
@@ -139,7 +139,8 @@ class RealtimeResponse:
         text_first = body.calls_tools  # a call must not be spoken: the text first, then read aloud
         if speak and not text_first:
             body.modalities, body.audio = ["text", "audio"], AudioOutput(voice=o.voice)
-        omni, _ = await chat_omni_request(self._conn, self._client, body, self._chat, self.id)
+        omni, talker = await chat_omni_request(self._conn, self._client, body, self._chat, self.id)
+        self._talker = talker or self._talker  # the voice picks which talker speaks
         omni.lane = REALTIME
         if not text_first:
             await self._message(self._client.generate(omni), speak)
@@ -162,9 +163,10 @@ class RealtimeResponse:
             await stream.aclose()
 
     def _read_aloud(self, text: str) -> AsyncIterator[OmniOutput]:
-        talker = self._talker
+        voices = Speakers.of(self._conn)
+        talker = self._talker = voices.pick(self.options.voice, "voice")
         route = self._client.stages_of(talker)
-        voice = resolve_voice(talker, self.options.voice, "voice")
+        voice = voices.resolve(talker, self.options.voice, "voice")
         return self._client.generate(OmniRequest(new_id("speech"), prompt=text, entry=route[0], lane=REALTIME,
                                                  output_modalities=["audio"],
                                                  params=stage_params(self._client, talker, {"voice": voice})))

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from omniserve.api.protocol.audio import OPENAI_VOICES
 from omniserve.api.realtime.conversation import Conversation, item_from_spec, new_id
 from omniserve.api.realtime.events import (
     AudioInputOut,
@@ -57,6 +57,7 @@ from omniserve.api.realtime.protocol import (
     audio_format,
 )
 from omniserve.api.realtime.settings import ResponseOptions, SessionSettings
+from omniserve.errors import InvalidRequest
 from omniserve.media.pcm import ASR_RATE, PcmReader
 from omniserve.media.vad import (
     SileroVad,
@@ -112,15 +113,16 @@ Action = Transcribe | TranscribeSoFar | ForgetSoFar | StartResponse | CancelResp
 
 
 class RealtimeSession:
-    def __init__(self, model: str, voices: list[str], vad: SileroVad, transcriber: str | None = None,
-                 limits: SessionLimits = SessionLimits()):
-        """`voices`: the talker's (the first is the default; none: no talker, any name goes).
-        `transcriber`: the speech-to-text model that transcribes the user's audio (None: none served)."""
+    def __init__(self, model: str, voice: str | None, vad: SileroVad, transcriber: str | None = None,
+                 limits: SessionLimits = SessionLimits(), check_voice: Callable[[str, str], None] | None = None):
+        """`voice`: the default voice (None: no talker). `check_voice(name, param)`: raises InvalidRequest
+        for a voice no talker speaks (None: any name goes). `transcriber`: the speech-to-text model that
+        transcribes the user's audio (None: none served)."""
         self.id = new_id("sess")
         self.limits = limits
         self.model = model
-        self.voices = voices
-        self.settings = SessionSettings(voice=voices[0] if voices else "alloy")
+        self._check_voice = check_voice
+        self.settings = SessionSettings(voice=voice or "alloy")
         self.conversation = Conversation()
         self.transcriber = transcriber
         self._vad = vad
@@ -250,14 +252,13 @@ class RealtimeSession:
             metadata=spec.metadata)
 
     def _voice(self, name: str, param: str, event_id: str | None = None) -> str:
-        """An installed voice (any case) or an OpenAI voice name (the talker's default speaks it)."""
-        if not self.voices or name in OPENAI_VOICES:
-            return name
-        match = next((v for v in self.voices if v.lower() == name.lower()), None)
-        if match is None:
-            raise RealtimeError(f"{param}: unknown voice {name!r}; valid voices: "
-                                f"{', '.join(self.voices + list(OPENAI_VOICES))}", param=param, event_id=event_id)
-        return match
+        """A voice a talker speaks, as the client named it (which talker speaks it is the response's)."""
+        if self._check_voice is not None:
+            try:
+                self._check_voice(name, param)
+            except InvalidRequest as exc:
+                raise RealtimeError(exc.message, param=param, event_id=event_id) from None
+        return name
 
     def _input_item(self, spec: ItemSpec, k: int, event_id: str | None) -> Item:
         """An item of `response.create`'s `input`: by reference (`id` alone) or whole."""

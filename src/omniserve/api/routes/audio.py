@@ -12,8 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
-from omniserve.api.media import decode_audio_bytes, resolve_voice, voice_names
-from omniserve.api.protocol.audio import OPENAI_VOICES, SpeechRequest, TranscriptionForm
+from omniserve.api.media import decode_audio_bytes
+from omniserve.api.protocol.audio import SpeechRequest, TranscriptionForm
 from omniserve.api.protocol.common import validate_fields
 from omniserve.api.routes.common import (
     get_client,
@@ -24,10 +24,12 @@ from omniserve.api.routes.common import (
     start,
     until_disconnect,
 )
+from omniserve.api.speakers import Speakers, speakers, voice_names
 from omniserve.api.sse import SSE_HEADERS, sse_stream
 from omniserve.errors import InvalidRequest
 from omniserve.media.audio import AudioEncoder, encode_audio, output_format
 from omniserve.runtime.types import MediaReading, OmniOutput, OmniRequest
+from omniserve.voices import OPENAI_VOICES
 
 router = APIRouter()
 
@@ -39,9 +41,13 @@ router = APIRouter()
 async def create_speech(request: Request):
     body = await read_json(request, SpeechRequest)
     client = get_client(request)
-    model = resolve_model(client, body.model, "tts")
-    params = {"voice": resolve_voice(model, body.voice), "speed": body.speed,
+    voices = Speakers.of(request)
+    model = resolve_model(client, body.model, "tts") if body.model is not None else voices.pick(body.voice)
+    if model is None:
+        resolve_model(client, None, "tts")  # the 400: no voice model is served
+    params = {"voice": voices.resolve(model, body.voice), "speed": body.speed, "language": body.language,
               "noise_scale": body.noise_scale, "noise_w_scale": body.noise_w_scale}
+    params = {k: v for k, v in params.items() if v is not None and (k != "language" or v.lower() != "auto")}
     route = client.stages_of(model)  # an omni checkpoint reads the text aloud through all its stages
     omni = OmniRequest(new_id("speech"), prompt=body.input, entry=route[0], output_modalities=["audio"],
                        params=stage_params(client, model, params, body.seed))
@@ -115,14 +121,23 @@ async def _speech_chunks(request_id: str, stream: AsyncIterator[OmniOutput], fmt
 
 @router.get("/v1/audio/voices")
 async def list_voices(request: Request) -> dict[str, Any]:
-    client = get_client(request)
+    """Every voice of every voice model: its model, language and gender, and the OpenAI names that speak
+    with it; then the custom voices (of the voice library), which a model that clones speaks."""
     voices = []
-    for model in (m for m in client.served_models if m.kind == "tts"):
-        for i, name in enumerate(voice_names(model)):
+    for model in speakers(get_client(request)):
+        names = voice_names(model)
+        openai = model.info.get("openai_voices") or dict.fromkeys(OPENAI_VOICES, names[0] if names else None)
+        details = model.info.get("voice_details", {})
+        for i, name in enumerate(names):
             voices.append({
                 "id": name, "object": "voice", "model": model.id, "sample_rate": model.info.get("sample_rate"),
-                "default": i == 0, "aliases": list(OPENAI_VOICES) if i == 0 else [],
+                "language": details.get(name, {}).get("language"), "gender": details.get(name, {}).get("gender"),
+                "default": i == 0, "aliases": [alias for alias, target in openai.items() if target == name],
             })
+    for custom in request.app.state.voice_library.voices() if request.app.state.voice_library else []:
+        consent = request.app.state.voice_library.consent(custom.consent)
+        voices.append({**custom.resource(), "model": None, "language": consent.language if consent else None,
+                       "gender": None, "consent": custom.consent, "enabled": not custom.disabled})
     return {"object": "list", "data": voices, "voices": [v["id"] for v in voices]}
 
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.requests import HTTPConnection
 
-from omniserve.api.media import load_audio, load_image, load_video, resolve_voice
+from omniserve.api.media import load_audio, load_image, load_video
 from omniserve.api.protocol.chat import (
     AnswerAudio,
     AnswerMessage,
@@ -50,6 +50,7 @@ from omniserve.api.routes.common import (
     until_disconnect,
 )
 from omniserve.api.routes.images import encoded, generate
+from omniserve.api.speakers import Speakers
 from omniserve.api.sse import SSE_HEADERS, sse_stream
 from omniserve.errors import InvalidRequest
 from omniserve.media.audio import AudioEncoder
@@ -144,9 +145,9 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
         if kind in ("image", "video") and vision is None:
             raise InvalidRequest(f"this server has no vision stage for {kind} input (it was started with "
                                  "--vision-model none)", param=where)
-    speaker = client.model(None, "tts")
-    if speaker is not None and body.audio is not None and body.audio.voice_name is not None:
-        resolve_voice(speaker, body.audio.voice_name, "audio.voice")  # named: it must be one, spoken or not
+    # a named voice must be one, spoken or not; it picks the talker that speaks
+    voices = Speakers(client, getattr(request.app.state, "voice_library", None))
+    speaker = voices.pick((body.audio or AudioOutput()).voice_name, "audio.voice")
     talker = speaker if body.wants_audio else None
     if body.wants_audio and talker is None:
         raise InvalidRequest("this server has no text-to-speech stage for audio output (--text-only, --tts-model "
@@ -169,7 +170,8 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
     omni.stage_sampling = {name: values for name, values in per_stage.items() if name != served.stage}
     if talker is not None:
         omni.output_modalities = ["text", "audio"]
-        voice = resolve_voice(talker, (body.audio or AudioOutput()).voice_name, "audio.voice")
+        omni.makers = {"audio": talker.stage}
+        voice = voices.resolve(talker, (body.audio or AudioOutput()).voice_name, "audio.voice")
         own_seed = {stage for stage, values in omni.stage_sampling.items() if "seed" in values}
         omni.params.update(stage_params(client, talker, {"voice": voice, "choices": body.n}, body.seed, own_seed))
     return omni, talker

@@ -96,6 +96,7 @@ _KINDS = {
     "image": ("an image-generation", "/v1/images/generations"),
     "vision": ("an image-description", "image_url and video_url parts in /v1/chat/completions to the chat model"),
     "embedding": ("an embedding", "/v1/embeddings"),
+    "speaker": ("a speaker-embedding", "the voice library's consent checks (/v1/audio/voice_consents)"),
 }
 
 

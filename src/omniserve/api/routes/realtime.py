@@ -8,14 +8,15 @@ from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
 
 from omniserve.api.errors import omni_error_body
-from omniserve.api.media import voice_names
 from omniserve.api.realtime.connection import RealtimeConnection
 from omniserve.api.realtime.events import ErrorEvent
 from omniserve.api.realtime.limits import SessionLimits
 from omniserve.api.realtime.protocol import RealtimeError
 from omniserve.api.realtime.session import RealtimeSession
+from omniserve.api.speakers import Speakers, voice_names
 from omniserve.errors import Overloaded
 from omniserve.media.vad import SileroVad
+from omniserve.memory import trim_freed_memory
 
 router = APIRouter()
 
@@ -40,6 +41,7 @@ async def realtime(ws: WebSocket, model: str | None = None):
         await _serve(ws, model)
     finally:
         sessions.give_back()
+        trim_freed_memory()
 
 
 async def _serve(ws: WebSocket, model: str | None) -> None:
@@ -58,8 +60,9 @@ async def _serve(ws: WebSocket, model: str | None) -> None:
     talker, asr = client.model(None, "tts"), client.model(None, "asr")
     limits = SessionLimits(settings.max_audio_seconds, settings.realtime_max_items,
                            round(settings.realtime_max_session_mib * 2**20))
-    session = RealtimeSession(chat.id, voice_names(talker) if talker else [], _vad(ws), asr.id if asr else None,
-                              limits)
+    session = RealtimeSession(chat.id, voice_names(talker)[0] if talker and voice_names(talker) else None,
+                              _vad(ws), asr.id if asr else None, limits,
+                              check_voice=Speakers.of(ws).pick if talker else None)
     beta = "realtime=v1" in ws.headers.get("openai-beta", "")
     await RealtimeConnection(ws, client, session, chat, talker, asr, beta,
                              idle_timeout=settings.realtime_idle_timeout).serve()

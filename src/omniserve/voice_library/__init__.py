@@ -1,0 +1,1 @@
+"""The custom voice library: consents and the voices made under them (OpenAI's custom voices)."""

@@ -8,14 +8,15 @@ environment variables, then defaults. No other module reads `os.environ`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from omniserve.errors import ConfigError
 from omniserve.validation import first_error
@@ -70,15 +71,22 @@ class ServerArgs(BaseSettings):
     disable_radix_cache: bool = False
     data_dir: Path = Path.home() / ".cache" / "omniserve"
     asr_model: str = Field("whisper-tiny.en", description="speech-to-text alias, Whisper folder, or none")
-    tts_model: list[str] = Field(["piper-joe-medium", "kokoro-82m"], min_length=1, description="voice models, "
-                                 "each a talker stage, the first the default: aliases, Piper .onnx files, Kokoro "
-                                 "folders; or none")
+    # NoDecode: OMNISERVE_TTS_MODEL is read as text ("none", "a b", "a,b", or a JSON list), not as JSON only
+    tts_model: Annotated[list[str], NoDecode] = Field(
+        ["piper-joe-medium", "kokoro-82m"], min_length=1,
+        description="voice models, each a talker stage, the first the default: aliases, Piper .onnx files, Kokoro "
+                    "folders; or none")
 
     @field_validator("tts_model", mode="before")
     @classmethod
-    def _one_tts_model(cls, value: Any) -> Any:
-        """One model may be given as a string (a YAML file, the environment)."""
-        return [value] if isinstance(value, str) else value
+    def _tts_models_as_text(cls, value: Any) -> Any:
+        """Several models may be given as one string (a YAML file, the environment): a JSON list, or names
+        split by commas or spaces."""
+        if not isinstance(value, str):
+            return value
+        if value.strip().startswith("["):
+            return json.loads(value)
+        return [part for part in re.split(r"[,\s]+", value) if part]
     speaker_model: str = Field("resemblyzer-ge2e", description="speaker embeddings for the voice library's "
                                "consent checks: resemblyzer-ge2e, or none")
     voice_match_threshold: float = Field(0.75, gt=0, le=1, description="cosine similarity of speaker embeddings "

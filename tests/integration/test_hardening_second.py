@@ -131,7 +131,9 @@ def test_one_clients_slow_grammars_do_not_hold_up_another(tmp_path):
     the schema waits for at most one slow build per helper, not for all six (the outside probe: 37 s). Told by
     order, not by seconds (a helper's start takes longer on a loaded machine): in one line the schema would be
     answered after all six; taking turns, most of them are still waiting when it is."""
-    with run_server("--grammar-timeout", "2", "--asr-model", "none", "--tts-model", "none", "--vision-model",
+    # 4 s builds: the schema's answer (its own build, then 12 tokens) has 4 s before the next slow ones end, which
+    # a loaded machine needs (with 2 s, a full-suite run once saw only two still waiting)
+    with run_server("--grammar-timeout", "4", "--asr-model", "none", "--tts-model", "none", "--vision-model",
                     "none", "--embedding-model", "none", tmp_path=tmp_path) as s:
         slow = []
 

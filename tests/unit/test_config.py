@@ -87,3 +87,13 @@ def test_cycle_detection():
     edges = [EdgeConfig(src="a", dst="b"), EdgeConfig(src="b", dst="c")]
     assert not _has_cycle(["a", "b", "c"], edges)
     assert _has_cycle(["a", "b", "c"], [*edges, EdgeConfig(src="c", dst="a")])
+
+
+@pytest.mark.parametrize(("text", "models"), [
+    ("none", ["none"]), ("kokoro-82m piper-joe-medium", ["kokoro-82m", "piper-joe-medium"]),
+    ("a.onnx,b", ["a.onnx", "b"]), ('["x", "y"]', ["x", "y"]),
+])
+def test_voice_models_from_the_environment(monkeypatch, text, models):
+    monkeypatch.setenv("OMNISERVE_TTS_MODEL", text)
+    assert ServerArgs().tts_model == models
+    assert ServerArgs(tts_model=["piper-joe-medium"]).tts_model == ["piper-joe-medium"]  # a flag wins

@@ -21,10 +21,10 @@ Idempotent: a stamp with the build parameters means nothing is done.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
+
+from tiny_build import build_once
 
 VERSION = 3
 SEED = 0
@@ -62,9 +62,6 @@ Once upon a time there was a cat who sat on a mat and watched the birds in the g
 The weather is sunny with a light breeze; tomorrow it may rain in the afternoon.
 """
 
-
-def log(msg: str) -> None:
-    print(f"[make_tiny_omni] {msg}", file=sys.stderr, flush=True)
 
 
 def build_tokenizer(out: Path):
@@ -288,18 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_5_omni")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    stamp = out / "tiny_omni.stamp.json"
     key = {"family": args.family, "version": VERSION, "seed": SEED}
-    if not args.force and stamp.is_file() and json.loads(stamp.read_text()) == key:
-        log(f"{out} is up to date")
-        return 0
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    log(f"building a tiny {args.family} in {out}")
-    FAMILIES[args.family](out)
-    stamp.write_text(json.dumps(key))
-    log("done")
+    build_once(Path(args.out), key, FAMILIES[args.family], f"a tiny {args.family}", args.force, "tiny_omni.stamp.json")
     return 0
 
 

@@ -16,6 +16,7 @@ _EXECUTORS = {
     "whisper": ("omniserve.executors.whisper", "WhisperExecutor", "WhisperArgs", "AsrParams"),
     "piper": ("omniserve.executors.piper", "PiperExecutor", "PiperArgs", "SpeechParams"),
     "kokoro": ("omniserve.executors.kokoro", "KokoroExecutor", "KokoroArgs", "SpeechParams"),
+    "pocket_tts": ("omniserve.executors.pocket_tts", "PocketTtsExecutor", "PocketTtsArgs", "ClonedSpeechParams"),
     "speaker_encoder": ("omniserve.executors.speaker_encoder", "SpeakerEncoderExecutor", "SpeakerEncoderArgs", None),
     "describer": ("omniserve.executors.describer", "DescriberExecutor", "DescriberArgs", None),
     "mtmd": ("omniserve.executors.mtmd_encoder", "MtmdEncoderExecutor", "MtmdArgs", None),
@@ -46,6 +47,7 @@ _IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "whisper": (("audio",), ("text",)),
     "piper": ((), ("audio",)),
     "kokoro": ((), ("audio",)),
+    "pocket_tts": ((), ("audio",)),
     "speaker_encoder": (("audio",), ("embedding",)),
     "describer": (("image",), ("text",)),
     "mtmd": (("image",), ()),  # image embeddings, for the thinker only
@@ -73,8 +75,8 @@ def makes(name: str) -> tuple[str, ...]:
 
 
 # Executors that implement `feed` (take an upstream stage's outputs on a graph edge).
-_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "kokoro", "diffusers_denoiser", "diffusers_vae", "qwen_omni_talker",
-                              "qwen_omni_code2wav", "qwen3_omni_talker", "qwen3_omni_code2wav"}
+_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "kokoro", "pocket_tts", "diffusers_denoiser", "diffusers_vae",
+                              "qwen_omni_talker", "qwen_omni_code2wav", "qwen3_omni_talker", "qwen3_omni_code2wav"}
 
 
 def takes_upstream(name: str) -> bool:

@@ -86,6 +86,7 @@ class _Voice:
     buffer: str = ""
     text_done: bool = False  # no more text will come
     finished: bool = False
+    speaking: bool = False  # a sentence of it is being spoken (by a model that speaks one over several steps)
     samples: int = 0
     characters: int = 0
 
@@ -102,6 +103,7 @@ class SentenceSpeaker:
     `sample_rate`, and defines `_settings` and `_speak`."""
 
     sample_rate: int
+    params_model: type[SpeechParams] = SpeechParams  # what a request may set
 
     def __init__(self, stage: str = "talker"):
         self.stage = stage
@@ -120,7 +122,7 @@ class SentenceSpeaker:
         self._jobs.clear()
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
-        params = request_params(SpeechParams, request.params_for(self.stage))
+        params = request_params(self.params_model, request.params_for(self.stage))
         job = _Job(request.request_id, self._settings(params), [_Voice(i) for i in range(params.choices)])
         self._jobs[job.request_id] = job
         if isinstance(request.prompt, str):  # the whole text is here: speak it
@@ -147,33 +149,52 @@ class SentenceSpeaker:
         return bool(self._turns)
 
     def step(self) -> list[OmniOutput]:
-        request_id, index = self._turns.popleft()
-        job = self._jobs.get(request_id)
-        if job is None or not job.voices[index].sentences:
+        turn = self._next_sentence()
+        if turn is None:
             return []
-        voice = job.voices[index]
-        sentence = voice.sentences.popleft()
+        job, voice, sentence = turn
         pcm = self._speak(sentence, job.settings)
+        return [self._spoken(job, voice, pcm, sentence)] + self._sentence_done(job, voice)
+
+    def _next_sentence(self) -> tuple[_Job, _Voice, str] | None:
+        """The next sentence to speak, round robin over the choices that have one; its choice is `speaking`
+        until `_sentence_done`."""
+        while self._turns:
+            request_id, index = self._turns.popleft()
+            job = self._jobs.get(request_id)
+            if job is not None and job.voices[index].sentences:
+                voice = job.voices[index]
+                voice.speaking = True
+                return job, voice, voice.sentences.popleft()
+        return None
+
+    def _spoken(self, job: _Job, voice: _Voice, pcm: bytes, text: str) -> OmniOutput:
+        """An output of speech: `text` is what the audio says (given once per sentence)."""
         voice.samples += len(pcm) // 2
-        voice.characters += len(sentence)
-        out = [OmniOutput(request_id, index=index, text=sentence, audio=pcm, sample_rate=self.sample_rate)]
+        voice.characters += len(text)
+        return OmniOutput(job.request_id, index=voice.index, text=text, audio=pcm, sample_rate=self.sample_rate)
+
+    def _sentence_done(self, job: _Job, voice: _Voice) -> list[OmniOutput]:
+        """The choice's sentence is spoken: it takes its next turn, or ends if its text has."""
+        voice.speaking = False
         if voice.sentences:
-            self._turns.append((request_id, index))
+            self._turns.append((job.request_id, voice.index))
         elif voice.text_done:
-            out += self._finish(job, voice)
-        return out
+            return self._finish(job, voice)
+        return []
 
     def _take_text(self, job: _Job, index: int, text: str, final: bool) -> list[OmniOutput]:
         voice = job.voices[index]
         if voice.finished or job.request_id not in self._jobs:
             return []
-        opening = not voice.sentences and voice.characters == 0
+        opening = not voice.sentences and voice.characters == 0 and not voice.speaking
         sentences, voice.buffer = split_sentences(voice.buffer + text.translate(_UNSPOKEN), final, opening)
         voice.text_done = voice.text_done or final
-        if sentences and not voice.sentences:
+        if sentences and not voice.sentences and not voice.speaking:
             self._turns.append((job.request_id, index))
         voice.sentences.extend(sentences)
-        return self._finish(job, voice) if voice.text_done and not voice.sentences else []
+        done = voice.text_done and not voice.sentences and not voice.speaking
+        return self._finish(job, voice) if done else []
 
     def _finish(self, job: _Job, voice: _Voice) -> list[OmniOutput]:
         """A choice's last output; the request's too (`done`) once every choice has ended."""

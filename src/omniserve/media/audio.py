@@ -50,19 +50,20 @@ def output_format(name: str, param: str) -> OutputFormat:
     return fmt
 
 
-def decode_audio(data: bytes, *, where: str, max_seconds: float) -> np.ndarray:
-    """Any audio file -> mono float32 at 16 kHz. Bad input is a 400 naming `where`."""
+def decode_audio(data: bytes, *, where: str, max_seconds: float, rate: int = ASR_RATE) -> np.ndarray:
+    """Any audio file -> mono float32 at `rate` (16 kHz, what speech to text takes). Bad input is a 400 naming
+    `where`."""
     formats = ", ".join(INPUT_FORMATS)
     if not data:
         raise InvalidRequest(f"{where}: the audio is empty; send a file in one of: {formats}", param=where)
-    max_samples = int(max_seconds * ASR_RATE)
+    max_samples = int(max_seconds * rate)
     chunks: list[np.ndarray] = []
     total = 0
     try:
         with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
             if not container.streams.audio:
                 raise InvalidRequest(f"{where}: the file has no audio stream; send one of: {formats}", param=where)
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=ASR_RATE)
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
             stream = container.streams.audio[0]
             for frame in itertools.chain(container.decode(stream), [None]):
                 for out in resampler.resample(frame):

@@ -3,13 +3,16 @@ Piper `en_US-joe-medium` voice, fast, and Kokoro-82M with 54 voices, better and 
 PyPI packages.
 
 `--asr-model` takes an alias or a CTranslate2 Whisper folder; `none` turns it off. `--tts-model` takes
-one or more of: an alias, a Piper `.onnx` voice (its `.onnx.json` beside it), a Kokoro folder; each is a
-talker stage, the first the default. OpenAI's `tts-1` names the first fast one, `tts-1-hd` and
+one or more of: an alias, a Piper `.onnx` voice (its `.onnx.json` beside it), a Kokoro folder, a Pocket TTS
+checkpoint folder (the model that clones custom voices; torch and transformers, `omniserve[omni]`); each is
+a talker stage, the first the default. OpenAI's `tts-1` names the first fast one, `tts-1-hd` and
 `gpt-4o-mini-tts` the first high-quality one (either: the first model, when the server has none of that kind).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +100,30 @@ def resolve_tts(spec: str, data_dir: Path, make: bool = True) -> TtsModel:
         return TtsModel(found.id, "kokoro", {"model_path": found.model_path, "voices_path": found.voices_path},
                         hd=True)
     path = Path(spec).expanduser()
+    if _model_type(path) == "pocket_tts":
+        return pocket_tts(spec, path, data_dir)
     if path.suffix != ".onnx" or not path.is_file() or not Path(f"{path}.json").is_file():
         raise ConfigError(f"--tts-model {spec}: not an alias ({', '.join([*TTS_ALIASES, kokoro.ALIAS])}), a "
-                          "Piper .onnx voice with its .onnx.json beside it, nor a folder holding a Kokoro .onnx "
-                          "and its voices")
+                          "Piper .onnx voice with its .onnx.json beside it, a folder holding a Kokoro .onnx "
+                          "and its voices, nor a Pocket TTS checkpoint folder")
     return TtsModel(path.name.removesuffix(".onnx"), "piper", {"model_path": str(path.resolve())}, hd=False)
+
+
+def pocket_tts(spec: str, path: Path, data_dir: Path) -> TtsModel:
+    """A Pocket TTS checkpoint folder: the voice model that clones, speaking the voice library's voices."""
+    if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None:
+        raise ConfigError(f"--tts-model {spec}: Pocket TTS runs on torch and transformers: pip install "
+                          "'omniserve[omni]'")
+    if not any((path / "voices").glob("*.safetensors")):
+        raise ConfigError(f"--tts-model {spec}: a Pocket TTS folder holds its built-in voices in voices/*.safetensors; "
+                          f"{path / 'voices'} has none")
+    return TtsModel(path.resolve().name, "pocket_tts",
+                    {"model_path": str(path.resolve()), "voice_library": str(data_dir / "voices")}, hd=True)
+
+
+def _model_type(path: Path) -> str | None:
+    """A Hugging Face checkpoint folder's `model_type`, if `path` is one."""
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -134,8 +134,8 @@ class VoiceLibrary:
         if consent is None:
             return False
         with self._lock, self._writing("the consent"):
-            samples = [r[0] for r in self._db.execute(
-                "SELECT sample FROM voices WHERE consent = ? AND sample IS NOT NULL", (consent_id,)).fetchall()]
+            rows = self._db.execute("SELECT id, sample FROM voices WHERE consent = ?", (consent_id,)).fetchall()
+            voice_ids, samples = [r[0] for r in rows], [r[1] for r in rows if r[1] is not None]
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("UPDATE voices SET disabled = 1, sample = NULL WHERE consent = ?", (consent_id,))
@@ -146,6 +146,8 @@ class VoiceLibrary:
                 raise
         for file in [consent.recording, *samples]:
             self.path(file).unlink(missing_ok=True)
+        for voice_id in voice_ids:
+            self._forget(voice_id)
         return True
 
     # ---- voices --------------------------------------------------------------------------------------------
@@ -197,7 +199,23 @@ class VoiceLibrary:
             self._db.execute("DELETE FROM voices WHERE id = ?", (voice.id,))
         if voice.sample:
             self.path(voice.sample).unlink(missing_ok=True)
+        self._forget(voice.id)
         return True
+
+    # ---- what voice models made of a voice ---------------------------------------------------------------
+
+    def prepared_path(self, voice_id: str, key: str) -> Path:
+        """Where a voice model keeps what it made of a voice's sample (its encoding), `key` naming the model."""
+        return self.path(f"{voice_id}.{key}.prepared")
+
+    def keep_prepared(self, voice_id: str, key: str, data: bytes) -> None:
+        with self._writing("a prepared voice"):
+            self._write_file(f"{voice_id}.{key}", ".prepared", data)
+
+    def _forget(self, voice_id: str) -> None:
+        """What voice models made of the voice goes with it."""
+        for file in self.folder.glob(f"{voice_id}.*.prepared"):
+            file.unlink(missing_ok=True)
 
     def _write_file(self, stem: str, suffix: str, data: bytes) -> str:
         """`data` whole under a new name, fsynced, before any row names it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from omniserve.api.protocol.common import TextStr
 
@@ -21,12 +21,16 @@ def voice_id(voice: dict[str, Any]) -> str:
     return name
 
 
+# A voice as OpenAI takes it: a name, or `{"id": ...}` (a custom voice's id, or any name).
+VoiceName = Annotated[str | None, BeforeValidator(lambda v: voice_id(v) if isinstance(v, dict) else v)]
+
+
 class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
     input: TextStr = Field(max_length=MAX_SPEECH_INPUT_CHARS)
-    voice: str | None = None
+    voice: VoiceName = None
     instructions: str | None = None  # accepted; Piper and Kokoro voices have no style control
     # vLLM-Omni's: the language to speak (a tag such as en-GB or fr, or a name); none or "auto": the voice's own
     language: str | None = Field(None, max_length=40)
@@ -38,14 +42,6 @@ class SpeechRequest(BaseModel):
     # Piper's own knobs, for those who know them.
     noise_scale: float | None = Field(None, ge=0, le=2)
     noise_w_scale: float | None = Field(None, ge=0, le=2)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _voice_object(cls, data: Any) -> Any:
-        """OpenAI also accepts `voice: {"id": ...}`."""
-        if isinstance(data, dict) and isinstance(data.get("voice"), dict):
-            data = {**data, "voice": voice_id(data["voice"])}
-        return data
 
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from omniserve.api.protocol.audio import voice_id
+from omniserve.api.protocol.audio import VoiceName
 from omniserve.api.protocol.common import ResponseHead, SamplingFields, Usage, omitted, validate_fields
 from omniserve.api.protocol.structured import GrammarSpec, check_choice
 from omniserve.api.protocol.tools import Tool, forced_names, native_messages, plain_messages
@@ -61,13 +61,8 @@ class ChatMessage(BaseModel):
 class AudioOutput(BaseModel):
     """`audio: {voice, format}` for `modalities: ["text", "audio"]`."""
 
-    voice: str | dict[str, Any] | None = None
+    voice: VoiceName = None
     format: Literal["wav", "mp3", "flac", "opus", "aac", "pcm16", "pcm"] = "wav"
-
-    @field_validator("voice")
-    @classmethod
-    def _voice_object(cls, value: Any) -> Any:
-        return voice_id(value) if isinstance(value, dict) else value
 
     @property
     def voice_name(self) -> str | None:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
+from omniserve.api.protocol.audio import VoiceName
 from omniserve.media.pcm import FORMATS
 from omniserve.validation import first_error
 
@@ -50,7 +51,7 @@ class AudioInputSpec(_Open):
 
 class AudioOutputSpec(_Open):
     format: AudioFormatSpec | None = None
-    voice: str | None = None
+    voice: VoiceName = None  # GA: a name or {"id": ...} (a custom voice)
 
 
 class AudioSpec(_Open):

@@ -25,10 +25,10 @@ from omniserve.api.protocol.voice_library import (
     ConsentRename,
     VoiceForm,
 )
-from omniserve.api.routes.common import get_client, new_id, read_json, start, until_disconnect
+from omniserve.api.routes.common import get_client, new_id, read_json, stage_params, start, until_disconnect
 from omniserve.api.speakers import speakers, voice_names
 from omniserve.errors import InvalidRequest, NotFound
-from omniserve.runtime.client import Client
+from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import Embeddings, OmniRequest
 from omniserve.voice_library.consent import MIN_SAID, said_fraction, similarity, statement_for
 from omniserve.voice_library.store import Consent, VoiceLibrary
@@ -183,10 +183,23 @@ async def _create_voice(request: Request) -> Any:
         raise InvalidRequest(f"audio_sample: it is not the speaker of consent {consent.id} (speaker similarity "
                              f"{match:.2f}; {threshold:.2f} needed)", param="audio_sample", code="speaker_mismatch")
     try:
-        return await asyncio.to_thread(library(request).add_voice, body.name, consent, data, _suffix(upload),
-                                       body.ref_text if body.ref_text is not None else heard[0], embedding, match)
+        voice = await asyncio.to_thread(library(request).add_voice, body.name, consent, data, _suffix(upload),
+                                        body.ref_text if body.ref_text is not None else heard[0], embedding, match)
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="name" if "named" in str(exc) else "consent") from None
+    await until_disconnect(request, asyncio.gather(*(_prepare(request, client, model, voice.id)
+                                                     for model in speakers(client) if model.info.get("clones"))))
+    return voice
+
+
+async def _prepare(request: Request, client: Client, model: ServedModel, voice_id: str) -> None:
+    """A model that clones encodes the new voice's sample now, once (it keeps what it made): an empty text
+    in the voice is all it takes."""
+    omni = OmniRequest(new_id("voice"), prompt="", entry=client.stages_of(model)[0], output_modalities=["audio"],
+                       params=stage_params(client, model, {"voice": voice_id}))
+    _, stream = await start(request, client, omni)
+    async for _ in stream:
+        pass
 
 
 @router.post("/v1/audio/voices")

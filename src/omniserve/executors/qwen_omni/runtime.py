@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest, OutOfMemory
+from omniserve.executors.torch_device import resolve_device, resolve_dtype
 from omniserve.models.qwen_omni import find_checkpoint
 from omniserve.runtime.types import OmniOutput, SamplingParams
 
@@ -91,34 +92,6 @@ def share_weight_conversions(whole: str, part: str) -> None:
     conversions = get_checkpoint_conversion_mapping(whole)
     if conversions and get_checkpoint_conversion_mapping(part) is None:
         register_checkpoint_conversion_mapping(part, conversions)
-
-
-def resolve_device(spec: str):
-    import torch
-
-    if spec == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"device {spec!r} is not a device (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = device.index or 0
-        if index >= count:
-            raise ValueError(f"device {spec!r} does not exist: this machine has {count} CUDA device(s)")
-        return torch.device("cuda", index)
-    if device.type != "cpu":
-        raise ValueError(f"device {spec!r} is not supported (use cpu, cuda or cuda:N)")
-    return device
-
-
-def resolve_dtype(spec: str, device):
-    import torch
-
-    if spec == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, spec)
 
 
 def read_speakers(path: Path) -> dict[str, dict[str, Any]]:

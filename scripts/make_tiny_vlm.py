@@ -127,9 +127,9 @@ def find_tokenizer_gguf() -> Path:
     return p
 
 
-def build_tokenizer(gguf_path: Path, out: Path, gguf_mod) -> tuple[int, dict]:
-    """Rebuild SmolLM2's byte-level BPE from GGUF metadata, add Idefics3 tokens, save
-    tokenizer.json + tokenizer_config.json + special_tokens_map.json into `out`."""
+def smollm_bpe(gguf_path: Path, gguf_mod, extra: list[str]):
+    """SmolLM2's byte-level BPE rebuilt from GGUF metadata (the converter recognises its pre-tokenizer,
+    "smollm"), with its control tokens and `extra` added as special tokens. Returns it and its control tokens."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     r = gguf_mod.GGUFReader(str(gguf_path))
@@ -150,10 +150,17 @@ def build_tokenizer(gguf_path: Path, out: Path, gguf_mod) -> tuple[int, dict]:
     tk.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
     tk.post_processor = processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True)
     special = [t for t, ty in zip(tokens, types, strict=True) if ty == 3]  # CONTROL
+    tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special + extra])
+    return tk, special
+
+
+def build_tokenizer(gguf_path: Path, out: Path, gguf_mod) -> tuple[int, dict]:
+    """Rebuild SmolLM2's byte-level BPE from GGUF metadata, add Idefics3 tokens, save
+    tokenizer.json + tokenizer_config.json + special_tokens_map.json into `out`."""
     n = PARAMS["max_rows_cols"]
     extra = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
     extra += [f"<row_{r}_col_{c}>" for r in range(1, n + 1) for c in range(1, n + 1)]
-    tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special + extra])
+    tk, special = smollm_bpe(gguf_path, gguf_mod, extra)
     tk.save(str(out / "tokenizer.json"))
     vocab_size = tk.get_vocab_size(with_added_tokens=True)
     ids = {s: tk.token_to_id(s) for s in extra}
@@ -243,7 +250,7 @@ def sentencepiece_stub(cache: Path) -> Path | None:
 
 
 def run_converter(llama_cpp: Path, hf_dir: Path, outfile: Path, mmproj: bool,
-                  extra_path: list[Path]) -> None:
+                  extra_path: list[Path], outtype: str = "f16") -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(llama_cpp / "gguf-py"), str(llama_cpp)] + [str(p) for p in extra_path]
@@ -253,7 +260,7 @@ def run_converter(llama_cpp: Path, hf_dir: Path, outfile: Path, mmproj: bool,
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("OMP_NUM_THREADS", "1")  # tensors are tiny; the two converters run side by side
     cmd = [sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(hf_dir),
-           "--outfile", str(outfile), "--outtype", "f16"]
+           "--outfile", str(outfile), "--outtype", outtype]
     if mmproj:
         cmd.append("--mmproj")
     log("run: " + " ".join(cmd))

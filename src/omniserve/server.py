@@ -27,6 +27,7 @@ from omniserve.storage import DataDir
 from omniserve.voice_library.store import VoiceLibrary
 
 log = logging.getLogger(__name__)
+KEEP_ALIVE_SECONDS = 30
 
 
 def served_models(pipeline: PipelineConfig, coordinator: Coordinator) -> list[ServedModel]:
@@ -75,8 +76,11 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
         video_runner = VideoRunner(store, client, settings.data_dir / "videos")
         video_runner.start()
         app = create_app(settings, client, video_runner, data, voices)
+        # an idle kept-alive connection is closed by the client first (httpx and the openai SDK after 5 s):
+        # closing it at the same moment (uvicorn's default, 5 s) races with a client's next request on it
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                access_log=False, timeout_graceful_shutdown=5, ws_max_size=MAX_EVENT_BYTES)
+                                access_log=False, timeout_graceful_shutdown=5, ws_max_size=MAX_EVENT_BYTES,
+                                timeout_keep_alive=KEEP_ALIVE_SECONDS)
         log.info("omniserve %s serving %s on http://%s:%d (pid %d)", __version__, [m.id for m in served],
                  settings.host, settings.port, os.getpid())
         try:

@@ -17,7 +17,7 @@ from omniserve.executors.describer import describe_text
 from omniserve.media.images import decode_image
 from omniserve.media.inputs import MediaLimits, _pinned, _read_local
 from omniserve.media.video import decode_video
-from omniserve.runtime.types import fill_media_parts, image_part, media_kinds, video_part
+from omniserve.runtime.types import audio_part, fill_media_parts, image_part, media_kinds, media_order, video_part
 from tests.media_helpers import make_video
 
 
@@ -66,6 +66,21 @@ def test_fill_media_parts_renders_images_and_videos_in_order():
     content = fill_media_parts(messages, texts)[0]["content"]
     assert content == ('Look: [Image: a cat] [Video, 2.0 s long. Frames in time order: at 0 s, a dog; at 1.5 s, '
                        'a ball. Its audio track says: "woof"] Well?')
+
+
+def test_a_model_that_encodes_media_gets_markers_in_the_order_it_gets_their_embeddings():
+    messages = [{"role": "user", "content": [
+        audio_part(1), {"type": "text", "text": "and"}, image_part(0), video_part([1, 2], [0.0, 1.5], 2.0, 0),
+        audio_part(2)]}]
+    assert media_order(messages, {"audio", "image"}) == [("audio", 1), ("image", 0), ("image", 1), ("image", 2),
+                                                         ("audio", 0), ("audio", 2)]
+    assert media_order(messages, {"audio"}) == [("audio", 1), ("audio", 0), ("audio", 2)]
+    heard = fill_media_parts(messages, {("image", 0): "a cat", ("image", 1): "a dog", ("image", 2): "a ball"},
+                             markers={"audio": "<M>"})[0]["content"]
+    assert heard == ("<M> and [Image: a cat] [Video, 2.0 s long. Frames in time order: at 0 s, a dog; at 1.5 s, a "
+                     "ball. Its audio track: <M>] <M>")
+    both = fill_media_parts(messages, {}, markers={"audio": "<M>", "image": "<M>"})[0]["content"]
+    assert both.count("<M>") == 6
 
 
 def test_describe_text_puts_read_text_first():

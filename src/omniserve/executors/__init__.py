@@ -50,7 +50,7 @@ _IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pocket_tts": ((), ("audio",)),
     "speaker_encoder": (("audio",), ("embedding",)),
     "describer": (("image",), ("text",)),
-    "mtmd": (("image",), ()),  # image embeddings, for the thinker only
+    "mtmd": (("image", "audio"), ()),  # image and audio embeddings, for the thinker only (audio: if it hears)
     "embedder": ((), ("embedding",)),
     "sketch_rnn": (("image",), ("image", "video")),
     "diffusers_text_encoder": ((), ()),

@@ -1,26 +1,29 @@
-"""A vision-language model's own image encoder (libmtmd, from llama.cpp), as a stage.
+"""A multimodal model's own encoder (libmtmd, from llama.cpp), as a stage.
 
-`--mmproj mmproj.gguf` with a VLM `--model-path`: this stage turns each image
-(a photo or a video frame) into what the thinker decodes in its place: the
-model's wrapping tokens (e.g. SmolVLM's `<fake_token_around_image><global-img>`)
-and the projected image embeddings, as llama.cpp's own multimodal path does.
+`--mmproj mmproj.gguf` with a multimodal `--model-path`: this stage turns each image
+(a photo or a video frame), and each audio clip when the projector hears (Qwen2-Audio,
+Voxtral, Ultravox, ...), into what the thinker decodes in its place: the model's wrapping
+tokens (e.g. SmolVLM's `<fake_token_around_image><global-img>`, Qwen2-Audio's
+`<|audio_bos|>`) and the projected embeddings, as llama.cpp's own multimodal path does.
 The text model is loaded vocabulary-only here, for those tokens; the thinker
-holds the weights. Each step encodes one image of one request, round robin.
+holds the weights. Each step encodes one item of one request, round robin.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
-from omniserve.executors.base import PerImageExecutor
+from omniserve.executors.base import RoundRobinExecutor
 from omniserve.executors.llamacpp.runtime import quiet_llama_log
-from omniserve.runtime.types import MediaReading
+from omniserve.media.audio import ASR_RATE
+from omniserve.runtime.types import MediaReading, OmniOutput, OmniRequest
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,18 @@ class MtmdArgs(BaseModel):
     use_gpu: bool = False
 
 
-class MtmdEncoderExecutor(PerImageExecutor):
+@dataclass
+class _MediaJob:
+    request_id: str
+    items: list[tuple[str, int, np.ndarray]]  # (kind, index, image or 16 kHz audio), in order
+    done: int = 0
+
+
+class MtmdEncoderExecutor(RoundRobinExecutor):
     args: MtmdArgs
+
+    def __init__(self, args: MtmdArgs, stage: str = "vision"):
+        super().__init__(args, stage)
 
     def load(self) -> dict[str, Any]:
         import llama_cpp
@@ -57,29 +70,59 @@ class MtmdEncoderExecutor(PerImageExecutor):
         self._ctx = mtmd.mtmd_init_from_file(self.args.mmproj_path.encode(), self._model, cparams)
         if not self._ctx:
             raise RuntimeError(f"libmtmd could not load the projector {self.args.mmproj_path} for this model")
-        if not mtmd.mtmd_support_vision(self._ctx):
-            raise RuntimeError(f"{self.args.mmproj_path} has no vision encoder")
+        self.sees, self.hears = mtmd.mtmd_support_vision(self._ctx), mtmd.mtmd_support_audio(self._ctx)
         if mtmd.mtmd_decode_use_mrope(self._ctx):
-            raise RuntimeError("this model places image tokens with M-RoPE (Qwen2-VL style), which the thinker "
+            raise RuntimeError("this model places media tokens with M-RoPE (Qwen2-VL style), which the thinker "
                                "does not support yet")
+        if self.hears and mtmd.mtmd_get_audio_sample_rate(self._ctx) != ASR_RATE:
+            raise RuntimeError(f"this projector's audio encoder takes {mtmd.mtmd_get_audio_sample_rate(self._ctx)} "
+                               f"Hz audio; only {ASR_RATE} Hz ones are supported")
         self.n_embd = _n_embd(llama_cpp, self._model)
         self.marker = mtmd.mtmd_default_marker()
-        return {"model_path": self.args.mmproj_path, "n_embd": self.n_embd}
+        media = [kind for kind, takes in (("image", self.sees), ("audio", self.hears)) if takes]
+        return {"model_path": self.args.mmproj_path, "n_embd": self.n_embd, "media": media}
 
     def close(self) -> None:
         super().close()
         self._mtmd.mtmd_free(self._ctx)
         self._ll.llama_model_free(self._model)
 
-    def process(self, image: np.ndarray) -> dict[str, Any]:
-        return MediaReading("image", chunks=self.encode(image))
+    def add(self, request: OmniRequest) -> list[OmniOutput]:
+        """The request's images, and its audio when this model hears (else speech to text reads it)."""
+        if request.images and not self.sees:
+            raise InvalidRequest("this model's projector takes no images (it hears only); send audio or text",
+                                 param="messages")
+        items = [("image", i, image) for i, image in enumerate(request.images)]
+        items += [("audio", i, audio) for i, audio in enumerate(request.audios)] if self.hears else []
+        if not items:
+            raise InvalidRequest("the request has no media for the encoder stage", param="messages")
+        self._jobs.append(_MediaJob(request.request_id, items))
+        return [OmniOutput(request.request_id, started=True)]
 
-    def encode(self, image: np.ndarray) -> list[dict[str, Any]]:
+    def advance(self, job: _MediaJob) -> tuple[list[OmniOutput], bool]:
+        kind, index, data = job.items[job.done]
+        chunks = self.encode_image(data) if kind == "image" else self.encode_audio(data)
+        job.done += 1
+        done = job.done == len(job.items)
+        return [OmniOutput(job.request_id, index=index, finish_reason="stop", done=done,
+                           data=MediaReading(kind, chunks=chunks))], done
+
+    def encode_image(self, image: np.ndarray) -> list[dict[str, Any]]:
         """One image -> its chunks in order: {"tokens": [...]} or {"embd": (n, n_embd) float32, "causal": bool}."""
-        mtmd = self._mtmd
         image = np.ascontiguousarray(image, dtype=np.uint8)
         height, width = image.shape[:2]
-        bitmap = mtmd.mtmd_bitmap_init(width, height, (ctypes.c_uint8 * image.size).from_buffer_copy(image.tobytes()))
+        return self._encode(self._mtmd.mtmd_bitmap_init(
+            width, height, (ctypes.c_uint8 * image.size).from_buffer_copy(image.tobytes())))
+
+    def encode_audio(self, audio: np.ndarray) -> list[dict[str, Any]]:
+        """One clip (mono float at 16 kHz) -> its chunks, as `encode_image`'s: the wrapping tokens, and one
+        block of embeddings per 30 s window."""
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        return self._encode(self._mtmd.mtmd_bitmap_init_from_audio(
+            len(audio), audio.ctypes.data_as(ctypes.POINTER(ctypes.c_float))))
+
+    def _encode(self, bitmap) -> list[dict[str, Any]]:
+        mtmd = self._mtmd
         chunks = mtmd.mtmd_input_chunks_init()
         try:
             text = mtmd.mtmd_input_text(text=self.marker, text_len=len(self.marker), add_special=False,
@@ -87,7 +130,7 @@ class MtmdEncoderExecutor(PerImageExecutor):
             rc = mtmd.mtmd_tokenize(self._ctx, chunks, ctypes.byref(text),
                                     (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1)
             if rc != 0:
-                raise InvalidRequest(f"the vision encoder could not take this image (mtmd_tokenize: {rc})")
+                raise InvalidRequest(f"the model's encoder could not take this item (mtmd_tokenize: {rc})")
             out: list[dict[str, Any]] = []
             for i in range(mtmd.mtmd_input_chunks_size(chunks)):
                 chunk = mtmd.mtmd_input_chunks_get(chunks, i)

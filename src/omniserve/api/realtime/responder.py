@@ -41,7 +41,7 @@ from omniserve.api.realtime.events import (
 )
 from omniserve.api.realtime.limits import REALTIME
 from omniserve.api.realtime.settings import ResponseOptions
-from omniserve.api.routes.chat import chat_omni_request
+from omniserve.api.routes.chat import chat_omni_request, hears_itself
 from omniserve.api.routes.common import stage_params
 from omniserve.api.speakers import Speakers
 from omniserve.errors import InvalidRequest, OmniError
@@ -119,7 +119,7 @@ class RealtimeResponse:
         if speak and self._talker is None:
             raise InvalidRequest("this server has no text-to-speech stage (--tts-model none, or --text-only); set "
                                  "output_modalities to [\"text\"]", param="output_modalities")
-        hears_audio = "audio" in self._chat.info.get("native_media", ())
+        hears_audio = hears_itself(self._client, self._chat)
         items = o.input if o.input is not None else self._conversation.items
         messages = self._conversation.chat_messages(items, hears_audio)
         if not messages:

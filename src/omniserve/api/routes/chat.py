@@ -124,6 +124,14 @@ class _Speech:
         return data + encoder.close() if out.finish_reason else data
 
 
+def hears_itself(client: Client, served: ServedModel) -> bool:
+    """Whether the chat model takes audio as its own embeddings: an omni checkpoint, or a GGUF whose
+    projector (--mmproj) hears. Then audio goes to it, not through speech to text."""
+    vision = client.model(None, "vision")
+    return "audio" in served.info.get("native_media", ()) or (vision is not None
+                                                               and "audio" in vision.info.get("media", ()))
+
+
 async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatCompletionRequest,
                             served: ServedModel, request_id: str) -> tuple[OmniRequest, ServedModel | None]:
     """The request, routed through the stages it needs; also the talker, if it speaks. `request`: the
@@ -136,15 +144,16 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
     native = set(served.info.get("native_media", ()))  # kinds the chat model reads itself (an omni checkpoint)
     asr = client.model(None, "asr")
     vision = client.model(None, "vision")
+    encodes = set(vision.info.get("media", ["image"])) if vision is not None else set()  # a projector's: hears?
     for where, kind, _ in refs:
         if kind in native:
             continue
-        if kind == "audio" and asr is None:
+        if kind == "audio" and asr is None and "audio" not in encodes:
             raise InvalidRequest("this server has no speech-to-text stage for audio input (it was started with "
                                  "--asr-model none)", param=where)
-        if kind in ("image", "video") and vision is None:
-            raise InvalidRequest(f"this server has no vision stage for {kind} input (it was started with "
-                                 "--vision-model none)", param=where)
+        if kind in ("image", "video") and "image" not in encodes:
+            why = "its --mmproj projector hears only" if vision else "it was started with --vision-model none"
+            raise InvalidRequest(f"this server has no vision stage for {kind} input ({why})", param=where)
     # a named voice must be one, spoken or not; it picks the talker that speaks
     voices = Speakers(client, getattr(request.app.state, "voice_library", None))
     speaker = voices.pick((body.audio or AudioOutput()).voice_name, "audio.voice")
@@ -158,7 +167,7 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
     grammar = await client.build_grammar(body.answer_grammar_spec(served.stage, per_stage.get(served.stage)),
                                          client_address(request))
     placeholders, audios, images = await _load_media(request, body, refs,
-                                                     with_video_audio=asr is not None or "audio" in native)
+                                                     with_video_audio=asr is not None or "audio" in native | encodes)
     omni = body.to_omni_request(request_id, placeholders, served.stage, per_stage.get(served.stage),
                                 served.info.get("template_tools", False))
     sampling = omni.sampling[served.stage]

@@ -31,8 +31,8 @@ from omniserve.runtime.types import (
     SamplingParams,
     TokenLogprob,
     fill_media_parts,
-    image_order,
     media_kinds,
+    media_order,
 )
 
 
@@ -153,11 +153,12 @@ class LlamaCppExecutor:
         if missing:
             return []
         del self._upstream[request.request_id]
-        encoded = {i: r.chunks for (_, i), r in readings.items() if r.chunks is not None}
-        order = image_order(request.messages)
+        encoded = {key: r.chunks for key, r in readings.items() if r.chunks is not None}
+        marked = {kind for kind, _ in encoded}
+        order = media_order(request.messages, marked)
         request.messages = fill_media_parts(request.messages, {k: r.text for k, r in readings.items()},
-                                            image_marker=MEDIA_MARKER if encoded else None)
-        return self._start(request, [encoded[i] for i in order] if encoded else None)
+                                            markers=dict.fromkeys(marked, MEDIA_MARKER))
+        return self._start(request, [encoded[key] for key in order] if encoded else None)
 
     def _start(self, request: OmniRequest, images: list[list[dict[str, Any]]] | None = None) -> list[OmniOutput]:
         """`images`: for a vision-language model, each image's encoder chunks in prompt order."""

@@ -6,6 +6,7 @@ module only makes llama.cpp do it."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,10 +29,17 @@ def forward_llama_log(level: int, text: bytes, user_data) -> None:
 
 def quiet_llama_log(ll) -> Any:
     """llama.cpp talks a lot on stderr and says its failures in return values: its log goes to Python
-    logging at debug level (and `LOG_TAIL`). The callback it returns must be kept alive."""
-    callback = ll.llama_log_callback(forward_llama_log)
+    logging at debug level (and `LOG_TAIL`). One callback serves the whole process and lives as long as it:
+    llama.cpp keeps calling it after the executor that set it is gone (a freed one crashed the next model
+    load)."""
+    callback = _log_callback(ll)
     ll.llama_log_set(callback, ctypes.c_void_p(0))
     return callback
+
+
+@functools.cache
+def _log_callback(ll) -> Any:
+    return ll.llama_log_callback(forward_llama_log)
 
 
 def decode_error(rc: int) -> OmniError:

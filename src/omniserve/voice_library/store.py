@@ -76,10 +76,24 @@ class VoiceLibrary:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(folder / "library.sqlite3", check_same_thread=False, isolation_level=None,
                                        timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            for statement in _SCHEMA:
-                self._db.execute(statement)
+            self._open()
         self._lock = threading.Lock()
+
+    def _open(self) -> None:
+        """WAL mode and the tables. Switching a new file to WAL takes an exclusive lock, and SQLite refuses it at
+        once, without waiting out the busy timeout, while another process opens the same library: so it is
+        tried again for as long as that timeout."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self._db.close()

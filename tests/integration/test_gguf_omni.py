@@ -6,45 +6,21 @@ audio embeddings (no speech to text on the route); the speech-to-text stage stil
 from __future__ import annotations
 
 import base64
-import io
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from tests.audio_helpers import librivox_clips
-from tests.conftest import MODEL_DATA, ROOT, run_server
-
-# 29.985 s: the longest clip that both sides read as one 30 s window of 750 audio embeddings (transformers counts
-# the clip's own frames, libmtmd whole windows)
-CLIP_SAMPLES = 479760
-MAX_TOKENS = 12
+from tests.gguf_helpers import MAX_TOKENS, audio_part, chat, served_pair, spoken_clip, tiny_gguf
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    out = MODEL_DATA / "tiny-qwen2-audio-gguf"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_gguf.py"), str(out), "--family",
-                           "qwen2_audio"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    return tiny_gguf("qwen2_audio")
 
 
-@pytest.fixture(scope="module")
-def server(tiny, tmp_path_factory):
-    with run_server("--model-path", str(tiny / "model.gguf"), "--mmproj", str(tiny / "mmproj.gguf"),
-                    "--tts-model", "none", "--embedding-model", "none",
-                    tmp_path=tmp_path_factory.mktemp("gguf-omni")) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with server.http() as client:
-        yield client
+server, http = served_pair()  # module fixtures: a server of `tiny`, and a client of it
 
 
 class Reference:
@@ -79,24 +55,7 @@ def reference(tiny) -> Reference:
 
 @pytest.fixture(scope="module")
 def clip() -> tuple[np.ndarray, bytes]:
-    """A LibriVox sentence, then quiet, 29.985 s in all: as samples and as a WAV file."""
-    audio, rate = sf.read(librivox_clips()[0][0], dtype="float32")
-    assert rate == 16000
-    audio = np.concatenate([audio, np.zeros(CLIP_SAMPLES - len(audio), np.float32)])
-    out = io.BytesIO()
-    sf.write(out, audio, 16000, format="WAV", subtype="FLOAT")
-    return audio, out.getvalue()
-
-
-def audio_part(wav: bytes) -> dict:
-    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}
-
-
-def chat(http, content, **extra) -> dict:
-    r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}],
-                                                "max_tokens": MAX_TOKENS, "temperature": 0, **extra})
-    assert r.status_code == 200, r.text
-    return r.json()
+    return spoken_clip()
 
 
 def test_text_equals_transformers_exactly(http, reference):
@@ -123,7 +82,7 @@ def test_audio_is_heard_by_the_thinker_as_transformers_hears_it(http, reference,
                                            mmproj_path=str(tiny / "mmproj.gguf")))
     try:
         assert encoder.load()["media"] == ["audio"]
-        ours = next(c["embd"] for c in encoder.encode_audio(audio) if "embd" in c)
+        ours = next(c.embd for c in encoder.encode_audio(audio) if c.embd is not None)
     finally:
         encoder.close()
     theirs = reference.projected[-1][0, :750].numpy()

@@ -77,8 +77,8 @@ def test_a_model_that_encodes_media_gets_markers_in_the_order_it_gets_their_embe
     assert media_order(messages, {"audio"}) == [("audio", 1), ("audio", 0), ("audio", 2)]
     heard = fill_media_parts(messages, {("image", 0): "a cat", ("image", 1): "a dog", ("image", 2): "a ball"},
                              markers={"audio": "<M>"})[0]["content"]
-    assert heard == ("<M> and [Image: a cat] [Video, 2.0 s long. Frames in time order: at 0 s, a dog; at 1.5 s, a "
-                     "ball. Its audio track: <M>] <M>")
+    assert heard == ("<M>and [Image: a cat] [Video, 2.0 s long. Frames in time order: at 0 s, a dog; at 1.5 s, a "
+                     "ball. Its audio track: <M>]<M>")  # a bare marker touches its neighbours
     both = fill_media_parts(messages, {}, markers={"audio": "<M>", "image": "<M>"})[0]["content"]
     assert both.count("<M>") == 6
 

@@ -267,12 +267,37 @@ def test_image_blocks_decode_alone_and_prompt_chunks_stop_before_them():
         kv.streams[q.slot] += [-1] * len(plan.embedding.rows)
         s.advance_embeddings(plan.embedding)
     assert kinds == [4, 2]
+    assert np.array_equal(plan.embedding.positions, [[6, 7]])  # plain positions: one per row
     plan = s.schedule()
     assert plan.batch.tokens == [3] and plan.batch.positions == [8] and q.batch_pos == 0
     kv.decode(plan)
     s.advance(plan)
     s.release(q)
     assert s.kept[0][1] == [1, 2]  # kept up to the image: embeddings are not matched
+
+
+def test_an_mrope_image_takes_its_grid_positions_and_text_after_it_follows_them():
+    """Qwen2-VL-style positions: a 2x3 grid of 6 rows at position p takes (t, y, x) = (p, p+row, p+col) and 3
+    positions in all, so the text after it starts at p + 3, and so does the answer after that."""
+    kv = FakeKv(1)
+    s = Scheduler(kv, slots=1, n_batch=4)
+    grid = np.array([[0] * 6, [0, 0, 0, 1, 1, 1], [0, 1, 2, 0, 1, 2], [0] * 6], np.int32)
+    q = seq("vl", [1, 2] + [-1] * 6 + [3, 4], blocks={2: ImageBlock(np.zeros((6, 8), np.float32), True, grid, 3)})
+    s.add(q)
+    plan = s.schedule()
+    assert plan.batch.positions == [0, 1]
+    s.advance(plan)
+    sections = []
+    while q.n_past < 8:
+        plan = s.schedule()
+        sections.append(plan.embedding.positions)
+        s.advance_embeddings(plan.embedding)
+    assert np.array_equal(np.concatenate(sections, axis=1), grid + 2)
+    plan = s.schedule()
+    assert plan.batch.tokens == [3, 4] and plan.batch.positions == [5, 6]
+    s.advance(plan)
+    q.next_token = 9
+    assert s.schedule().batch.positions == [7]
 
 
 @pytest.mark.parametrize("slots", [1, 3, 8])

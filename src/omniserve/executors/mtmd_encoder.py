@@ -5,7 +5,9 @@
 Voxtral, Ultravox, ...), into what the thinker decodes in its place: the model's wrapping
 tokens (e.g. SmolVLM's `<fake_token_around_image><global-img>`, Qwen2-Audio's
 `<|audio_bos|>`) and the projected embeddings, as llama.cpp's own multimodal path does.
-The text model is loaded vocabulary-only here, for those tokens; the thinker
+For models that place media with M-RoPE (Qwen2-VL family, Qwen2.5-Omni) each block also
+carries its rows' positions on the image grid, which the thinker offsets to where the
+block lands. The text model is loaded vocabulary-only here, for those tokens; the thinker
 holds the weights. Each step encodes one item of one request, round robin.
 """
 
@@ -23,7 +25,7 @@ from omniserve.errors import InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor
 from omniserve.executors.llamacpp.runtime import quiet_llama_log
 from omniserve.media.audio import ASR_RATE
-from omniserve.runtime.types import MediaReading, OmniOutput, OmniRequest
+from omniserve.runtime.types import EncodedChunk, MediaReading, OmniOutput, OmniRequest
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +73,13 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
         if not self._ctx:
             raise RuntimeError(f"libmtmd could not load the projector {self.args.mmproj_path} for this model")
         self.sees, self.hears = mtmd.mtmd_support_vision(self._ctx), mtmd.mtmd_support_audio(self._ctx)
-        if mtmd.mtmd_decode_use_mrope(self._ctx):
-            raise RuntimeError("this model places media tokens with M-RoPE (Qwen2-VL style), which the thinker "
-                               "does not support yet")
+        self.mrope = mtmd.mtmd_decode_use_mrope(self._ctx)  # positions by grid (Qwen2-VL family, Qwen-Omni)
         if self.hears and mtmd.mtmd_get_audio_sample_rate(self._ctx) != ASR_RATE:
             raise RuntimeError(f"this projector's audio encoder takes {mtmd.mtmd_get_audio_sample_rate(self._ctx)} "
                                f"Hz audio; only {ASR_RATE} Hz ones are supported")
         self.n_embd = _n_embd(llama_cpp, self._model)
         self.marker = mtmd.mtmd_default_marker()
+        self._wrapping = self._wrapping_fixes()
         media = [kind for kind, takes in (("image", self.sees), ("audio", self.hears)) if takes]
         return {"model_path": self.args.mmproj_path, "n_embd": self.n_embd, "media": media}
 
@@ -107,21 +108,21 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
         return [OmniOutput(job.request_id, index=index, finish_reason="stop", done=done,
                            data=MediaReading(kind, chunks=chunks))], done
 
-    def encode_image(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """One image -> its chunks in order: {"tokens": [...]} or {"embd": (n, n_embd) float32, "causal": bool}."""
+    def encode_image(self, image: np.ndarray) -> list[EncodedChunk]:
+        """One image -> its chunks in order: the wrapping tokens and the block of embeddings."""
         image = np.ascontiguousarray(image, dtype=np.uint8)
         height, width = image.shape[:2]
         return self._encode(self._mtmd.mtmd_bitmap_init(
             width, height, (ctypes.c_uint8 * image.size).from_buffer_copy(image.tobytes())))
 
-    def encode_audio(self, audio: np.ndarray) -> list[dict[str, Any]]:
+    def encode_audio(self, audio: np.ndarray) -> list[EncodedChunk]:
         """One clip (mono float at 16 kHz) -> its chunks, as `encode_image`'s: the wrapping tokens, and one
         block of embeddings per 30 s window."""
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         return self._encode(self._mtmd.mtmd_bitmap_init_from_audio(
             len(audio), audio.ctypes.data_as(ctypes.POINTER(ctypes.c_float))))
 
-    def _encode(self, bitmap) -> list[dict[str, Any]]:
+    def _encode(self, bitmap) -> list[EncodedChunk]:
         mtmd = self._mtmd
         chunks = mtmd.mtmd_input_chunks_init()
         try:
@@ -131,25 +132,56 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
                                     (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1)
             if rc != 0:
                 raise InvalidRequest(f"the model's encoder could not take this item (mtmd_tokenize: {rc})")
-            out: list[dict[str, Any]] = []
+            out: list[EncodedChunk] = []
             for i in range(mtmd.mtmd_input_chunks_size(chunks)):
                 chunk = mtmd.mtmd_input_chunks_get(chunks, i)
                 n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-                if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                kind = mtmd.mtmd_input_chunk_get_type(chunk)
+                if kind == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
                     count = ctypes.c_size_t()
                     tokens = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
                     if count.value:
-                        out.append({"tokens": list(tokens[: count.value])})
+                        tokens = list(tokens[: count.value])
+                        out.append(EncodedChunk(tokens=self._wrapping.get(tuple(tokens), tokens)))
                     continue
                 if mtmd.mtmd_encode_chunk(self._ctx, chunk) != 0:
                     raise RuntimeError("mtmd_encode_chunk failed")
                 data = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(self._ctx), shape=(n * self.n_embd,))
-                out.append({"embd": data.reshape(n, self.n_embd).copy(),  # the buffer is reused
-                            "causal": not mtmd.mtmd_decode_use_non_causal(self._ctx, chunk)})
+                out.append(EncodedChunk(embd=data.reshape(n, self.n_embd).copy(),  # the buffer is reused
+                                        causal=not mtmd.mtmd_decode_use_non_causal(self._ctx, chunk),
+                                        positions=self._positions(chunk, kind, n) if self.mrope else None,
+                                        span=mtmd.mtmd_input_chunk_get_n_pos(chunk)))
             return out
         finally:
             mtmd.mtmd_input_chunks_free(chunks)
             mtmd.mtmd_bitmap_free(bitmap)
+
+    def _positions(self, chunk, kind: int, n: int) -> np.ndarray:
+        """A block's M-RoPE positions from its first one, (4, n) in llama.cpp's section order (t, y, x, z), as
+        libmtmd's own helper lays them out: an image by its grid, audio in a line."""
+        mtmd = self._mtmd
+        if kind != mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+            return np.tile(np.arange(n, dtype=np.int32), (4, 1))
+        image = mtmd.mtmd_input_chunk_get_tokens_image(chunk)
+        grid = [mtmd.mtmd_image_tokens_get_decoder_pos(image, 0, i) for i in range(n)]
+        return np.array([[p.t for p in grid], [p.y for p in grid], [p.x for p in grid], [p.z for p in grid]],
+                        dtype=np.int32)
+
+    def _wrapping_fixes(self) -> dict[tuple[int, ...], list[int]]:
+        """libmtmd wraps every Qwen2-VL-style image in `<|vision_start|>`...`<|vision_end|>`, but Qwen2.5-Omni's
+        vocabulary names those tokens `<|vision_bos|>` and `<|vision_eos|>`: there the names would be read as
+        plain text, a dozen tokens the model never saw around an image. The model's own tokens go in instead."""
+        fixes = {}
+        for theirs, ours in (("<|vision_start|>", "<|vision_bos|>"), ("<|vision_end|>", "<|vision_eos|>")):
+            if len(self._tokenize(theirs)) > 1 and len(own := self._tokenize(ours)) == 1:
+                fixes[tuple(self._tokenize(theirs))] = own
+        return fixes
+
+    def _tokenize(self, text: str) -> list[int]:
+        ll, data = self._ll, text.encode()
+        buf = (ll.llama_token * (len(data) + 8))()
+        n = ll.llama_tokenize(ll.llama_model_get_vocab(self._model), data, len(data), buf, len(buf), False, True)
+        return list(buf[:max(n, 0)])
 
 
 def _n_embd(ll, model) -> int:

@@ -154,11 +154,22 @@ def fill_media_parts(messages: list[dict[str, Any]], texts: dict[tuple[str, int]
             return out + "]"
         return part["text"]
 
+    bare = set(markers.values())
+
+    def join(pieces: list[str]) -> str:
+        """Parts join with a space, but a bare marker touches its neighbours: the model's own wrapping tokens
+        set the item apart, as its chat template puts them (Qwen's concatenate the parts)."""
+        text, after_marker = "", True
+        for piece in filter(None, pieces):
+            text += ("" if after_marker or piece in bare else " ") + piece
+            after_marker = piece in bare
+        return text
+
     out = []
     for message in messages:
         content = message.get("content")
         if isinstance(content, list):
-            message = {**message, "content": " ".join(p for p in map(render, content) if p)}
+            message = {**message, "content": join([render(p) for p in content])}
         out.append(message)
     return out
 
@@ -175,13 +186,27 @@ class TokenLogprob:
 
 
 @dataclass
+class EncodedChunk:
+    """A piece of one media item as a multimodal thinker decodes it (libmtmd's chunks): the model's wrapping
+    tokens, or a block of projected embeddings (an image's, or a 30 s window of audio)."""
+
+    tokens: list[int] = field(default_factory=list)
+    embd: Any = None  # (n, n_embd) float32 rows, or None for a chunk of tokens
+    causal: bool = True  # False: the block's rows attend to each other both ways (decoded in one batch)
+    # M-RoPE models (Qwen2-VL family, Qwen-Omni): each row's (t, y, x, z) positions, as offsets from the block's
+    # first position, shape (4, n); an image's grid takes max(rows, columns) positions, fewer than its rows
+    positions: Any = None
+    span: int = 0  # positions the block takes in the sequence (text after it starts that far on)
+
+
+@dataclass
 class MediaReading:
     """An upstream stage's reading of one media item of a request (the output's `index`), for the stage
     waiting for it: a transcript, an image description, or a vision encoder's tokens and embeddings."""
 
     kind: Literal["audio", "image"]
     text: str = ""
-    chunks: list[dict[str, Any]] | None = None  # a vision-language model's image: {"tokens"} or {"embd", "causal"}
+    chunks: list[EncodedChunk] | None = None  # a multimodal model's own encoding of the item, in order
     language: str | None = None  # speech: the language heard
     duration: float | None = None  # speech: seconds of audio
 

@@ -25,6 +25,7 @@ from omniserve.executors.text_stream import TextStream
 from omniserve.runtime.messages import ControlOp, LoadAdapter, UnloadAdapter
 from omniserve.runtime.types import (
     Embeddings,
+    EncodedChunk,
     MediaReading,
     OmniOutput,
     OmniRequest,
@@ -160,10 +161,10 @@ class LlamaCppExecutor:
                                             markers=dict.fromkeys(marked, MEDIA_MARKER))
         return self._start(request, [encoded[key] for key in order] if encoded else None)
 
-    def _start(self, request: OmniRequest, images: list[list[dict[str, Any]]] | None = None) -> list[OmniOutput]:
-        """`images`: for a vision-language model, each image's encoder chunks in prompt order."""
+    def _start(self, request: OmniRequest, media: list[list[EncodedChunk]] | None = None) -> list[OmniOutput]:
+        """`media`: for a multimodal model, each item's encoder chunks in prompt order."""
         params = request.sampling_for(self.stage)
-        prompt, blocks = (self.renderer.tokens_with_images(request, images) if images
+        prompt, blocks = (self.renderer.tokens_with_media(request, media) if media
                           else (self.renderer.tokens(request), {}))
         self._check(request, params, prompt)
         req = _Request(request.request_id, len(prompt), params.n)
@@ -262,7 +263,7 @@ class LlamaCppExecutor:
         seq = chunk.seq
         if seq.request_id in self._failing:
             return []
-        rc = self.rt.decode_embeddings(chunk.rows, chunk.start, seq.slot, chunk.causal, chunk.last)
+        rc = self.rt.decode_embeddings(chunk.rows, chunk.positions, seq.slot, chunk.causal, chunk.last)
         if rc != 0:
             self._fail(seq.request_id, decode_error(rc))
             return []

@@ -1,15 +1,13 @@
 """A request's prompt as tokens: the chat rendered with the model's own template (tools too, when
-the template renders them), raw text or token ids, and a vision-language model's image embeddings
-where the template put each image's marker."""
+the template renders them), raw text or token ids, and a multimodal model's image and audio embeddings
+where the template put each item's marker."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from omniserve.errors import ContextLengthExceeded, InvalidRequest
 from omniserve.executors.llamacpp.runtime import LlamaRuntime
 from omniserve.executors.llamacpp.scheduler import ImageBlock
-from omniserve.runtime.types import OmniRequest
+from omniserve.runtime.types import EncodedChunk, OmniRequest
 
 # Where an image's encoder output goes in the rendered prompt (llama.cpp's default media marker).
 MEDIA_MARKER = "<__media__>"
@@ -38,29 +36,29 @@ class PromptRenderer:
             return list(request.prompt)
         return self.rt.tokenize(self._fitting(request.prompt or "", "prompt"), add_special=True)
 
-    def tokens_with_images(self, request: OmniRequest, images: list[list[dict[str, Any]]]
-                           ) -> tuple[list[int], dict[int, ImageBlock]]:
-        """The rendered chat with each image's encoder chunks (in prompt order) where its marker was:
+    def tokens_with_media(self, request: OmniRequest, media: list[list[EncodedChunk]]
+                          ) -> tuple[list[int], dict[int, ImageBlock]]:
+        """The rendered chat with each media item's encoder chunks (in prompt order) where its marker was:
         tokens as they are, embeddings as blocks (their positions hold -1 in the tokens)."""
         pieces = self._render(request).split(MEDIA_MARKER)
-        if len(pieces) != len(images) + 1:
+        if len(pieces) != len(media) + 1:
             raise InvalidRequest(f"the messages may not contain the text {MEDIA_MARKER!r}", param="messages")
         tokens: list[int] = []
         blocks: dict[int, ImageBlock] = {}
-        for piece, chunks in zip(pieces, images + [[]], strict=True):
+        for piece, chunks in zip(pieces, media + [[]], strict=True):
             tokens += self.rt.tokenize(piece, add_special=False)
             for chunk in chunks:
-                if "tokens" in chunk:
-                    tokens += chunk["tokens"]
+                if chunk.embd is None:
+                    tokens += chunk.tokens
                     continue
-                rows = chunk["embd"]
+                rows = chunk.embd
                 if rows.shape[1] != self.rt.n_embd:
-                    raise RuntimeError(f"the vision encoder's embeddings are {rows.shape[1]} wide; the model takes "
+                    raise RuntimeError(f"the media encoder's embeddings are {rows.shape[1]} wide; the model takes "
                                        f"{self.rt.n_embd} (is --mmproj for this --model-path?)")
-                if not chunk["causal"] and len(rows) > self.rt.n_batch:
+                if not chunk.causal and len(rows) > self.rt.n_batch:
                     raise RuntimeError(f"an image of {len(rows)} embeddings needs n_batch >= {len(rows)} "
                                        "(non-causal)")
-                blocks[len(tokens)] = ImageBlock(rows, chunk["causal"])
+                blocks[len(tokens)] = ImageBlock(rows, chunk.causal, chunk.positions, chunk.span)
                 tokens += [-1] * len(rows)
         return tokens, blocks
 

@@ -71,6 +71,37 @@ class Batch:
         return len(self.tokens)
 
 
+class _EmbeddingBatch:
+    """A `llama_batch` of input embeddings whose arrays Python owns: M-RoPE needs four positions per row,
+    more than `llama_batch_init` allocates."""
+
+    def __init__(self, ll, n_batch: int, n_embd: int):
+        self.embd = np.zeros((n_batch, n_embd), np.float32)
+        self.pos = np.zeros(4 * n_batch, np.int32)
+        self.n_seq_id = np.ones(n_batch, np.int32)
+        self.seq = np.zeros(n_batch, np.int32)
+        self.logits = np.zeros(n_batch, np.int8)
+        seq_ptr = ctypes.POINTER(ctypes.c_int32)
+        self.seq_ids = (seq_ptr * n_batch)(*(ctypes.cast(self.seq.ctypes.data + 4 * i, seq_ptr)
+                                             for i in range(n_batch)))
+        self.batch = ll.llama_batch()
+        self.batch.embd = self.embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        self.batch.pos = self.pos.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        self.batch.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        self.batch.seq_id = self.seq_ids
+        self.batch.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+
+    def fill(self, rows: np.ndarray, positions: np.ndarray, slot: int, last_logits: bool):
+        n = len(rows)
+        self.embd[:n] = rows
+        self.pos[:positions.size] = positions.reshape(-1)  # section-major: all rows' t, then y, x, z
+        self.seq[:n] = slot
+        self.logits[:n] = 0
+        self.logits[n - 1] = last_logits
+        self.batch.n_tokens = n
+        return self.batch
+
+
 class LlamaRuntime:
     """One GGUF model and one decoding context of `slots` KV streams of `context_length` cells."""
 
@@ -112,7 +143,7 @@ class LlamaRuntime:
         self.can_trim = not (ll.llama_model_is_recurrent(self.model) or ll.llama_model_is_hybrid(self.model))
         self._mem = ll.llama_get_memory(self.ctx)
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
-        self._embd_batch = None  # allocated when the first image embeddings arrive
+        self._embd_batch: _EmbeddingBatch | None = None  # made when the first media embeddings arrive
         self.adapters: dict[str, Any] = {}  # LoRA adapter name -> llama_adapter_lora pointer
         self.active_adapter: str | None = None  # set on the context now
         # no token spells more bytes than this: a text longer than context * this cannot fit
@@ -121,8 +152,6 @@ class LlamaRuntime:
     def close(self) -> None:
         ll = self.ll
         ll.llama_batch_free(self._batch)
-        if self._embd_batch is not None:
-            ll.llama_batch_free(self._embd_batch)
         ll.llama_free(self.ctx)
         ll.llama_model_free(self.model)
 
@@ -151,27 +180,20 @@ class LlamaRuntime:
         b.n_tokens = len(batch)
         return self.ll.llama_decode(self.ctx, b)
 
-    def decode_embeddings(self, rows: np.ndarray, start: int, slot: int, causal: bool, last_logits: bool) -> int:
-        """Decode rows of input embeddings (an image's) at positions `start`... of `slot`."""
-        ll = self.ll
+    def decode_embeddings(self, rows: np.ndarray, positions: np.ndarray, slot: int, causal: bool,
+                          last_logits: bool) -> int:
+        """Decode rows of input embeddings (a media item's) into `slot`: `positions` is (1, n), or (4, n) M-RoPE
+        sections for the Qwen2-VL family, which llama.cpp reads section-major from one array of 4n."""
         if self._embd_batch is None:
-            self._embd_batch = ll.llama_batch_init(self.n_batch, self.n_embd, 1)
-        batch = self._embd_batch
-        part = np.ascontiguousarray(rows, dtype=np.float32)
-        ctypes.memmove(batch.embd, part.ctypes.data, part.nbytes)
-        for k in range(len(rows)):
-            batch.pos[k] = start + k
-            batch.n_seq_id[k] = 1
-            batch.seq_id[k][0] = slot
-            batch.logits[k] = last_logits and k == len(rows) - 1
-        batch.n_tokens = len(rows)
+            self._embd_batch = _EmbeddingBatch(self.ll, self.n_batch, self.n_embd)
+        batch = self._embd_batch.fill(rows, positions, slot, last_logits)
         if not causal:
-            ll.llama_set_causal_attn(self.ctx, False)
+            self.ll.llama_set_causal_attn(self.ctx, False)
         try:
-            return ll.llama_decode(self.ctx, batch)
+            return self.ll.llama_decode(self.ctx, batch)
         finally:
             if not causal:
-                ll.llama_set_causal_attn(self.ctx, True)
+                self.ll.llama_set_causal_attn(self.ctx, True)
 
     def logits(self, batch_index: int) -> np.ndarray:
         """The logits at `batch_index` of the last decode (a view into llama.cpp's buffer)."""

@@ -17,8 +17,10 @@ tokens (the first gets its answer after one prompt's work, not after all of
 them) while the running streams keep moving in between; a GPU has room to
 take several at once. A prompt with only a few tokens left to decode (most of
 it found in the prefix cache: `short_prefill_tokens`) costs little, and joins
-the step whatever the policy. A prompt's image embeddings (a vision-language model)
-go in a decode of their own, one block per step.
+the step whatever the policy. A prompt's media embeddings (an image, a window of audio)
+go in a decode of their own, one block per step. With M-RoPE (Qwen2-VL family, Qwen2.5-Omni) an
+image's rows sit on its grid and take max(rows, columns) positions, so a token's position is
+its index in the prompt plus the sequence's `shift`, which each such block moves.
 
 Prefix caching: a slot keeps its prompt's KV when its sequence ends. A new
 sequence takes the free slot whose kept prompt shares the longest prefix with
@@ -61,11 +63,16 @@ class SeqState(enum.Enum):
 
 @dataclass
 class ImageBlock:
-    """An image's encoder output in a prompt: rows of input embeddings, decoded together when
-    not causal."""
+    """A media item's encoder output in a prompt (an image's, or a window of audio): rows of input
+    embeddings, decoded together when not causal."""
 
     rows: np.ndarray
     causal: bool
+    positions: np.ndarray | None = None  # M-RoPE: (4, rows) offsets from the block's first position
+    span: int = 0  # positions it takes (M-RoPE: an image's max(rows, columns)); 0: one per row
+
+    def __post_init__(self):
+        self.span = self.span or len(self.rows)
 
 
 @dataclass(eq=False)
@@ -81,9 +88,14 @@ class Sequence:
     state: SeqState = SeqState.WAITING
     slot: int = -1
     n_past: int = 0  # tokens in its KV stream
+    shift: int = 0  # its position minus its index (M-RoPE: an image takes fewer positions than rows)
     cached: int = 0  # prompt tokens whose KV came from the prefix cache
     next_token: int | None = None  # sampled, not yet decoded
     batch_pos: int = -1  # where its logits sit in the last decode (-1: none to sample)
+
+    def position(self, index: int) -> int:
+        """Where prompt or answer token `index` sits, from `n_past` on."""
+        return index + self.shift
 
     def block_at_next(self) -> tuple[int, ImageBlock] | None:
         """The image block its next position falls in, if any."""
@@ -107,13 +119,14 @@ class Chunk:
 
 @dataclass
 class EmbeddingChunk:
-    """Rows of an image block decoded after the step's batch (`last`: they end the prompt)."""
+    """Rows of a media block decoded after the step's batch (`last`: they end the prompt)."""
 
     seq: Sequence
     rows: np.ndarray
-    start: int
+    positions: np.ndarray  # (1 or 4, rows): each row's position, or its M-RoPE sections
     causal: bool
     last: bool
+    ends_block: int = 0  # when the rows end their block, how far it moves the positions after it
 
 
 @dataclass
@@ -222,14 +235,14 @@ class Scheduler:
         for seq in sorted(decoding + [s for s, _ in prefill], key=lambda s: s.slot):
             if seq.next_token is not None:
                 seq.batch_pos = len(batch)
-                batch.add(seq.next_token, seq.n_past, seq.slot, True)
+                batch.add(seq.next_token, seq.position(seq.n_past), seq.slot, True)
                 continue
             chunks.append(Chunk(seq, seq.n_past, takes[seq], len(batch)))
             for pos in range(seq.n_past, seq.n_past + takes[seq]):
                 last = pos == len(seq.prompt) - 1
                 if last:
                     seq.batch_pos = len(batch)
-                batch.add(seq.prompt[pos], pos, seq.slot, last or seq.score_prompt)
+                batch.add(seq.prompt[pos], seq.position(pos), seq.slot, last or seq.score_prompt)
         return StepPlan(batch, decoding, chunks, embedding)
 
     def advance(self, plan: StepPlan) -> None:
@@ -243,13 +256,18 @@ class Scheduler:
     def advance_embeddings(self, chunk: EmbeddingChunk) -> None:
         """An embedding chunk was decoded; if it ends the prompt, the sequence's logits are ready."""
         chunk.seq.n_past += len(chunk.rows)
+        chunk.seq.shift += chunk.ends_block
         chunk.seq.batch_pos = len(chunk.rows) - 1 if chunk.last else -1
 
     def _embedding_chunk(self, seq: Sequence, start: int, block: ImageBlock) -> EmbeddingChunk:
         offset = seq.n_past - start
         take = min(len(block.rows) - offset, self.n_batch)
-        return EmbeddingChunk(seq, block.rows[offset:offset + take], seq.n_past, block.causal,
-                              seq.n_past + take == len(seq.prompt))
+        first = seq.position(start)
+        positions = (block.positions[:, offset:offset + take] + first if block.positions is not None
+                     else np.arange(first + offset, first + offset + take, dtype=np.int32)[None])
+        ends = block.span - len(block.rows) if offset + take == len(block.rows) else 0
+        return EmbeddingChunk(seq, block.rows[offset:offset + take], positions, block.causal,
+                              seq.n_past + take == len(seq.prompt), ends)
 
     def _adapter_group(self) -> list[Sequence]:
         """The running sequences this step decodes: those of one adapter (None: the base model),

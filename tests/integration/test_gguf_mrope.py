@@ -1,0 +1,186 @@
+"""GGUF models that place media with M-RoPE, through libmtmd: a Qwen2.5-Omni thinker that hears and sees, and a
+Qwen2.5-VL that sees, tiny random-weight checkpoints built here and converted by llama.cpp's own converter
+(`scripts/make_tiny_gguf.py --family F`), served as `--model-path model.gguf --mmproj mmproj.gguf`, against
+transformers on the same HF folder.
+
+Its positions are M-RoPE: an image's embeddings sit on their grid (time, row, column) and take max(rows, columns)
+positions, audio takes one per embedding, and text after either continues from there, as transformers'
+`get_rope_index` places them."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tests.gguf_helpers import MAX_TOKENS, audio_part, chat, served_pair, spoken_clip, tiny_gguf
+
+# 84 x 112 pixels: 6 x 8 patches, a 3 x 4 grid of 12 embeddings after merging, not a square (so rows and columns
+# differ), and within both sides' pixel limits, so neither resizes it (libmtmd takes 8 merged patches at least)
+IMAGE_SHAPE = (84, 112, 3)
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_omni", "qwen2_5_vl"])
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def tiny(family):
+    return tiny_gguf(family)
+
+
+server, http = served_pair()  # module fixtures: a server of `tiny`, and a client of it
+
+
+class Reference:
+    """transformers on the HF folder the GGUFs were converted from: Qwen2.5-Omni's thinker, or Qwen2.5-VL."""
+
+    def __init__(self, folder, family: str):
+        import torch
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, Qwen2_5OmniForConditionalGeneration
+
+        self.torch = torch
+        self.processor = AutoProcessor.from_pretrained(folder)
+        if family == "qwen2_5_omni":
+            self.thinker = Qwen2_5OmniForConditionalGeneration.from_pretrained(folder).thinker.eval()
+        else:
+            self.thinker = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder).eval()
+        self.seen = []
+        self.thinker.model.visual.register_forward_hook(lambda m, i, o: self.seen.append(o.pooler_output))
+
+    def answer(self, content, **media) -> tuple[int, str, list[float]]:
+        """The prompt's length in tokens, the greedy answer and its tokens' log-probabilities."""
+        text = self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                  add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(text=text, return_tensors="pt", **{k: [v] for k, v in media.items()})
+        with self.torch.no_grad():
+            out = self.thinker.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False, output_scores=True,
+                                        return_dict_in_generate=True)
+        prompt = inputs["input_ids"].shape[1]
+        tokens = out.sequences[0, prompt:]
+        logprobs = [float(self.torch.log_softmax(s[0], -1)[t]) for s, t in zip(out.scores, tokens, strict=False)]
+        return prompt, self.processor.tokenizer.decode(tokens, skip_special_tokens=True), logprobs
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, family) -> Reference:
+    return Reference(tiny / "hf", family)
+
+
+@pytest.fixture
+def hears(family):
+    if family != "qwen2_5_omni":
+        pytest.skip(f"{family} does not hear")
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return spoken_clip()
+
+
+@pytest.fixture(scope="module")
+def image():
+    """Noise, as an array and as an `image_url` part."""
+    from PIL import Image
+
+    pixels = (np.random.default_rng(0).random(IMAGE_SHAPE) * 255).astype(np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    return pixels, {"type": "image_url",
+                    "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}}
+
+
+def served(http, content) -> tuple[int, str, list[float]]:
+    body = chat(http, content, logprobs=True)
+    return (body["usage"]["prompt_tokens"], body["choices"][0]["message"]["content"],
+            [t["logprob"] for t in body["choices"][0]["logprobs"]["content"]])
+
+
+def assert_same(ours, theirs, tolerance: float):
+    """The same prompt length and answer; the answer's log-probabilities within `tolerance` (the encoders'
+    numerical gap reaches them)."""
+    assert ours[:2] == theirs[:2]
+    assert np.allclose(ours[2], theirs[2][:len(ours[2])], atol=tolerance), (ours[2], theirs[2])
+
+
+def test_models_list_the_projector(http):
+    cards = {m["id"]: m["type"] for m in http.get("/v1/models").json()["data"]}
+    assert cards["mmproj"] == "vision" and cards["model"] == "chat"
+
+
+def test_text_equals_transformers_exactly(http, reference):
+    content = [{"type": "text", "text": "Hello, how are you?"}]
+    assert_same(served(http, content), reference.answer(content), 1e-2)
+
+
+def test_an_image_sits_on_its_grid_as_transformers_places_it(http, reference, image, tiny):
+    """12 embeddings on a 3 x 4 grid, in the family's wrapping tokens, then the question at the position after
+    the grid's widest side. The encoders differ by the gap measured here. (Qwen2.5-Omni wraps images in
+    `<|vision_bos|>`...`<|vision_eos|>`, where libmtmd writes `<|vision_start|>`, which that vocabulary spells in
+    plain text: the encoder swaps in the model's own tokens.)"""
+    pixels, part = image
+    question = {"type": "text", "text": "What is this?"}
+    from PIL import Image
+
+    theirs = reference.answer([{"type": "image"}, question], images=Image.fromarray(pixels))
+    ours = served(http, [part, question])
+    assert ours[0] == chat(http, [question])["usage"]["prompt_tokens"] + 12 + 2  # the embeddings, the wrapping
+    assert_same(ours, theirs, 1e-2)
+
+    from omniserve.executors.mtmd_encoder import MtmdArgs, MtmdEncoderExecutor
+
+    encoder = MtmdEncoderExecutor(MtmdArgs(model_path=str(tiny / "model.gguf"),
+                                           mmproj_path=str(tiny / "mmproj.gguf")))
+    try:
+        assert encoder.load()["media"][0] == "image"
+        chunks = encoder.encode_image(pixels)
+    finally:
+        encoder.close()
+    block = next(c for c in chunks if c.embd is not None)
+    assert block.span == 4 and block.positions[1].tolist() == [0] * 4 + [1] * 4 + [2] * 4  # rows, then columns
+    theirs = reference.seen[-1].numpy()
+    gap = np.linalg.norm(block.embd - theirs) / np.linalg.norm(theirs)
+    print(f"libmtmd's image embeddings against transformers': relative gap {gap:.2e}")
+    assert gap < 0.01
+
+
+def test_audio_is_heard_as_transformers_hears_it(http, reference, clip, hears):
+    audio, wav = clip
+    ours = served(http, [audio_part(wav)])
+    assert ours[0] > 750  # the audio's own embeddings, not a transcript
+    assert_same(ours, reference.answer([{"type": "audio"}], audio=audio), 1e-2)
+
+
+def test_image_and_audio_together(http, reference, image, clip, hears):
+    from PIL import Image
+
+    pixels, part = image
+    audio, wav = clip
+    question = {"type": "text", "text": "Describe both."}
+    theirs = reference.answer([{"type": "image"}, {"type": "audio"}, question], images=Image.fromarray(pixels),
+                              audio=audio)
+    assert_same(served(http, [part, audio_part(wav), question]), theirs, 1e-2)
+
+
+def test_streamed_equals_whole_and_concurrent_equals_alone(http, image, clip, family):
+    _, part = image
+    _, wav = clip
+    heard = [[audio_part(wav)], [part, audio_part(wav)]] if family == "qwen2_5_omni" else [[part], [part, part]]
+    contents = [[part, {"type": "text", "text": "What is this?"}], *heard, [{"type": "text", "text": "Hi!"}]]
+    alone = [chat(http, c)["choices"][0]["message"]["content"] for c in contents]
+    with ThreadPoolExecutor(len(contents)) as pool:
+        together = list(pool.map(lambda c: chat(http, c)["choices"][0]["message"]["content"], contents))
+    assert together == alone
+    pieces = []
+    with http.stream("POST", "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": contents[2]}], "max_tokens": MAX_TOKENS, "temperature": 0,
+            "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                pieces += [c["delta"].get("content") or "" for c in json.loads(line[6:])["choices"]]
+    assert "".join(pieces) == alone[2]

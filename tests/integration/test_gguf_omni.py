@@ -127,6 +127,25 @@ def test_an_image_is_a_400_and_transcriptions_still_use_speech_to_text(http, cli
     assert r.status_code == 200 and len(r.json()["text"].split()) >= 3
 
 
+def test_audio_longer_than_the_context_is_a_400_before_it_is_encoded(http, clip):
+    """Four minutes of audio are 8 windows of 750 embeddings (and 2 wrapping tokens), more than the 4096-token
+    context: the encoder stage counts them from libmtmd's preprocessing and refuses the request before encoding
+    any."""
+    import io
+
+    import soundfile as sf
+
+    audio, _ = clip
+    wav = io.BytesIO()
+    sf.write(wav, np.tile(audio, 8), 16000, format="WAV")
+    r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [audio_part(wav.getvalue())]}],
+                                                "max_tokens": 4})
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == "context_length_exceeded" and error["param"] == "messages"
+    assert "6002 tokens for 239.9 s" in error["message"] and "context of 4096" in error["message"], error
+    assert chat(http, [audio_part(clip[1])])["usage"]["prompt_tokens"] == 761  # the stage goes on
+
+
 def test_realtime_sends_the_users_audio_to_the_thinker(server, http, clip):
     """Over /v1/realtime the spoken turn reaches the thinker as audio (750 embeddings), as the same chat request
     does, not as a transcript."""

@@ -13,6 +13,7 @@ holds the weights. Each step encodes one item of one request, round robin.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 from dataclasses import dataclass
@@ -21,9 +22,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from omniserve.errors import InvalidRequest
+from omniserve.errors import ContextLengthExceeded, InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor
-from omniserve.executors.llamacpp.runtime import quiet_llama_log
+from omniserve.executors.llamacpp.runtime import quiet_llama_log, resolve_context_length
 from omniserve.media.audio import ASR_RATE
 from omniserve.runtime.types import EncodedChunk, MediaReading, OmniOutput, OmniRequest
 
@@ -35,6 +36,7 @@ class MtmdArgs(BaseModel):
 
     model_path: str
     mmproj_path: str
+    context_length: int | None = Field(None, ge=16, description="the thinker's; default as the thinker's default")
     threads: int = Field(2, ge=1)
     use_gpu: bool = False
 
@@ -78,6 +80,8 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
             raise RuntimeError(f"this projector's audio encoder takes {mtmd.mtmd_get_audio_sample_rate(self._ctx)} "
                                f"Hz audio; only {ASR_RATE} Hz ones are supported")
         self.n_embd = _n_embd(llama_cpp, self._model)
+        self.context_length = resolve_context_length(self.args.context_length,
+                                                     int(_meta(llama_cpp, self._model, "context_length") or 0))
         self.marker = mtmd.mtmd_default_marker()
         self._wrapping = self._wrapping_fixes()
         media = [kind for kind, takes in (("image", self.sees), ("audio", self.hears)) if takes]
@@ -97,6 +101,7 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
         items += [("audio", i, audio) for i, audio in enumerate(request.audios)] if self.hears else []
         if not items:
             raise InvalidRequest("the request has no media for the encoder stage", param="messages")
+        self._check_room(items)
         self._jobs.append(_MediaJob(request.request_id, items))
         return [OmniOutput(request.request_id, started=True)]
 
@@ -108,22 +113,42 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
         return [OmniOutput(job.request_id, index=index, finish_reason="stop", done=done,
                            data=MediaReading(kind, chunks=chunks))], done
 
+    def _check_room(self, items: list[tuple[str, int, np.ndarray]]) -> None:
+        """A 400 before any encoding when the media alone fill the thinker's context: libmtmd's preprocessing
+        (mel features, image tiles) says how many tokens each item takes, at a small part of the encoding's cost
+        (a 30 s window of audio is 750 of them)."""
+        taken = {"audio": 0, "image": 0}
+        for kind, _, data in items:
+            with self._tokenized(kind, data) as chunks:
+                taken[kind] += sum(self._mtmd.mtmd_input_chunk_get_n_tokens(self._mtmd.mtmd_input_chunks_get(
+                    chunks, i)) for i in range(self._mtmd.mtmd_input_chunks_size(chunks)))
+        if sum(taken.values()) >= self.context_length:
+            seconds = sum(len(data) for kind, _, data in items if kind == "audio") / ASR_RATE
+            raise ContextLengthExceeded(
+                f"this request's media take {sum(taken.values())} tokens of this model's context of "
+                f"{self.context_length} (audio: {taken['audio']} tokens for {seconds:.1f} s; images: "
+                f"{taken['image']} tokens); send shorter audio or fewer images", param="messages")
+
     def encode_image(self, image: np.ndarray) -> list[EncodedChunk]:
         """One image -> its chunks in order: the wrapping tokens and the block of embeddings."""
-        image = np.ascontiguousarray(image, dtype=np.uint8)
-        height, width = image.shape[:2]
-        return self._encode(self._mtmd.mtmd_bitmap_init(
-            width, height, (ctypes.c_uint8 * image.size).from_buffer_copy(image.tobytes())))
+        return self._encode("image", image)
 
     def encode_audio(self, audio: np.ndarray) -> list[EncodedChunk]:
         """One clip (mono float at 16 kHz) -> its chunks, as `encode_image`'s: the wrapping tokens, and one
         block of embeddings per 30 s window."""
-        audio = np.ascontiguousarray(audio, dtype=np.float32)
-        return self._encode(self._mtmd.mtmd_bitmap_init_from_audio(
-            len(audio), audio.ctypes.data_as(ctypes.POINTER(ctypes.c_float))))
+        return self._encode("audio", audio)
 
-    def _encode(self, bitmap) -> list[EncodedChunk]:
+    @contextlib.contextmanager
+    def _tokenized(self, kind: str, data: np.ndarray):
+        """libmtmd's chunks of one item (preprocessed, not yet encoded), freed after the block."""
         mtmd = self._mtmd
+        if kind == "image":
+            image = np.ascontiguousarray(data, dtype=np.uint8)
+            bitmap = mtmd.mtmd_bitmap_init(image.shape[1], image.shape[0],
+                                           (ctypes.c_uint8 * image.size).from_buffer_copy(image.tobytes()))
+        else:
+            audio = np.ascontiguousarray(data, dtype=np.float32)
+            bitmap = mtmd.mtmd_bitmap_init_from_audio(len(audio), audio.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
         chunks = mtmd.mtmd_input_chunks_init()
         try:
             text = mtmd.mtmd_input_text(text=self.marker, text_len=len(self.marker), add_special=False,
@@ -131,13 +156,22 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
             rc = mtmd.mtmd_tokenize(self._ctx, chunks, ctypes.byref(text),
                                     (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1)
             if rc != 0:
-                raise InvalidRequest(f"the model's encoder could not take this item (mtmd_tokenize: {rc})")
+                raise InvalidRequest(f"the model's encoder could not take this {kind} (mtmd_tokenize: {rc})",
+                                     param="messages")
+            yield chunks
+        finally:
+            mtmd.mtmd_input_chunks_free(chunks)
+            mtmd.mtmd_bitmap_free(bitmap)
+
+    def _encode(self, kind: str, data: np.ndarray) -> list[EncodedChunk]:
+        mtmd = self._mtmd
+        with self._tokenized(kind, data) as chunks:
             out: list[EncodedChunk] = []
             for i in range(mtmd.mtmd_input_chunks_size(chunks)):
                 chunk = mtmd.mtmd_input_chunks_get(chunks, i)
                 n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-                kind = mtmd.mtmd_input_chunk_get_type(chunk)
-                if kind == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                chunk_type = mtmd.mtmd_input_chunk_get_type(chunk)
+                if chunk_type == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
                     count = ctypes.c_size_t()
                     tokens = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
                     if count.value:
@@ -146,15 +180,12 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
                     continue
                 if mtmd.mtmd_encode_chunk(self._ctx, chunk) != 0:
                     raise RuntimeError("mtmd_encode_chunk failed")
-                data = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(self._ctx), shape=(n * self.n_embd,))
-                out.append(EncodedChunk(embd=data.reshape(n, self.n_embd).copy(),  # the buffer is reused
+                rows = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(self._ctx), shape=(n * self.n_embd,))
+                out.append(EncodedChunk(embd=rows.reshape(n, self.n_embd).copy(),  # the buffer is reused
                                         causal=not mtmd.mtmd_decode_use_non_causal(self._ctx, chunk),
-                                        positions=self._positions(chunk, kind, n) if self.mrope else None,
+                                        positions=self._positions(chunk, chunk_type, n) if self.mrope else None,
                                         span=mtmd.mtmd_input_chunk_get_n_pos(chunk)))
             return out
-        finally:
-            mtmd.mtmd_input_chunks_free(chunks)
-            mtmd.mtmd_bitmap_free(bitmap)
 
     def _positions(self, chunk, kind: int, n: int) -> np.ndarray:
         """A block's M-RoPE positions from its first one, (4, n) in llama.cpp's section order (t, y, x, z), as
@@ -187,10 +218,13 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
 def _n_embd(ll, model) -> int:
     """The text model's input width; a vocabulary-only load reports 0, so read the metadata."""
     n = ll.llama_model_n_embd_inp(model)
-    if n > 0:
-        return n
+    return n if n > 0 else int(_meta(ll, model, "embedding_length"))
+
+
+def _meta(ll, model, key: str) -> str | None:
+    """The architecture's metadata value `key` (e.g. `qwen2vl.context_length`), as text."""
     buf = ctypes.create_string_buffer(256)
     ll.llama_model_meta_val_str(model, b"general.architecture", buf, len(buf))
-    arch = buf.value
-    ll.llama_model_meta_val_str(model, arch + b".embedding_length", buf, len(buf))
-    return int(buf.value)
+    if ll.llama_model_meta_val_str(model, buf.value + b"." + key.encode(), buf, len(buf)) < 0:
+        return None
+    return buf.value.decode()

@@ -79,7 +79,8 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
             edges.append({"src": "asr", "dst": "thinker"})
     if vision is not None:
         vision_args = ({"classifier_path": vision.path} if vision.executor == "describer"
-                       else {"model_path": gguf_path, "mmproj_path": vision.path})
+                       else {"model_path": gguf_path, "mmproj_path": vision.path,
+                             "context_length": args.get("context_length")})
         stages.insert(len(stages) - 1, {"name": "vision", "executor": vision.executor,
                                         "args": {**vision_args, "threads": threads},
                                         "serves": [{"ids": [vision.id], "kind": "vision"}]})

@@ -124,12 +124,17 @@ class _Speech:
         return data + encoder.close() if out.finish_reason else data
 
 
+def vision_media(client: Client) -> set[str]:
+    """What the vision stage takes: images (described, or encoded by a --mmproj projector), and audio when the
+    projector hears."""
+    vision = client.model(None, "vision")
+    return set(vision.info.get("media", ["image"])) if vision is not None else set()
+
+
 def hears_itself(client: Client, served: ServedModel) -> bool:
     """Whether the chat model takes audio as its own embeddings: an omni checkpoint, or a GGUF whose
     projector (--mmproj) hears. Then audio goes to it, not through speech to text."""
-    vision = client.model(None, "vision")
-    return "audio" in served.info.get("native_media", ()) or (vision is not None
-                                                               and "audio" in vision.info.get("media", ()))
+    return "audio" in served.info.get("native_media", ()) or "audio" in vision_media(client)
 
 
 async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatCompletionRequest,
@@ -143,8 +148,7 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
                              param=refs[limit][0])
     native = set(served.info.get("native_media", ()))  # kinds the chat model reads itself (an omni checkpoint)
     asr = client.model(None, "asr")
-    vision = client.model(None, "vision")
-    encodes = set(vision.info.get("media", ["image"])) if vision is not None else set()  # a projector's: hears?
+    encodes = vision_media(client)
     for where, kind, _ in refs:
         if kind in native:
             continue
@@ -152,7 +156,7 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
             raise InvalidRequest("this server has no speech-to-text stage for audio input (it was started with "
                                  "--asr-model none)", param=where)
         if kind in ("image", "video") and "image" not in encodes:
-            why = "its --mmproj projector hears only" if vision else "it was started with --vision-model none"
+            why = "its --mmproj projector hears only" if encodes else "it was started with --vision-model none"
             raise InvalidRequest(f"this server has no vision stage for {kind} input ({why})", param=where)
     # a named voice must be one, spoken or not; it picks the talker that speaks
     voices = Speakers(client, getattr(request.app.state, "voice_library", None))

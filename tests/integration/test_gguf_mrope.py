@@ -95,12 +95,6 @@ def reference(tiny, family) -> Reference:
     return Reference(tiny / "hf", family)
 
 
-@pytest.fixture
-def hears(family):
-    if family != "qwen2_5_omni":
-        pytest.skip(f"{family} does not hear")
-
-
 @pytest.fixture(scope="module")
 def clip():
     return spoken_clip()
@@ -177,14 +171,20 @@ def test_an_image_sits_on_its_grid_as_transformers_places_it(http, reference, im
     assert gap < 0.01
 
 
-def test_audio_is_heard_as_transformers_hears_it(http, reference, clip, hears):
+HEARS = ["qwen2_5_omni"]
+SEES_ONLY = [f for f in IMAGE_SHAPES if f not in HEARS]
+
+
+@pytest.mark.parametrize("family", HEARS, indirect=True)
+def test_audio_is_heard_as_transformers_hears_it(http, reference, clip):
     audio, wav = clip
     ours = served(http, [audio_part(wav)])
     assert ours.prompt > 750  # the audio's own embeddings, not a transcript
     assert_same(ours, reference.answer([{"type": "audio"}], audio=audio), 1e-2)
 
 
-def test_image_and_audio_together(http, reference, image, clip, hears):
+@pytest.mark.parametrize("family", HEARS, indirect=True)
+def test_image_and_audio_together(http, reference, image, clip):
     from PIL import Image
 
     pixels, part = image
@@ -193,6 +193,23 @@ def test_image_and_audio_together(http, reference, image, clip, hears):
     theirs = reference.answer([{"type": "image"}, {"type": "audio"}, question], images=Image.fromarray(pixels),
                               audio=audio)
     assert_same(served(http, [part, audio_part(wav), question]), theirs, 1e-2)
+
+
+@pytest.mark.parametrize("family", SEES_ONLY, indirect=True)
+def test_audio_for_a_model_that_only_sees_is_read_as_whispers_transcript(http, image, clip):
+    """The projector sees only, so speech to text stays on the route: the audio reaches the model as the words
+    Whisper hears, exactly as if the user had typed them, beside the image's own embeddings."""
+    _, part = image
+    _, wav = clip
+    r = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, data={"model": "whisper-1"})
+    assert r.status_code == 200, r.text
+    words = {"type": "text", "text": r.json()["text"].strip()}
+    assert len(words["text"].split()) >= 5
+    question = {"type": "text", "text": "Describe both."}
+    spoken = chat(http, [part, audio_part(wav), question])
+    typed = chat(http, [part, words, question])
+    assert spoken["usage"]["prompt_tokens"] == typed["usage"]["prompt_tokens"] < 750
+    assert spoken["choices"][0]["message"]["content"] == typed["choices"][0]["message"]["content"]
 
 
 def test_streamed_equals_whole_and_concurrent_equals_alone(http, image, clip, family):

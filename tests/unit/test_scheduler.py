@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omniserve.executors.llamacpp.scheduler import ImageBlock, Scheduler, SeqState, Sequence, StepPlan
+from omniserve.executors.llamacpp.scheduler import MediaBlock, Scheduler, SeqState, Sequence, StepPlan
 
 
 class FakeKv:
@@ -253,7 +253,7 @@ def test_image_blocks_decode_alone_and_prompt_chunks_stop_before_them():
     kv = FakeKv(2)
     s = Scheduler(kv, slots=2, n_batch=4, max_prefill_sequences=2)
     rows = np.zeros((6, 8), np.float32)
-    q = seq("vlm", [1, 2] + [-1] * 6 + [3], blocks={2: ImageBlock(rows, causal=True)})
+    q = seq("vlm", [1, 2] + [-1] * 6 + [3], blocks={2: MediaBlock(rows, causal=True)})
     s.add(q)
     plan = s.schedule()
     assert plan.batch.tokens == [1, 2] and plan.embedding is None
@@ -282,7 +282,7 @@ def test_an_mrope_image_takes_its_grid_positions_and_text_after_it_follows_them(
     kv = FakeKv(1)
     s = Scheduler(kv, slots=1, n_batch=4)
     grid = np.array([[0] * 6, [0, 0, 0, 1, 1, 1], [0, 1, 2, 0, 1, 2], [0] * 6], np.int32)
-    q = seq("vl", [1, 2] + [-1] * 6 + [3, 4], blocks={2: ImageBlock(np.zeros((6, 8), np.float32), True, grid, 3)})
+    q = seq("vl", [1, 2] + [-1] * 6 + [3, 4], blocks={2: MediaBlock(np.zeros((6, 8), np.float32), True, grid, 3)})
     s.add(q)
     plan = s.schedule()
     assert plan.batch.positions == [0, 1]

@@ -13,7 +13,6 @@ thinker runs it. Each step encodes one item of one request, round robin.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 from dataclasses import dataclass
@@ -42,9 +41,17 @@ class MtmdArgs(BaseModel):
 
 
 @dataclass
+class _MediaItem:
+    kind: str  # "image" or "audio"
+    index: int  # among the request's items of its kind
+    chunks: Any  # libmtmd's chunks, preprocessed (mel features, image tiles), not yet encoded: freed once encoded
+    seconds: float = 0.0  # audio
+
+
+@dataclass
 class _MediaJob:
     request_id: str
-    items: list[tuple[str, int, np.ndarray]]  # (kind, index, image or 16 kHz audio), in order
+    items: list[_MediaItem]  # in prompt order
     done: int = 0
 
 
@@ -94,46 +101,71 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
         return {"model_path": self.args.mmproj_path, "n_embd": self.n_embd, "media": media}
 
     def close(self) -> None:
+        for job in self._jobs:
+            self._free(job.items[job.done:])
         super().close()
         self._mtmd.mtmd_free(self._ctx)
         self._ll.llama_model_free(self._model)
 
+    def abort(self, request_id: str) -> None:
+        for job in self._jobs:
+            if job.request_id == request_id:
+                self._free(job.items[job.done:])
+        super().abort(request_id)
+
     def add(self, request: OmniRequest) -> list[OmniOutput]:
-        """The request's images, and its audio when this model hears (else speech to text reads it)."""
+        """The request's images, and its audio when this model hears (else speech to text reads it), each
+        preprocessed now: how many tokens they take is known before any is encoded."""
         if request.images and not self.sees:
             raise InvalidRequest("this model's projector takes no images (it hears only); send audio or text",
                                  param="messages")
-        items = [("image", i, image) for i, image in enumerate(request.images)]
-        items += [("audio", i, audio) for i, audio in enumerate(request.audios)] if self.hears else []
-        if not items:
+        media = [("image", i, image) for i, image in enumerate(request.images)]
+        media += [("audio", i, audio) for i, audio in enumerate(request.audios)] if self.hears else []
+        if not media:
             raise InvalidRequest("the request has no media for the encoder stage", param="messages")
-        self._check_room(items)
+        items: list[_MediaItem] = []
+        try:
+            for kind, index, data in media:
+                items.append(_MediaItem(kind, index, self._tokenize_item(kind, data),
+                                        len(data) / ASR_RATE if kind == "audio" else 0.0))
+            self._check_room(items)
+        except Exception:
+            self._free(items)
+            raise
         self._jobs.append(_MediaJob(request.request_id, items))
         return [OmniOutput(request.request_id, started=True)]
 
     def advance(self, job: _MediaJob) -> tuple[list[OmniOutput], bool]:
-        kind, index, data = job.items[job.done]
-        chunks = self.encode_image(data) if kind == "image" else self.encode_audio(data)
+        item = job.items[job.done]
+        try:
+            chunks = self._encode_chunks(item.chunks)
+        finally:
+            self._free([item])
         job.done += 1
         done = job.done == len(job.items)
-        return [OmniOutput(job.request_id, index=index, finish_reason="stop", done=done,
-                           data=MediaReading(kind, chunks=chunks))], done
+        return [OmniOutput(job.request_id, index=item.index, finish_reason="stop", done=done,
+                           data=MediaReading(item.kind, chunks=chunks))], done
 
-    def _check_room(self, items: list[tuple[str, int, np.ndarray]]) -> None:
+    def _check_room(self, items: list[_MediaItem]) -> None:
         """A 400 before any encoding when the media alone fill the thinker's context: libmtmd's preprocessing
-        (mel features, image tiles) says how many tokens each item takes, at a small part of the encoding's cost
-        (a 30 s window of audio is 750 of them)."""
+        (mel features, image tiles) says how many tokens each item takes (a 30 s window of audio is 750)."""
+        mtmd = self._mtmd
         taken = {"audio": 0, "image": 0}
-        for kind, _, data in items:
-            with self._tokenized(kind, data) as chunks:
-                taken[kind] += sum(self._mtmd.mtmd_input_chunk_get_n_tokens(self._mtmd.mtmd_input_chunks_get(
-                    chunks, i)) for i in range(self._mtmd.mtmd_input_chunks_size(chunks)))
+        for item in items:
+            taken[item.kind] += sum(mtmd.mtmd_input_chunk_get_n_tokens(mtmd.mtmd_input_chunks_get(item.chunks, i))
+                                    for i in range(mtmd.mtmd_input_chunks_size(item.chunks)))
         if sum(taken.values()) >= self.context_length:
-            seconds = sum(len(data) for kind, _, data in items if kind == "audio") / ASR_RATE
+            seconds = sum(item.seconds for item in items)
             raise ContextLengthExceeded(
                 f"this request's media take {sum(taken.values())} tokens of this model's context of "
                 f"{self.context_length} (audio: {taken['audio']} tokens for {seconds:.1f} s; images: "
                 f"{taken['image']} tokens); send shorter audio or fewer images", param="messages")
+
+    def _free(self, items: list[_MediaItem]) -> None:
+        for item in items:
+            if item.chunks is not None:
+                self._mtmd.mtmd_input_chunks_free(item.chunks)
+                item.chunks = None
 
     def encode_image(self, image: np.ndarray) -> list[EncodedChunk]:
         """One image -> its chunks in order: the wrapping tokens and the block of embeddings."""
@@ -144,9 +176,8 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
         block of embeddings per 30 s window."""
         return self._encode("audio", audio)
 
-    @contextlib.contextmanager
-    def _tokenized(self, kind: str, data: np.ndarray):
-        """libmtmd's chunks of one item (preprocessed, not yet encoded), freed after the block."""
+    def _tokenize_item(self, kind: str, data: np.ndarray):
+        """libmtmd's chunks of one item: preprocessed, not yet encoded (the caller frees them)."""
         mtmd = self._mtmd
         if kind == "image":
             image = np.ascontiguousarray(data, dtype=np.uint8)
@@ -161,37 +192,44 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
                                         parse_special=True)
             rc = mtmd.mtmd_tokenize(self._ctx, chunks, ctypes.byref(text),
                                     (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1)
-            if rc != 0:
-                raise InvalidRequest(f"the model's encoder could not take this {kind} (mtmd_tokenize: {rc})",
-                                     param="messages")
-            yield chunks
         finally:
+            mtmd.mtmd_bitmap_free(bitmap)  # the chunks hold their own copy of what they need
+        if rc != 0:
             mtmd.mtmd_input_chunks_free(chunks)
-            mtmd.mtmd_bitmap_free(bitmap)
+            raise InvalidRequest(f"the model's encoder could not take this {kind} (mtmd_tokenize: {rc})",
+                                 param="messages")
+        return chunks
 
     def _encode(self, kind: str, data: np.ndarray) -> list[EncodedChunk]:
+        item = _MediaItem(kind, 0, self._tokenize_item(kind, data))
+        try:
+            return self._encode_chunks(item.chunks)
+        finally:
+            self._free([item])
+
+    def _encode_chunks(self, chunks) -> list[EncodedChunk]:
+        """Encode an item's media chunks; its chunks in order, as the thinker decodes them."""
         mtmd = self._mtmd
-        with self._tokenized(kind, data) as chunks:
-            out: list[EncodedChunk] = []
-            for i in range(mtmd.mtmd_input_chunks_size(chunks)):
-                chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-                n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-                chunk_type = mtmd.mtmd_input_chunk_get_type(chunk)
-                if chunk_type == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                    count = ctypes.c_size_t()
-                    tokens = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
-                    if count.value:
-                        tokens = list(tokens[: count.value])
-                        out.append(EncodedChunk(tokens=self._wrapping.get(tuple(tokens), tokens)))
-                    continue
-                if mtmd.mtmd_encode_chunk(self._ctx, chunk) != 0:
-                    raise RuntimeError("mtmd_encode_chunk failed")
-                rows = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(self._ctx), shape=(n * self.n_embd,))
-                out.append(EncodedChunk(embd=rows.reshape(n, self.n_embd).copy(),  # the buffer is reused
-                                        causal=not mtmd.mtmd_decode_use_non_causal(self._ctx, chunk),
-                                        positions=self._positions(chunk, chunk_type, n) if self.mrope else None,
-                                        span=mtmd.mtmd_input_chunk_get_n_pos(chunk)))
-            return out
+        out: list[EncodedChunk] = []
+        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+            n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+            chunk_type = mtmd.mtmd_input_chunk_get_type(chunk)
+            if chunk_type == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                count = ctypes.c_size_t()
+                tokens = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+                if count.value:
+                    tokens = list(tokens[: count.value])
+                    out.append(EncodedChunk(tokens=self._wrapping.get(tuple(tokens), tokens)))
+                continue
+            if mtmd.mtmd_encode_chunk(self._ctx, chunk) != 0:
+                raise RuntimeError("mtmd_encode_chunk failed")
+            rows = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(self._ctx), shape=(n * self.n_embd,))
+            out.append(EncodedChunk(embd=rows.reshape(n, self.n_embd).copy(),  # the buffer is reused
+                                    causal=not mtmd.mtmd_decode_use_non_causal(self._ctx, chunk),
+                                    positions=self._positions(chunk, chunk_type, n) if self.mrope else None,
+                                    span=mtmd.mtmd_input_chunk_get_n_pos(chunk)))
+        return out
 
     def _positions(self, chunk, kind: int, n: int) -> np.ndarray:
         """A block's M-RoPE positions from its first one, (4, n) in llama.cpp's section order (t, y, x, z), as
@@ -210,8 +248,9 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
         plain text, a dozen tokens the model never saw around an image. The model's own tokens go in instead."""
         fixes = {}
         for theirs, ours in (("<|vision_start|>", "<|vision_bos|>"), ("<|vision_end|>", "<|vision_eos|>")):
-            if len(self._tokenize(theirs)) > 1 and len(own := self._tokenize(ours)) == 1:
-                fixes[tuple(self._tokenize(theirs))] = own
+            spelled, own = self._tokenize(theirs), self._tokenize(ours)
+            if len(spelled) > 1 and len(own) == 1:
+                fixes[tuple(spelled)] = own
         return fixes
 
     def _tokenize(self, text: str) -> list[int]:

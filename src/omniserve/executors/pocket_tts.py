@@ -13,7 +13,8 @@ costs little.
 Built-in voices are the checkpoint's `voices/*.safetensors` (`audio_prompt_latents`, N x 32). A custom
 voice of the voice library is its sample, read from the library's folder and encoded by the codec the
 first time it speaks here, then kept. How text becomes sentences and choices take turns is
-`SentenceSpeaker`'s.
+`SentenceSpeaker`'s; what the transformers model and the GGUF one (`pocket_tts_gguf`) share, how a sentence
+starts, goes on and ends, and which frames leave when, is `PocketSpeaker`'s.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from omniserve.runtime.types import OmniOutput
 from omniserve.voices import OPENAI_VOICES, language_tag
 
 SAMPLE_RATE = 24000
+FRAME_RATE = 12.5  # codec frames a second (1920 samples each)
 # codec frames before a chunk that its decoding sees: the decoder's reach (two sliding-window layers of 250
 # steps at 200 Hz, 31 frames, and a few conv taps); decoding the chunk with them gives the whole decoding's
 # samples to float noise
@@ -64,94 +66,87 @@ class ClonedSpeechParams(SpeechParams):
 
 @dataclass(frozen=True)
 class _Settings:
-    latents: Any  # the voice: (N, 32) codec latents
+    latents: Any  # the voice as the model's prompt takes it: (N, 32) codec latents, or the GGUF backbone's rows
     seed: int
 
 
 @dataclass
 class _Utterance:
-    """One sentence being spoken: its generation state and the frames not yet sent."""
+    """One sentence being spoken: where its generation stands and the frames not yet sent."""
 
     job: _Job
     voice: _Voice
     text: str
-    generator: Any
     frames_after_eos: int
     budget: int  # at most this many frames (the original's, from the text's length)
-    keys: list[Any] = field(default_factory=list)  # per layer (1, heads, length, dim), while out of the batch
-    values: list[Any] = field(default_factory=list)
     position: int = 0  # the next input's position
-    condition: Any = None  # the backbone's last hidden state (1, hidden), which the next frame is sampled from
-    eos_logit: float = 0.0
-    latent: Any = None  # the last frame, normalised (1, 32): the next input
-    frames: list[Any] = field(default_factory=list)  # denormalised (1, 32), for the codec
+    eos: bool = False  # the state the next frame is sampled from says the speech ends
+    frames: list[Any] = field(default_factory=list)  # for the codec
     sent: int = 0  # frames decoded and sent
     chunk: int = 0  # the next chunk's size in frames
     countdown: int = -1  # frames left after the end of speech; -1: not seen yet
     done: bool = False
 
 
-class PocketTtsExecutor(SentenceSpeaker):
-    params_model = ClonedSpeechParams
+@dataclass
+class _TorchUtterance(_Utterance):
+    generator: Any = None
+    keys: list[Any] = field(default_factory=list)  # per layer (1, heads, length, dim), while out of the batch
+    values: list[Any] = field(default_factory=list)
+    condition: Any = None  # the backbone's last hidden state (1, hidden), which the next frame is sampled from
+    eos_logit: float = 0.0
+    latent: Any = None  # the last frame, normalised (1, 32): the next input
 
-    def __init__(self, args: PocketTtsArgs, stage: str = "talker"):
+
+def read_voices(folder: Path) -> dict[str, Any]:
+    """A checkpoint's built-in voices: `voices/<name>.safetensors`, each the codec's latents of a voice clip
+    (`audio_prompt_latents`, N x 32), as numpy arrays."""
+    from safetensors.numpy import load_file
+
+    voices = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors = load_file(file)
+        if "audio_prompt_latents" not in tensors:
+            raise ValueError(f"{file}: a voice file holds `audio_prompt_latents` (the codec's latents of a "
+                             f"voice clip); this one holds {', '.join(sorted(tensors)) or 'nothing'}")
+        voices[file.stem] = tensors["audio_prompt_latents"].astype("float32")
+    return voices
+
+
+class PocketSpeaker(SentenceSpeaker):
+    """Pocket TTS's speaking, whatever runs the model: the request's settings and voices, the batch of
+    sentences (one frame each per step), when a sentence ends, and when its frames leave as audio. A subclass
+    loads the model and says how a sentence starts (`_start`), how each sentence's next frame is sampled
+    (`_sample`), how the backbone takes the frames in (`_backbone_step`), and how frames become audio
+    (`_decode`). A voice is whatever the subclass's prompt takes (`_voices`, and `encode_voice` for a custom one,
+    kept in the voice library as `_prepared_tensor` under `_codec_key`)."""
+
+    params_model = ClonedSpeechParams
+    _prepared_tensor = "audio_prompt_latents"
+
+    def __init__(self, args: Any, stage: str = "talker"):
         super().__init__(stage)
         self.args = args
         self.sample_rate = SAMPLE_RATE
-        self._active: list[_Utterance] = []  # the batch, in the order its cache rows are stacked
-        self._cache = None  # the batch's stacked KV cache; None: rebuild it at the next step
-        self._pads: list[int] = []  # each row's left padding in it
-        self._generators: dict[tuple[str, int], Any] = {}  # per (request, choice): one noise stream per answer
-        self._custom: OrderedDict[str, Any] = OrderedDict()  # custom voice id -> latents, most recent last
-
-    def load(self) -> dict[str, Any]:
-        import torch
-        from safetensors.torch import load_file
-        from transformers import PocketTTSAudioTokenizerModel, PocketTTSForConditionalGeneration, PocketTTSProcessor
-        from transformers.utils import logging as hf_logging
-
-        torch.set_num_threads(self.args.threads)
-        self._torch = torch
-        self.device = resolve_device(self.args.device)
-        self.dtype = resolve_dtype(self.args.dtype, self.device)
-        root = Path(self.args.model_path)
-        hf_logging.set_verbosity_error()
-        extra = {}
-        if (root / "audio_tokenizer" / "config.json").is_file():  # beside the model, wherever the folder moved
-            extra["audio_tokenizer"] = PocketTTSAudioTokenizerModel.from_pretrained(root / "audio_tokenizer")
-        self.processor = PocketTTSProcessor.from_pretrained(root, **extra)
-        self.codec = self.processor.audio_tokenizer.to(self.device).eval()
-        self.model = PocketTTSForConditionalGeneration.from_pretrained(root, dtype=self.dtype).to(self.device).eval()
-        hf_logging.enable_progress_bar()
-        self.config = self.model.config
-        generation = self.model.generation_config
-        self._noise_scale = math.sqrt(generation.temperature) if generation.do_sample else 0.0
-        self._flow_steps = getattr(generation, "num_flow_steps", 1)
-        self._eos_threshold = getattr(generation, "eos_threshold", -4.0)
-        self._min_frames = getattr(generation, "min_frames_before_eos", 0)
-        self._frame_size = self.codec.config.frame_size
-        self._fade = torch.linspace(0, 1, int(self.processor.fade_in_duration * SAMPLE_RATE))
+        self._active: list[_Utterance] = []  # the batch
+        self._custom: OrderedDict[str, Any] = OrderedDict()  # custom voice id -> its prompt, most recent last
         self._voices: dict[str, Any] = {}
-        for file in sorted((root / "voices").glob("*.safetensors")):
-            tensors = load_file(file)
-            if "audio_prompt_latents" not in tensors:
-                raise ValueError(f"{file}: a voice file holds `audio_prompt_latents` (the codec's latents of a "
-                                 f"voice clip); this one holds {', '.join(sorted(tensors)) or 'nothing'}")
-            self._voices[file.stem] = tensors["audio_prompt_latents"].float()
-        if not self._voices:
-            raise ValueError(f"{root}/voices holds no voice (.safetensors with `audio_prompt_latents`)")
-        names = list(self._voices)
         self._library = None
+        self._codec_key = ""
+        self._min_frames = 0
+
+    def _open_library(self) -> None:
         if self.args.voice_library:
             from omniserve.voice_library.store import VoiceLibrary
 
             self._library = VoiceLibrary(Path(self.args.voice_library))
-        self._codec_key = codec_key(self.codec)
-        self._warm_up()
+
+    def _facts(self, root: Path) -> dict[str, Any]:
+        names = list(self._voices)
         return {"model_path": str(root), "sample_rate": SAMPLE_RATE, "voices": names,
                 "voice_details": {name: {"language": "en", "gender": None} for name in names},
                 "openai_voices": {name: names[i % len(names)] for i, name in enumerate(OPENAI_VOICES)},
-                "clones": True, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+                "clones": True}
 
     def _warm_up(self) -> None:
         """A sentence through every path (prefill, a batched step, the codec), so the first request's is not
@@ -160,7 +155,11 @@ class PocketTtsExecutor(SentenceSpeaker):
         self._active = [self._start(job, voice, "Ready.") for voice in job.voices]
         for _ in range(2):
             self._decode(self._advance()[0])
-        self._active, self._cache, self._generators = [], None, {}
+        self._drop(list(self._active))
+        self._forget("warm-up")
+
+    def _forget(self, request_id: str) -> None:
+        """A request's state kept across its sentences, once it is over."""
 
     # ---- a request's settings ------------------------------------------------------------------------------
 
@@ -188,12 +187,13 @@ class PocketTtsExecutor(SentenceSpeaker):
         return self._voices[name]
 
     def _custom_latents(self, voice_id: str):
-        """A custom voice's latents: its sample encoded by the codec once (when the voice is made), kept in the
-        voice library beside the sample, and in memory once used."""
+        """A custom voice's prompt: its sample encoded once (when the voice is made), kept in the voice library
+        beside the sample, and in memory once used."""
         if voice_id in self._custom:
             self._custom.move_to_end(voice_id)
             return self._custom[voice_id]
-        from safetensors.torch import load, save
+        import numpy as np
+        from safetensors.numpy import load, save
 
         from omniserve.media.audio import decode_audio
 
@@ -203,16 +203,152 @@ class PocketTtsExecutor(SentenceSpeaker):
                                  code="voice_not_found")
         kept = self._library.prepared_path(voice_id, self._codec_key)
         if kept.is_file():
-            latents = load(kept.read_bytes())["audio_prompt_latents"]
+            latents = self._as_prompt(load(kept.read_bytes())[self._prepared_tensor])
         else:
             audio = decode_audio(self._library.path(found.sample).read_bytes(), where="voice",
                                  max_seconds=SAMPLE_SECONDS, rate=SAMPLE_RATE)
             latents = self.encode_voice(audio)
-            self._library.keep_prepared(voice_id, self._codec_key, save({"audio_prompt_latents": latents}))
+            self._library.keep_prepared(voice_id, self._codec_key,
+                                        save({self._prepared_tensor: np.ascontiguousarray(np.asarray(latents))}))
         self._custom[voice_id] = latents
         if len(self._custom) > MAX_CUSTOM_VOICES:
             self._custom.popitem(last=False)
         return latents
+
+    def _as_prompt(self, array: Any) -> Any:
+        """A kept voice (a numpy array) as this model's prompt takes it."""
+        return array
+
+    def encode_voice(self, wave) -> Any:
+        raise NotImplementedError
+
+    # ---- speaking ----------------------------------------------------------------------------------------
+
+    def abort(self, request_id: str) -> None:
+        super().abort(request_id)
+        self._drop([u for u in self._active if u.job.request_id == request_id])
+        self._forget(request_id)
+
+    def close(self) -> None:
+        super().close()
+        self._active = []
+
+    def has_work(self) -> bool:
+        return bool(self._active) or super().has_work()
+
+    def step(self) -> list[OmniOutput]:
+        """Start the sentences that have room in the batch, then one frame for every sentence in it."""
+        out: list[OmniOutput] = []
+        while len(self._active) < self.args.max_batch and (turn := self._next_sentence()) is not None:
+            self._active.append(self._start(*turn))
+        if self._active:
+            out += self._emit(self._advance())
+        return out
+
+    def _start(self, job: _Job, voice: _Voice, sentence: str) -> _Utterance:
+        """The sentence's prompt through the backbone: the state its first frame is sampled from."""
+        raise NotImplementedError
+
+    def _sample(self, rows: list[_Utterance]) -> None:
+        """The next frame of every sentence in the batch, from its last state: appended to its `frames`, and
+        kept as the backbone's next input."""
+        raise NotImplementedError
+
+    def _backbone_step(self) -> None:
+        """The batch's last frames through the backbone, all rows at once: each row's next state and `eos`."""
+        raise NotImplementedError
+
+    def _decode(self, u: _Utterance) -> bytes:
+        """The frames not yet sent as 16-bit PCM, joining the audio sent before."""
+        raise NotImplementedError
+
+    def _drop(self, leaving: list[_Utterance]) -> None:
+        """Take sentences out of the batch."""
+        if leaving:
+            self._active = [u for u in self._active if u not in leaving]
+
+    def _advance(self) -> list[_Utterance]:
+        """One frame for every sentence in the batch: sample it from the last state, then (for those that go
+        on) one backbone step on it, all rows at once. A sentence ends `frames_after_eos` frames after the
+        first state that says so (from frame `_min_frames` on), or at its budget."""
+        rows = self._active
+        self._sample(rows)
+        for u in rows:
+            index = len(u.frames) - 1
+            if u.countdown < 0 and u.eos and index >= self._min_frames:
+                u.countdown = u.frames_after_eos
+            if u.countdown == 0 or len(u.frames) >= u.budget:
+                u.done = True
+            elif u.countdown > 0:
+                u.countdown -= 1
+        self._drop([u for u in rows if u.done])
+        if self._active:
+            self._backbone_step()
+        return rows
+
+    def _emit(self, rows: list[_Utterance]) -> list[OmniOutput]:
+        """Audio for each sentence that has a chunk's worth of new frames (or ended), and the end of those
+        that did."""
+        out: list[OmniOutput] = []
+        for u in rows:
+            if u.job.request_id not in self._jobs:
+                continue
+            u.chunk = u.chunk or self.args.first_chunk_frames
+            if u.done or len(u.frames) - u.sent >= u.chunk:
+                out.append(self._spoken(u.job, u.voice, self._decode(u), u.text if u.sent == 0 else ""))
+                u.sent, u.chunk = len(u.frames), min(2 * u.chunk, self.args.max_chunk_frames)
+            if u.done:
+                out += self._sentence_done(u.job, u.voice)
+                if u.job.request_id not in self._jobs:
+                    self._forget(u.job.request_id)
+        return out
+
+
+class PocketTtsExecutor(PocketSpeaker):
+    """Pocket TTS on torch, through transformers' classes."""
+
+    def __init__(self, args: PocketTtsArgs, stage: str = "talker"):
+        super().__init__(args, stage)
+        self._cache = None  # the batch's stacked KV cache, in `_active`'s order; None: rebuild it at the next step
+        self._pads: list[int] = []  # each row's left padding in it
+        self._generators: dict[tuple[str, int], Any] = {}  # per (request, choice): one noise stream per answer
+
+    def load(self) -> dict[str, Any]:
+        import torch
+        from transformers import PocketTTSAudioTokenizerModel, PocketTTSForConditionalGeneration, PocketTTSProcessor
+        from transformers.utils import logging as hf_logging
+
+        torch.set_num_threads(self.args.threads)
+        self._torch = torch
+        self.device = resolve_device(self.args.device)
+        self.dtype = resolve_dtype(self.args.dtype, self.device)
+        root = Path(self.args.model_path)
+        hf_logging.set_verbosity_error()
+        extra = {}
+        if (root / "audio_tokenizer" / "config.json").is_file():  # beside the model, wherever the folder moved
+            extra["audio_tokenizer"] = PocketTTSAudioTokenizerModel.from_pretrained(root / "audio_tokenizer")
+        self.processor = PocketTTSProcessor.from_pretrained(root, **extra)
+        self.codec = self.processor.audio_tokenizer.to(self.device).eval()
+        self.model = PocketTTSForConditionalGeneration.from_pretrained(root, dtype=self.dtype).to(self.device).eval()
+        hf_logging.enable_progress_bar()
+        self.config = self.model.config
+        generation = self.model.generation_config
+        self._noise_scale = math.sqrt(generation.temperature) if generation.do_sample else 0.0
+        self._flow_steps = getattr(generation, "num_flow_steps", 1)
+        self._eos_threshold = getattr(generation, "eos_threshold", -4.0)
+        self._min_frames = getattr(generation, "min_frames_before_eos", 0)
+        self._frame_size = self.codec.config.frame_size
+        self._fade = torch.linspace(0, 1, int(self.processor.fade_in_duration * SAMPLE_RATE))
+        self._voices = {name: torch.from_numpy(latents) for name, latents in read_voices(root / "voices").items()}
+        if not self._voices:
+            raise ValueError(f"{root}/voices holds no voice (.safetensors with `audio_prompt_latents`)")
+        self._open_library()
+        self._codec_key = codec_key(self.codec)
+        self._warm_up()
+        return {**self._facts(root), "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def _as_prompt(self, array: Any) -> Any:
+        return self._torch.from_numpy(array)
 
     def encode_voice(self, wave) -> Any:
         """A 24 kHz mono clip as the codec's latents (N, 32), as the processor encodes a voice for `generate`."""
@@ -224,35 +360,18 @@ class PocketTtsExecutor(SentenceSpeaker):
                                         features["padding_mask"].to(self.device))
         return encoded.latents[0][encoded.latents_mask[0].bool()].float().cpu()
 
-    # ---- speaking ----------------------------------------------------------------------------------------
-
-    def abort(self, request_id: str) -> None:
-        super().abort(request_id)
-        self._drop([u for u in self._active if u.job.request_id == request_id])
+    def _forget(self, request_id: str) -> None:
         self._generators = {k: g for k, g in self._generators.items() if k[0] != request_id}
 
     def close(self) -> None:
         super().close()
-        self._active, self._cache = [], None
-
-    def has_work(self) -> bool:
-        return bool(self._active) or super().has_work()
-
-    def step(self) -> list[OmniOutput]:
-        """Start the sentences that have room in the batch, then one frame for every sentence in it."""
-        out: list[OmniOutput] = []
-        while len(self._active) < self.args.max_batch and (turn := self._next_sentence()) is not None:
-            job, voice, sentence = turn
-            self._unstack()
-            self._active.append(self._start(job, voice, sentence))
-        if self._active:
-            out += self._emit(self._advance())
-        return out
+        self._cache = None
 
     def _start(self, job: _Job, voice: _Voice, sentence: str) -> _Utterance:
         """The sentence's prompt through the backbone (alone): its cache, and the state its first frame is
         sampled from."""
         torch = self._torch
+        self._unstack()  # the batch is about to change
         settings: _Settings = job.settings
         key = (job.request_id, voice.index)
         if key not in self._generators:  # a choice's frames draw from one stream, sentence after sentence
@@ -270,38 +389,25 @@ class PocketTtsExecutor(SentenceSpeaker):
                                 audio_prompt_latents_mask=inputs["audio_prompt_latents_mask"].to(self.device),
                                 use_cache=True)
         cache = output.past_key_values
-        utterance = _Utterance(job, voice, sentence, self._generators[key], int(inputs["frames_after_eos"][0]),
-                               math.ceil((text_tokens / 3 + 2) * self.config.frame_rate),
-                               keys=[layer.keys for layer in cache.layers],
-                               values=[layer.values for layer in cache.layers], position=ids.shape[1])
+        utterance = _TorchUtterance(job, voice, sentence, int(inputs["frames_after_eos"][0]),
+                                    budget(text_tokens), position=ids.shape[1], generator=self._generators[key],
+                                    keys=[layer.keys for layer in cache.layers],
+                                    values=[layer.values for layer in cache.layers])
         utterance.condition = output.last_hidden_state[:, -1]
         utterance.eos_logit = float(output.logits[0, -1, 0])
         return utterance
 
-    def _advance(self) -> list[_Utterance]:
-        """One frame for every sentence in the batch: sample it from the last state, then (for those that go
-        on) one backbone step on it, all rows at once."""
+    def _sample(self, rows: list[_TorchUtterance]) -> None:
         torch = self._torch
-        rows = self._active
         with torch.no_grad():
             noise = torch.cat([torch.randn(1, self.config.latent_dim, generator=u.generator, device=self.device,
                                            dtype=u.condition.dtype) for u in rows]) * self._noise_scale
             latents = self.model.sample_latent(torch.cat([u.condition for u in rows]), noise, self._flow_steps)
             frames = self.model.denormalize_latents(latents)
         for i, u in enumerate(rows):
-            u.latent, index = latents[i:i + 1], len(u.frames)
+            u.latent = latents[i:i + 1]
             u.frames.append(frames[i:i + 1])
-            if u.countdown < 0 and u.eos_logit > self._eos_threshold and index >= self._min_frames:
-                u.countdown = u.frames_after_eos
-            if u.countdown == 0 or len(u.frames) >= u.budget:
-                u.done = True
-            elif u.countdown > 0:
-                u.countdown -= 1
-        finished = [u for u in rows if u.done]
-        self._drop(finished)
-        if self._active:
-            self._backbone_step()
-        return rows
+            u.eos = u.eos_logit > self._eos_threshold
 
     def _backbone_step(self) -> None:
         torch = self._torch
@@ -348,7 +454,7 @@ class PocketTtsExecutor(SentenceSpeaker):
         """Take sentences out of the batch; the others keep their own caches until it is stacked again."""
         if leaving:
             self._unstack()
-            self._active = [u for u in self._active if u not in leaving]
+            super()._drop(leaving)
 
     def _unstack(self) -> None:
         """Give each sentence in the batch its own cache back, before the batch changes."""
@@ -359,23 +465,6 @@ class PocketTtsExecutor(SentenceSpeaker):
             u.keys = [layer.keys[i:i + 1, :, pad:] for layer in self._cache.layers]
             u.values = [layer.values[i:i + 1, :, pad:] for layer in self._cache.layers]
         self._cache = None
-
-    def _emit(self, rows: list[_Utterance]) -> list[OmniOutput]:
-        """Audio for each sentence that has a chunk's worth of new frames (or ended), and the end of those
-        that did."""
-        out: list[OmniOutput] = []
-        for u in rows:
-            if u.job.request_id not in self._jobs:
-                continue
-            u.chunk = u.chunk or self.args.first_chunk_frames
-            if u.done or len(u.frames) - u.sent >= u.chunk:
-                out.append(self._spoken(u.job, u.voice, self._decode(u), u.text if u.sent == 0 else ""))
-                u.sent, u.chunk = len(u.frames), min(2 * u.chunk, self.args.max_chunk_frames)
-            if u.done:
-                out += self._sentence_done(u.job, u.voice)
-                if u.job.request_id not in self._jobs:
-                    self._generators = {k: g for k, g in self._generators.items() if k[0] != u.job.request_id}
-        return out
 
     def _decode(self, u: _Utterance) -> bytes:
         """The frames not yet sent as 16-bit PCM: decoded after up to CONTEXT_FRAMES sent ones, whose audio is
@@ -390,6 +479,11 @@ class PocketTtsExecutor(SentenceSpeaker):
             fade = min(len(self._fade), len(audio))
             audio[:fade] *= self._fade[:fade]
         return to_pcm16(audio.numpy())
+
+
+def budget(text_tokens: int) -> int:
+    """The most frames a sentence of this many tokens gets (the original's estimate, 12.5 frames a second)."""
+    return math.ceil((text_tokens / 3 + 2) * FRAME_RATE)
 
 
 def codec_key(codec) -> str:

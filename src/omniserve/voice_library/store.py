@@ -232,9 +232,10 @@ class VoiceLibrary:
             file.unlink(missing_ok=True)
 
     def _write_file(self, stem: str, suffix: str, data: bytes) -> str:
-        """`data` whole under a new name, fsynced, before any row names it."""
+        """`data` whole under a new name, fsynced, before any row names it. Each writer has a partial file of its
+        own: two voice models with the same codec (two stages on one GGUF) keep the same prepared voice at once."""
         name = f"{stem}{suffix}"
-        partial = self.path(f".{name}.partial")
+        partial = self.path(f".{name}.{secrets.token_hex(4)}.partial")
         with partial.open("wb") as fh:
             fh.write(data)
             fh.flush()

@@ -37,6 +37,14 @@ def quiet_llama_log(ll) -> Any:
     return callback
 
 
+def quiet_mtmd_log(ll, mtmd) -> Any:
+    """libmtmd's log (and its helpers') the same way: it prints a line per encoded item otherwise."""
+    callback = quiet_llama_log(ll)
+    mtmd.mtmd_log_set(callback, ctypes.c_void_p(0))
+    mtmd.mtmd_helper_log_set(callback, ctypes.c_void_p(0))
+    return callback
+
+
 @functools.cache
 def _log_callback(ll) -> Any:
     return ll.llama_log_callback(forward_llama_log)
@@ -99,13 +107,13 @@ class _EmbeddingBatch:
         self.batch.seq_id = self.seq_ids
         self.batch.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
 
-    def fill(self, rows: np.ndarray, positions: np.ndarray, slot: int, last_logits: bool):
+    def fill(self, rows: np.ndarray, positions: np.ndarray, slots: np.ndarray, outputs: np.ndarray):
+        """Each row with its position(s), its slot and whether its output (logits, embedding) is wanted."""
         n = len(rows)
         self.embd[:n] = rows
         self.pos[:positions.size] = positions.reshape(-1)  # section-major: all rows' t, then y, x, z
-        self.seq[:n] = slot
-        self.logits[:n] = 0
-        self.logits[n - 1] = last_logits
+        self.seq[:n] = slots
+        self.logits[:n] = outputs
         self.batch.n_tokens = n
         return self.batch
 
@@ -114,7 +122,7 @@ class LlamaRuntime:
     """One GGUF model and one decoding context of `slots` KV streams of `context_length` cells."""
 
     def __init__(self, model_path: str, *, context_length: int | None, slots: int, n_batch: int, threads: int,
-                 n_gpu_layers: int):
+                 n_gpu_layers: int, embeddings: bool = False):
         import llama_cpp
 
         self.ll = ll = llama_cpp
@@ -141,6 +149,8 @@ class LlamaRuntime:
         cparams.n_threads_batch = threads
         cparams.kv_unified = False  # a KV stream per slot: attention reads one sequence's cells, not all
         cparams.no_perf = True
+        if embeddings:  # each output row's last hidden state (a TTS backbone's, which a head samples from)
+            cparams.embeddings, cparams.pooling_type = True, ll.LLAMA_POOLING_TYPE_NONE
         self.ctx = ll.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
@@ -192,16 +202,26 @@ class LlamaRuntime:
                           last_logits: bool) -> int:
         """Decode rows of input embeddings (a media item's) into `slot`: `positions` is (1, n), or (4, n) M-RoPE
         sections for the Qwen2-VL family, which llama.cpp reads section-major from one array of 4n."""
-        if self._embd_batch is None:
-            self._embd_batch = _EmbeddingBatch(self.ll, self.n_batch, self.n_embd)
-        batch = self._embd_batch.fill(rows, positions, slot, last_logits)
+        outputs = np.zeros(len(rows), np.int8)
+        outputs[-1] = last_logits
         if not causal:
             self.ll.llama_set_causal_attn(self.ctx, False)
         try:
-            return self.ll.llama_decode(self.ctx, batch)
+            return self.decode_rows(rows, positions, np.full(len(rows), slot, np.int32), outputs)
         finally:
             if not causal:
                 self.ll.llama_set_causal_attn(self.ctx, True)
+
+    def decode_rows(self, rows: np.ndarray, positions: np.ndarray, slots: np.ndarray, outputs: np.ndarray) -> int:
+        """Decode rows of input embeddings, each into its own slot at its own position, in one batch."""
+        if self._embd_batch is None:
+            self._embd_batch = _EmbeddingBatch(self.ll, self.n_batch, self.n_embd)
+        return self.ll.llama_decode(self.ctx, self._embd_batch.fill(rows, positions, slots, outputs))
+
+    def embedding(self, batch_index: int) -> np.ndarray:
+        """The last hidden state at `batch_index` of the last decode (a copy; needs `embeddings`)."""
+        return np.ctypeslib.as_array(self.ll.llama_get_embeddings_ith(self.ctx, batch_index),
+                                     shape=(self.n_embd,)).copy()
 
     def logits(self, batch_index: int) -> np.ndarray:
         """The logits at `batch_index` of the last decode (a view into llama.cpp's buffer)."""
@@ -301,16 +321,17 @@ class LlamaRuntime:
 
     # ---- the vocabulary --------------------------------------------------------------
 
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
+        """`parse_special`: special tokens written in the text are those tokens (else their characters)."""
         ll = self.ll
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (ll.llama_token * cap)()
-        n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, True)
+        n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
         if n < 0:
             cap = -n
             buf = (ll.llama_token * cap)()
-            n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, True)
+            n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
         return list(buf[:n])
 
     def piece(self, token: int, special: bool = False) -> bytes:

@@ -17,6 +17,13 @@ Families (transformers `model_type`s):
   qwen3_vl      Qwen3-VL: a vision encoder with learned position embeddings and DeepStack features (added to the
                 first text layers' inputs) before a Qwen3 text model with interleaved M-RoPE; it sees. Its images
                 go in 32-pixel units (16-pixel patches, merged 2 x 2).
+  qwen3_omni_moe  Qwen3-Omni's thinker: a Whisper-style audio encoder that reads 100-frame chunks through three
+                2-D convolutions (llama.cpp's QWEN3A), Qwen3-VL's vision encoder, and a Qwen3 mixture-of-experts text
+                model with interleaved M-RoPE; it hears and sees. Its audio attention window (`n_window_infer`)
+                covers a whole 30 s clip, as llama.cpp attends. It has no DeepStack layer: llama.cpp's Qwen3-Omni
+                takes no DeepStack features (its text model has no DeepStack layer, and libmtmd gives an image's
+                rows without them), where transformers adds them. The converter reads a copy (OUT_DIR/convert)
+                with the vision tower under `model.visual.*`: the pinned converter cannot map `thinker.visual.*`.
   pocket_tts    Kyutai's Pocket TTS, the voice model that clones (make_tiny_tts.py's tiny, in OUT_DIR/hf): the
                 backbone in model.gguf; the codec's encoder (voices), the flow head and the codec's decoder in
                 mmproj.gguf, for libmtmd's audio generation. The converter reads Kyutai's own layout, so the HF
@@ -162,6 +169,87 @@ QWEN2_5_VL_TEMPLATE = (
     "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+QWEN3_OMNI_SPECIALS = ["<|audio_start|>", "<|audio_pad|>", "<|audio_end|>", "<|vision_start|>", "<|image_pad|>",
+                       "<|video_pad|>", "<|vision_end|>"]
+QWEN3_OMNI_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'audio' %}<|audio_start|><|audio_pad|><|audio_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def build_qwen3_omni(hf: Path, gguf_mod, size: dict) -> Path:
+    """Qwen3-Omni's thinker alone (no talker), and the folder the converter reads: the same files, with the
+    vision tower's weights under `model.visual.*`, the only names the pinned converter maps (it renames
+    transformers' `thinker.visual.*` to names it then cannot map)."""
+    import json
+
+    import torch
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2VLImageProcessor,
+        Qwen3OmniMoeConfig,
+        Qwen3OmniMoeForConditionalGeneration,
+        Qwen3OmniMoeProcessor,
+        WhisperFeatureExtractor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    tk, _ = smollm_bpe(find_tokenizer_gguf(), gguf_mod, QWEN3_OMNI_SPECIALS)
+    roles = {"audio_token": "<|audio_pad|>", "image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+             "audio_bos_token": "<|audio_start|>", "audio_eos_token": "<|audio_end|>",
+             "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>"}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        unk_token=None, bos_token=None, extra_special_tokens=roles)
+    tokenizer.chat_template = QWEN3_OMNI_TEMPLATE
+    i = {t: tk.token_to_id(t) for t in [*QWEN3_OMNI_SPECIALS, "<|im_end|>", "<|endoftext|>"]}
+    text = {**size["text"], "vocab_size": tk.get_vocab_size(), "eos_token_id": i["<|im_end|>"],
+            "pad_token_id": i["<|endoftext|>"], "head_dim": size["text"]["hidden_size"] // size["text"][
+                "num_attention_heads"], "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+            "decoder_sparse_step": 1,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": QWEN3_MROPE_SECTION,
+                                "interleaved": True}}
+    thinker = {
+        "audio_config": {**size["audio"], "n_window": 50, "n_window_infer": 3000, "conv_chunksize": 500,
+                         "downsample_hidden_size": 8, "output_dim": text["hidden_size"]},
+        "vision_config": {**QWEN3_VISION, "deepstack_visual_indexes": [], "out_hidden_size": text["hidden_size"]},
+        "text_config": text,
+        "audio_token_id": i["<|audio_pad|>"], "image_token_id": i["<|image_pad|>"],
+        "video_token_id": i["<|video_pad|>"], "audio_start_token_id": i["<|audio_start|>"],
+        "audio_end_token_id": i["<|audio_end|>"],
+        "vision_start_token_id": i["<|vision_start|>"], "vision_end_token_id": i["<|vision_end|>"],
+        "user_token_id": tk.token_to_id("user"), "position_id_per_seconds": 13,
+    }
+    torch.manual_seed(SEED)
+    model = Qwen3OmniMoeForConditionalGeneration(Qwen3OmniMoeConfig(thinker_config=thinker,
+                                                                    enable_audio_output=False)).eval()
+    stir(model, torch)
+    model.save_pretrained(hf)
+    config = json.loads((hf / "config.json").read_text())
+    config["architectures"] = ["Qwen3OmniMoeForConditionalGeneration"]
+    (hf / "config.json").write_text(json.dumps(config, indent=2))
+    pixels = {"patch_size": 16, "merge_size": 2, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+              "min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 64}
+    Qwen3OmniMoeProcessor(image_processor=Qwen2VLImageProcessor(**pixels), video_processor=Qwen2VLVideoProcessor(
+        **pixels), feature_extractor=WhisperFeatureExtractor(feature_size=AUDIO["num_mel_bins"]), tokenizer=tokenizer,
+        chat_template=QWEN3_OMNI_TEMPLATE).save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    from safetensors.torch import load_file, save_file
+
+    convert = hf.parent / "convert"
+    convert.mkdir()
+    for file in hf.iterdir():
+        if file.name != "model.safetensors":
+            (convert / file.name).symlink_to(file)
+    weights = load_file(hf / "model.safetensors")
+    save_file({k.replace("thinker.visual.", "model.visual.", 1): v for k, v in weights.items()},
+              str(convert / "model.safetensors"), metadata={"format": "pt"})
+    return convert
 
 
 QWEN3_VISION = {"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 16,
@@ -357,7 +445,8 @@ def sentencepiece_model(hf: Path) -> bytes:
 
 FAMILIES = {"qwen2_audio": build_qwen2_audio, "qwen2_5_omni": build_qwen2_5_omni,
             "qwen2_5_vl": functools.partial(build_qwen_vl, qwen3=False),
-            "qwen3_vl": functools.partial(build_qwen_vl, qwen3=True), "pocket_tts": build_pocket_tts}
+            "qwen3_vl": functools.partial(build_qwen_vl, qwen3=True), "qwen3_omni_moe": build_qwen3_omni,
+            "pocket_tts": build_pocket_tts}
 
 
 def build(out: Path, family: str, size: dict) -> None:

@@ -11,8 +11,13 @@ The chat side sends the same clip whole, as `input_audio`, with the same instruc
 ["text", "audio"]` and `stream: true`: the time from sending it to the first audio chunk. It has no turn
 detection (its client decides when the user has finished), so it is the realtime figure less the VAD.
 
+Streaming quality: each answer's audio underrun, the time a listener playing it in real time from its first
+delta would have waited for the next ones (the server exports the same as `omniserve_audio_underrun_seconds`
+and `omniserve_audio_continuity_ok`), for one session at a time and for `--sessions` sessions speaking at once.
+
     python bench/bench_realtime.py                    # 10 turns, OpenAI's default 500 ms of silence
     python bench/bench_realtime.py --silence-ms 200
+    python bench/bench_realtime.py --sessions 1 4 8   # the streaming quality of 1, 4 and 8 sessions at once
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import statistics
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +41,12 @@ from common import free_port, http, running  # noqa: E402
 
 from omniserve.api.realtime.settings import DEFAULT_INSTRUCTIONS  # noqa: E402
 from omniserve.media.pcm import PCM16, PcmWriter  # noqa: E402
+from omniserve.runtime.metrics import Playback  # noqa: E402
 from tests.audio_helpers import librivox_clips  # noqa: E402
 from tests.realtime_helpers import CHUNK, open_session, receive, send  # noqa: E402
 
 MAX_TOKENS = 48
+OUTPUT_RATE = 24000  # the realtime API's pcm16
 
 
 def speech_end_s(samples: np.ndarray, rate: int) -> float:
@@ -57,6 +65,7 @@ def realtime_turn(base: str, clip: Path, silence_ms: int, lead_s: float = 0.3, t
     writer = PcmWriter(PCM16, rate)
     data = writer.write(pcm.tobytes()) + writer.flush()
     marks: dict[str, float] = {}
+    playback: list[Playback] = []  # a listener of the answer's audio, from its first delta
     with open_session(base) as ws:
         receive(ws)
         send(ws, {"type": "session.update", "session": {
@@ -68,7 +77,12 @@ def realtime_turn(base: str, clip: Path, silence_ms: int, lead_s: float = 0.3, t
             while True:
                 event = receive(ws, timeout=120)
                 kind = event["type"]
-                marks.setdefault(kind, time.monotonic())
+                now = time.monotonic()
+                marks.setdefault(kind, now)
+                if kind == "response.output_audio.delta":
+                    if not playback:
+                        playback.append(Playback(now))
+                    playback[0].heard(now, len(base64.b64decode(event["delta"])) / 2 / OUTPUT_RATE)
                 if kind == "response.done":
                     marks["status"] = event["response"]["status"]
                     return
@@ -90,7 +104,9 @@ def realtime_turn(base: str, clip: Path, silence_ms: int, lead_s: float = 0.3, t
     return {"first_audio_ms": since("response.output_audio.delta"),
             "stopped_ms": since("input_audio_buffer.speech_stopped"),
             "transcribed_ms": since("conversation.item.input_audio_transcription.completed"),
-            "status": marks.get("status")}
+            "status": marks.get("status"),
+            "underrun_ms": playback[0].underrun * 1000 if playback else float("nan"),
+            "continuous": bool(playback) and playback[0].continuous}
 
 
 def chat_turn(base: str, clip: Path) -> float:
@@ -120,12 +136,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--silence-ms", type=int, default=500, help="server_vad silence_duration_ms")
+    parser.add_argument("--sessions", type=int, nargs="*", default=[],
+                        help="also measure streaming quality with this many sessions speaking at once")
     args = parser.parse_args()
     clips = [path for path, _ in librivox_clips()]
     port = free_port()
     cmd = [sys.executable, "-m", "omniserve", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--threads", str(args.threads), "--log-level", "warning"]
     realtime, chat = [], []
+    together: dict[int, list[dict]] = {}
     with running("omniserve", cmd, f"http://127.0.0.1:{port}") as base:
         realtime_turn(base, clips[1], args.silence_ms)  # warm up both paths
         chat_turn(base, clips[1])
@@ -137,6 +156,11 @@ def main() -> None:
             print(f"turn {turn + 1:2d} {clip.stem[-4:]}: realtime first audio {r['first_audio_ms']:6.0f} ms "
                   f"(speech_stopped {r['stopped_ms']:4.0f}, transcribed {r['transcribed_ms']:4.0f}, "
                   f"{r['status']})   chat first audio {chat[-1]:6.0f} ms", file=sys.stderr)
+        for n in args.sessions:  # n sessions at once, each speaking its own clip, twice
+            with ThreadPoolExecutor(n) as pool:
+                together[n] = [turn for round_ in range(2) for turn in pool.map(
+                    lambda k, r=round_, n=n: realtime_turn(base, clips[(r * n + k) % len(clips)], args.silence_ms),
+                    range(n))]
 
     first = [r["first_audio_ms"] for r in realtime]
     print(f"{args.turns} spoken turns, server_vad silence_duration_ms={args.silence_ms}, {args.threads} threads, "
@@ -153,6 +177,14 @@ def main() -> None:
     less_vad = statistics.median(f - r["stopped_ms"] for f, r in zip(first, realtime, strict=True))
     print(f"  ratio realtime/chat p50 {pct(first, 50) / pct(chat, 50):.2f}   realtime less its VAD wait p50 "
           f"{less_vad:.0f} ms")
+    print("streaming quality: the audio underrun of each answer (a listener playing it from its first delta):")
+    for label, turns in [("one session at a time", realtime),
+                         *((f"{n} session{'s' * (n > 1)} at once", t) for n, t in together.items())]:
+        underrun = [t["underrun_ms"] for t in turns]
+        continuous = sum(t["continuous"] for t in turns)
+        print(f"  {label:>21}: {len(turns):2d} answers, underrun p50 {pct(underrun, 50):5.0f} ms "
+              f"p90 {pct(underrun, 90):5.0f} ms, continuous {continuous}/{len(turns)}, first audio p50 "
+              f"{pct([t['first_audio_ms'] for t in turns], 50):5.0f} ms")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""/metrics by stage and model, after real requests: latency, TTFT, ITL, first audio, RTF, queue time,
-batch sizes, token counters, finish reasons, worker restarts, and running/queued/healthy per stage."""
+"""/metrics by stage and model, after real requests: latency, TTFT, ITL, first audio, RTF, audio underrun and
+continuity, queue time, batch sizes, token counters, finish reasons, worker restarts, and running/queued/healthy
+per stage."""
 
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ def test_metrics_by_stage_and_model(server, http):
     rtf = (value(after, "omniserve_audio_real_time_factor_sum", **talker)
            - value(before, "omniserve_audio_real_time_factor_sum", **talker))
     assert 0 < rtf < 20
+    responses = grew("omniserve_audio_continuity_ok_total", 2, **talker)  # the voiced chat answer and the speech
+    assert grew("omniserve_audio_underrun_seconds_count", 2, **talker) == responses
+    # "Hello there." is one sentence, spoken whole by Piper in one packet: nothing for playback to wait for
+    grew("omniserve_audio_continuity_ok_total", 1, ok="true", **talker)
     grew("omniserve_batch_size_count", 1, stage="embedder", model="all-MiniLM-L6-v2")
     grew("omniserve_e2e_request_latency_seconds_count", 1, stage="embedder")
     for stage in ("thinker", "talker", "asr", "vision", "embedder"):

@@ -2,9 +2,10 @@
 
 The coordinator sees every request arrive, wait, start and end, and every output of every
 stage, so it records here: end-to-end latency, queue time, time to first token, inter-token
-latency, time to first audio packet, the real-time factor of generated audio, token counters,
-requests by finish reason, worker restarts, and the batch size of each worker step (which
-the workers report). Running, queued and healthy are read from the coordinator at scrape
+latency, time to first audio packet, the real-time factor of generated audio, how long a
+listener's playback would have waited for audio (underrun) and whether it ever did, token
+counters, requests by finish reason, worker restarts, and the batch size of each worker step
+(which the workers report). Running, queued and healthy are read from the coordinator at scrape
 time. The `model` label is the served model a stage runs (`set_models`, once they are known).
 """
 
@@ -26,6 +27,31 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80,
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 RTF_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 4)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+UNDERRUN_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# playback that waited less than this in all stayed continuous: less than one 20 ms packet of a WebRTC or
+# realtime client
+CONTINUITY_TOLERANCE = 0.01
+
+
+@dataclass
+class Playback:
+    """A listener playing one choice's audio in real time from its first packet: how long it would have
+    waited for the next packet, in all."""
+
+    start: float  # when the first packet arrived
+    received: float = 0.0  # seconds of audio
+    underrun: float = 0.0  # seconds the playback waited
+
+    def heard(self, now: float, seconds: float) -> None:
+        """A packet of `seconds` of audio arrived at `now`: the playback waited if it had played all before."""
+        waited = now - (self.start + self.received + self.underrun)
+        if waited > 0:
+            self.underrun += waited
+        self.received += seconds
+
+    @property
+    def continuous(self) -> bool:
+        return self.underrun < CONTINUITY_TOLERANCE
 
 
 @dataclass
@@ -37,6 +63,7 @@ class RequestClock:
     first: set[tuple[str, str]] = field(default_factory=set)  # (stage, "token" or "audio") already out
     last_token: dict[tuple[str, int], float] = field(default_factory=dict)  # (stage, choice) -> when
     audio_seconds: dict[str, float] = field(default_factory=dict)
+    playback: dict[tuple[str, int], Playback] = field(default_factory=dict)  # (stage, choice) -> its listener
 
 
 class StageMetrics:
@@ -60,6 +87,12 @@ class StageMetrics:
                               LATENCY_BUCKETS)
         self.rtf = histogram("omniserve_audio_real_time_factor",
                              "Arrival to the last audio packet, over the seconds of audio made", RTF_BUCKETS)
+        self.underrun = histogram("omniserve_audio_underrun_seconds",
+                                  "Per response (choice): how long playback from its first audio packet in real time "
+                                  "would have waited for the next ones, in all", UNDERRUN_BUCKETS)
+        self.continuity = Counter("omniserve_audio_continuity_ok", "Audio responses (choices) whose playback never "
+                                  f"waited (ok=true: underrun under {CONTINUITY_TOLERANCE * 1000:.0f} ms in all) "
+                                  "or did", [*labels, "ok"], registry=self.registry)
         self.batch = histogram("omniserve_batch_size", "Requests or sequences in one worker step", BATCH_BUCKETS)
         self.prompt_tokens = Counter("omniserve_prompt_tokens", "Prompt tokens processed", labels,
                                      registry=self.registry)
@@ -108,7 +141,15 @@ class StageMetrics:
             if (stage, "audio") not in clock.first:
                 clock.first.add((stage, "audio"))
                 self.ttfa.labels(*on).observe(now - clock.arrived)
-            clock.audio_seconds[stage] = clock.audio_seconds.get(stage, 0.0) + len(out.audio) / 2 / out.sample_rate
+            seconds = len(out.audio) / 2 / out.sample_rate
+            clock.audio_seconds[stage] = clock.audio_seconds.get(stage, 0.0) + seconds
+            clock.playback.setdefault((stage, out.index), Playback(now)).heard(now, seconds)
+        if out.finish_reason or out.done:
+            ending = [key for key in clock.playback if key[0] == stage and (out.done or key[1] == out.index)]
+            for key in ending:
+                play = clock.playback.pop(key)
+                self.underrun.labels(*on).observe(play.underrun)
+                self.continuity.labels(*on, "true" if play.continuous else "false").inc()
         if out.finish_reason:
             self.finished.labels(*on, out.finish_reason).inc()
             if out.completion_tokens:

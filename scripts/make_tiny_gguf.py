@@ -24,6 +24,10 @@ Families (transformers `model_type`s):
                 takes no DeepStack features (its text model has no DeepStack layer, and libmtmd gives an image's
                 rows without them), where transformers adds them. The converter reads a copy (OUT_DIR/convert)
                 with the vision tower under `model.visual.*`: the pinned converter cannot map `thinker.visual.*`.
+  qwen3_tts     Qwen3-TTS 12 Hz "Base" (tiny_qwen3_tts.py: transformers has no Qwen3-TTS classes, so its weights are
+                written by name): the talker in model.gguf; the code predictor, the codec's decoder and the
+                speaker encoder in mmproj.gguf. Two clips in OUT_DIR/voices (noise, a buzz) are its voices, and a
+                generation_config.json caps a sentence at 100 frames (the random talker seldom ends by itself).
   pocket_tts    Kyutai's Pocket TTS, the voice model that clones (make_tiny_tts.py's tiny, in OUT_DIR/hf): the
                 backbone in model.gguf; the codec's encoder (voices), the flow head and the codec's decoder in
                 mmproj.gguf, for libmtmd's audio generation. The converter reads Kyutai's own layout, so the HF
@@ -350,6 +354,27 @@ def build_pocket_tts(hf: Path, gguf_mod, size: dict) -> Path:
     return kyutai
 
 
+def build_qwen3_tts(hf: Path, gguf_mod, size: dict) -> None:
+    import json
+
+    import numpy as np
+    import soundfile as sf
+    from tiny_qwen3_tts import build as build_hf
+
+    build_hf(hf, lambda specials: smollm_bpe(find_tokenizer_gguf(), gguf_mod, specials)[0])
+    voices = hf.parent / "voices"
+    voices.mkdir()
+    rng = np.random.default_rng(SEED)
+    t = np.arange(24000 * 3) / 24000
+    clips = {"alba": 0.1 * rng.standard_normal(24000 * 2),  # noise, and a buzz: voices the speaker encoder tells apart
+             "marius": 0.3 * ((110 * t) % 1 - 0.5) + 0.01 * rng.standard_normal(len(t))}
+    for name, clip in clips.items():
+        sf.write(voices / f"{name}.wav", clip.astype(np.float32), 24000)
+    (hf.parent / "generation_config.json").write_text(json.dumps({
+        "do_sample": True, "temperature": 0.9, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.05,
+        "max_new_tokens": 100, "subtalker_dosample": True, "subtalker_top_k": 50, "subtalker_top_p": 1.0}))
+
+
 def kyutai_tensors(hf: Path, heads: int, codec_heads: int, voice_bos: int) -> dict:
     """transformers' Pocket TTS weights under Kyutai's names: attention's q/k/v fused into `in_proj`, with q and k
     rows from transformers' half-split rotary layout into the original's interleaved pairs."""
@@ -446,7 +471,7 @@ def sentencepiece_model(hf: Path) -> bytes:
 FAMILIES = {"qwen2_audio": build_qwen2_audio, "qwen2_5_omni": build_qwen2_5_omni,
             "qwen2_5_vl": functools.partial(build_qwen_vl, qwen3=False),
             "qwen3_vl": functools.partial(build_qwen_vl, qwen3=True), "qwen3_omni_moe": build_qwen3_omni,
-            "pocket_tts": build_pocket_tts}
+            "pocket_tts": build_pocket_tts, "qwen3_tts": build_qwen3_tts}
 
 
 def build(out: Path, family: str, size: dict) -> None:
@@ -474,8 +499,13 @@ def main(argv: list[str] | None = None) -> int:
     from importlib.metadata import version
 
     size = SIZES[args.size]
+    import tiny_qwen3_tts
+
     key = {"family": args.family, "version": VERSION, "seed": SEED, "llama_cpp": version("llama_cpp_python"),
            "size": size, "vision": VISION, "qwen3": [QWEN3_VISION, QWEN3_MROPE_SECTION], "pixels": IMAGE_PIXELS}
+    if args.family == "qwen3_tts":
+        key["qwen3_tts"] = [tiny_qwen3_tts.VERSION, tiny_qwen3_tts.TALKER, tiny_qwen3_tts.PREDICTOR,
+                            tiny_qwen3_tts.SPEAKER, tiny_qwen3_tts.CODEC]
     build_once(Path(args.out).resolve(), key, lambda out: build(out, args.family, size),
                f"a {args.size} {args.family} GGUF", args.force, "tiny_gguf.stamp.json")
     return 0

@@ -7,7 +7,12 @@ The speech itself is noise: the weights are random.
 The same weights also run as GGUF through llama.cpp (`scripts/make_tiny_gguf.py --family pocket_tts`), served
 twice: as built (sampling, temperature 0.7) and greedy (a generation_config.json with `do_sample: false`). The
 greedy one's speech equals transformers' greedy `generate` up to llama.cpp's numerics (F16 convolutions in the
-codec, which also clamps before the fade-in); the sampled one repeats its audio for a seed."""
+codec, which also clamps before the fade-in); the sampled one repeats its audio for a seed.
+
+A tiny Qwen3-TTS "Base" GGUF (`make_tiny_gguf.py --family qwen3_tts`; transformers has no Qwen3-TTS classes, so
+there is no reference to equal): its speech repeats for a seed and changes with it and with the voice, streams in
+chunks that join into the whole across the codec's 72-frame windows, answers concurrent requests as it answers
+them alone, speaks custom voices, and refuses a language it does not speak."""
 
 from __future__ import annotations
 
@@ -49,6 +54,8 @@ def folder(tmp_path_factory):
 
 GGUF = "tiny-pocket-tts-gguf"  # sampling
 GREEDY = "tiny-pocket-tts-gguf-greedy"
+QWEN3 = "tiny-qwen3-tts-gguf"  # sampling
+QWEN3_GREEDY = "tiny-qwen3-tts-gguf-greedy"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +67,14 @@ def gguf(tmp_path_factory) -> dict[str, Path]:
     for name in ("model.gguf", "mmproj.gguf", "voices"):
         (greedy / name).symlink_to(built / name)
     (greedy / "generation_config.json").write_text('{"do_sample": false, "min_frames_before_eos": 6}')
-    return {GGUF: built, GREEDY: greedy}
+    qwen3 = tiny_gguf("qwen3_tts")
+    qwen3_greedy = greedy.parent / QWEN3_GREEDY
+    qwen3_greedy.mkdir()
+    for name in ("model.gguf", "mmproj.gguf", "voices"):
+        (qwen3_greedy / name).symlink_to(qwen3 / name)
+    (qwen3_greedy / "generation_config.json").write_text(
+        '{"do_sample": false, "subtalker_dosample": false, "max_new_tokens": 100}')
+    return {GGUF: built, GREEDY: greedy, QWEN3: qwen3, QWEN3_GREEDY: qwen3_greedy}
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +134,10 @@ def reference(checkpoint) -> Reference:
     return Reference(checkpoint)
 
 
-def pcm(client, voice, seed: int, text: str = TEXT, model: str | None = MODEL) -> np.ndarray:
+def pcm(client, voice, seed: int, text: str = TEXT, model: str | None = MODEL, **extra_body) -> np.ndarray:
     extra = {"model": model} if model else {"model": "tts-1-hd"}
     data = client.audio.speech.create(**extra, voice=voice, input=text, response_format="pcm",
-                                      extra_body={"seed": seed}).content
+                                      extra_body={"seed": seed, **extra_body}).content
     return np.frombuffer(data, np.int16)
 
 
@@ -188,7 +202,8 @@ def test_a_sample_is_encoded_once_when_its_voice_is_made_and_goes_with_it(client
     for voice, _ in voices.values():
         kept = list(library.glob(f"{voice.id}.pocket-tts-*.prepared"))
         assert len(kept) == 2, sorted(p.name for p in library.iterdir())  # transformers' codec's, and the GGUF's
-    assert all(len(list(library.glob(f"{voice.id}.pocket-tts-gguf-*.prepared"))) == 1 for voice, _ in voices.values())
+    for model in ("pocket-tts-gguf", "qwen3-tts-gguf"):
+        assert all(len(list(library.glob(f"{voice.id}.{model}-*.prepared"))) == 1 for voice, _ in voices.values())
     voice, _ = voices["am_michael"]
     sample = say(client, "am_michael", SAMPLE_TEXT)
     again = client.audio.voices.create(name=unique("again"), audio_sample=("s.wav", sample, "audio/wav"),
@@ -374,3 +389,83 @@ def test_a_gguf_folder_that_is_not_pocket_tts_fails_the_start(gguf, tmp_path):
     (wrong / "extra.gguf").symlink_to(other / "model.gguf")
     line = start_fails("--tts-model", str(wrong), "--data-dir", str(tmp_path / "data"))
     assert "two .gguf files" in line, line
+
+
+# ---- Qwen3-TTS as GGUF (llama.cpp) -------------------------------------------------------------------------
+
+
+def test_qwen3_tts_repeats_for_a_seed_and_changes_with_it_and_the_voice(server, client):
+    models = {m["id"]: m for m in server.http().get("/v1/models").json()["data"]}
+    assert models[QWEN3]["type"] == "tts"
+    served = pcm(client, "alba", seed=7, text="Hello there.", model=QWEN3)
+    assert len(served) % 1920 == 0 and 2 * 1920 <= len(served) <= 100 * 1920  # whole 80 ms frames, within the cap
+    assert np.abs(served.astype(int)).max() > 1000  # heard, not silence
+    assert np.array_equal(pcm(client, "alba", seed=7, text="Hello there.", model=QWEN3), served)
+    assert not np.array_equal(pcm(client, "alba", seed=8, text="Hello there.", model=QWEN3)[:len(served)],
+                              served[:len(served)])
+    other = pcm(client, "marius", seed=7, text="Hello there.", model=QWEN3)
+    assert len(other) != len(served) or not np.array_equal(other, served)
+
+
+def test_qwen3_tts_streams_chunks_that_join_across_windows_and_batches_as_alone(server, client, voices):
+    """TEXT's second sentence runs to the 100-frame cap: one whole 72-frame window of the codec, then a part.
+    Requests speaking at once share one talker step: greedy, they answer as they do alone (sampled, the talker's
+    logits in a batch differ from alone by float noise, 2e-6, which can flip a sampled code, and the rest
+    follows)."""
+    assert_streamed_chunks_join(server, client, QWEN3)
+    jobs = [("alba", 1, TEXT), ("marius", 2, "One two three."), ({"id": voices["bf_emma"][0].id}, 3, "Short one."),
+            ("alba", 4, "A fourth answer.")]
+    alone = [pcm(client, voice, seed, text, model=QWEN3_GREEDY) for voice, seed, text in jobs]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(lambda job: pcm(client, job[0], job[1], job[2], model=QWEN3_GREEDY), jobs))
+    for a, b in zip(alone, together, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_qwen3_tts_speaks_custom_voices_and_its_languages(client, voices, folder):
+    """A custom voice is its sample's speaker embedding (kept in the voice library). The two speakers' embeddings
+    differ by about 5% of their size: too little to move a random talker's sampled codes, so the audio is compared
+    with a built-in voice's instead."""
+    from safetensors.numpy import load_file
+
+    kept = [load_file(next((folder / "voices").glob(f"{voices[name][0].id}.qwen3-tts-gguf-*.prepared")))
+            ["speaker_embedding"] for name in ("am_michael", "bf_emma")]
+    assert kept[0].shape == kept[1].shape == (1, 64) and not np.allclose(kept[0], kept[1], atol=1e-3)
+    michael = pcm(client, {"id": voices["am_michael"][0].id}, seed=5, text="Hello.", model=QWEN3)
+    alba = pcm(client, "alba", seed=5, text="Hello.", model=QWEN3)
+    assert len(michael) and (len(michael) != len(alba) or not np.array_equal(michael, alba))
+    assert len(pcm(client, "alba", seed=5, text="Bonjour.", model=QWEN3, language="fr"))
+    with pytest.raises(openai.BadRequestError) as exc:
+        pcm(client, "alba", seed=5, text="Hello.", model=QWEN3, language="tlh")
+    assert exc.value.body["param"] == "language" and "english" in exc.value.body["message"]
+
+
+def test_qwen3_tts_chunks_equal_the_codec_decoding_the_sentence_whole(gguf):
+    """The executor in this process: a sentence's streamed chunks (4, 8, 16, 32 frames, then the rest; a chunk
+    inside a 72-frame window decoded from the last whole window's state) equal the codec decoding its frames in
+    whole windows, as llama.cpp's own helper does."""
+    from omniserve.executors.qwen3_tts_gguf import WINDOW, Qwen3TtsGgufArgs, Qwen3TtsGgufExecutor
+    from omniserve.runtime.types import OmniRequest
+
+    folder = gguf[QWEN3]
+    executor = Qwen3TtsGgufExecutor(Qwen3TtsGgufArgs(
+        model_path=str(folder / "model.gguf"), mmproj_path=str(folder / "mmproj.gguf"),
+        voices_path=str(folder / "voices"), max_batch=2, max_new_tokens=100))
+    executor.load()
+    try:
+        frames = []
+        decode = executor._decode
+        executor._decode = lambda u: (frames.__setitem__(slice(None), list(u.frames)), decode(u))[1]
+        outputs = executor.add(OmniRequest(request_id="r", prompt="Hello there.", params={"talker": {"seed": 3}}))
+        while executor.has_work():
+            outputs += executor.step()
+        chunks = [o.audio for o in outputs if o.audio]
+        assert len(frames) == 100 and len(chunks) == 5  # the cap: 4 + 8 + 16 + 32 + 40 frames, across the window
+        whole, state = [], None
+        for start in range(0, len(frames), WINDOW):
+            audio, state = executor.gen.audio(state, codes=np.stack(frames[start:start + WINDOW]))
+            whole.append(audio)
+        expected = (np.clip(np.concatenate(whole), -1, 1) * 32767).astype(np.int16)
+        assert np.array_equal(np.frombuffer(b"".join(chunks), np.int16), expected)
+    finally:
+        executor.close()

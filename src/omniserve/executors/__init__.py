@@ -19,6 +19,8 @@ _EXECUTORS = {
     "pocket_tts": ("omniserve.executors.pocket_tts", "PocketTtsExecutor", "PocketTtsArgs", "ClonedSpeechParams"),
     "pocket_tts_gguf": ("omniserve.executors.pocket_tts_gguf", "PocketTtsGgufExecutor", "PocketTtsGgufArgs",
                         "ClonedSpeechParams"),
+    "qwen3_tts_gguf": ("omniserve.executors.qwen3_tts_gguf", "Qwen3TtsGgufExecutor", "Qwen3TtsGgufArgs",
+                       "ClonedSpeechParams"),
     "speaker_encoder": ("omniserve.executors.speaker_encoder", "SpeakerEncoderExecutor", "SpeakerEncoderArgs", None),
     "describer": ("omniserve.executors.describer", "DescriberExecutor", "DescriberArgs", None),
     "mtmd": ("omniserve.executors.mtmd_encoder", "MtmdEncoderExecutor", "MtmdArgs", None),
@@ -51,6 +53,7 @@ _IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "kokoro": ((), ("audio",)),
     "pocket_tts": ((), ("audio",)),
     "pocket_tts_gguf": ((), ("audio",)),
+    "qwen3_tts_gguf": ((), ("audio",)),
     "speaker_encoder": (("audio",), ("embedding",)),
     "describer": (("image",), ("text",)),
     "mtmd": (("image", "audio"), ()),  # image and audio embeddings, for the thinker only (audio: if it hears)
@@ -78,9 +81,9 @@ def makes(name: str) -> tuple[str, ...]:
 
 
 # Executors that implement `feed` (take an upstream stage's outputs on a graph edge).
-_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "kokoro", "pocket_tts", "pocket_tts_gguf", "diffusers_denoiser",
-                              "diffusers_vae", "qwen_omni_talker", "qwen_omni_code2wav", "qwen3_omni_talker",
-                              "qwen3_omni_code2wav"}
+_TAKES_UPSTREAM: set[str] = {"llamacpp", "piper", "kokoro", "pocket_tts", "pocket_tts_gguf", "qwen3_tts_gguf",
+                              "diffusers_denoiser", "diffusers_vae", "qwen_omni_talker", "qwen_omni_code2wav",
+                              "qwen3_omni_talker", "qwen3_omni_code2wav"}
 
 
 def takes_upstream(name: str) -> bool:

@@ -5,7 +5,7 @@ PyPI packages.
 `--asr-model` takes an alias or a CTranslate2 Whisper folder; `none` turns it off. `--tts-model` takes
 one or more of: an alias, a Piper `.onnx` voice (its `.onnx.json` beside it), a Kokoro folder, a Pocket TTS
 checkpoint folder (the model that clones custom voices; torch and transformers, `omniserve[omni]`), or a
-folder of Pocket TTS as GGUF (llama.cpp, no torch); each is a talker stage, the first the default. OpenAI's
+folder of Pocket TTS or Qwen3-TTS as GGUF (llama.cpp, no torch); each is a talker stage, the first the default. OpenAI's
 `tts-1` names the first fast one, `tts-1-hd` and `gpt-4o-mini-tts` the first high-quality one (either: the
 first model, when the server has none of that kind).
 """
@@ -104,11 +104,12 @@ def resolve_tts(spec: str, data_dir: Path, make: bool = True) -> TtsModel:
     if _model_type(path) == "pocket_tts":
         return pocket_tts(spec, path, data_dir)
     if path.is_dir() and any(path.glob("*.gguf")):
-        return pocket_tts_gguf(spec, path, data_dir)
+        return gguf_speech(spec, path, data_dir)
     if path.suffix != ".onnx" or not path.is_file() or not Path(f"{path}.json").is_file():
         raise ConfigError(f"--tts-model {spec}: not an alias ({', '.join([*TTS_ALIASES, kokoro.ALIAS])}), a "
                           "Piper .onnx voice with its .onnx.json beside it, a folder holding a Kokoro .onnx "
-                          "and its voices, a Pocket TTS checkpoint folder, nor a folder of Pocket TTS GGUFs")
+                          "and its voices, a Pocket TTS checkpoint folder, nor a folder of Pocket TTS or "
+                          "Qwen3-TTS GGUFs")
     return TtsModel(path.name.removesuffix(".onnx"), "piper", {"model_path": str(path.resolve())}, hd=False)
 
 
@@ -124,37 +125,61 @@ def pocket_tts(spec: str, path: Path, data_dir: Path) -> TtsModel:
                     {"model_path": str(path.resolve()), "voice_library": str(data_dir / "voices")}, hd=True)
 
 
-def pocket_tts_gguf(spec: str, path: Path, data_dir: Path) -> TtsModel:
-    """A folder of Pocket TTS as llama.cpp's converter writes it: the backbone GGUF, the projector GGUF
-    (`mmproj*.gguf`: the flow head and the codec), and `voices/` (codec latents as .safetensors, or clips). A
-    `generation_config.json` beside them sets the sampling, as in a transformers checkpoint."""
+GGUF_SPEECH = {"pockettts": "pocket_tts_gguf", "qwen3tts": "qwen3_tts_gguf"}  # architecture -> executor
+
+
+def gguf_speech(spec: str, path: Path, data_dir: Path) -> TtsModel:
+    """A folder of a voice model as llama.cpp's converter writes it (Pocket TTS, Qwen3-TTS "Base"): the backbone
+    GGUF, the projector GGUF (`mmproj*.gguf`: what libmtmd runs), and `voices/` (clips; Pocket TTS also takes
+    codec latents as .safetensors). A `generation_config.json` beside them sets the sampling, as in a
+    transformers checkpoint."""
     ggufs = sorted(path.glob("*.gguf"))
     projectors = [g for g in ggufs if g.name.startswith("mmproj")]
     models = [g for g in ggufs if g not in projectors]
     if len(projectors) != 1 or len(models) != 1:
-        raise ConfigError(f"--tts-model {spec}: a Pocket TTS GGUF folder holds two .gguf files, the model and its "
-                          f"projector (named mmproj*.gguf); it has {', '.join(g.name for g in ggufs)}")
+        raise ConfigError(f"--tts-model {spec}: a GGUF voice model's folder holds two .gguf files, the model and "
+                          f"its projector (named mmproj*.gguf); it has {', '.join(g.name for g in ggufs)}")
+    architecture = _gguf_architecture(models[0])
+    if architecture not in GGUF_SPEECH:
+        raise ConfigError(f"--tts-model {spec}: {models[0].name} is a {architecture} model; GGUF voice models are "
+                          "Pocket TTS (pockettts) and Qwen3-TTS (qwen3tts)")
     voices = path / "voices"
     if not voices.is_dir() or not any(voices.iterdir()):
-        raise ConfigError(f"--tts-model {spec}: a Pocket TTS GGUF folder holds its built-in voices in voices/ "
-                          "(codec latents as .safetensors, or voice clips); it has none")
+        raise ConfigError(f"--tts-model {spec}: a GGUF voice model's folder holds its built-in voices in voices/ "
+                          "(voice clips; for Pocket TTS also codec latents as .safetensors); it has none")
     args = {"model_path": str(models[0].resolve()), "mmproj_path": str(projectors[0].resolve()),
             "voices_path": str(voices.resolve()), "voice_library": str(data_dir / "voices")}
-    args.update(_generation(path / "generation_config.json", spec))
-    return TtsModel(path.resolve().name, "pocket_tts_gguf", args, hd=True)
+    args.update(_generation(path / "generation_config.json", spec, architecture))
+    return TtsModel(path.resolve().name, GGUF_SPEECH[architecture], args, hd=True)
 
 
-def _generation(file: Path, spec: str) -> dict[str, Any]:
-    """The sampling a transformers `generation_config.json` sets, as the GGUF executor's arguments; libmtmd's
-    flow head takes one flow step and ends speech at a logit of -4, so a config that says otherwise is refused."""
+def _gguf_architecture(file: Path) -> str:
+    from gguf import GGUFReader
+
+    field = GGUFReader(file).fields.get("general.architecture")
+    return bytes(field.parts[field.data[0]]).decode() if field is not None else "unknown"
+
+
+def _generation(file: Path, spec: str, architecture: str) -> dict[str, Any]:
+    """The sampling a transformers `generation_config.json` sets, as the GGUF executor's arguments. Pocket TTS:
+    libmtmd's flow head takes one flow step and ends speech at a logit of -4, so a config that says otherwise is
+    refused. Qwen3-TTS: the talker's sampling, and the code predictor's (`subtalker_*`)."""
     if not file.is_file():
         return {}
     config = json.loads(file.read_text())
+    sampling = config.get("do_sample", True)
+    if architecture == "qwen3tts":
+        args = {"temperature": config.get("temperature", 0.9) if sampling else 0.0}
+        args.update({k: config[k] for k in ("top_k", "top_p", "repetition_penalty", "min_new_tokens",
+                                            "max_new_tokens", "subtalker_top_k", "subtalker_top_p") if k in config})
+        if not config.get("subtalker_dosample", True):
+            args["subtalker_top_k"] = 1
+        return args
     if config.get("num_flow_steps", 1) != 1 or config.get("eos_threshold", -4.0) != -4.0:
         raise ConfigError(f"--tts-model {spec}: {file.name} asks for num_flow_steps "
                           f"{config.get('num_flow_steps', 1)} and eos_threshold {config.get('eos_threshold', -4.0)}; "
                           "llama.cpp's Pocket TTS takes 1 and -4")
-    args = {"temperature": config.get("temperature", 0.7) if config.get("do_sample", True) else 0.0}
+    args = {"temperature": config.get("temperature", 0.7) if sampling else 0.0}
     if "min_frames_before_eos" in config:
         args["min_frames_before_eos"] = config["min_frames_before_eos"]
     return args

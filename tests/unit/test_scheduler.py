@@ -84,7 +84,7 @@ def test_prompts_with_few_tokens_left_join_any_step():
     s = Scheduler(kv, slots=4, n_batch=512, prefix_cache_min_tokens=4, short_prefill_tokens=2)
     system = list(range(1, 30))
     first = finished(s, kv, system + [40])
-    assert s.kept[first.slot][1] == first.prompt
+    assert s.kept[first.slot][1] == first.prompt + [901, 902]  # its prompt and the answer decoded
     cold = seq("cold", list(range(100, 110)))
     warm = [seq(f"warm{i}", system + [50 + i]) for i in range(2)]  # one token left each, after the copy
     for q in (*warm, cold):
@@ -93,6 +93,19 @@ def test_prompts_with_few_tokens_left_join_any_step():
     plan = step(s, kv)
     assert {c.seq.request_id for c in plan.chunks} == {"cold", "warm0", "warm1"}  # the cold prompt and both warm
     assert all(q.next_token is not None for q in (cold, *warm))
+
+
+def test_a_conversation_s_next_turn_reuses_the_last_prompt_and_its_answer():
+    kv = FakeKv(2)
+    s = Scheduler(kv, slots=2, n_batch=512, prefix_cache_min_tokens=4)
+    turn = finished(s, kv, list(range(1, 20)))
+    assert turn.answer == [901, 902]  # the last token sampled was never decoded
+    following = seq("following", [*turn.prompt, 901, 902, 7, 8, 9])  # its answer, then the user's next words
+    s.add(following)
+    assert following.cached == len(turn.prompt) + 2
+    other = seq("other", [*turn.prompt, 905, 7])  # an answer of its own: only the prompt is shared
+    s.add(other)
+    assert other.cached == len(turn.prompt)
 
 
 def test_prompts_that_arrive_together_can_start_in_one_step_in_slot_order():
@@ -167,8 +180,7 @@ def test_a_long_shared_prefix_is_copied_from_the_slot_that_keeps_it():
     s.add(first)
     while first.state is not SeqState.DONE:
         step(s, kv)
-    assert s.kept[0][1] == first.prompt  # the prompt stays, the answer is gone
-    assert kv.streams[0] == first.prompt
+    assert s.kept[0][1] == first.prompt + first.answer == kv.streams[0]  # the prompt and answer stay
     blocker = seq("blocker", [7, 7])  # takes slot 0 over? no: 0 keeps a long prefix, so it is copied elsewhere
     second = seq("second", system + [600])
     s.add(blocker)

@@ -91,6 +91,7 @@ class Sequence:
     shift: int = 0  # its position minus its index (M-RoPE: an image takes fewer positions than rows)
     cached: int = 0  # prompt tokens whose KV came from the prefix cache
     next_token: int | None = None  # sampled, not yet decoded
+    answer: list[int] = field(default_factory=list)  # answer tokens decoded into its KV stream
     batch_pos: int = -1  # where its logits sit in the last decode (-1: none to sample)
 
     def position(self, index: int) -> int:
@@ -105,6 +106,12 @@ class Sequence:
         """How many of its prompt tokens have their KV in its slot (up to the first image)."""
         n = min(self.n_past, len(self.prompt))
         return min(n, self.prompt.index(-1)) if -1 in self.prompt[:n] else n
+
+    def kept_tokens(self) -> list[int]:
+        """The tokens whose KV its slot holds, as a later prompt can match them: the prompt (up to its first
+        image), then the answer so far. A conversation's next prompt holds this one and its answer."""
+        n = self.reusable()
+        return self.prompt[:n] if n < len(self.prompt) else self.prompt + self.answer
 
 
 @dataclass
@@ -176,14 +183,14 @@ class Scheduler:
             self.running.append(seq)
 
     def release(self, seq: Sequence) -> None:
-        """The one way out, for a finished, aborted or failed sequence: its slot keeps the prompt's
-        KV for the prefix cache, the answer's goes."""
+        """The one way out, for a finished, aborted or failed sequence: its slot keeps the KV of its
+        prompt and answer for the prefix cache."""
         if seq.state is SeqState.RUNNING:
             self.running.remove(seq)
-            kept = seq.reusable() if self.prefix_cache else 0
-            self.kv.trim_slot(seq.slot, kept)
+            kept = seq.kept_tokens() if self.prefix_cache else []
+            self.kv.trim_slot(seq.slot, len(kept))
             if kept:
-                self.kept[seq.slot] = (seq.lora, seq.prompt[:kept])
+                self.kept[seq.slot] = (seq.lora, kept)
             self.free_slots.append(seq.slot)
         elif seq.state is SeqState.WAITING:
             self.waiting.remove(seq)
@@ -249,6 +256,7 @@ class Scheduler:
         """The batch was decoded: its tokens are in the KV cache."""
         for seq in plan.decoding:
             seq.n_past += 1
+            seq.answer.append(seq.next_token)
             seq.next_token = None
         for chunk in plan.chunks:
             chunk.seq.n_past += chunk.count

@@ -1,15 +1,21 @@
 """A spoken turn over `/v1/realtime` against the same turn as one `/v1/chat/completions` request, in one run.
 
-Each turn is a LibriVox sentence (Debian's pocketsphinx-testdata), streamed to a fresh realtime session in
-20 ms appends at real-time pace, as a microphone would, with silence after it; server VAD ends the turn
-and the answer is spoken by the default models (Whisper -> SmolLM2 -> Piper). The figure is the time from
-the end of the user's speech (the last voiced 20 ms of the clip, by energy, as the client sent it) to the
-first `response.output_audio.delta`, with where it went: waiting for the VAD's silence, transcribing, and
-the thinker and talker up to the first audio.
+Each turn is a LibriVox sentence (Debian's pocketsphinx-testdata), streamed at real-time pace in 20 ms appends,
+as a microphone would, with silence after it; server VAD ends the turn and the answer is spoken by the default
+models (Whisper -> SmolLM2 -> Piper). The figure is the time from the end of the user's speech (the last voiced
+20 ms of the clip, by energy, as the client sent it) to the first `response.output_audio.delta`. It is measured
+over `--turns` turns in one session (a conversation whose prompt grows: later turns must not be slower) and over
+as many fresh sessions.
+
+Where the time goes, per turn: the VAD's wait for `silence_duration_ms` of quiet (speech_stopped), and, from the
+server's /metrics for the turn's requests, speech to text (asr), the thinker's time to its first token
+(prefill), and the pipeline's time to its first audio (first words, then the talker's first chunk). The answer
+is begun at the speaker's pause, so that work hides in the VAD's wait when it is short enough: `ahead` counts
+the turns whose response took an answer begun ahead.
 
 The chat side sends the same clip whole, as `input_audio`, with the same instructions, `modalities:
 ["text", "audio"]` and `stream: true`: the time from sending it to the first audio chunk. It has no turn
-detection (its client decides when the user has finished), so it is the realtime figure less the VAD.
+detection (its client decides when the user has finished).
 
 Streaming quality: each answer's audio underrun, the time a listener playing it in real time from its first
 delta would have waited for the next ones (the server exports the same as `omniserve_audio_underrun_seconds`
@@ -25,7 +31,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import statistics
 import sys
 import threading
 import time
@@ -38,6 +43,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import free_port, http, running  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from omniserve.api.realtime.settings import DEFAULT_INSTRUCTIONS  # noqa: E402
 from omniserve.media.pcm import PCM16, PcmWriter  # noqa: E402
@@ -58,7 +64,16 @@ def speech_end_s(samples: np.ndarray, rate: int) -> float:
     return (voiced[-1] + 1) * frame / rate
 
 
-def realtime_turn(base: str, clip: Path, silence_ms: int, lead_s: float = 0.3, tail_s: float = 2.0) -> dict:
+def configure(ws, silence_ms: int) -> None:
+    receive(ws)
+    send(ws, {"type": "session.update", "session": {
+        "max_output_tokens": MAX_TOKENS,
+        "audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": silence_ms}}}}})
+    receive(ws)
+
+
+def speak(ws, clip: Path, lead_s: float = 0.3, tail_s: float = 2.0) -> dict:
+    """One spoken turn on an open session, at real-time pace, until its response is done."""
     audio, rate = sf.read(clip, dtype="int16")
     end_s = lead_s + speech_end_s(audio, rate)
     pcm = np.concatenate([np.zeros(int(rate * lead_s), np.int16), audio, np.zeros(int(rate * tail_s), np.int16)])
@@ -66,36 +81,30 @@ def realtime_turn(base: str, clip: Path, silence_ms: int, lead_s: float = 0.3, t
     data = writer.write(pcm.tobytes()) + writer.flush()
     marks: dict[str, float] = {}
     playback: list[Playback] = []  # a listener of the answer's audio, from its first delta
-    with open_session(base) as ws:
-        receive(ws)
-        send(ws, {"type": "session.update", "session": {
-            "max_output_tokens": MAX_TOKENS,
-            "audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": silence_ms}}}}})
-        receive(ws)
 
-        def listen() -> None:
-            while True:
-                event = receive(ws, timeout=120)
-                kind = event["type"]
-                now = time.monotonic()
-                marks.setdefault(kind, now)
-                if kind == "response.output_audio.delta":
-                    if not playback:
-                        playback.append(Playback(now))
-                    playback[0].heard(now, len(base64.b64decode(event["delta"])) / 2 / OUTPUT_RATE)
-                if kind == "response.done":
-                    marks["status"] = event["response"]["status"]
-                    return
+    def listen() -> None:
+        while True:
+            event = receive(ws, timeout=120)
+            kind = event["type"]
+            now = time.monotonic()
+            marks.setdefault(kind, now)
+            if kind == "response.output_audio.delta":
+                if not playback:
+                    playback.append(Playback(now))
+                playback[0].heard(now, len(base64.b64decode(event["delta"])) / 2 / OUTPUT_RATE)
+            if kind == "response.done":
+                marks["status"] = event["response"]["status"]
+                return
 
-        listener = threading.Thread(target=listen)
-        listener.start()
-        start = time.monotonic()
-        for k, i in enumerate(range(0, len(data), CHUNK)):
-            if "response.done" in marks:
-                break
-            send(ws, {"type": "input_audio_buffer.append", "audio": base64.b64encode(data[i:i + CHUNK]).decode()})
-            time.sleep(max(0.0, start + (k + 1) * 0.02 - time.monotonic()))
-        listener.join(120)
+    listener = threading.Thread(target=listen)
+    listener.start()
+    start = time.monotonic()
+    for k, i in enumerate(range(0, len(data), CHUNK)):
+        if "response.done" in marks:
+            break
+        send(ws, {"type": "input_audio_buffer.append", "audio": base64.b64encode(data[i:i + CHUNK]).decode()})
+        time.sleep(max(0.0, start + (k + 1) * 0.02 - time.monotonic()))
+    listener.join(120)
     spoken = start + end_s
 
     def since(kind: str) -> float:
@@ -107,6 +116,49 @@ def realtime_turn(base: str, clip: Path, silence_ms: int, lead_s: float = 0.3, t
             "status": marks.get("status"),
             "underrun_ms": playback[0].underrun * 1000 if playback else float("nan"),
             "continuous": bool(playback) and playback[0].continuous}
+
+
+def realtime_turn(base: str, clip: Path, silence_ms: int) -> dict:
+    """A turn in a fresh session."""
+    with open_session(base) as ws:
+        configure(ws, silence_ms)
+        return speak(ws, clip)
+
+
+# ---- where the time went, from the server's /metrics ------------------------------------------------------
+
+STAGE_TIMES = {"asr": ("omniserve_e2e_request_latency_seconds", "asr"),
+               "prefill": ("omniserve_time_to_first_token_seconds", "thinker"),
+               "first audio": ("omniserve_time_to_first_audio_seconds", "talker")}
+
+
+def scrape(base: str) -> dict[tuple[str, str], float]:
+    """(sample name, stage) -> value, summed over the stage's labels (a talker stage per voice model)."""
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(http.get(base + "/metrics").text):
+        for sample in family.samples:
+            stage = sample.labels.get("stage") or sample.labels.get("outcome", "")
+            stage = "talker" if stage.startswith("talker") else stage
+            out[(sample.name, stage)] = out.get((sample.name, stage), 0.0) + sample.value
+    return out
+
+
+def stage_times(before: dict, after: dict) -> dict[str, float]:
+    """Mean ms per request of each stage's figure between two scrapes, and the answers taken ahead."""
+    times = {}
+    for label, (name, stage) in STAGE_TIMES.items():
+        count = after.get((f"{name}_count", stage), 0) - before.get((f"{name}_count", stage), 0)
+        total = after.get((f"{name}_sum", stage), 0) - before.get((f"{name}_sum", stage), 0)
+        times[label] = total / count * 1000 if count else float("nan")
+    key = ("omniserve_realtime_answers_ahead_total", "taken")
+    times["ahead"] = after.get(key, 0) - before.get(key, 0)
+    return times
+
+
+def measured(base: str, turn) -> dict:
+    before = scrape(base)
+    result = turn()
+    return {**result, **stage_times(before, scrape(base))}
 
 
 def chat_turn(base: str, clip: Path) -> float:
@@ -131,6 +183,23 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
 
 
+def report(label: str, turns: list[dict]) -> None:
+    first = [r["first_audio_ms"] for r in turns]
+    ahead = sum(r["ahead"] for r in turns)
+    print(f"  {label:<22} p50 {pct(first, 50):6.0f} ms   p90 {pct(first, 90):6.0f} ms   (target p50 <= 500, p90 <= 700;"
+          f" {ahead:.0f}/{len(turns)} answers begun ahead)")
+    half = len(turns) // 2
+    if label.startswith("one session") and half:
+        print(f"    {'first half, second':<20} p50 {pct(first[:half], 50):6.0f} ms, {pct(first[half:], 50):6.0f} ms")
+    print(f"    {'speech_stopped (VAD)':<20} p50 {pct([r['stopped_ms'] for r in turns], 50):6.0f} ms   "
+          f"p90 {pct([r['stopped_ms'] for r in turns], 90):6.0f} ms")
+    after = [r["first_audio_ms"] - r["stopped_ms"] for r in turns]
+    print(f"    {'then to audio':<20} p50 {pct(after, 50):6.0f} ms   p90 {pct(after, 90):6.0f} ms")
+    for name in STAGE_TIMES:
+        values = [r[name] for r in turns]
+        print(f"    {name + ' (server)':<20} p50 {pct(values, 50):6.0f} ms   p90 {pct(values, 90):6.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -143,48 +212,54 @@ def main() -> None:
     port = free_port()
     cmd = [sys.executable, "-m", "omniserve", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--threads", str(args.threads), "--log-level", "warning"]
-    realtime, chat = [], []
+    conversation, fresh, chat = [], [], []
     together: dict[int, list[dict]] = {}
     with running("omniserve", cmd, f"http://127.0.0.1:{port}") as base:
         realtime_turn(base, clips[1], args.silence_ms)  # warm up both paths
         chat_turn(base, clips[1])
+        with open_session(base) as ws:  # one conversation: each turn's prompt holds the ones before
+            configure(ws, args.silence_ms)
+            for turn in range(args.turns):
+                clip = clips[turn % len(clips)]
+                conversation.append(measured(base, lambda c=clip: speak(ws, c)))
+                show("one session", turn, clip, conversation[-1])
         for turn in range(args.turns):
             clip = clips[turn % len(clips)]
-            realtime.append(realtime_turn(base, clip, args.silence_ms))
-            chat.append(chat_turn(base, clip))
-            r = realtime[-1]
-            print(f"turn {turn + 1:2d} {clip.stem[-4:]}: realtime first audio {r['first_audio_ms']:6.0f} ms "
-                  f"(speech_stopped {r['stopped_ms']:4.0f}, transcribed {r['transcribed_ms']:4.0f}, "
-                  f"{r['status']})   chat first audio {chat[-1]:6.0f} ms", file=sys.stderr)
+            fresh.append(measured(base, lambda c=clip: realtime_turn(base, c, args.silence_ms)))
+            show("fresh session", turn, clip, fresh[-1])
+            chat.append(measured(base, lambda c=clip: {"first_audio_ms": chat_turn(base, c)}))
         for n in args.sessions:  # n sessions at once, each speaking its own clip, twice
             with ThreadPoolExecutor(n) as pool:
                 together[n] = [turn for round_ in range(2) for turn in pool.map(
                     lambda k, r=round_, n=n: realtime_turn(base, clips[(r * n + k) % len(clips)], args.silence_ms),
                     range(n))]
 
-    first = [r["first_audio_ms"] for r in realtime]
     print(f"{args.turns} spoken turns, server_vad silence_duration_ms={args.silence_ms}, {args.threads} threads, "
           f"max {MAX_TOKENS} tokens")
-    print("from the end of the user's speech to the first response.output_audio.delta:")
-    print(f"  realtime   p50 {pct(first, 50):6.0f} ms   p90 {pct(first, 90):6.0f} ms   (target p50 <= 800 ms)")
-    for name, key in [("speech_stopped", "stopped_ms"), ("transcribed", "transcribed_ms")]:
-        values = [r[key] for r in realtime]
-        print(f"    {name:<15}p50 {pct(values, 50):6.0f} ms   p90 {pct(values, 90):6.0f} ms")
-    after = [r["first_audio_ms"] - r["transcribed_ms"] for r in realtime]
-    print(f"    then to audio  p50 {pct(after, 50):6.0f} ms   p90 {pct(after, 90):6.0f} ms")
+    print("from the end of the user's speech to the first response.output_audio.delta (WebSocket):")
+    report("one session, 10 turns" if args.turns == 10 else f"one session, {args.turns} turns", conversation)
+    report("fresh sessions", fresh)
     print("the same turn as one /v1/chat/completions (audio in, streamed audio out), from sending it:")
-    print(f"  chat       p50 {pct(chat, 50):6.0f} ms   p90 {pct(chat, 90):6.0f} ms")
-    less_vad = statistics.median(f - r["stopped_ms"] for f, r in zip(first, realtime, strict=True))
-    print(f"  ratio realtime/chat p50 {pct(first, 50) / pct(chat, 50):.2f}   realtime less its VAD wait p50 "
-          f"{less_vad:.0f} ms")
+    first = [c["first_audio_ms"] for c in chat]
+    print(f"  {'chat':<22} p50 {pct(first, 50):6.0f} ms   p90 {pct(first, 90):6.0f} ms")
+    for name, label in [("prefill", "asr + prefill"), ("first audio", "first audio")]:  # its ASR is in its prompt
+        values = [r[name] for r in chat]
+        print(f"    {label + ' (server)':<20} p50 {pct(values, 50):6.0f} ms   p90 {pct(values, 90):6.0f} ms")
     print("streaming quality: the audio underrun of each answer (a listener playing it from its first delta):")
-    for label, turns in [("one session at a time", realtime),
+    for label, turns in [("one session at a time", fresh),
                          *((f"{n} session{'s' * (n > 1)} at once", t) for n, t in together.items())]:
         underrun = [t["underrun_ms"] for t in turns]
         continuous = sum(t["continuous"] for t in turns)
         print(f"  {label:>21}: {len(turns):2d} answers, underrun p50 {pct(underrun, 50):5.0f} ms "
               f"p90 {pct(underrun, 90):5.0f} ms, continuous {continuous}/{len(turns)}, first audio p50 "
               f"{pct([t['first_audio_ms'] for t in turns], 50):5.0f} ms")
+
+
+def show(label: str, turn: int, clip: Path, r: dict) -> None:
+    print(f"{label} turn {turn + 1:2d} {clip.stem[-4:]}: first audio {r['first_audio_ms']:5.0f} ms (speech_stopped "
+          f"{r['stopped_ms']:4.0f}, transcribed {r['transcribed_ms']:4.0f}; server: asr {r['asr']:4.0f}, prefill "
+          f"{r['prefill']:4.0f}, first audio {r['first audio']:4.0f}; ahead {r['ahead']:.0f}; {r['status']})",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import soundfile as sf
 
 from tests.audio_helpers import librivox_clips, normalize, wer
 from tests.conftest import idle, wait_until
+from tests.integration.test_metrics import scrape, value
 from tests.integration.test_realtime import text_item
 from tests.media_helpers import photo_url
 from tests.realtime_helpers import append_audio, audio_of, next_of, open_session, receive, send, speech_pcm24k, until
@@ -211,3 +212,31 @@ def test_an_image_in_a_user_item_reaches_the_vision_stage(server):
                                                           "max_output_tokens": 40}})
         done = next_of(ws, "response.done")["response"]
     assert "cat" in done["output"][0]["content"][0]["text"].lower()
+
+
+def test_the_answer_is_begun_at_the_pause_and_dropped_when_the_speaker_goes_on(server, http):
+    """A long pause within a turn begins an answer that is dropped when speech resumes; the pause that ends
+    the turn begins the one the response takes. The answer is to the whole turn, once."""
+    before = scrape(http)
+    first, second = (np.frombuffer(speech_pcm24k(clip=k, silence_before_s=0, silence_after_s=0), "<i2")
+                     for k in (1, 4))
+    gap, tail = np.zeros(24000, np.int16), np.zeros(24000 * 2, np.int16)  # 1 s inside the turn, 2 s after it
+    with open_session(server.base_url) as ws:
+        receive(ws)
+        # 1.5 s of silence ends the turn: room for the answer to be begun however slow this machine is
+        send(ws, {"type": "session.update", "session": {"max_output_tokens": 24, "audio": {"input": {
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 1500}}}}})
+        receive(ws)
+        append_audio(ws, np.concatenate([gap, first, gap, second, tail]).tobytes())
+        events = until(ws, "response.done")
+    assert [e["type"] for e in events].count("input_audio_buffer.committed") == 1
+    transcript = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    clips = librivox_clips()
+    assert wer([f"{clips[1][1]} {clips[4][1]}"], [transcript["transcript"]]) < 0.3, transcript["transcript"]
+    done = events[-1]["response"]
+    assert done["status"] in ("completed", "incomplete") and audio_of(events)
+    assert done["usage"]["input_tokens"] > len(f"{clips[1][1]} {clips[4][1]}".split())  # it read the whole turn
+    after = scrape(http)
+    begun = {o: value(after, "omniserve_realtime_answers_ahead_total", outcome=o) -
+             value(before, "omniserve_realtime_answers_ahead_total", outcome=o) for o in ("taken", "dropped")}
+    assert begun["taken"] == 1 and begun["dropped"] >= 1, begun

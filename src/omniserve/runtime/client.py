@@ -104,6 +104,10 @@ class Client:
         return {"running": c.num_running, "queued": c.num_queued,
                 "stages": {s["name"]: {"running": s["running"], "queued": s["queued"]} for s in c.stage_info()}}
 
+    def count_answer_ahead(self, outcome: str) -> None:
+        """A realtime answer begun at the speaker's pause was `taken` or `dropped`."""
+        self.coordinator.metrics.answers_ahead.labels(outcome).inc()
+
     def metrics_registry(self) -> CollectorRegistry:
         return self.coordinator.metrics.registry
 

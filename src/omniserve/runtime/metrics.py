@@ -106,6 +106,9 @@ class StageMetrics:
         self.object_store_bytes = Counter("omniserve_payload_object_store_bytes",
                                           "Bytes of payloads a stage sent to the next through Ray's object store",
                                           labels, registry=self.registry)
+        self.answers_ahead = Counter("omniserve_realtime_answers_ahead", "Realtime answers begun at the speaker's "
+                                     "pause: taken by the turn's response, or dropped (the speaker went on, or the "
+                                     "response was not the same request)", ["outcome"], registry=self.registry)
 
     def set_models(self, models: dict[str, str]) -> None:
         self.models.update(models)

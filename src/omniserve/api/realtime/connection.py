@@ -17,10 +17,13 @@ import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
 from omniserve.api.protocol.common import load_json
+from omniserve.api.realtime.ahead import AnswerAhead, Begun, Prefetched
 from omniserve.api.realtime.conversation import new_id
 from omniserve.api.realtime.events import (
     BETA_NAMES,
+    ContentPart,
     ErrorEvent,
+    Item,
     ItemTruncatedEvent,
     ServerEvent,
     TranscriptionCompletedEvent,
@@ -29,7 +32,7 @@ from omniserve.api.realtime.events import (
 )
 from omniserve.api.realtime.limits import REALTIME
 from omniserve.api.realtime.protocol import RealtimeError, parse_client_event
-from omniserve.api.realtime.responder import RealtimeResponse
+from omniserve.api.realtime.responder import RealtimeResponse, plan_answer
 from omniserve.api.realtime.session import (
     CancelResponse,
     ForgetSoFar,
@@ -38,6 +41,8 @@ from omniserve.api.realtime.session import (
     Transcribe,
     TranscribeSoFar,
 )
+from omniserve.api.realtime.settings import ResponseOptions
+from omniserve.api.routes.chat import hears_itself
 from omniserve.errors import InvalidRequest, OmniError
 from omniserve.media.pcm import ASR_RATE
 from omniserve.runtime.client import Client, ServedModel
@@ -73,6 +78,7 @@ class RealtimeConnection:
         self._response_task: asyncio.Task | None = None
         self._transcriptions: dict[str, asyncio.Task] = {}
         self._early: tuple[str, asyncio.Task] | None = None  # the buffer's transcription, begun at a pause
+        self._ahead: AnswerAhead | None = None  # and its answer
 
     def emit(self, event: ServerEvent) -> None:
         if self.beta and event.type in BETA_NAMES:
@@ -156,16 +162,20 @@ class RealtimeConnection:
             raise RealtimeError(f"{exc.message}: send one event per text frame") from None
         for result in self.session.handle(parse_client_event(data)):
             match result:
-                case TranscribeSoFar(item_id=item_id, audio=audio):
-                    self._drop_early()
-                    self._early = (item_id, asyncio.create_task(self._recognize(audio)))
+                case TranscribeSoFar(item_id=item_id, audio=audio, answer=answer):
+                    await self._drop_early()
+                    heard = asyncio.create_task(self._recognize(audio))
+                    self._early = (item_id, heard)
+                    if answer is not None and not hears_itself(self.client, self.chat):
+                        self._ahead = AnswerAhead(item_id, self._answer_ahead(item_id, heard, answer),
+                                                  self.client.count_answer_ahead)
                 case ForgetSoFar():
-                    self._drop_early()
+                    await self._drop_early()
                 case Transcribe(item_id=item_id):
-                    self._transcriptions[item_id] = asyncio.create_task(self._transcribe(item_id,
-                                                                                         self._take_early(item_id)))
+                    early = await self._take_early(item_id)
+                    self._transcriptions[item_id] = asyncio.create_task(self._transcribe(item_id, early))
                 case StartResponse():
-                    self._start(result)
+                    await self._start(result)
                 case CancelResponse():
                     await self._cancel(result)
                 case _:
@@ -173,13 +183,15 @@ class RealtimeConnection:
 
     # ---- responses --------------------------------------------------------------------------------
 
-    def _start(self, start: StartResponse) -> None:
-        if self._response_task is not None and not self._response_task.done():
+    async def _start(self, start: StartResponse) -> None:
+        if self._busy_responding():
+            await self._drop_early()  # a turn's answer begun ahead cannot be this response
             raise RealtimeError(f"response {self._response.id} is still in progress; cancel it first, or wait for "
                                 "its response.done", code="conversation_already_has_active_response",
                                 event_id=start.event_id)
+        ahead, self._ahead = self._ahead, None  # the turn's answer, if it was begun at the pause
         self._response = RealtimeResponse(self.ws, self.client, self.chat, self.talker, self.session.conversation,
-                                          start.options, self.emit)
+                                          start.options, self.emit, ahead)
         self._response_task = asyncio.create_task(self._response.run(self._transcribed))
 
     async def _cancel(self, cancel: CancelResponse) -> None:
@@ -248,21 +260,44 @@ class RealtimeConnection:
             await stream.aclose()
         return Heard(deltas, (reading.text or "".join(deltas)).strip(), reading.duration)
 
-    def _take_early(self, item_id: str) -> asyncio.Task | None:
-        """The transcription begun at the pause before `item_id` was committed, if it was for that item."""
+    async def _answer_ahead(self, item_id: str, heard: asyncio.Task, options: ResponseOptions) -> Begun | None:
+        """Begin the answer to the buffer about to become `item_id`, once `heard` has its transcript: the
+        request the response would make with the item in the conversation (see `ahead`)."""
+        await asyncio.wait([heard])  # not awaited directly: dropping the answer must not cancel the transcript
+        if heard.cancelled() or heard.exception() is not None or self._busy_responding():
+            return None
+        user = Item(id=item_id, type="message", role="user",
+                    content=[ContentPart(type="input_audio", transcript=heard.result().transcript)])
+        conversation = self.session.conversation
+        try:
+            plan = await plan_answer(self.ws, self.client, self.chat, self.talker, conversation,
+                                     [*conversation.items, user], options, new_id("resp"))
+        except OmniError:  # the response will fail the same way, and say why
+            return None
+        return Begun(plan.key, Prefetched(self.client.generate(plan.omni)))
+
+    def _busy_responding(self) -> bool:
+        return self._response_task is not None and not self._response_task.done()
+
+    async def _take_early(self, item_id: str) -> asyncio.Task | None:
+        """The transcription begun at the pause before `item_id` was committed, if it was for that item
+        (its answer stays for the response; any other is dropped)."""
         early = self._early[1] if self._early and self._early[0] == item_id else None
         if early is None:
-            self._drop_early()
+            await self._drop_early()
         self._early = None
         return early
 
-    def _drop_early(self) -> None:
+    async def _drop_early(self) -> None:
         if self._early is not None:
             self._early[1].cancel()  # its request is aborted
             self._early = None
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            await ahead.drop()
 
     async def _stop(self) -> None:
-        self._drop_early()
+        await self._drop_early()
         tasks = [t for t in (self._response_task, *self._transcriptions.values()) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import HTTPConnection
@@ -20,6 +21,7 @@ from starlette.requests import HTTPConnection
 from omniserve.api.protocol.chat import AudioOutput, ChatCompletionRequest
 from omniserve.api.protocol.common import validate_fields
 from omniserve.api.protocol.tools import parse_calls
+from omniserve.api.realtime.ahead import AnswerAhead
 from omniserve.api.realtime.conversation import Conversation, SpokenTrack, new_id
 from omniserve.api.realtime.events import (
     ArgumentsDeltaEvent,
@@ -52,7 +54,9 @@ from omniserve.runtime.types import OmniOutput, OmniRequest
 
 class RealtimeResponse:
     def __init__(self, conn: HTTPConnection, client: Client, chat: ServedModel, talker: ServedModel | None,
-                 conversation: Conversation, options: ResponseOptions, emit: Callable[[ServerEvent], None]):
+                 conversation: Conversation, options: ResponseOptions, emit: Callable[[ServerEvent], None],
+                 ahead: AnswerAhead | None = None):
+        """`ahead`: this turn's answer, begun at the speaker's pause (taken if it is this response's request)."""
         self.id = new_id("resp")
         self.options = options
         self.cancel_reason: str | None = None  # set before the task is cancelled
@@ -71,6 +75,7 @@ class RealtimeResponse:
         self._writer: PcmWriter | None = None
         self._track: SpokenTrack | None = None
         self._audio_started: float | None = None  # when its first audio went out
+        self._ahead = ahead
 
     # ---- what the client has heard ---------------------------------------------------------------------
 
@@ -106,6 +111,8 @@ class RealtimeResponse:
             self._out.status = "failed"
             self._out.status_details = {"type": "failed", "error": {"type": exc.error_type, "code": exc.code,
                                                                     "message": exc.message}}
+        if self._ahead is not None:  # the response ended before it looked at it
+            await self._ahead.drop()
         prompt, completion, cached = self._usage
         self._out.usage = ResponseUsage(
             total_tokens=prompt + completion, input_tokens=prompt, output_tokens=completion,
@@ -116,37 +123,17 @@ class RealtimeResponse:
     async def _answer(self) -> None:
         o = self.options
         speak = "audio" in o.modalities
-        if speak and self._talker is None:
-            raise InvalidRequest("this server has no text-to-speech stage (--tts-model none, or --text-only); set "
-                                 "output_modalities to [\"text\"]", param="output_modalities")
-        hears_audio = hears_itself(self._client, self._chat)
         items = o.input if o.input is not None else self._conversation.items
-        messages = self._conversation.chat_messages(items, hears_audio)
-        if not messages:
-            raise InvalidRequest("the conversation holds nothing to answer yet: add a user item, or speak",
-                                 param="conversation")
-        if o.instructions:
-            messages.insert(0, {"role": "system", "content": o.instructions})
-        choice = o.tool_choice if isinstance(o.tool_choice, str) else {
-            "type": "function", "function": {"name": o.tool_choice.name}}
-        fields: dict[str, Any] = {
-            "model": self._chat.id, "messages": messages, "temperature": o.temperature,
-            "max_completion_tokens": None if o.max_output_tokens == "inf" else o.max_output_tokens,
-            "tools": [{"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
-                      for t in o.tools] or None, "tool_choice": choice if o.tools else None,
-            "stage_sampling": o.stage_sampling or None}
-        body = validate_fields({k: v for k, v in fields.items() if v is not None}, ChatCompletionRequest)
-        text_first = body.calls_tools  # a call must not be spoken: the text first, then read aloud
-        if speak and not text_first:
-            body.modalities, body.audio = ["text", "audio"], AudioOutput(voice=o.voice)
-        omni, talker = await chat_omni_request(self._conn, self._client, body, self._chat, self.id)
-        self._talker = talker or self._talker  # the voice picks which talker speaks
-        omni.lane = REALTIME
-        if not text_first:
-            await self._message(self._client.generate(omni), speak)
+        plan = await plan_answer(self._conn, self._client, self._chat, self._talker, self._conversation, items, o,
+                                 self.id)
+        self._talker = plan.talker or self._talker  # the voice picks which talker speaks
+        ahead, self._ahead = self._ahead, None
+        stream = (await ahead.take(plan.key) if ahead else None) or self._client.generate(plan.omni)
+        if not plan.text_first:
+            await self._message(stream, speak)
             return
-        text = "".join([out.text async for out in self._thinker(self._client.generate(omni))])
-        content, calls = parse_calls(text, body.tools)
+        text = "".join([out.text async for out in self._thinker(stream)])
+        content, calls = parse_calls(text, plan.body.tools)
         for call in calls:
             self._function_call(call["id"], call["function"]["name"], call["function"]["arguments"])
         if content and not calls:
@@ -275,6 +262,53 @@ class RealtimeResponse:
         if self.options.in_conversation:
             self._emit(ItemEvent(type="conversation.item.done", item=item))
         self._open, self._text = None, ""
+
+
+@dataclass
+class AnswerPlan:
+    """A response's pipeline request, and how its outputs are read."""
+
+    body: ChatCompletionRequest
+    omni: OmniRequest
+    talker: ServedModel | None
+    text_first: bool  # it may call a tool, which must not be spoken: the text first, then read aloud
+
+    @property
+    def key(self) -> str:
+        """What makes two plans the same request (an answer begun ahead is taken only by its own)."""
+        return self.body.model_dump_json()
+
+
+async def plan_answer(conn: HTTPConnection, client: Client, chat: ServedModel, talker: ServedModel | None,
+                      conversation: Conversation, items: list[Item], options: ResponseOptions,
+                      request_id: str) -> AnswerPlan:
+    """The chat request that answers `items` with `options` (InvalidRequest: it cannot be answered)."""
+    o = options
+    speak = "audio" in o.modalities
+    if speak and talker is None:
+        raise InvalidRequest("this server has no text-to-speech stage (--tts-model none, or --text-only); set "
+                             "output_modalities to [\"text\"]", param="output_modalities")
+    messages = conversation.chat_messages(items, hears_itself(client, chat))
+    if not messages:
+        raise InvalidRequest("the conversation holds nothing to answer yet: add a user item, or speak",
+                             param="conversation")
+    if o.instructions:
+        messages.insert(0, {"role": "system", "content": o.instructions})
+    choice = o.tool_choice if isinstance(o.tool_choice, str) else {
+        "type": "function", "function": {"name": o.tool_choice.name}}
+    fields: dict[str, Any] = {
+        "model": chat.id, "messages": messages, "temperature": o.temperature,
+        "max_completion_tokens": None if o.max_output_tokens == "inf" else o.max_output_tokens,
+        "tools": [{"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
+                  for t in o.tools] or None, "tool_choice": choice if o.tools else None,
+        "stage_sampling": o.stage_sampling or None}
+    body = validate_fields({k: v for k, v in fields.items() if v is not None}, ChatCompletionRequest)
+    text_first = body.calls_tools
+    if speak and not text_first:
+        body.modalities, body.audio = ["text", "audio"], AudioOutput(voice=o.voice)
+    omni, picked = await chat_omni_request(conn, client, body, chat, request_id)
+    omni.lane = REALTIME
+    return AnswerPlan(body, omni, picked, text_first)
 
 
 def _shown(part: ContentPart) -> ContentPart:

@@ -86,10 +86,12 @@ class Transcribe:
 
 @dataclass
 class TranscribeSoFar:
-    """Transcribe the buffer so far, which is likely to become item `item_id` (the speaker paused)."""
+    """Transcribe the buffer so far, which is likely to become item `item_id` (the speaker paused), and
+    begin the answer with `answer` (None: the turn's end starts none)."""
 
     item_id: str
     audio: np.ndarray
+    answer: ResponseOptions | None = None
 
 
 @dataclass
@@ -251,6 +253,13 @@ class RealtimeSession:
             if spec.input is not None else None,
             metadata=spec.metadata)
 
+    def _answer_options(self) -> ResponseOptions | None:
+        """The options of the response the turn's end would start (None: they are not valid now)."""
+        try:
+            return self.response_options(ResponseSpec())
+        except RealtimeError:
+            return None
+
     def _voice(self, name: str, param: str, event_id: str | None = None) -> str:
         """A voice a talker speaks, as the client named it (which talker speaks it is the response's)."""
         if self._check_voice is not None:
@@ -351,7 +360,8 @@ class RealtimeSession:
                         events.append(CancelResponse("turn_detected"))  # barge-in (nothing, when no response runs)
                 case SpeechPaused() if self.transcriber is not None:
                     # what was said so far is likely the turn: transcribing it now hides that work in the silence
-                    events.append(TranscribeSoFar(self._pending_item, np.concatenate(self._buffer)))
+                    events.append(TranscribeSoFar(self._pending_item, np.concatenate(self._buffer),
+                                                  self._answer_options() if turn_settings.create_response else None))
                 case SpeechResumed():
                     events.append(ForgetSoFar())  # it was not the end of the turn
                 case SpeechStopped(audio_end_ms=end_ms):

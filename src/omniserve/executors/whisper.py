@@ -7,9 +7,10 @@ segment is decoded. Outputs carry one audio item each (`index`), in order;
 
 A short clip whose segment times nobody asked for (a spoken turn in a chat or a realtime session) is
 heard in one pass over a window fitted to it, not Whisper's 30 s: the encoder's cost follows the window
-(on 2 cores, 20 ms for 10 s against 170 ms for 30 s). Windows much shorter than 10 s make Whisper loop
-on some clips, so 10 s is the least; a text that looks like a loop (zlib's compression ratio over 2.4,
-Whisper's own test) is heard again the usual way.
+(on 2 cores, 20 ms for 10 s against 170 ms for 30 s). The window is the clip and at least 2 s of silence
+(audio zeros, as in Whisper's training: zero features, as faster-whisper pads, are not silence and make
+short windows mishear), 10 s at least (shorter ones make Whisper loop on some clips). A text that looks
+like a loop (zlib's compression ratio over 2.4, Whisper's own test) is heard again the usual way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
@@ -125,30 +127,30 @@ class WhisperExecutor(RoundRobinExecutor):
         if p.segments or p.word_timestamps or p.prompt or p.temperature or language is None or \
                 len(audio) > QUICK_MAX_S * ASR_RATE:
             return None
-        from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
         model = self._model
-        features = model.feature_extractor(audio)
-        window = min(WINDOW_FRAMES, max(QUICK_MIN_FRAMES, features.shape[-1] + QUICK_PAD_FRAMES))
+        # the window: the clip, then silence (audio zeros, as Whisper was trained with; not zero features)
+        window = min(WINDOW_S * ASR_RATE, max(QUICK_MIN_S * ASR_RATE, len(audio) + QUICK_PAD_S * ASR_RATE))
+        features = model.feature_extractor(np.pad(audio, (0, window - len(audio))))[:, :window // HOP]
         tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=p.task,
                               language=language)
-        prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
-        result = model.model.generate(model.encode(pad_or_trim(features, window)), [prompt],
+        prompt = model.get_prompt(tokenizer, [])  # with timestamps: Whisper hears short turns better so
+        result = model.model.generate(model.encode(features), [prompt],
                                       beam_size=self.args.beam_size, max_length=model.max_length,
                                       suppress_blank=True, suppress_tokens=get_suppressed_tokens(tokenizer, [-1]))[0]
-        tokens = result.sequences_ids[0]
+        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]  # the words, less the times
         text = tokenizer.decode(tokens)
-        if len(prompt) + len(tokens) >= model.max_length or get_compression_ratio(text.strip()) > 2.4:
+        if len(prompt) + len(result.sequences_ids[0]) >= model.max_length or get_compression_ratio(text.strip()) > 2.4:
             return None
         return _QuickSegment(text=text, end=len(audio) / ASR_RATE, tokens=tokens)
 
 
 QUICK_MAX_S = 20  # longer clips take the usual way (the window would save little)
-WINDOW_FRAMES = 3000  # Whisper's 30 s, in 10 ms feature frames
-QUICK_MIN_FRAMES = 1000
-QUICK_PAD_FRAMES = 200
+WINDOW_S = 30  # Whisper's
+QUICK_MIN_S, QUICK_PAD_S = 10, 2
+HOP = 160  # samples per feature frame
 
 
 @dataclass

@@ -20,7 +20,7 @@ KEY = "sk-realtime-test"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with run_server("--asr-model", "none", "--tts-model", "none", "--vision-model", "none", "--embedding-model",
-                    "none", tmp_path=tmp_path_factory.mktemp("realtime"), api_key=KEY) as s:
+                    "none", "--context-length", "512", tmp_path=tmp_path_factory.mktemp("realtime"), api_key=KEY) as s:
         yield s
 
 
@@ -248,7 +248,7 @@ def test_a_response_is_cancelled_and_frees_the_pipeline(server):
     with session(server) as ws, server.http() as http:
         receive(ws)
         send(ws, text_item("Write a long story about a lighthouse keeper."))
-        send(ws, {"type": "response.create", "response": {"output_modalities": ["text"], "max_output_tokens": 2000}})
+        send(ws, {"type": "response.create", "response": {"output_modalities": ["text"], "max_output_tokens": 400}})
         next_of(ws, "response.output_text.delta")
         send(ws, {"type": "response.cancel"})
         events = until(ws, "response.done")
@@ -279,3 +279,80 @@ def test_a_beta_client_gets_the_beta_event_names(server):
     assert "response.text.delta" in kinds and "response.text.done" in kinds
     assert not any(k.startswith("response.output_") and k not in ("response.output_item.added",
                                                                   "response.output_item.done") for k in kinds)
+
+
+# ---- a conversation longer than the context (this module's server has --context-length 512) ----------------
+
+WORDS = ("the river runs past the old mill where seven green boats wait for the spring rain and the baker sells warm "
+         "bread to every sailor who walks up the hill before the morning bell").split()
+
+
+def converse(ws, truncation, turns: int = 14) -> list[list[dict]]:
+    """`turns` user items of ~80 tokens, each answered in text; each turn's events (14 turns: 3.5 contexts)."""
+    receive(ws)
+    send(ws, {"type": "session.update", "session": {"output_modalities": ["text"], "max_output_tokens": 16,
+                                                    "truncation": truncation}})
+    assert next_of(ws, "session.updated")["session"]["truncation"] == truncation
+    out = []
+    for k in range(turns):
+        send(ws, text_item(f"Note {k}: " + " ".join(WORDS[(k + i) % len(WORDS)] for i in range(60))))
+        send(ws, {"type": "response.create"})
+        out.append(until(ws, "response.done"))
+    return out
+
+
+def deletions(turn: list[dict]) -> list[str]:
+    return [e["item_id"] for e in turn if e["type"] == "conversation.item.deleted"]
+
+
+def truncating(turns: list[list[dict]]) -> int:
+    return sum(1 for t in turns if deletions(t))
+
+
+def test_a_conversation_several_times_the_context_drops_its_oldest_items(server):
+    with session(server) as ws:
+        auto = converse(ws, "auto")
+        send(ws, {"type": "conversation.item.retrieve", "item_id": deletions(auto[-1])[0]})
+        assert next_of(ws, "error")["error"]["code"] == "item_not_found"  # gone from the conversation
+    for turn in auto:
+        done = turn[-1]["response"]
+        assert done["status"] in ("completed", "incomplete"), done  # answered
+        assert done["usage"]["input_tokens"] + 16 <= 512
+    added = [e["item"]["id"] for t in auto for e in t if e["type"] == "conversation.item.added"]
+    dropped = [d for t in auto for d in deletions(t)]
+    assert len(dropped) > 10 and dropped == added[:len(dropped)]  # the oldest first, in order
+    assert truncating(auto) >= 8  # past the context, every turn drops some
+    with session(server) as ws:  # a retention ratio drops more at once, so less often
+        ratio = converse(ws, {"type": "retention_ratio", "retention_ratio": 0.5})
+    assert all(t[-1]["response"]["status"] in ("completed", "incomplete") for t in ratio)
+    assert 0 < truncating(ratio) <= truncating(auto) / 2
+
+
+def test_a_token_limit_caps_the_conversation(server):
+    with session(server) as ws:
+        capped = converse(ws, {"type": "retention_ratio", "retention_ratio": 1.0,
+                               "token_limits": {"post_instructions": 200}}, turns=6)
+    assert truncating(capped) >= 3
+    assert max(t[-1]["response"]["usage"]["input_tokens"] for t in capped) < 200 + 64  # and the instructions
+
+
+def test_with_truncation_disabled_an_overlong_conversation_fails_and_the_session_goes_on(server):
+    with session(server) as ws:
+        turns = converse(ws, "disabled", turns=7)
+        failed = [t[-1]["response"] for t in turns if t[-1]["response"]["status"] == "failed"]
+        assert failed and failed[0]["status_details"]["error"]["code"] == "context_length_exceeded"
+        assert not any(deletions(t) for t in turns)
+        send(ws, {"type": "session.update", "session": {"truncation": "auto"}})
+        next_of(ws, "session.updated")
+        send(ws, {"type": "response.create"})
+        assert until(ws, "response.done")[-1]["response"]["status"] in ("completed", "incomplete")
+
+
+@pytest.mark.parametrize("truncation", ["sometimes", {"type": "retention_ratio", "retention_ratio": 1.5},
+                                        {"type": "retention_ratio"}])
+def test_a_bad_truncation_is_an_error_event(server, truncation):
+    with session(server) as ws:
+        receive(ws)
+        send(ws, {"type": "session.update", "session": {"truncation": truncation}})
+        error = next_of(ws, "error")["error"]
+        assert error["type"] == "invalid_request_error" and "truncation" in error["message"], error

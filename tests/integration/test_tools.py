@@ -141,3 +141,14 @@ def test_a_template_that_renders_tools_gets_them(client, tmp_path):
         assert create(native, messages=turn, max_tokens=5).choices[0].finish_reason in ("stop", "length")
     hermes = create(client, tool_choice="required", seed=1).usage.prompt_tokens
     assert hermes - client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=1).usage.prompt_tokens > 80
+
+
+def test_a_spoken_answer_never_reads_its_calls_aloud(client):
+    """With audio out, the talker leaves the calls out of what it speaks: a forced call is not spoken; an
+    answer with words around a call speaks only the words."""
+    r = create(client, tool_choice="required", seed=1, modalities=["text", "audio"],
+               audio={"voice": "alloy", "format": "wav"})
+    choice = r.choices[0]
+    check_calls(choice.message.tool_calls)
+    spoken = choice.message.audio.transcript if choice.message.audio else ""
+    assert "tool_call" not in spoken and "get_" not in spoken and "{" not in spoken, spoken

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from omniserve.calls import CallFilter
 from omniserve.executors.base import request_params
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
@@ -45,6 +46,7 @@ class SpeechParams(BaseModel):
     noise_scale: float | None = Field(None, ge=0, le=2)  # Piper's own knobs
     noise_w_scale: float | None = Field(None, ge=0, le=2)
     choices: int = Field(1, ge=1, le=16, description="the upstream answer's choices, each spoken on its own")
+    unspoken_calls: bool = False  # the text may hold tool calls: they are not read aloud
 
 
 def split_sentences(buffer: str, final: bool, opening: bool = False) -> tuple[list[str], str]:
@@ -82,6 +84,7 @@ class _Voice:
     """The speech of one choice of a request."""
 
     index: int
+    calls: CallFilter | None = None  # cuts tool calls out of its text
     sentences: deque[str] = field(default_factory=deque)
     buffer: str = ""
     text_done: bool = False  # no more text will come
@@ -123,7 +126,8 @@ class SentenceSpeaker:
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(self.params_model, request.params_for(self.stage))
-        job = _Job(request.request_id, self._settings(params), [_Voice(i) for i in range(params.choices)])
+        job = _Job(request.request_id, self._settings(params),
+                   [_Voice(i, CallFilter() if params.unspoken_calls else None) for i in range(params.choices)])
         self._jobs[job.request_id] = job
         if isinstance(request.prompt, str):  # the whole text is here: speak it
             return [OmniOutput(request.request_id, started=True)] + self._take_text(job, 0, request.prompt, True)
@@ -187,6 +191,8 @@ class SentenceSpeaker:
         voice = job.voices[index]
         if voice.finished or job.request_id not in self._jobs:
             return []
+        if voice.calls is not None:
+            text = voice.calls.push(text) + (voice.calls.flush() if final else "")
         opening = not voice.sentences and voice.characters == 0 and not voice.speaking
         sentences, voice.buffer = split_sentences(voice.buffer + text.translate(_UNSPOKEN), final, opening)
         voice.text_done = voice.text_done or final

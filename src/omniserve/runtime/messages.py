@@ -1,6 +1,6 @@
 """What the coordinator and the stage workers say to each other: typed messages, pickled over a
 `Transport`. Requests flow down as `AddRequest` / `FeedOutputs` / `AbortRequest`; what a stage
-makes flows back as `StepOutputs`. A `Control` call (LoRA adapters) is answered by one
+makes flows back as `StepOutputs`. A `Control` call (LoRA adapters, token counts) is answered by one
 `ControlDone` and takes no slot: it runs between steps, like an `add`."""
 
 from __future__ import annotations
@@ -54,7 +54,15 @@ class ListAdapters:
     changes_state: ClassVar[bool] = False
 
 
-ControlOp = LoadAdapter | UnloadAdapter | SetAdapters | MergeAdapters | ListAdapters
+@dataclass
+class CountTokens:
+    """How many tokens each text is to the chat model (a realtime conversation fitting its context)."""
+
+    changes_state: ClassVar[bool] = False
+    texts: list[str]
+
+
+ControlOp = LoadAdapter | UnloadAdapter | SetAdapters | MergeAdapters | ListAdapters | CountTokens
 
 # ---- coordinator -> worker ---------------------------------------------------------------
 

@@ -24,10 +24,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.api.protocol.structured import checked_schema, schema_rules
+from omniserve.calls import CALL_CLOSE, CALL_OPEN
 from omniserve.errors import InvalidRequest
 
 MAX_PARALLEL_CALLS = 4  # with parallel_tool_calls, a forced answer holds at most this many calls
-CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+CALL = re.compile(rf"{re.escape(CALL_OPEN)}\s*(.*?)\s*{re.escape(CALL_CLOSE)}", re.DOTALL)
 NO_PARAMETERS = {"type": "object", "properties": {}}
 
 
@@ -150,12 +151,8 @@ def parse_calls(text: str, tools: list[Tool]) -> tuple[str | None, list[dict[str
     names = {t.function.name for t in tools}
     calls, kept, last = [], [], 0
     for match in CALL.finditer(text):
-        try:
-            call = json.loads(match.group(1))
-        except (ValueError, RecursionError):
-            continue
-        if not isinstance(call, dict) or call.get("name") not in names or not isinstance(call.get("arguments", {}),
-                                                                                         dict):
+        call = _call(match.group(1), names)
+        if call is None:
             continue
         kept.append(text[last:match.start()])
         last = match.end()
@@ -163,3 +160,24 @@ def parse_calls(text: str, tools: list[Tool]) -> tuple[str | None, list[dict[str
                       "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}})
     content = ("".join(kept) + text[last:]).strip()
     return (content or None) if calls else text, calls
+
+
+def _call(block: str, names: set[str]) -> dict[str, Any] | None:
+    """A call block's JSON, if it calls one of `names` with object arguments."""
+    try:
+        call = json.loads(block)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(call, dict) or call.get("name") not in names or not isinstance(call.get("arguments", {}), dict):
+        return None
+    return call
+
+
+def malformed_call(text: str, calls: list[dict[str, Any]]) -> str | None:
+    """The start of the first call block in `text` that did not become one of `calls` (it is not JSON, names
+    no tool, or never ends), if any."""
+    starts = [m.start() for m in re.finditer(re.escape(CALL_OPEN), text)]
+    if len(starts) <= len(calls):
+        return None
+    parsed = {m.start() for m in CALL.finditer(text) if _call(m.group(1), {c["function"]["name"] for c in calls})}
+    return next(text[at:at + 200] for at in starts if at not in parsed)

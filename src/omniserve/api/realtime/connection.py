@@ -32,7 +32,7 @@ from omniserve.api.realtime.events import (
 )
 from omniserve.api.realtime.limits import REALTIME
 from omniserve.api.realtime.protocol import RealtimeError, parse_client_event
-from omniserve.api.realtime.responder import RealtimeResponse, plan_answer
+from omniserve.api.realtime.responder import RealtimeResponse, fit_context, plan_answer
 from omniserve.api.realtime.session import (
     CancelResponse,
     ForgetSoFar,
@@ -269,9 +269,11 @@ class RealtimeConnection:
         user = Item(id=item_id, type="message", role="user",
                     content=[ContentPart(type="input_audio", transcript=heard.result().transcript)])
         conversation = self.session.conversation
-        try:
-            plan = await plan_answer(self.ws, self.client, self.chat, self.talker, conversation,
-                                     [*conversation.items, user], options, new_id("resp"))
+        items = [*conversation.items, user]
+        try:  # the items the response will read: those that fit, as it will find
+            items = items[await fit_context(self.client, self.chat, conversation, items, options):]
+            plan = await plan_answer(self.ws, self.client, self.chat, self.talker, conversation, items, options,
+                                     new_id("resp"))
         except OmniError:  # the response will fail the same way, and say why
             return None
         return Begun(plan.key, Prefetched(self.client.generate(plan.omni)))

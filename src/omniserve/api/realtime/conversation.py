@@ -59,6 +59,7 @@ class Conversation:
         self.items: list[Item] = []
         self.user_audio: dict[str, np.ndarray] = {}  # item id -> mono float32 at 16 kHz
         self.spoken: dict[str, SpokenTrack] = {}  # assistant item id -> its audio
+        self.token_counts: dict[str, int] = {}  # an item's words -> its tokens to the chat model (see truncation)
 
     # ---- items ---------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from omniserve.api.protocol.common import omitted
-from omniserve.api.realtime.protocol import RealtimeError, ToolChoice, ToolSpec
+from omniserve.api.realtime.protocol import RealtimeError, ToolChoice, ToolSpec, Truncation
 
 
 def new_event_id() -> str:
@@ -69,6 +69,7 @@ class SessionOut(BaseModel):
     tool_choice: ToolChoice = "auto"
     temperature: float | None = None
     max_output_tokens: int | Literal["inf"] = "inf"
+    truncation: Truncation = "auto"
 
 
 class SessionEvent(ServerEvent):

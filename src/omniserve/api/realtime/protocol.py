@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_serializer
 
 from omniserve.api.protocol.audio import VoiceName
 from omniserve.media.pcm import FORMATS
@@ -86,6 +86,25 @@ def _max_tokens(value: Any) -> int | str:
 MaxTokens = Annotated[int | Literal["inf"], PlainValidator(_max_tokens)]
 
 
+class TokenLimits(_Open):
+    post_instructions: int | None = Field(None, ge=0)  # the conversation's tokens, past the instructions and tools
+
+
+class RetentionRatio(_Open):
+    """Past the limit, drop the oldest items until the conversation holds `retention_ratio` of it."""
+
+    type: Literal["retention_ratio"]
+    retention_ratio: float = Field(ge=0.0, le=1.0)
+    token_limits: TokenLimits | None = None
+
+    @model_serializer(mode="wrap")
+    def _shown(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}  # as the client set it
+
+
+Truncation = Literal["auto", "disabled"] | RetentionRatio
+
+
 class SessionSpec(_Open):
     """`session.update`'s `session`: only the fields it sets change."""
 
@@ -102,6 +121,7 @@ class SessionSpec(_Open):
     max_response_output_tokens: MaxTokens | None = None  # beta
     tools: list[ToolSpec] | None = None
     tool_choice: ToolChoice | None = None
+    truncation: Truncation | None = None
     # sglang-omni's per-stage sampling (an omniserve extension, as in chat): {"talker": {"temperature": 0}}
     stage_sampling: dict[str, dict[str, Any]] | None = None
 

@@ -20,7 +20,7 @@ from starlette.requests import HTTPConnection
 
 from omniserve.api.protocol.chat import AudioOutput, ChatCompletionRequest
 from omniserve.api.protocol.common import validate_fields
-from omniserve.api.protocol.tools import parse_calls
+from omniserve.api.protocol.tools import malformed_call, parse_calls
 from omniserve.api.realtime.ahead import AnswerAhead
 from omniserve.api.realtime.conversation import Conversation, SpokenTrack, new_id
 from omniserve.api.realtime.events import (
@@ -31,6 +31,7 @@ from omniserve.api.realtime.events import (
     ContentPartEvent,
     DeltaEvent,
     Item,
+    ItemDeletedEvent,
     ItemEvent,
     OutputItemEvent,
     ResponseEvent,
@@ -43,9 +44,11 @@ from omniserve.api.realtime.events import (
 )
 from omniserve.api.realtime.limits import REALTIME
 from omniserve.api.realtime.settings import ResponseOptions
+from omniserve.api.realtime.truncation import ContextFit
 from omniserve.api.routes.chat import chat_omni_request, hears_itself
-from omniserve.api.routes.common import stage_params
+from omniserve.api.routes.common import stage_params, takes
 from omniserve.api.speakers import Speakers
+from omniserve.calls import CallFilter
 from omniserve.errors import InvalidRequest, OmniError
 from omniserve.media.pcm import PcmWriter
 from omniserve.runtime.client import Client, ServedModel
@@ -123,21 +126,45 @@ class RealtimeResponse:
     async def _answer(self) -> None:
         o = self.options
         speak = "audio" in o.modalities
-        items = o.input if o.input is not None else self._conversation.items
+        items = await self._fitted(o.input if o.input is not None else self._conversation.items)
         plan = await plan_answer(self._conn, self._client, self._chat, self._talker, self._conversation, items, o,
                                  self.id)
         self._talker = plan.talker or self._talker  # the voice picks which talker speaks
         ahead, self._ahead = self._ahead, None
         stream = (await ahead.take(plan.key) if ahead else None) or self._client.generate(plan.omni)
-        if not plan.text_first:
-            await self._message(stream, speak)
+        if plan.text_first:  # its talker would read a call aloud: the text first, then read aloud if it is no call
+            text = "".join([out.text async for out in self._thinker(stream)])
+            content, calls = self._calls(text, plan.body.tools)
+            if content and not calls:
+                await self._message(self._read_aloud(content) if speak else _said(content, self._chat.stage), speak)
             return
-        text = "".join([out.text async for out in self._thinker(stream)])
-        content, calls = parse_calls(text, plan.body.tools)
+        tools = plan.body.tools if plan.body.calls_tools else []
+        text = await self._message(stream, speak, unsaid_calls=bool(tools))
+        calls = self._calls(text, tools)[1] if tools else []
+        if not calls and not self._out.output:  # it said nothing: still an (empty) answer
+            self._open_message(speak)
+            self._close("completed")
+
+    def _calls(self, text: str, tools: list) -> tuple[str | None, list[dict]]:
+        """The calls in an answer's text, as function_call items. A call block that does not parse fails the
+        response (closed: a call is never spoken, and nothing is run)."""
+        content, calls = parse_calls(text, tools)
+        if (bad := malformed_call(text, calls)) is not None:
+            raise OmniError(f"the model wrote a tool call that is not a call of one of the tools (JSON with `name` "
+                            f"and object `arguments`): {bad!r}", code="invalid_tool_call")
         for call in calls:
             self._function_call(call["id"], call["function"]["name"], call["function"]["arguments"])
-        if content and not calls:
-            await self._message(self._read_aloud(content) if speak else _said(content, self._chat.stage), speak)
+        return content, calls
+
+    async def _fitted(self, items: list[Item]) -> list[Item]:
+        """The items the answer reads: past the context, the oldest are dropped from the conversation (the
+        session's `truncation`), and the client is told."""
+        drop = await fit_context(self._client, self._chat, self._conversation, items, self.options)
+        kept, dropped = items[drop:], items[:drop]
+        for item in dropped:
+            self._conversation.delete(item.id)
+            self._emit(ItemDeletedEvent(item_id=item.id))
+        return kept
 
     async def _thinker(self, stream: AsyncIterator[OmniOutput]) -> AsyncIterator[OmniOutput]:
         """The thinker's outputs, counted."""
@@ -166,9 +193,37 @@ class RealtimeResponse:
 
     # ---- an assistant message ----------------------------------------------------------------------------
 
-    async def _message(self, stream: AsyncIterator[OmniOutput], speak: bool) -> None:
+    async def _message(self, stream: AsyncIterator[OmniOutput], speak: bool, unsaid_calls: bool = False) -> str:
         """One assistant message from the pipeline's outputs: the talker's audio and transcript, or the
-        thinker's text."""
+        thinker's text; opened when it first says something. `unsaid_calls`: the text may hold tool calls,
+        which are left out of it as it streams (a talker leaves them out of what it speaks). Returns the
+        thinker's whole text."""
+        written = CallFilter() if unsaid_calls and not speak else None
+        thinker: list[str] = []
+        try:
+            async for out in stream:
+                if speak and out.stage == self._talker.stage:
+                    if out.audio or out.text:
+                        self._open_message(speak)
+                        self._speak(out)
+                elif out.stage == self._chat.stage:
+                    self._count(out)
+                    thinker.append(out.text)
+                    if not speak:
+                        self._write(written.push(out.text) if written else out.text)
+        finally:
+            await stream.aclose()
+        if written is not None:
+            self._write(written.flush())
+        if speak and self._open is not None and (tail := self._writer.flush()):
+            self._emit(DeltaEvent(type="response.output_audio.delta", delta=_b64(tail), **self._at()))
+        self._close("completed")
+        return "".join(thinker)
+
+    def _open_message(self, speak: bool) -> None:
+        """Start the assistant message (once)."""
+        if self._open is not None:
+            return
         kind = "output_audio" if speak else "output_text"
         item = Item(id=new_id("item"), type="message", role="assistant", status="in_progress", content=[])
         self._add_output(item)
@@ -180,20 +235,12 @@ class RealtimeResponse:
             self._track = SpokenTrack()
             if self.options.in_conversation:  # what was said aloud, to cut the item back to what was heard
                 self._conversation.spoken[item.id] = self._track
-        try:
-            async for out in stream:
-                if speak and out.stage == self._talker.stage:
-                    self._speak(out)
-                elif out.stage == self._chat.stage:
-                    self._count(out)
-                    if not speak and out.text:
-                        self._text += out.text
-                        self._emit(DeltaEvent(type="response.output_text.delta", delta=out.text, **self._at()))
-        finally:
-            await stream.aclose()
-        if speak and (tail := self._writer.flush()):
-            self._emit(DeltaEvent(type="response.output_audio.delta", delta=_b64(tail), **self._at()))
-        self._close("completed")
+
+    def _write(self, text: str) -> None:
+        if text:
+            self._open_message(False)
+            self._text += text
+            self._emit(DeltaEvent(type="response.output_text.delta", delta=text, **self._at()))
 
     def _speak(self, out: OmniOutput) -> None:
         text = out.text
@@ -271,7 +318,7 @@ class AnswerPlan:
     body: ChatCompletionRequest
     omni: OmniRequest
     talker: ServedModel | None
-    text_first: bool  # it may call a tool, which must not be spoken: the text first, then read aloud
+    text_first: bool  # it may call a tool, which its talker would speak: the text first, then read aloud
 
     @property
     def key(self) -> str:
@@ -303,12 +350,23 @@ async def plan_answer(conn: HTTPConnection, client: Client, chat: ServedModel, t
                   for t in o.tools] or None, "tool_choice": choice if o.tools else None,
         "stage_sampling": o.stage_sampling or None}
     body = validate_fields({k: v for k, v in fields.items() if v is not None}, ChatCompletionRequest)
-    text_first = body.calls_tools
+    # a call is never spoken: a talker that leaves calls out of what it reads speaks as the text streams;
+    # another one reads the text once it is known to be no call
+    speaker = Speakers.of(conn).pick(o.voice, "voice") if speak else None
+    text_first = body.calls_tools and speaker is not None and not takes(client, speaker, "unspoken_calls")
     if speak and not text_first:
         body.modalities, body.audio = ["text", "audio"], AudioOutput(voice=o.voice)
     omni, picked = await chat_omni_request(conn, client, body, chat, request_id)
     omni.lane = REALTIME
     return AnswerPlan(body, omni, picked, text_first)
+
+
+async def fit_context(client: Client, chat: ServedModel, conversation: Conversation, items: list[Item],
+                      options: ResponseOptions) -> int:
+    """How many of the oldest `items` a response with `options` must leave out to fit the chat model."""
+    o = options
+    fit = ContextFit(client, chat, conversation, hears_itself(client, chat))
+    return await fit.to_drop(items, o.instructions, o.tools, o.max_output_tokens, o.truncation)
 
 
 def _shown(part: ContentPart) -> ContentPart:

@@ -179,6 +179,7 @@ class RealtimeSession:
         return SessionOut(
             id=self.id, model=self.model, output_modalities=s.output_modalities, instructions=s.instructions,
             temperature=s.temperature, max_output_tokens=s.max_output_tokens, tools=s.tools, tool_choice=s.tool_choice,
+            truncation=s.truncation,
             audio=AudioOut(
                 input=AudioInputOut(format=FormatOut(type=s.input_format.name, rate=s.input_format.rate),
                                     turn_detection=TurnDetectionOut(**turn.model_dump()) if turn else None,
@@ -227,6 +228,8 @@ class RealtimeSession:
             s.tool_choice = spec.tool_choice
         if spec.stage_sampling is not None:
             s.stage_sampling = spec.stage_sampling
+        if spec.truncation is not None:
+            s.truncation = spec.truncation
 
     def response_options(self, spec: ResponseSpec, event_id: str | None = None) -> ResponseOptions:
         s = self.settings
@@ -249,6 +252,7 @@ class RealtimeSession:
             temperature=spec.temperature if spec.temperature is not None else s.temperature,
             max_output_tokens=tokens if tokens is not None else s.max_output_tokens,
             in_conversation=spec.conversation != "none",
+            truncation=s.truncation if spec.conversation != "none" and spec.input is None else "disabled",
             input=[self._input_item(item, k, event_id) for k, item in enumerate(spec.input)]
             if spec.input is not None else None,
             metadata=spec.metadata)

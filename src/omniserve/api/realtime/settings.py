@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from omniserve.api.realtime.events import Item
-from omniserve.api.realtime.protocol import ToolChoice, ToolSpec, TurnDetectionSpec
+from omniserve.api.realtime.protocol import ToolChoice, ToolSpec, Truncation, TurnDetectionSpec
 from omniserve.media.pcm import PCM16, PcmFormat
 
 # what a session is told until the client says otherwise (OpenAI has default instructions too): a spoken
@@ -26,6 +26,7 @@ class SessionSettings:
     tools: list[ToolSpec] = field(default_factory=list)
     tool_choice: ToolChoice = "auto"
     stage_sampling: dict[str, dict] = field(default_factory=dict)
+    truncation: Truncation = "auto"
 
 
 @dataclass
@@ -44,3 +45,4 @@ class ResponseOptions:
     in_conversation: bool = True  # False: out of band; its items stay out of the conversation
     input: list[Item] | None = None  # the context instead of the conversation
     metadata: dict[str, str] | None = None
+    truncation: Truncation = "disabled"  # what to drop from the conversation when it outgrows the context

@@ -186,7 +186,8 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
         omni.makers = {"audio": talker.stage}
         voice = voices.resolve(talker, (body.audio or AudioOutput()).voice_name, "audio.voice")
         own_seed = {stage for stage, values in omni.stage_sampling.items() if "seed" in values}
-        omni.params.update(stage_params(client, talker, {"voice": voice, "choices": body.n}, body.seed, own_seed))
+        omni.params.update(stage_params(client, talker, {"voice": voice, "choices": body.n}, body.seed, own_seed,
+                                        offered={"unspoken_calls": body.calls_tools}))
     return omni, talker
 
 
@@ -257,7 +258,7 @@ async def _collect(body: ChatCompletionRequest, head: Head, first: OmniOutput, s
         if speech:
             message.audio = AnswerAudio(id=speech.ids.get(c.index) or new_id("audio"),
                                         data=base64.b64encode(c.audio).decode(), expires_at=now() + AUDIO_TTL_S,
-                                        transcript=c.full_text)
+                                        transcript=c.spoken_text if body.calls_tools else c.full_text)
         answers.append(ChatChoice(index=c.index, message=message, finish_reason=_finish_reason(c.finish_reason, calls),
                                   logprobs=ChatLogprobs.of(c.logprobs) if body.logprobs else None))
     return ChatCompletion(**head.fields, choices=answers,

@@ -42,6 +42,7 @@ class Choice:
     text: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     audio: bytearray = field(default_factory=bytearray)
+    spoken: list[str] = field(default_factory=list)  # what its audio says, piece by piece
     finish_reason: str | None = None
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -51,6 +52,10 @@ class Choice:
     @property
     def full_text(self) -> str:
         return "".join(self.text)
+
+    @property
+    def spoken_text(self) -> str:
+        return "".join(self.spoken).strip()
 
     def take(self, out: OmniOutput) -> list[Piece]:
         """A text output of this choice: the pieces due now."""
@@ -70,6 +75,7 @@ class Choice:
     def take_audio(self, data: bytes, transcript: str, last: bool) -> list[Piece]:
         """Encoded audio of this choice (and the text it speaks): the pieces due now."""
         self.audio += data
+        self.spoken.append(transcript)
         pieces: list[Piece] = [AudioPiece(data, transcript, last)] if data or transcript or last else []
         if last:
             self._audio_ended = True

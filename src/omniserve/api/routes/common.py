@@ -126,18 +126,29 @@ def resolve_chat_model(client: Client, model_id: str | None, lora_path: str | No
 
 
 def stage_params(client: Client, model: ServedModel, values: dict[str, Any], seed: int | None = None,
-                 keep_seed: set[str] | frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+                 keep_seed: set[str] | frozenset[str] = frozenset(),
+                 offered: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """`values` for each stage of `model` that takes settings, with `seed` where a stage has one (one seed
-    for a whole answer, its voice too), except in `keep_seed` (stages whose caller set their own)."""
-    executors = dict(client.stage_executors())
+    for a whole answer, its voice too), except in `keep_seed` (stages whose caller set their own), and
+    `offered` where a stage takes them."""
     params = {}
-    for stage in client.stages_of(model):
-        params_model = request_params_model(executors[stage])
+    for stage, params_model in _params_models(client, model):
         if params_model is None:
             continue
-        seeded = seed is not None and "seed" in params_model.model_fields and stage not in keep_seed
-        params[stage] = {**values, "seed": seed} if seeded else dict(values)
+        extra = {"seed": seed} if seed is not None and stage not in keep_seed else {}
+        extra.update(offered or {})
+        params[stage] = {**values, **{k: v for k, v in extra.items() if k in params_model.model_fields}}
     return params
+
+
+def takes(client: Client, model: ServedModel, setting: str) -> bool:
+    """Whether a stage of `model` takes `setting` (in its request params)."""
+    return any(m is not None and setting in m.model_fields for _, m in _params_models(client, model))
+
+
+def _params_models(client: Client, model: ServedModel) -> list[tuple[str, Any]]:
+    executors = dict(client.stage_executors())
+    return [(stage, request_params_model(executors[stage])) for stage in client.stages_of(model)]
 
 
 async def start(http: Request, client: Client, request: OmniRequest,

@@ -22,7 +22,7 @@ from omniserve.executors.llamacpp.prompt import MEDIA_MARKER, PromptRenderer
 from omniserve.executors.llamacpp.runtime import LlamaRuntime, decode_error
 from omniserve.executors.llamacpp.scheduler import EmbeddingChunk, Scheduler, SeqState, Sequence, StepPlan
 from omniserve.executors.text_stream import TextStream
-from omniserve.runtime.messages import ControlOp, LoadAdapter, UnloadAdapter
+from omniserve.runtime.messages import ControlOp, CountTokens, LoadAdapter, UnloadAdapter
 from omniserve.runtime.types import (
     Embeddings,
     EncodedChunk,
@@ -358,9 +358,11 @@ class LlamaCppExecutor:
         self.rt.load_adapter(name, path)
         self._lora_paths[name] = path
 
-    def control(self, op: ControlOp) -> dict[str, str]:
+    def control(self, op: ControlOp) -> dict[str, str] | list[int]:
         """Load or unload an adapter (/v1/load_lora_adapter, /v1/unload_lora_adapter), between steps;
-        the adapters loaded after it, name -> path."""
+        the adapters loaded after it, name -> path. Or count the tokens of texts."""
+        if isinstance(op, CountTokens):
+            return [len(self.rt.tokenize(text, add_special=False)) for text in op.texts]
         if isinstance(op, LoadAdapter):
             self._load_lora(op.name, op.path)
             return dict(self._lora_paths)

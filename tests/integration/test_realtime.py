@@ -5,6 +5,7 @@ that leave the session open."""
 from __future__ import annotations
 
 import base64
+import time
 
 import numpy as np
 import pytest
@@ -356,3 +357,47 @@ def test_a_bad_truncation_is_an_error_event(server, truncation):
         send(ws, {"type": "session.update", "session": {"truncation": truncation}})
         error = next_of(ws, "error")["error"]
         assert error["type"] == "invalid_request_error" and "truncation" in error["message"], error
+
+
+# ---- client secrets -----------------------------------------------------------------------------------------
+
+
+def test_a_client_secret_opens_a_session_with_its_settings_and_nothing_else(server):
+    with server.http() as http:
+        r = http.post("/v1/realtime/client_secrets", json={
+            "expires_after": {"anchor": "created_at", "seconds": 120},
+            "session": {"type": "realtime", "instructions": "Answer in one word.", "output_modalities": ["text"],
+                        "truncation": "disabled"}})
+        assert r.status_code == 200, r.text
+        secret = r.json()
+        assert secret["value"].startswith("ek_") and 100 < secret["expires_at"] - time.time() <= 121
+        assert secret["session"]["instructions"] == "Answer in one word." and secret["session"]["type"] == "realtime"
+        key = secret["value"]
+        # a browser holds the secret instead of the API key: it opens a session that starts with its settings
+        with connect(url(server), subprotocols=["realtime", f"openai-insecure-api-key.{key}"]) as ws:
+            created = receive(ws)["session"]
+            assert created["instructions"] == "Answer in one word." and created["output_modalities"] == ["text"]
+            assert created["truncation"] == "disabled"
+            send(ws, text_item("Is the sky blue?"))
+            send(ws, {"type": "response.create"})
+            assert until(ws, "response.done")[-1]["response"]["status"] in ("completed", "incomplete")
+        with connect(url(server), additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+            assert receive(ws)["type"] == "session.created"
+        # and nothing else: not the HTTP API, nor another secret
+        as_secret = {"Authorization": f"Bearer {key}"}
+        for refused in (http.get("/v1/models", headers=as_secret),
+                        http.post("/v1/realtime/client_secrets", json={}, headers=as_secret)):
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key", refused.text
+        assert http.post("/v1/realtime/client_secrets", json={}, headers={"Authorization": "Bearer ek_made_up"}
+                         ).status_code == 401
+
+
+@pytest.mark.parametrize("body, param", [({"expires_after": {"seconds": 5}}, "expires_after.seconds"),
+                                          ({"expires_after": {"anchor": "now"}}, "expires_after.anchor"),
+                                          ({"session": {"temperature": 5}}, "session.temperature"),
+                                          ({"session": {"model": "gpt-9"}}, "session.model"),
+                                          ({"session": {"type": "transcription"}}, "session.type")])
+def test_a_bad_client_secret_request_is_a_400(server, body, param):
+    with server.http() as http:
+        r = http.post("/v1/realtime/client_secrets", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text

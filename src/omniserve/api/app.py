@@ -12,6 +12,7 @@ from omniserve.api import openapi
 from omniserve.api.errors import install_error_handlers
 from omniserve.api.middleware import OPEN_PATHS, ApiKeyMiddleware, BodyLimitMiddleware, SameOriginMiddleware
 from omniserve.api.realtime.limits import SessionCount
+from omniserve.api.realtime.secrets import ClientSecrets
 from omniserve.api.routes import (
     audio,
     chat,
@@ -43,6 +44,7 @@ def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner |
     app.state.data = data or DataDir(settings.data_dir)
     app.state.voice_library = voices
     app.state.realtime_sessions = SessionCount(settings.realtime_max_sessions)
+    app.state.client_secrets = ClientSecrets()
     install_error_handlers(app)
     openapi.install(app)
     for router in (chat.router, completions.router, embeddings.router, audio.router, images.router, videos.router,
@@ -56,7 +58,7 @@ def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner |
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, open_paths=open_paths,
-                           open_prefixes=open_prefixes)
+                           open_prefixes=open_prefixes, also=app.state.client_secrets.opens)
     app.add_middleware(SameOriginMiddleware, allowed_origins=settings.allowed_origins)
     if settings.allowed_origins:  # outermost: a preflight is answered before any check
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["*"],

@@ -5,6 +5,7 @@ check that a browser page of another site does not drive the server."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
@@ -20,26 +21,36 @@ async def _reject(exc: OmniError, scope, receive, send) -> None:
     await JSONResponse(omni_error_body(exc), status_code=exc.status_code)(scope, receive, send)
 
 
+def presented_key(scope) -> str:
+    """The key a request presents: `Authorization: Bearer`, `x-api-key`, or (a browser's WebSocket cannot
+    set headers) the `openai-insecure-api-key.<key>` subprotocol."""
+    headers = dict(scope["headers"])
+    auth = headers.get(b"authorization", b"")
+    token = auth[7:].strip() if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
+    if not token and scope["type"] == "websocket":
+        offered = [p.strip() for p in headers.get(b"sec-websocket-protocol", b"").split(b",")]
+        token = next((p[len(INSECURE_KEY_PROTOCOL):] for p in offered if p.startswith(INSECURE_KEY_PROTOCOL)), b"")
+    return token.decode("latin-1")
+
+
 class ApiKeyMiddleware:
     def __init__(self, app, api_key: str, open_paths: frozenset[str] = OPEN_PATHS,
-                 open_prefixes: tuple[str, ...] = ()):
-        """`open_paths`, `open_prefixes`: what needs no key (a page that asks for the key itself)."""
+                 open_prefixes: tuple[str, ...] = (), also: Callable[[str, str], bool] | None = None):
+        """`open_paths`, `open_prefixes`: what needs no key (a page that asks for the key itself). `also(key,
+        path)`: whether another key opens `path` (a realtime client secret)."""
         self._open_paths, self._open_prefixes = open_paths, open_prefixes
         self.app = app
         self._key = api_key.encode()
+        self._also = also
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
         if scope["type"] not in ("http", "websocket") or path in self._open_paths \
                 or path.startswith(self._open_prefixes):
             return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        auth = headers.get(b"authorization", b"")
-        token = auth[7:].strip() if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
-        if not token and scope["type"] == "websocket":  # browsers cannot set headers: the key rides as a subprotocol
-            offered = [p.strip() for p in headers.get(b"sec-websocket-protocol", b"").split(b",")]
-            token = next((p[len(INSECURE_KEY_PROTOCOL):] for p in offered if p.startswith(INSECURE_KEY_PROTOCOL)), b"")
-        if not hmac.compare_digest(token, self._key):
+        token = presented_key(scope)
+        if not hmac.compare_digest(token.encode("latin-1"), self._key) and \
+                not (self._also is not None and self._also(token, path)):
             if scope["type"] == "websocket":  # closing before the handshake answers it with 403
                 return await send({"type": "websocket.close", "code": 1008})
             message = "Invalid API key." if token else "Missing API key: send 'Authorization: Bearer <key>'."

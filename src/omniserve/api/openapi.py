@@ -22,6 +22,8 @@ from pydantic.json_schema import models_json_schema
 from omniserve.api.protocol import audio, chat, completions, embeddings, images, models, videos, voice_library
 from omniserve.api.protocol.common import ErrorResponse
 from omniserve.api.protocol.lora import LoadLoraRequest, LoraNameRequest, SetLoraRequest, UnloadLoraRequest
+from omniserve.api.realtime.events import ClientSecretOut
+from omniserve.api.realtime.protocol import ClientSecretRequest
 from omniserve.runtime.client import ServedModel
 from omniserve.voices import OPENAI_VOICES
 
@@ -95,6 +97,8 @@ OPERATIONS = (
                 needs="lora")
       for path in ("/v1/merge_lora_weights", "/v1/unmerge_lora_weights")),
     Operation("get", "/v1/list_loras", ok={JSON: models.DiffusionLoras}, needs="lora"),
+    Operation("post", "/v1/realtime/client_secrets", {JSON: ClientSecretRequest}, {JSON: ClientSecretOut},
+              body_required=False),
     Operation("get", "/health", ok={JSON: models.Health}),
     Operation("get", "/get_load", ok={JSON: models.Load}),
 )

@@ -72,6 +72,14 @@ class SessionOut(BaseModel):
     truncation: Truncation = "auto"
 
 
+class ClientSecretOut(BaseModel):
+    """`POST /v1/realtime/client_secrets`' answer: the key, when it expires, and the session it opens."""
+
+    value: str
+    expires_at: int
+    session: SessionOut
+
+
 class SessionEvent(ServerEvent):
     session: SessionOut
 

@@ -126,6 +126,23 @@ class SessionSpec(_Open):
     stage_sampling: dict[str, dict[str, Any]] | None = None
 
 
+class ClientSecretSession(SessionSpec):
+    """The session a client secret opens (`POST /v1/realtime/client_secrets`)."""
+
+    type: Literal["realtime"] = "realtime"
+    model: str | None = None
+
+
+class ExpiresAfter(_Open):
+    anchor: Literal["created_at"] = "created_at"
+    seconds: int = Field(600, ge=10, le=7200)
+
+
+class ClientSecretRequest(_Open):
+    expires_after: ExpiresAfter = Field(default_factory=ExpiresAfter)
+    session: ClientSecretSession = Field(default_factory=ClientSecretSession)
+
+
 class ContentSpec(_Open):
     """A content part of an item the client adds (GA names, and beta's `text` and `audio`)."""
 

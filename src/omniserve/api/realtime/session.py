@@ -173,6 +173,10 @@ class RealtimeSession:
                 return [CancelResponse("client_cancelled", event.event_id)]
         raise RealtimeError(f"{event.type} is not handled yet", event_id=event.event_id)
 
+    def configure(self, spec: SessionSpec) -> None:
+        """Settings the session starts with (a client secret's), as `session.update` sets them."""
+        self._update(spec, None)
+
     def describe(self) -> SessionOut:
         s = self.settings
         turn = s.turn_detection

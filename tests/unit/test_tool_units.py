@@ -104,3 +104,10 @@ def test_a_call_block_that_is_no_call_is_found():
         _, calls = parse_calls(text, TOOLS)
         found = malformed_call(text, calls)
         assert (found[:len(bad)] if found else None) == bad, text
+
+
+def test_a_call_cut_off_by_the_token_limit_is_not_malformed():
+    text = '<tool_call>{"name": "f", "arguments": {}}</tool_call>\n<tool_call>{"name": "f", "arguments": {}}</tool'
+    _, calls = parse_calls(text, TOOLS)
+    assert len(calls) == 1 and malformed_call(text, calls, cut_short=True) is None
+    assert malformed_call(text, calls).startswith("<tool_call>")  # had the answer ended by itself, it would be

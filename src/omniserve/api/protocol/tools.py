@@ -173,10 +173,13 @@ def _call(block: str, names: set[str]) -> dict[str, Any] | None:
     return call
 
 
-def malformed_call(text: str, calls: list[dict[str, Any]]) -> str | None:
+def malformed_call(text: str, calls: list[dict[str, Any]], cut_short: bool = False) -> str | None:
     """The start of the first call block in `text` that did not become one of `calls` (it is not JSON, names
-    no tool, or never ends), if any."""
+    no tool, or never ends), if any. `cut_short`: the answer hit its token limit, so a last block that never
+    ends was cut, not malformed."""
     starts = [m.start() for m in re.finditer(re.escape(CALL_OPEN), text)]
+    if cut_short and starts and CALL_CLOSE not in text[starts[-1]:]:
+        starts.pop()
     if len(starts) <= len(calls):
         return None
     parsed = {m.start() for m in CALL.finditer(text) if _call(m.group(1), {c["function"]["name"] for c in calls})}

@@ -147,9 +147,10 @@ class RealtimeResponse:
 
     def _calls(self, text: str, tools: list) -> tuple[str | None, list[dict]]:
         """The calls in an answer's text, as function_call items. A call block that does not parse fails the
-        response (closed: a call is never spoken, and nothing is run)."""
+        response (closed: a call is never spoken, and nothing is run); one cut off by `max_output_tokens` is
+        left out (the response is incomplete)."""
         content, calls = parse_calls(text, tools)
-        if (bad := malformed_call(text, calls)) is not None:
+        if (bad := malformed_call(text, calls, cut_short=self._finish_reason == "length")) is not None:
             raise OmniError(f"the model wrote a tool call that is not a call of one of the tools (JSON with `name` "
                             f"and object `arguments`): {bad!r}", code="invalid_tool_call")
         for call in calls:

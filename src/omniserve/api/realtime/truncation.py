@@ -73,8 +73,9 @@ class ContextFit:
         if isinstance(truncation, RetentionRatio) and truncation.token_limits and \
                 truncation.token_limits.post_instructions is not None:
             limit = min(limit, truncation.token_limits.post_instructions)
-        tokens = [n + PER_MESSAGE + self._audio_tokens(item) if text or self._audio_tokens(item) else 0
-                  for n, text, item in zip(counts[2:], texts, items, strict=True)]
+        heard = [self._audio_tokens(item) for item in items]
+        tokens = [n + PER_MESSAGE + audio if text or audio else 0
+                  for n, text, audio in zip(counts[2:], texts, heard, strict=True)]
         return oldest_to_drop(items, tokens, max(0, limit), truncation)
 
     def _audio_tokens(self, item: Item) -> int:

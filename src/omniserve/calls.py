@@ -13,7 +13,9 @@ def _partial(text: str, tag: str) -> int:
 
 class CallFilter:
     """An answer's text, streamed in pieces, less its call blocks: what is outside them comes out as soon as it
-    cannot be the start of one; a block still open when the text ends (cut short, or malformed) is dropped."""
+    cannot be the start of one; a block still open when the text ends (cut short, or malformed) is dropped, and so
+    is an opening tag cut short (`<tool_` at the very end: a call that `max_tokens` cut). So what is held at
+    the end is never said, and there is nothing to flush."""
 
     def __init__(self) -> None:
         self._held = ""
@@ -39,8 +41,3 @@ class CallFilter:
             text = text[at + len(tag):]
         return "".join(out)
 
-    def flush(self) -> str:
-        """The text has ended: what was held, unless it was inside a call."""
-        text = "" if self._in_call else self._held
-        self._held, self._in_call = "", False
-        return text

@@ -52,7 +52,7 @@ CALL_TEXT = 'Let me look. <tool_call>\n{"name": "get_weather", "arguments": {"ci
 @pytest.mark.parametrize("size", [1, 2, 5, 11, 1000])
 def test_call_blocks_are_cut_from_streamed_text_in_any_pieces(size):
     f = CallFilter()
-    out = "".join(f.push(CALL_TEXT[i:i + size]) for i in range(0, len(CALL_TEXT), size)) + f.flush()
+    out = "".join(f.push(CALL_TEXT[i:i + size]) for i in range(0, len(CALL_TEXT), size))
     assert out == "Let me look.  Done." and f.calls == 1
 
 
@@ -61,7 +61,9 @@ def test_text_comes_out_as_soon_as_it_cannot_start_a_call_and_an_open_call_is_dr
     assert f.push("Hello <") == "Hello "  # "<" may begin a call: held
     assert f.push("b>") == "<b>"  # it did not
     assert f.push(" <tool_c") == " "
-    assert f.push('all>{"name": "x"') == "" and f.flush() == ""  # cut short inside the call: nothing of it
+    assert f.push('all>{"name": "x"') == ""  # cut short inside the call: nothing of it
+    f = CallFilter()
+    assert f.push("Sure. <tool_") == "Sure. "  # cut short in its opening tag: not spoken
 
 
 class Reader(SentenceSpeaker):

@@ -192,7 +192,7 @@ class SentenceSpeaker:
         if voice.finished or job.request_id not in self._jobs:
             return []
         if voice.calls is not None:
-            text = voice.calls.push(text) + (voice.calls.flush() if final else "")
+            text = voice.calls.push(text)
         opening = not voice.sentences and voice.characters == 0 and not voice.speaking
         sentences, voice.buffer = split_sentences(voice.buffer + text.translate(_UNSPOKEN), final, opening)
         voice.text_done = voice.text_done or final

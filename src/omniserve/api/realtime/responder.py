@@ -214,8 +214,6 @@ class RealtimeResponse:
                         self._write(written.push(out.text) if written else out.text)
         finally:
             await stream.aclose()
-        if written is not None:
-            self._write(written.flush())
         if speak and self._open is not None and (tail := self._writer.flush()):
             self._emit(DeltaEvent(type="response.output_audio.delta", delta=_b64(tail), **self._at()))
         self._close("completed")

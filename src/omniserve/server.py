@@ -86,6 +86,7 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
         try:
             await uvicorn.Server(config).serve()
         finally:
+            await app.state.realtime_calls.hang_up_all()
             await video_runner.stop()
             client.close()
             store.close()

@@ -14,6 +14,7 @@ from websockets.sync.client import connect
 
 from tests.conftest import idle, run_server, wait_until
 from tests.realtime_helpers import next_of, open_session, receive, send, speech_pcm24k, until, ws_url
+from tests.webrtc_helpers import CallRefused, RtcCall
 
 KEY = "sk-realtime-test"
 
@@ -142,7 +143,7 @@ def test_text_that_is_not_json_and_an_unknown_model(server):
         ws.send("hello")
         assert "not valid JSON" in receive(ws)["error"]["message"]
         ws.send(b"\x00\x01")
-        assert "binary frames" in receive(ws)["error"]["message"]
+        assert "binary messages" in receive(ws)["error"]["message"]
         send(ws, {"type": "input_audio_buffer.clear"})
         assert receive(ws)["type"] == "input_audio_buffer.cleared"  # the session goes on
     with connect(url(server, "?model=gpt-nope"), additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
@@ -390,6 +391,36 @@ def test_a_client_secret_opens_a_session_with_its_settings_and_nothing_else(serv
             assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key", refused.text
         assert http.post("/v1/realtime/client_secrets", json={}, headers={"Authorization": "Bearer ek_made_up"}
                          ).status_code == 401
+
+
+def test_output_audio_buffer_clear_is_for_webrtc_calls(server):
+    with session(server) as ws:
+        receive(ws)
+        send(ws, {"type": "output_audio_buffer.clear", "event_id": "c1"})
+        error = next_of(ws, "error")["error"]
+        assert error["event_id"] == "c1" and "WebRTC" in error["message"]
+
+
+def test_a_webrtc_call_takes_the_api_key_or_a_client_secret(server):
+    with pytest.raises(CallRefused) as caught:
+        RtcCall(server.base_url)
+    assert caught.value.response.status_code == 401
+    with server.http() as http:
+        key = http.post("/v1/realtime/client_secrets", json={"session": {
+            "type": "realtime", "instructions": "Answer in one word.", "output_modalities": ["text"]}}).json()["value"]
+    # a browser's call with the secret: the offer alone (application/sdp), the session from the secret
+    with RtcCall(server.base_url, key=key, raw_sdp=True) as rtc:
+        created = receive(rtc)["session"]
+        assert created["instructions"] == "Answer in one word." and created["output_modalities"] == ["text"]
+        send(rtc, text_item("Is the sky blue?"))
+        send(rtc, {"type": "response.create"})
+        events = until(rtc, "response.done")
+        assert events[-1]["response"]["status"] in ("completed", "incomplete")
+        text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        assert text.strip() and events[-1]["response"]["output"][0]["content"][0]["text"] == text
+    # with the API key, the form's `session` sets it up
+    with RtcCall(server.base_url, key=KEY, session={"type": "realtime", "instructions": "Be brief."}) as rtc:
+        assert receive(rtc)["session"]["instructions"] == "Be brief."
 
 
 @pytest.mark.parametrize("body, param", [({"expires_after": {"seconds": 5}}, "expires_after.seconds"),

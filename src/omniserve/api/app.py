@@ -13,6 +13,7 @@ from omniserve.api.errors import install_error_handlers
 from omniserve.api.middleware import OPEN_PATHS, ApiKeyMiddleware, BodyLimitMiddleware, SameOriginMiddleware
 from omniserve.api.realtime.limits import SessionCount
 from omniserve.api.realtime.secrets import ClientSecrets
+from omniserve.api.realtime.webrtc import RealtimeCalls
 from omniserve.api.routes import (
     audio,
     chat,
@@ -45,6 +46,7 @@ def create_app(settings: ServerArgs, client: Client, video_runner: VideoRunner |
     app.state.voice_library = voices
     app.state.realtime_sessions = SessionCount(settings.realtime_max_sessions)
     app.state.client_secrets = ClientSecrets()
+    app.state.realtime_calls = RealtimeCalls()
     install_error_handlers(app)
     openapi.install(app)
     for router in (chat.router, completions.router, embeddings.router, audio.router, images.router, videos.router,

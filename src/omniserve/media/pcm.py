@@ -99,7 +99,7 @@ def from_pcm16(pcm: np.ndarray, fmt: PcmFormat) -> bytes:
 
 # ---- streams -------------------------------------------------------------------------------------
 
-class _Resampler:
+class Resampler:
     """16-bit mono from one rate to another, chunk by chunk."""
 
     def __init__(self, source: int, target: int, out_format: str):
@@ -125,7 +125,7 @@ class PcmReader:
 
     def __init__(self, fmt: PcmFormat):
         self.format = fmt
-        self._resample = _Resampler(fmt.rate, ASR_RATE, "flt")
+        self._resample = Resampler(fmt.rate, ASR_RATE, "flt")
         self._odd = b""  # a pcm16 byte split across chunks
 
     def read(self, data: bytes) -> np.ndarray:
@@ -141,7 +141,7 @@ class PcmWriter:
 
     def __init__(self, fmt: PcmFormat, rate: int):
         self.format = fmt
-        self._resample = _Resampler(rate, fmt.rate, "s16") if rate != fmt.rate else None
+        self._resample = Resampler(rate, fmt.rate, "s16") if rate != fmt.rate else None
 
     def write(self, pcm16: bytes) -> bytes:
         samples = np.frombuffer(pcm16, "<i2")

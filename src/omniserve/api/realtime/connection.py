@@ -1,20 +1,22 @@
-"""One realtime WebSocket: reads client events into the session, carries out what the session asks
-(transcribe the user's audio, start or cancel a response) as tasks, and sends server events in order.
+"""One realtime session's connection (a WebSocket, or a WebRTC call: api/realtime/transport.py): reads client
+events into the session, carries out what the session asks (transcribe the user's audio, start or cancel a
+response) as tasks, and sends server events in order.
 
 Events are serialised when they are emitted (an item changes as its response goes on) and go out
-through one writer. A closed socket cancels the connection's tasks, which aborts their pipeline
-requests, so a session holds nothing once it is gone."""
+through one writer. A closed connection cancels its tasks, which aborts their pipeline requests, so a
+session holds nothing once it is gone. Over WebRTC the answer's audio goes out on a media track
+(`AudioOut`) instead of in `response.output_audio.delta` events."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
 import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi import WebSocket, WebSocketDisconnect
+from starlette.requests import HTTPConnection
 
 from omniserve.api.protocol.common import load_json
 from omniserve.api.realtime.ahead import AnswerAhead, Begun, Prefetched
@@ -22,6 +24,7 @@ from omniserve.api.realtime.conversation import new_id
 from omniserve.api.realtime.events import (
     BETA_NAMES,
     ContentPart,
+    DeltaEvent,
     ErrorEvent,
     Item,
     ItemTruncatedEvent,
@@ -34,7 +37,9 @@ from omniserve.api.realtime.limits import REALTIME
 from omniserve.api.realtime.protocol import RealtimeError, parse_client_event
 from omniserve.api.realtime.responder import RealtimeResponse, fit_context, plan_answer
 from omniserve.api.realtime.session import (
+    Action,
     CancelResponse,
+    ClearOutputAudio,
     ForgetSoFar,
     RealtimeSession,
     StartResponse,
@@ -42,6 +47,7 @@ from omniserve.api.realtime.session import (
     TranscribeSoFar,
 )
 from omniserve.api.realtime.settings import ResponseOptions
+from omniserve.api.realtime.transport import AudioOut, Transport
 from omniserve.api.routes.chat import hears_itself
 from omniserve.errors import InvalidRequest, OmniError
 from omniserve.media.pcm import ASR_RATE
@@ -62,11 +68,14 @@ class Heard:
 
 
 class RealtimeConnection:
-    def __init__(self, ws: WebSocket, client: Client, session: RealtimeSession, chat: ServedModel,
-                 talker: ServedModel | None, asr: ServedModel | None, beta: bool = False, idle_timeout: float = 0):
-        """`beta`: the client speaks the beta API (`OpenAI-Beta: realtime=v1`): events go by its names.
-        `idle_timeout`: seconds the client may send nothing while no response runs (0: for ever)."""
-        self.ws, self.client, self.session = ws, client, session
+    def __init__(self, conn: HTTPConnection, transport: Transport, client: Client, session: RealtimeSession,
+                 chat: ServedModel, talker: ServedModel | None, asr: ServedModel | None, beta: bool = False,
+                 idle_timeout: float = 0, audio_out: AudioOut | None = None):
+        """`conn`: the request that opened the session (the server's state). `beta`: the client speaks the beta
+        API (`OpenAI-Beta: realtime=v1`): events go by its names. `idle_timeout`: seconds the client may send
+        nothing while no response runs (0: for ever). `audio_out`: the media track that plays the answers'
+        audio (WebRTC; None: it goes in events)."""
+        self.conn, self.transport, self.client, self.session = conn, transport, client, session
         self.chat, self.talker, self.asr = chat, talker, asr
         self.beta = beta
         self.idle_timeout = idle_timeout
@@ -79,8 +88,12 @@ class RealtimeConnection:
         self._transcriptions: dict[str, asyncio.Task] = {}
         self._early: tuple[str, asyncio.Task] | None = None  # the buffer's transcription, begun at a pause
         self._ahead: AnswerAhead | None = None  # and its answer
+        self.audio_out = audio_out
+        self._track_error: str | None = None  # the last error from the microphone track (said once)
 
     def emit(self, event: ServerEvent) -> None:
+        if self.audio_out is not None and self._played(event):
+            return
         if self.beta and event.type in BETA_NAMES:
             name = BETA_NAMES[event.type]
             if name is None:
@@ -98,8 +111,16 @@ class RealtimeConnection:
         log.warning("realtime session %s closed: %d MiB of events waited for the client to read them",
                     self.session.id, self._unsent // 2**20)
         await self._stop()
-        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # it may be closing already
-            await self.ws.close(code=1008, reason="the client read too slowly")
+        await self.transport.close(code=1008, reason="the client read too slowly")
+
+    def _played(self, event: ServerEvent) -> bool:
+        """Over WebRTC: the answer's audio goes to the track, not in events (True: `event` was taken)."""
+        if isinstance(event, DeltaEvent) and event.type == "response.output_audio.delta":
+            self.audio_out.play(event.response_id, base64.b64decode(event.delta), self._response.options.output_format)
+            return True
+        if event.type == "response.done":
+            self.audio_out.finish(event.response.id)
+        return False
 
     async def serve(self) -> None:
         self.emit(self.session.created())
@@ -107,18 +128,14 @@ class RealtimeConnection:
         watch = asyncio.create_task(self._watch_idle()) if self.idle_timeout else None
         try:
             while not writer.done():
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
+                message = await self.transport.receive()
+                if message is None:  # the client left
                     break
                 self._heard_at = time.monotonic()
                 try:
                     await self._take(message)
                 except RealtimeError as exc:
                     self.emit(ErrorEvent.of(exc))
-        except WebSocketDisconnect:
-            pass  # the client left
-        except RuntimeError as exc:  # the socket was closed under the handler (the client left, or idle)
-            log.debug("realtime session %s ended: %s", self.session.id, exc)
         finally:
             await self._stop()
             for task in (writer, watch):
@@ -139,7 +156,7 @@ class RealtimeConnection:
                     f"the session sent nothing for {self.idle_timeout:g} s (--realtime-idle-timeout) and is closed",
                     code="session_expired")))
                 await self._outbox.join()
-                await self.ws.close(code=1000, reason="idle")
+                await self.transport.close(code=1000, reason="idle")
                 return
 
     def _busy(self) -> bool:
@@ -149,18 +166,36 @@ class RealtimeConnection:
     async def _write(self) -> None:
         while True:
             text = await self._outbox.get()
-            await self.ws.send_text(text)
+            await self.transport.send(text)
             self._unsent -= len(text)
             self._outbox.task_done()
 
-    async def _take(self, message: dict) -> None:
-        if message.get("text") is None:
-            raise RealtimeError("binary frames are not events: send each event as JSON in a text frame")
+    async def _take(self, message: str | bytes) -> None:
+        if not isinstance(message, str):
+            raise RealtimeError("binary messages are not events: send each event as JSON in a text message")
         try:
-            data = load_json(message["text"], "the message")
+            data = load_json(message, "the message")
         except InvalidRequest as exc:
-            raise RealtimeError(f"{exc.message}: send one event per text frame") from None
-        for result in self.session.handle(parse_client_event(data)):
+            raise RealtimeError(f"{exc.message}: send one event per text message") from None
+        await self._act(self.session.handle(parse_client_event(data)))
+
+    async def hear(self, samples: np.ndarray) -> None:
+        """The user's audio from a media track (16 kHz float32). An error (the buffer is full, with turn
+        detection off) is said once, not for every frame after it."""
+        self._heard_at = time.monotonic()
+        try:
+            results = self.session.hear(samples)
+        except RealtimeError as exc:
+            if exc.code != self._track_error:
+                self._track_error = exc.code
+                self.emit(ErrorEvent.of(exc))
+            return
+        self._track_error = None
+        await self._act(results)
+
+    async def _act(self, results: list[ServerEvent | Action]) -> None:
+        """Carry out what the session asks, and send what it says."""
+        for result in results:
             match result:
                 case TranscribeSoFar(item_id=item_id, audio=audio, answer=answer):
                     await self._drop_early()
@@ -178,6 +213,12 @@ class RealtimeConnection:
                     await self._start(result)
                 case CancelResponse():
                     await self._cancel(result)
+                case ClearOutputAudio(event_id=event_id):
+                    if self.audio_out is None:
+                        raise RealtimeError("output_audio_buffer.clear is for WebRTC calls, whose audio plays from "
+                                            "the server's track; over a WebSocket, stop playing it yourself",
+                                            event_id=event_id)
+                    self.audio_out.clear()
                 case _:
                     self.emit(result)
 
@@ -190,7 +231,7 @@ class RealtimeConnection:
                                 "its response.done", code="conversation_already_has_active_response",
                                 event_id=start.event_id)
         ahead, self._ahead = self._ahead, None  # the turn's answer, if it was begun at the pause
-        self._response = RealtimeResponse(self.ws, self.client, self.chat, self.talker, self.session.conversation,
+        self._response = RealtimeResponse(self.conn, self.client, self.chat, self.talker, self.session.conversation,
                                           start.options, self.emit, ahead)
         self._response_task = asyncio.create_task(self._response.run(self._transcribed))
 
@@ -208,6 +249,8 @@ class RealtimeConnection:
         response.cancel_reason = cancel.reason
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        if self.audio_out is not None and cancel.reason == "turn_detected":  # the user spoke over it: it stops
+            self.audio_out.clear()
         spoken = response.spoken_item
         conversation = self.session.conversation
         if cancel.reason == "turn_detected" and spoken and spoken in conversation.spoken:
@@ -272,7 +315,7 @@ class RealtimeConnection:
         items = [*conversation.items, user]
         try:  # the items the response will read: those that fit, as it will find
             items = items[await fit_context(self.client, self.chat, conversation, items, options):]
-            plan = await plan_answer(self.ws, self.client, self.chat, self.talker, conversation, items, options,
+            plan = await plan_answer(self.conn, self.client, self.chat, self.talker, conversation, items, options,
                                      new_id("resp"))
         except OmniError:  # the response will fail the same way, and say why
             return None

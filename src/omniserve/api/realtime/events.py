@@ -272,6 +272,14 @@ class ArgumentsDoneEvent(ServerEvent):
     arguments: str
 
 
+class OutputAudioBufferEvent(ServerEvent):
+    """Over WebRTC, where the answer's audio goes out on the media track: when it began to play, when it has
+    all played, and when it was cut off (`output_audio_buffer.clear`, or the user spoke over it)."""
+
+    type: Literal["output_audio_buffer.started", "output_audio_buffer.stopped", "output_audio_buffer.cleared"]
+    response_id: str
+
+
 # GA's event names, as the beta API spelled them (a beta client says so with `OpenAI-Beta: realtime=v1`);
 # None: the beta API had no such event
 BETA_NAMES: dict[str, str | None] = {

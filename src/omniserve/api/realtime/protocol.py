@@ -247,6 +247,12 @@ class ResponseCancel(ClientEvent):
     response_id: str | None = None
 
 
+class OutputAudioClear(ClientEvent):
+    """WebRTC only: stop the answer's audio that is still to play on the track."""
+
+    type: Literal["output_audio_buffer.clear"]
+
+
 CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
     "session.update": SessionUpdate,
     "input_audio_buffer.append": InputAudioAppend,
@@ -258,6 +264,7 @@ CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
     "conversation.item.retrieve": ItemRetrieve,
     "response.create": ResponseCreate,
     "response.cancel": ResponseCancel,
+    "output_audio_buffer.clear": OutputAudioClear,
 }
 
 

@@ -48,6 +48,7 @@ from omniserve.api.realtime.protocol import (
     ItemRetrieve,
     ItemSpec,
     ItemTruncate,
+    OutputAudioClear,
     RealtimeError,
     ResponseCancel,
     ResponseCreate,
@@ -111,7 +112,14 @@ class CancelResponse:
     event_id: str | None = None
 
 
-Action = Transcribe | TranscribeSoFar | ForgetSoFar | StartResponse | CancelResponse
+@dataclass
+class ClearOutputAudio:
+    """Stop the answer's audio still to play (over WebRTC, where it plays from the server's track)."""
+
+    event_id: str | None = None
+
+
+Action = Transcribe | TranscribeSoFar | ForgetSoFar | StartResponse | CancelResponse | ClearOutputAudio
 
 
 class RealtimeSession:
@@ -171,6 +179,8 @@ class RealtimeSession:
                 return [StartResponse(self.response_options(spec or ResponseSpec(), event.event_id), event.event_id)]
             case ResponseCancel():
                 return [CancelResponse("client_cancelled", event.event_id)]
+            case OutputAudioClear():
+                return [ClearOutputAudio(event.event_id)]
         raise RealtimeError(f"{event.type} is not handled yet", event_id=event.event_id)
 
     def configure(self, spec: SessionSpec) -> None:
@@ -353,8 +363,20 @@ class RealtimeSession:
         self._check_audio(self._buffered / ASR_RATE + self._seconds(data), where, "the input audio buffer", "audio",
                           event_id)
         self._check_bytes(self._kept_bytes(data), where, event_id)
-        samples = self._reader.read(data)
-        self._written_ms += self._seconds(data) * 1000
+        return self._heard(self._reader.read(data), self._seconds(data))
+
+    def hear(self, samples: np.ndarray) -> list[ServerEvent | Action]:
+        """The user's audio from a media track (WebRTC): mono float32 at 16 kHz (the session's input format is
+        for `input_audio_buffer.append`). Past the buffer's limits it raises, as an append would."""
+        where = "the microphone track"
+        seconds = len(samples) / ASR_RATE
+        self._check_audio(self._buffered / ASR_RATE + seconds, where, "the input audio buffer", None, None)
+        self._check_bytes(len(samples) * 4, where, None)
+        return self._heard(samples, seconds)
+
+    def _heard(self, samples: np.ndarray, seconds: float) -> list[ServerEvent | Action]:
+        """New audio in the buffer: turn detection on it."""
+        self._written_ms += seconds * 1000
         self._buffer.append(samples)
         self._buffered += len(samples)
         events: list[ServerEvent | Action] = []

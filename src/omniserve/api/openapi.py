@@ -23,7 +23,7 @@ from omniserve.api.protocol import audio, chat, completions, embeddings, images,
 from omniserve.api.protocol.common import ErrorResponse
 from omniserve.api.protocol.lora import LoadLoraRequest, LoraNameRequest, SetLoraRequest, UnloadLoraRequest
 from omniserve.api.realtime.events import ClientSecretOut
-from omniserve.api.realtime.protocol import ClientSecretRequest
+from omniserve.api.realtime.protocol import ClientSecretRequest, RealtimeCallUpload
 from omniserve.runtime.client import ServedModel
 from omniserve.voices import OPENAI_VOICES
 
@@ -46,6 +46,7 @@ class Operation:
     needs: str | None = None
     # the kinds of served model its `model` names: the spec lists them (a request naming another is refused)
     kinds: tuple[str, ...] = ()
+    status: str = "200"  # the answer's status when it is done
 
 
 OPERATIONS = (
@@ -99,6 +100,9 @@ OPERATIONS = (
     Operation("get", "/v1/list_loras", ok={JSON: models.DiffusionLoras}, needs="lora"),
     Operation("post", "/v1/realtime/client_secrets", {JSON: ClientSecretRequest}, {JSON: ClientSecretOut},
               body_required=False),
+    Operation("post", "/v1/realtime/calls", {MULTIPART: RealtimeCallUpload},
+              {"application/sdp": None}, status="201"),
+    Operation("post", "/v1/realtime/calls/{call_id}/hangup"),
     Operation("get", "/health", ok={JSON: models.Health}),
     Operation("get", "/get_load", ok={JSON: models.Load}),
 )
@@ -157,8 +161,8 @@ def describe(spec: dict[str, Any], served: list[ServedModel] | None = None) -> d
             operation["requestBody"] = {"required": op.body_required, "content": {
                 kind: {"schema": refs[(model, "validation")]} for kind, model in op.body.items()}}
         operation["responses"] = {
-            "200": {"description": "OK", "content": {kind: _media(kind, _schema(refs, answer))
-                                                      for kind, answer in op.ok.items()}},
+            op.status: {"description": "OK", "content": {kind: _media(kind, _schema(refs, answer))
+                                                         for kind, answer in op.ok.items()}},
             "4XX": error, "5XX": error,
         }
     schemas = spec["components"]["schemas"]

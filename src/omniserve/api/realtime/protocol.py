@@ -133,6 +133,14 @@ class ClientSecretSession(SessionSpec):
     model: str | None = None
 
 
+class RealtimeCallUpload(BaseModel):
+    """`POST /v1/realtime/calls` as a form (the spec's shape; the route reads the form itself)."""
+
+    sdp: str = Field(description="the WebRTC offer (pc.createOffer()'s sdp)")
+    session: str | None = Field(None, description="the session's settings, JSON as in POST /v1/realtime/"
+                                "client_secrets (type realtime, model, instructions, audio, tools, ...)")
+
+
 class ExpiresAfter(_Open):
     anchor: Literal["created_at"] = "created_at"
     seconds: int = Field(600, ge=10, le=7200)

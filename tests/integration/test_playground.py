@@ -1,7 +1,7 @@
 """The web playground in a real browser: Debian's headless Chromium driven by Selenium through Debian's
 chromedriver (scripts/test.sh installs both). The server asks for an API key, which the page takes; a chat
 message gets an answer, an uploaded photo is described, and the voice mode hears a spoken question from
-Chromium's fake microphone (a LibriVox sentence) and answers aloud. Screenshots go to test-artifacts/."""
+Chromium's fake microphone (a LibriVox sentence) and answers aloud, over WebRTC and over the WebSocket. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
@@ -123,19 +123,34 @@ def test_an_uploaded_image_is_described(server, browser):
     shot(browser, "image")
 
 
-def test_the_voice_mode_hears_a_question_and_answers_aloud(server, browser):
-    open_page(browser, server)
+def talk(browser, transport: str) -> None:
+    """Start the voice mode: the fake microphone asks its question; the answer is heard over `transport`."""
     browser.find_element(By.CSS_SELECTOR, "[data-tab=voice]").click()
     browser.find_element(By.ID, "voice-toggle").click()
+    wait(browser, lambda b: b.find_element(By.ID, "voice-log").get_attribute("data-transport"), 30)
+    assert browser.find_element(By.ID, "voice-log").get_attribute("data-transport") == transport
     heard = wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#voice-log .message.user"))
     assert "young man" in normalize(heard[0].text), heard[0].text
     answer = wait(browser, lambda b: last_answer(b, "voice-log"))
     assert answer.text.strip() and answer.get_attribute("data-done") in ("completed", "incomplete")
-    seconds = float(browser.find_element(By.ID, "voice-log").get_attribute("data-audio-seconds"))
-    assert seconds > 0.5  # the answer's audio reached the page's player
-    shot(browser, "voice")
+    # the answer's audio reached the page's player (over WebRTC: it played from the server's track)
+    seconds = wait(browser, lambda b: float(b.find_element(By.ID, "voice-log").get_attribute("data-audio-seconds")
+                                            or 0), 60)
+    assert seconds > 0.5
+    shot(browser, f"voice-{transport}")
     browser.find_element(By.ID, "voice-toggle").click()
     wait(browser, lambda b: b.find_element(By.ID, "voice-state").text == "off", 10)
+
+
+def test_the_voice_mode_hears_a_question_and_answers_aloud_over_webrtc(server, browser):
+    open_page(browser, server)
+    talk(browser, "webrtc")
+
+
+def test_the_voice_mode_falls_back_to_the_websocket(server, browser):
+    open_page(browser, server)
+    browser.execute_script("window.RTCPeerConnection = undefined")  # a browser without WebRTC
+    talk(browser, "websocket")
 
 
 def test_images_and_videos_are_made_on_the_page(server, browser):

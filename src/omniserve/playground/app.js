@@ -1,6 +1,7 @@
 // omniserve playground: one page over the server's own OpenAI API. Chat (text, an image, a recorded
-// question; answers streamed, or spoken), a realtime voice conversation over /v1/realtime, and image and
-// video generation when the server has a model for them. No build step: plain browser JavaScript.
+// question; answers streamed, or spoken), a realtime voice conversation over WebRTC (/v1/realtime/calls) or,
+// failing that, the WebSocket (/v1/realtime), and image and video generation when the server has a model for
+// them. No build step: plain browser JavaScript.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -22,8 +23,10 @@ function headers(json = true) {
 }
 
 async function api(path, body) {
+  // GET without a body; POST a form as it is, anything else as JSON
   const init = body === undefined ? { headers: headers(false) }
-    : { method: "POST", headers: headers(), body: JSON.stringify(body) };
+    : body instanceof FormData ? { method: "POST", headers: headers(false), body }
+      : { method: "POST", headers: headers(), body: JSON.stringify(body) };
   const response = await fetch(path, init);
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
@@ -292,53 +295,168 @@ async function spokenAnswer(model, answer) {
   return text;
 }
 
-// ---- voice: /v1/realtime -------------------------------------------------------------------------------
+// ---- voice: /v1/realtime/calls (WebRTC), or /v1/realtime (WebSocket) ---------------------------------
 
 let voice = null;
 
 const voiceLine = (role, text) => line("voice-log", role, text);
+const VOICE_SESSION = { type: "realtime", output_modalities: ["audio"], max_output_tokens: 200 };
 
-class VoiceSession {
-  constructor() {
+function realtimeQuery() {
+  const model = modelOf("chat")?.id;
+  return model ? `?model=${encodeURIComponent(model)}` : "";
+}
+
+class WebRtcLink {
+  // The session as OpenAI's WebRTC clients open it: the microphone as a track, the answers played from the
+  // server's track by an <audio> element, events on the "oai-events" data channel.
+  constructor(session) {
+    this.kind = "webrtc";
+    this.session = session;
+  }
+
+  async open() {
+    this.stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
+    this.pc = new RTCPeerConnection();
+    this.stream.getTracks().forEach((track) => this.pc.addTrack(track, this.stream));
+    this.audio = new Audio();
+    this.audio.autoplay = true;
+    this.pc.ontrack = (event) => { this.audio.srcObject = event.streams[0] || new MediaStream([event.track]); };
+    this.channel = this.pc.createDataChannel("oai-events");
+    const opened = new Promise((resolve, reject) => {
+      this.channel.onopen = resolve;
+      setTimeout(() => reject(new Error("the events channel did not open in 10 s")), 10000);
+    });
+    this.channel.onmessage = (message) => this.session.take(JSON.parse(message.data));
+    await this.pc.setLocalDescription(await this.pc.createOffer());
+    await gathered(this.pc, 2000);
+    const form = new FormData();
+    form.append("sdp", this.pc.localDescription.sdp);
+    form.append("session", JSON.stringify(VOICE_SESSION));
+    const answer = await api("/v1/realtime/calls" + realtimeQuery(), form);
+    await this.pc.setRemoteDescription({ type: "answer", sdp: await answer.text() });
+    await opened;
+    this.channel.onclose = () => this.session.closed();
+    this.pc.onconnectionstatechange = () => {
+      if (["failed", "closed"].includes(this.pc.connectionState)) this.session.closed();
+    };
+  }
+
+  send(event) {
+    if (this.channel?.readyState === "open") this.channel.send(JSON.stringify(event));
+  }
+
+  close() {
+    this.pc?.close();
+    this.stream?.getTracks().forEach((track) => track.stop());
+    if (this.audio) this.audio.srcObject = null;
+  }
+}
+
+function gathered(pc, ms) {
+  // The offer with the browser's candidates in it (the server takes no trickled ones), or what there is by `ms`.
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    pc.addEventListener("icegatheringstatechange", () => { if (pc.iceGatheringState === "complete") resolve(); });
+    setTimeout(resolve, ms);
+  });
+}
+
+class WebSocketLink {
+  // The session over the WebSocket: the microphone sent as input_audio_buffer.append, the answers'
+  // response.output_audio.delta played here.
+  constructor(session) {
+    this.kind = "websocket";
+    this.session = session;
+  }
+
+  open() {
     const protocols = ["realtime"];
     if (keyInput.value) protocols.push("openai-insecure-api-key." + keyInput.value);
-    const model = modelOf("chat")?.id;
-    const url = location.origin.replace(/^http/, "ws") + "/v1/realtime" + (model ? `?model=${encodeURIComponent(model)}` : "");
+    const url = location.origin.replace(/^http/, "ws") + "/v1/realtime" + realtimeQuery();
     this.ws = new WebSocket(url, protocols);
     this.mic = new Mic();
     this.player = new Player();
-    this.lines = new Map(); // assistant item id -> its line
-    this.ws.onopen = () => this.listen();
-    this.ws.onmessage = (message) => this.take(JSON.parse(message.data));
-    this.ws.onclose = () => this.closed();
-  }
-
-  async listen() {
-    this.send({ type: "session.update", session: { type: "realtime", output_modalities: ["audio"],
-      max_output_tokens: 200 } });
-    try {
-      await this.mic.start((pcm) => this.send({
-        type: "input_audio_buffer.append", audio: base64(new Uint8Array(pcm.buffer)),
-      }));
-      this.state("listening");
-    } catch (error) {
-      voiceLine("error", `microphone: ${error.message}`);
-      this.ws.close();
-    }
+    this.ws.onmessage = (message) => {
+      const event = JSON.parse(message.data);
+      if (event.type === "response.output_audio.delta") {
+        this.player.play(unbase64(event.delta));
+        this.session.playing(this.player.played);
+      }
+      if (event.type === "input_audio_buffer.speech_started") this.player.stop(); // and the server cuts it
+      this.session.take(event);
+    };
+    this.ws.onclose = () => this.session.closed();
+    return new Promise((resolve) => {
+      this.ws.onopen = async () => {
+        this.send({ type: "session.update", session: VOICE_SESSION });
+        try {
+          await this.mic.start((pcm) => this.send({
+            type: "input_audio_buffer.append", audio: base64(new Uint8Array(pcm.buffer)),
+          }));
+        } catch (error) {
+          voiceLine("error", `microphone: ${error.message}`);
+          this.ws.close();
+        }
+        resolve();
+      };
+    });
   }
 
   send(event) {
     if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(event));
   }
 
+  close() {
+    this.ws.close();
+    this.mic.stop();
+    this.player.close();
+  }
+}
+
+class VoiceSession {
+  // A spoken conversation: over WebRTC where the browser and the server can, else over the WebSocket.
+  constructor() {
+    this.lines = new Map(); // assistant item id -> its line
+    this.heardSince = null; // over WebRTC: when the answer now playing began
+    this.seconds = 0; // of answers played
+    this.start();
+  }
+
+  async start() {
+    if (window.RTCPeerConnection) {
+      const link = new WebRtcLink(this);
+      try {
+        this.link = link;
+        await link.open();
+      } catch (error) {
+        link.close();
+        console.warn("WebRTC failed, using the WebSocket:", error);
+      }
+    }
+    if (this.ended) return;
+    if (this.link?.channel?.readyState !== "open") {
+      this.link = new WebSocketLink(this);
+      await this.link.open();
+    }
+    $("voice-log").dataset.transport = this.link.kind;
+    $("voice-state").title = this.link.kind === "webrtc" ? "over WebRTC" : "over the WebSocket";
+    this.state("listening");
+  }
+
   state(text) {
     $("voice-state").textContent = text;
+  }
+
+  playing(seconds) {
+    this.seconds = seconds;
+    $("voice-log").dataset.audioSeconds = seconds.toFixed(2);
+    this.state("speaking");
   }
 
   take(event) {
     switch (event.type) {
       case "input_audio_buffer.speech_started":
-        this.player.stop(); // the user speaks over the answer: it stops here, and the server cuts it
         this.state("hearing you");
         break;
       case "input_audio_buffer.speech_stopped":
@@ -353,15 +471,20 @@ class VoiceSession {
         line.textContent += event.delta;
         break;
       }
-      case "response.output_audio.delta":
-        this.player.play(unbase64(event.delta));
+      case "output_audio_buffer.started": // WebRTC: the answer plays from the server's track
+        this.heardSince = performance.now();
         this.state("speaking");
-        $("voice-log").dataset.audioSeconds = this.player.played.toFixed(2);
+        break;
+      case "output_audio_buffer.stopped":
+      case "output_audio_buffer.cleared":
+        if (this.heardSince !== null) this.playing(this.seconds + (performance.now() - this.heardSince) / 1000);
+        this.heardSince = null;
+        this.state("listening");
         break;
       case "response.done": {
         const line = this.lines.get(event.response.output?.[0]?.id);
         if (line) line.dataset.done = event.response.status;
-        this.state("listening");
+        if (this.heardSince === null) this.state("listening");
         break;
       }
       case "error":
@@ -371,12 +494,15 @@ class VoiceSession {
   }
 
   close() {
-    this.ws.close();
+    this.ended = true;
+    this.link?.close();
+    this.closed();
   }
 
   closed() {
-    this.mic.stop();
-    this.player.close();
+    if (voice !== this) return;
+    this.ended = true;
+    this.link?.close();
     voice = null;
     this.state("off");
     $("voice-toggle").textContent = "Start talking";

@@ -1,4 +1,5 @@
-"""A spoken turn over `/v1/realtime` against the same turn as one `/v1/chat/completions` request, in one run.
+"""A spoken turn over `/v1/realtime` (WebSocket) and `/v1/realtime/calls` (WebRTC) against the same turn as one
+`/v1/chat/completions` request, in one run.
 
 Each turn is a LibriVox sentence (Debian's pocketsphinx-testdata), streamed at real-time pace in 20 ms appends,
 as a microphone would, with silence after it; server VAD ends the turn and the answer is spoken by the default
@@ -17,6 +18,11 @@ The chat side sends the same clip whole, as `input_audio`, with the same instruc
 ["text", "audio"]` and `stream: true`: the time from sending it to the first audio chunk. It has no turn
 detection (its client decides when the user has finished).
 
+Over WebRTC (an aiortc client, as a browser opens a call) the clip goes out on the microphone track at real-time
+pace, and the figure is from the end of its speech (the microphone's first frame of the clip, plus where the speech
+ends in it) to the first frame of the server's track that is not silence, as the client received it: so it holds
+Opus both ways and the client's jitter buffer.
+
 Streaming quality: each answer's audio underrun, the time a listener playing it in real time from its first
 delta would have waited for the next ones (the server exports the same as `omniserve_audio_underrun_seconds`
 and `omniserve_audio_continuity_ok`), for one session at a time and for `--sessions` sessions speaking at once.
@@ -24,6 +30,7 @@ and `omniserve_audio_continuity_ok`), for one session at a time and for `--sessi
     python bench/bench_realtime.py                    # 10 turns, OpenAI's default 500 ms of silence
     python bench/bench_realtime.py --silence-ms 200
     python bench/bench_realtime.py --sessions 1 4 8   # the streaming quality of 1, 4 and 8 sessions at once
+    python bench/bench_realtime.py --transports webrtc
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ from omniserve.api.realtime.settings import DEFAULT_INSTRUCTIONS  # noqa: E402
 from omniserve.media.pcm import PCM16, PcmWriter  # noqa: E402
 from omniserve.runtime.metrics import Playback  # noqa: E402
 from tests.audio_helpers import librivox_clips  # noqa: E402
-from tests.realtime_helpers import CHUNK, open_session, receive, send  # noqa: E402
+from tests.realtime_helpers import CHUNK, open_session, receive, send, until  # noqa: E402
+from tests.webrtc_helpers import RtcCall  # noqa: E402
 
 MAX_TOKENS = 48
 OUTPUT_RATE = 24000  # the realtime API's pcm16
@@ -72,13 +80,17 @@ def configure(ws, silence_ms: int) -> None:
     receive(ws)
 
 
-def speak(ws, clip: Path, lead_s: float = 0.3, tail_s: float = 2.0) -> dict:
-    """One spoken turn on an open session, at real-time pace, until its response is done."""
+def utterance(clip: Path, lead_s: float = 0.3, tail_s: float = 2.0) -> tuple[bytes, float]:
+    """A clip with silence around it as pcm16 at 24 kHz, and where its speech ends in it (s)."""
     audio, rate = sf.read(clip, dtype="int16")
-    end_s = lead_s + speech_end_s(audio, rate)
     pcm = np.concatenate([np.zeros(int(rate * lead_s), np.int16), audio, np.zeros(int(rate * tail_s), np.int16)])
     writer = PcmWriter(PCM16, rate)
-    data = writer.write(pcm.tobytes()) + writer.flush()
+    return writer.write(pcm.tobytes()) + writer.flush(), lead_s + speech_end_s(audio, rate)
+
+
+def speak(ws, clip: Path) -> dict:
+    """One spoken turn on an open session, at real-time pace, until its response is done."""
+    data, end_s = utterance(clip)
     marks: dict[str, float] = {}
     playback: list[Playback] = []  # a listener of the answer's audio, from its first delta
 
@@ -118,8 +130,38 @@ def speak(ws, clip: Path, lead_s: float = 0.3, tail_s: float = 2.0) -> dict:
             "continuous": bool(playback) and playback[0].continuous}
 
 
-def realtime_turn(base: str, clip: Path, silence_ms: int) -> dict:
+def speak_rtc(call: RtcCall, clip: Path) -> dict:
+    """One spoken turn on an open WebRTC call: the clip on the microphone track, until its answer has played."""
+    data, end_s = utterance(clip)
+    call.say(data)
+    events = until(call, "response.done", timeout=120)
+    marks = {e["type"]: call.arrived[e["event_id"]] for e in reversed(events)}
+    if events[-1]["response"]["output"]:  # the answer plays on in real time after response.done
+        until(call, "output_audio_buffer.stopped", timeout=120)
+    spoken = call.microphone.began + end_s
+
+    def since(kind: str) -> float:
+        return (marks[kind] - spoken) * 1000 if kind in marks else float("nan")
+
+    first = next((t for t in call.loud_at if t > spoken), float("nan"))
+    return {"first_audio_ms": (first - spoken) * 1000, "stopped_ms": since("input_audio_buffer.speech_stopped"),
+            "started_ms": since("output_audio_buffer.started"),
+            "transcribed_ms": since("conversation.item.input_audio_transcription.completed"),
+            "status": events[-1]["response"]["status"], "underrun_ms": float("nan"), "continuous": False}
+
+
+def open_call(base: str, silence_ms: int) -> RtcCall:
+    call = RtcCall(base, session={"type": "realtime", "max_output_tokens": MAX_TOKENS, "audio": {"input": {
+        "turn_detection": {"type": "server_vad", "silence_duration_ms": silence_ms}}}})
+    receive(call)
+    return call
+
+
+def realtime_turn(base: str, clip: Path, silence_ms: int, transport: str = "websocket") -> dict:
     """A turn in a fresh session."""
+    if transport == "webrtc":
+        with open_call(base, silence_ms) as call:
+            return speak_rtc(call, clip)
     with open_session(base) as ws:
         configure(ws, silence_ms)
         return speak(ws, clip)
@@ -193,6 +235,9 @@ def report(label: str, turns: list[dict]) -> None:
         print(f"    {'first half, second':<20} p50 {pct(first[:half], 50):6.0f} ms, {pct(first[half:], 50):6.0f} ms")
     print(f"    {'speech_stopped (VAD)':<20} p50 {pct([r['stopped_ms'] for r in turns], 50):6.0f} ms   "
           f"p90 {pct([r['stopped_ms'] for r in turns], 90):6.0f} ms")
+    if "started_ms" in turns[0]:  # WebRTC: when the server said its track began the answer
+        print(f"    {'buffer.started event':<20} p50 {pct([r['started_ms'] for r in turns], 50):6.0f} ms   "
+              f"p90 {pct([r['started_ms'] for r in turns], 90):6.0f} ms")
     after = [r["first_audio_ms"] - r["stopped_ms"] for r in turns]
     print(f"    {'then to audio':<20} p50 {pct(after, 50):6.0f} ms   p90 {pct(after, 90):6.0f} ms")
     for name in STAGE_TIMES:
@@ -207,26 +252,35 @@ def main() -> None:
     parser.add_argument("--silence-ms", type=int, default=500, help="server_vad silence_duration_ms")
     parser.add_argument("--sessions", type=int, nargs="*", default=[],
                         help="also measure streaming quality with this many sessions speaking at once")
+    parser.add_argument("--transports", nargs="+", choices=["websocket", "webrtc"], default=["websocket", "webrtc"])
     args = parser.parse_args()
     clips = [path for path, _ in librivox_clips()]
     port = free_port()
     cmd = [sys.executable, "-m", "omniserve", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--threads", str(args.threads), "--log-level", "warning"]
-    conversation, fresh, chat = [], [], []
+    conversation: dict[str, list[dict]] = {t: [] for t in args.transports}
+    fresh: dict[str, list[dict]] = {t: [] for t in args.transports}
+    chat: list[dict] = []
     together: dict[int, list[dict]] = {}
     with running("omniserve", cmd, f"http://127.0.0.1:{port}") as base:
-        realtime_turn(base, clips[1], args.silence_ms)  # warm up both paths
+        for transport in args.transports:  # warm up every path
+            realtime_turn(base, clips[1], args.silence_ms, transport)
         chat_turn(base, clips[1])
-        with open_session(base) as ws:  # one conversation: each turn's prompt holds the ones before
-            configure(ws, args.silence_ms)
-            for turn in range(args.turns):
-                clip = clips[turn % len(clips)]
-                conversation.append(measured(base, lambda c=clip: speak(ws, c)))
-                show("one session", turn, clip, conversation[-1])
+        for transport in args.transports:  # one conversation: each turn's prompt holds the ones before
+            with (open_call(base, args.silence_ms) if transport == "webrtc" else open_session(base)) as session:
+                if transport == "websocket":
+                    configure(session, args.silence_ms)
+                for turn in range(args.turns):
+                    clip = clips[turn % len(clips)]
+                    say = speak_rtc if transport == "webrtc" else speak
+                    conversation[transport].append(measured(base, lambda c=clip, f=say, s=session: f(s, c)))
+                    show(f"one session ({transport})", turn, clip, conversation[transport][-1])
         for turn in range(args.turns):
             clip = clips[turn % len(clips)]
-            fresh.append(measured(base, lambda c=clip: realtime_turn(base, c, args.silence_ms)))
-            show("fresh session", turn, clip, fresh[-1])
+            for transport in args.transports:
+                fresh[transport].append(measured(base, lambda c=clip, t=transport: realtime_turn(
+                    base, c, args.silence_ms, t)))
+                show(f"fresh session ({transport})", turn, clip, fresh[transport][-1])
             chat.append(measured(base, lambda c=clip: {"first_audio_ms": chat_turn(base, c)}))
         for n in args.sessions:  # n sessions at once, each speaking its own clip, twice
             with ThreadPoolExecutor(n) as pool:
@@ -236,17 +290,21 @@ def main() -> None:
 
     print(f"{args.turns} spoken turns, server_vad silence_duration_ms={args.silence_ms}, {args.threads} threads, "
           f"max {MAX_TOKENS} tokens")
-    print("from the end of the user's speech to the first response.output_audio.delta (WebSocket):")
-    report("one session, 10 turns" if args.turns == 10 else f"one session, {args.turns} turns", conversation)
-    report("fresh sessions", fresh)
+    for transport in args.transports:
+        what = ("the first frame of the server's track that is not silence" if transport == "webrtc"
+                else "the first response.output_audio.delta")
+        print(f"from the end of the user's speech to {what} ({transport}):")
+        report(f"one session, {args.turns} turns", conversation[transport])
+        report("fresh sessions", fresh[transport])
     print("the same turn as one /v1/chat/completions (audio in, streamed audio out), from sending it:")
     first = [c["first_audio_ms"] for c in chat]
     print(f"  {'chat':<22} p50 {pct(first, 50):6.0f} ms   p90 {pct(first, 90):6.0f} ms")
     for name, label in [("prefill", "asr + prefill"), ("first audio", "first audio")]:  # its ASR is in its prompt
         values = [r[name] for r in chat]
         print(f"    {label + ' (server)':<20} p50 {pct(values, 50):6.0f} ms   p90 {pct(values, 90):6.0f} ms")
-    print("streaming quality: the audio underrun of each answer (a listener playing it from its first delta):")
-    for label, turns in [("one session at a time", fresh),
+    print("streaming quality (WebSocket): the audio underrun of each answer (a listener playing it from its first "
+          "delta):")
+    for label, turns in [("one session at a time", fresh.get("websocket", [])),
                          *((f"{n} session{'s' * (n > 1)} at once", t) for n, t in together.items())]:
         underrun = [t["underrun_ms"] for t in turns]
         continuous = sum(t["continuous"] for t in turns)

@@ -23,6 +23,7 @@ from omniserve.media.pcm import Resampler
 
 RATE = 48000
 FRAME = RATE // 50  # 20 ms
+LOUD = 300  # a 16-bit sample over this is not silence
 
 
 class Microphone(MediaStreamTrack):
@@ -33,6 +34,8 @@ class Microphone(MediaStreamTrack):
     def __init__(self):
         super().__init__()
         self._pending: deque[np.ndarray] = deque()
+        self._new = False
+        self.began: float | None = None  # when the first frame of what it was last given went out
         self._start: float | None = None
         self._sent = 0
         self._to_48k = Resampler(24000, RATE, "s16")
@@ -40,6 +43,7 @@ class Microphone(MediaStreamTrack):
     def say(self, pcm24k: bytes) -> None:
         samples = self._to_48k(np.frombuffer(pcm24k, "<i2"))
         self._pending.extend(np.array_split(samples, range(FRAME, len(samples), FRAME)))
+        self._new, self.began = True, None
 
     def speaking(self) -> bool:
         return bool(self._pending)
@@ -53,6 +57,8 @@ class Microphone(MediaStreamTrack):
         if self._pending:
             chunk = self._pending.popleft()
             out[:len(chunk)] = chunk
+            if self._new:
+                self._new, self.began = False, time.monotonic()
         frame = av.AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = RATE, self._sent, fractions.Fraction(1, RATE)
         self._sent += FRAME
@@ -67,6 +73,8 @@ class RtcCall:
                  raw_sdp: bool = False):
         self._events: queue.Queue[str] = queue.Queue()
         self._heard = bytearray()
+        self.loud_at: list[float] = []  # when each frame of the server's track that was not silence came
+        self.arrived: dict[str, float] = {}  # event_id -> when the event came
         self._lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -82,7 +90,7 @@ class RtcCall:
         self.microphone = Microphone()
         self.pc.addTrack(self.microphone)
         self.channel = self.pc.createDataChannel("oai-events")
-        self.channel.on("message", self._events.put)
+        self.channel.on("message", self._arrived)
         opened = asyncio.Event()
         self.channel.on("open", opened.set)
         self.pc.on("track", lambda track: asyncio.ensure_future(self._record(track)))
@@ -106,6 +114,10 @@ class RtcCall:
         await asyncio.wait_for(opened.wait(), 30)
         return r.headers["location"]
 
+    def _arrived(self, text: str) -> None:
+        self.arrived[json.loads(text).get("event_id")] = time.monotonic()
+        self._events.put(text)
+
     async def _record(self, track: MediaStreamTrack) -> None:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=24000)
         while True:
@@ -114,8 +126,11 @@ class RtcCall:
             except MediaStreamError:
                 return
             for out in resampler.resample(frame):
+                samples = out.to_ndarray()
                 with self._lock:
-                    self._heard += out.to_ndarray().tobytes()
+                    self._heard += samples.tobytes()
+                    if np.abs(samples.astype(np.int32)).max(initial=0) > LOUD:
+                        self.loud_at.append(time.monotonic())
 
     # ---- a WebSocket's face ----
 
@@ -155,8 +170,8 @@ class CallRefused(Exception):
         self.response = response
 
 
-def spoken(pcm24k: bytes, threshold: int = 300) -> float:
+def spoken(pcm24k: bytes) -> float:
     """Seconds of `pcm24k` louder than silence (20 ms windows)."""
     samples = np.abs(np.frombuffer(pcm24k, "<i2").astype(np.int32))
     windows = samples[:len(samples) // 480 * 480].reshape(-1, 480)
-    return float((windows.max(axis=1) > threshold).sum() * 0.02)
+    return float((windows.max(axis=1) > LOUD).sum() * 0.02)

@@ -1,7 +1,8 @@
 """The web playground in a real browser: Debian's headless Chromium driven by Selenium through Debian's
 chromedriver (scripts/test.sh installs both). The server asks for an API key, which the page takes; a chat
 message gets an answer, an uploaded photo is described, and the voice mode hears a spoken question from
-Chromium's fake microphone (a LibriVox sentence) and answers aloud, over WebRTC and over the WebSocket. Screenshots go to test-artifacts/."""
+Chromium's fake microphone (a LibriVox sentence) and answers aloud, over WebRTC and over the WebSocket.
+Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 

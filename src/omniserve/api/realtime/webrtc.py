@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
 from omniserve.api.realtime.connection import RealtimeConnection
@@ -202,6 +203,9 @@ class RealtimeCall:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and self._microphone is None:
             self._microphone = track
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    hear_sooner(transceiver.receiver)
 
     async def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
@@ -218,6 +222,16 @@ class RealtimeCall:
                 return
             for out in resampler.resample(frame):
                 await connection.hear(out.to_ndarray().reshape(-1))
+
+
+def hear_sooner(receiver) -> None:
+    """aiortc holds 4 packets of received audio (80 ms) before it decodes one, to put packets that came out of
+    order back in it. That is 80 ms more before the VAD hears the end of every turn; speech to text does not
+    miss a rare late 20 ms packet, so the microphone's is held 1 packet. (aiortc has no setting for it: the
+    receiver's buffer is replaced; tests/unit/test_webrtc_units.py checks that the pinned aiortc has it.)"""
+    name = "_RTCRtpReceiver__jitter_buffer"
+    if isinstance(getattr(receiver, name, None), JitterBuffer):
+        setattr(receiver, name, JitterBuffer(capacity=16, prefetch=1))
 
 
 class RealtimeCalls:

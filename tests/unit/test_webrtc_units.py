@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 from aiortc import RTCPeerConnection
 
-from omniserve.api.realtime.webrtc import FRAME_SAMPLES, TRACK_RATE, AnswerTrack, hear_sooner
+from omniserve.api.realtime.webrtc import FRAME_SAMPLES, TRACK_RATE, AnswerTrack, RealtimeCall, hear_sooner
 from omniserve.media.pcm import PCM16, PCMU, from_pcm16
 
 
@@ -75,3 +75,18 @@ def test_the_microphone_is_held_one_packet_not_four():
 
     asyncio.run(check())
     assert TRACK_RATE == 48000
+
+
+def test_a_call_whose_peer_never_connects_ends():
+    async def check() -> None:
+        browser = RTCPeerConnection()
+        browser.addTransceiver("audio")
+        browser.createDataChannel("oai-events")
+        await browser.setLocalDescription(await browser.createOffer())
+        call = RealtimeCall(browser.localDescription.sdp, [], connect_timeout=0.3)
+        assert (await call.answer()).startswith("v=0")  # and the browser never takes the answer
+        await call.hang_up_unless_connected()
+        assert await asyncio.wait_for(call.transport.receive(), 1) is None  # the session ends
+        await asyncio.gather(call.pc.close(), browser.close())
+
+    asyncio.run(check())

@@ -35,6 +35,7 @@ TRACK_RATE = 48000  # Opus's
 FRAME_SAMPLES = TRACK_RATE // 50  # 20 ms, WebRTC's usual packet
 MAX_CHANNEL_BUFFER = 4 * 2**20  # bytes of events the data channel may hold unsent before the writer waits
 EVENTS_CHANNEL = "oai-events"
+CONNECT_TIMEOUT = 20.0  # seconds the browser has, after the answer, to connect (else the call ends)
 
 
 class ChannelTransport:
@@ -159,8 +160,9 @@ class RealtimeCall:
     """One WebRTC call: its peer connection, the tracks both ways and the events channel. `answer()` answers the
     offer; the session's connection is then run by `serve`."""
 
-    def __init__(self, offer_sdp: str, ice_servers: list[str]):
+    def __init__(self, offer_sdp: str, ice_servers: list[str], connect_timeout: float = CONNECT_TIMEOUT):
         self.id = new_id("rtc")
+        self.connect_timeout = connect_timeout
         self._offer = offer_sdp
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(url) for url in ice_servers]))
         self.transport = ChannelTransport("m=application" in offer_sdp, self.hang_up)
@@ -189,13 +191,23 @@ class RealtimeCall:
         self.track.on_event = connection.emit
         if self._microphone is not None:
             self._listening = asyncio.create_task(self._listen(self._microphone, connection))
+        watch = asyncio.create_task(self.hang_up_unless_connected())
         try:
             await connection.serve()
         finally:
-            if self._listening is not None:
-                self._listening.cancel()
-                await asyncio.gather(self._listening, return_exceptions=True)
+            tasks = [t for t in (self._listening, watch) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.pc.close()
+
+    async def hang_up_unless_connected(self) -> None:
+        """A browser that got the answer but never connects (it left, or no address of ours reaches it) does
+        not hold a session until the idle timeout."""
+        await asyncio.sleep(self.connect_timeout)
+        if self.pc.connectionState != "connected":
+            log.info("realtime call %s ended: the peer did not connect in %g s", self.id, self.connect_timeout)
+            await self.hang_up()
 
     async def hang_up(self) -> None:
         self.transport.gone()

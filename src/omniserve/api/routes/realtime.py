@@ -147,7 +147,7 @@ async def create_call(request: Request, model: str | None = None) -> Response:
     """A realtime session over WebRTC: the answer to the browser's offer; the session runs until the call ends."""
     offer, spec = await _offer(request)
     if not offer.lstrip().startswith("v=0"):
-        raise InvalidRequest("`sdp` is not an SDP offer (it starts with v=0): send pc.localDescription.sdp after "
+        raise InvalidRequest("`sdp` is not an SDP offer (an offer starts with v=0): send pc.localDescription.sdp after "
                              "pc.createOffer()", param="sdp")
     secret = request.app.state.client_secrets.get(presented_key(request.scope))
     session, chat = configured_session(request, secret.session if secret else None, spec, model=model)

@@ -79,7 +79,11 @@ class RtcCall:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.location = self._run(self._open(base_url, session, key, model, raw_sdp))
+        try:
+            self.location = self._run(self._open(base_url, session, key, model, raw_sdp))
+        except BaseException:
+            self.close()
+            raise
 
     def _run(self, coroutine, timeout: float = 60):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
@@ -153,7 +157,8 @@ class RtcCall:
             return bytes(self._heard)
 
     def close(self) -> None:
-        self._run(self.pc.close())
+        if getattr(self, "pc", None) is not None:
+            self._run(self.pc.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
 

@@ -93,8 +93,8 @@ def _serve_parser(sub) -> None:
                           "while no response runs before it is closed (default 600; 0: never)")
     realtime.add_argument("--realtime-max-items", type=int, help="items one realtime conversation may hold "
                           "(default 1000)")
-    realtime.add_argument("--realtime-ice-servers", nargs="+", metavar="URL", help="STUN/TURN servers for WebRTC "
-                          "calls (POST /v1/realtime/calls), e.g. stun:stun.example:3478, for a server behind NAT "
+    realtime.add_argument("--realtime-ice-servers", nargs="+", metavar="URL", help="STUN servers for WebRTC calls "
+                          "(POST /v1/realtime/calls), e.g. stun:stun.example:3478, for a server behind NAT "
                           "(default: none; the server offers its own addresses)")
     realtime.add_argument("--realtime-max-session-mib", type=float, help="MiB one realtime session's items, audio "
                           "and input buffer may take (default 64)")

@@ -59,8 +59,8 @@ class ServerArgs(BaseSettings):
     realtime_idle_timeout: float = Field(600.0, ge=0, description="close a realtime session that has sent nothing "
                                          "for this long while no response runs (0: never)")
     realtime_max_items: int = Field(1000, ge=1, description="items one realtime conversation may hold")
-    realtime_ice_servers: list[str] = Field(default_factory=list, description="STUN/TURN servers (stun:host:port, "
-                                            "turn:...) a WebRTC call gathers candidates from")
+    realtime_ice_servers: list[str] = Field(default_factory=list, description="STUN servers (stun:host:port) a "
+                                            "WebRTC call gathers candidates from")
     realtime_max_session_mib: float = Field(64.0, gt=0, description="memory one realtime session's items and "
                                             "audio may take")
     default_max_tokens: int | None = Field(None, ge=1, description="tokens a chat or completion writes when it "
@@ -131,6 +131,15 @@ class ServerArgs(BaseSettings):
                                  "https://app.example:8443, or *")
             out.append(origin)
         return out
+
+    @field_validator("realtime_ice_servers")
+    @classmethod
+    def _stun(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.fullmatch(r"stuns?:[^\s/?#@:]+(:\d+)?", value):
+                raise ValueError(f"{value!r} is not a STUN server: give stun:HOST:PORT, such as "
+                                 "stun:stun.example:3478 (TURN servers are not supported yet)")
+        return values
 
     @field_validator("log_level")
     @classmethod

@@ -74,6 +74,45 @@ def test_barge_in_stops_the_track_and_cuts_the_answer_to_what_was_played(server)
     assert len(after) > 24000 and spoken(after) == 0  # the track went quiet
 
 
+def test_speaking_over_an_answer_that_is_written_but_still_playing_stops_it(server):
+    no_reply = {"type": "realtime", "max_output_tokens": 40,
+                "audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}}}
+    with call(server, session=no_reply) as rtc:
+        receive(rtc)
+        send(rtc, text_item("Tell me about the sea."))
+        send(rtc, {"type": "response.create"})
+        events = until(rtc, "response.done")  # all written: it plays on, in real time
+        done = events[-1]["response"]
+        if "output_audio_buffer.started" not in [e["type"] for e in events]:
+            next_of(rtc, "output_audio_buffer.started")
+        rtc.say(speech_pcm24k(clip=2, silence_before_s=0.0, silence_after_s=1.0))
+        cleared = next_of(rtc, "output_audio_buffer.cleared", "output_audio_buffer.stopped")
+        assert cleared["type"] == "output_audio_buffer.cleared" and cleared["response_id"] == done["id"]
+        truncated = next_of(rtc, "conversation.item.truncated")
+        assert truncated["item_id"] == done["output"][0]["id"] and truncated["audio_end_ms"] > 0
+        cut_at = len(rtc.heard())
+        time.sleep(1.5)
+        assert spoken(rtc.heard()[cut_at + 24000:]) == 0
+
+
+def test_a_turn_that_ends_while_an_answer_is_written_is_an_error_and_the_microphone_still_works(server):
+    patient = {"type": "realtime", "max_output_tokens": 24, "audio": {"input": {"turn_detection": {
+        "type": "server_vad", "interrupt_response": False}}}}
+    with call(server, session=patient) as rtc:
+        receive(rtc)
+        send(rtc, text_item("Tell me a long story about a dragon."))
+        send(rtc, {"type": "response.create", "response": {"max_output_tokens": 400,
+                                                           "instructions": "You tell long stories."}})
+        next_of(rtc, "response.created")
+        rtc.say(speech_pcm24k(clip=1, silence_before_s=0.0, silence_after_s=1.0))
+        error = next_of(rtc, "error")["error"]
+        assert error["code"] == "conversation_already_has_active_response"
+        send(rtc, {"type": "response.cancel"})
+        next_of(rtc, "response.done")
+        rtc.say(speech_pcm24k(clip=2, silence_before_s=0.5, silence_after_s=1.0))  # heard, and answered
+        assert next_of(rtc, "response.done")["response"]["status"] in ("completed", "incomplete")
+
+
 def test_output_audio_buffer_clear_stops_what_plays(server):
     with call(server) as rtc:
         receive(rtc)

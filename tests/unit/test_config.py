@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from omniserve.api.protocol.chat import ChatCompletionRequest
 from omniserve.api.protocol.common import loc_to_param, parse_body
@@ -97,3 +98,11 @@ def test_voice_models_from_the_environment(monkeypatch, text, models):
     monkeypatch.setenv("OMNISERVE_TTS_MODEL", text)
     assert ServerArgs().tts_model == models
     assert ServerArgs(tts_model=["piper-joe-medium"]).tts_model == ["piper-joe-medium"]  # a flag wins
+
+
+def test_ice_servers_are_stun_urls():
+    stun = ["stun:stun.example:3478"]
+    assert ServerArgs(realtime_ice_servers=stun).realtime_ice_servers == stun
+    for bad in ("turn:relay.example", "stun.example:3478", "stun:host/path"):
+        with pytest.raises(ValidationError, match="is not a STUN server"):
+            ServerArgs(realtime_ice_servers=[bad])

@@ -317,6 +317,7 @@ class WebRtcLink {
 
   async open() {
     this.stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
+    this.alive();
     this.pc = new RTCPeerConnection();
     this.stream.getTracks().forEach((track) => this.pc.addTrack(track, this.stream));
     this.audio = new Audio();
@@ -327,19 +328,28 @@ class WebRtcLink {
       this.channel.onopen = resolve;
       setTimeout(() => reject(new Error("the events channel did not open in 10 s")), 10000);
     });
+    opened.catch(() => {}); // awaited below, unless the call is refused first
     this.channel.onmessage = (message) => this.session.take(JSON.parse(message.data));
     await this.pc.setLocalDescription(await this.pc.createOffer());
     await gathered(this.pc, 2000);
+    this.alive();
     const form = new FormData();
     form.append("sdp", this.pc.localDescription.sdp);
     form.append("session", JSON.stringify(VOICE_SESSION));
     const answer = await api("/v1/realtime/calls" + realtimeQuery(), form);
+    this.location = answer.headers.get("Location");
     await this.pc.setRemoteDescription({ type: "answer", sdp: await answer.text() });
     await opened;
+    this.alive();
     this.channel.onclose = () => this.session.closed();
     this.pc.onconnectionstatechange = () => {
       if (["failed", "closed"].includes(this.pc.connectionState)) this.session.closed();
     };
+  }
+
+  alive() {
+    // Stop was pressed while this was connecting: go no further (close() frees what was made)
+    if (this.session.ended) throw new Error("stopped");
   }
 
   send(event) {
@@ -347,6 +357,11 @@ class WebRtcLink {
   }
 
   close() {
+    if (this.location && this.channel?.readyState !== "open") {
+      // answered, but never connected: the server would hold the call for a while
+      fetch(this.location + "/hangup", { method: "POST", headers: headers(false) }).catch(() => {});
+    }
+    this.location = null;
     this.pc?.close();
     this.stream?.getTracks().forEach((track) => track.stop());
     if (this.audio) this.audio.srcObject = null;
@@ -394,6 +409,7 @@ class WebSocketLink {
           await this.mic.start((pcm) => this.send({
             type: "input_audio_buffer.append", audio: base64(new Uint8Array(pcm.buffer)),
           }));
+          if (this.session.ended) this.mic.stop(); // Stop was pressed while the microphone was asked for
         } catch (error) {
           voiceLine("error", `microphone: ${error.message}`);
           this.ws.close();
@@ -434,10 +450,11 @@ class VoiceSession {
         console.warn("WebRTC failed, using the WebSocket:", error);
       }
     }
-    if (this.ended) return;
+    if (this.ended) { this.link?.close(); return; }
     if (this.link?.channel?.readyState !== "open") {
       this.link = new WebSocketLink(this);
       await this.link.open();
+      if (this.ended) { this.link.close(); return; }
     }
     $("voice-log").dataset.transport = this.link.kind;
     $("voice-state").title = this.link.kind === "webrtc" ? "over WebRTC" : "over the WebSocket";

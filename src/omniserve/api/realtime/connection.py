@@ -90,6 +90,7 @@ class RealtimeConnection:
         self._ahead: AnswerAhead | None = None  # and its answer
         self.audio_out = audio_out
         self._track_error: str | None = None  # the last error from the microphone track (said once)
+        self._stopped = False  # the session is over: audio from a track starts nothing more
 
     def emit(self, event: ServerEvent) -> None:
         if self.audio_out is not None and self._played(event):
@@ -180,8 +181,11 @@ class RealtimeConnection:
         await self._act(self.session.handle(parse_client_event(data)))
 
     async def hear(self, samples: np.ndarray) -> None:
-        """The user's audio from a media track (16 kHz float32). An error (the buffer is full, with turn
-        detection off) is said once, not for every frame after it."""
+        """The user's audio from a media track (16 kHz float32). An error of the buffer (it is full, with turn
+        detection off) is said once, not for every frame after it; one of what the audio started (a turn's end
+        while a response still runs) is said as on the WebSocket."""
+        if self._stopped:
+            return
         self._heard_at = time.monotonic()
         try:
             results = self.session.hear(samples)
@@ -191,7 +195,10 @@ class RealtimeConnection:
                 self.emit(ErrorEvent.of(exc))
             return
         self._track_error = None
-        await self._act(results)
+        try:
+            await self._act(results)
+        except RealtimeError as exc:
+            self.emit(ErrorEvent.of(exc))
 
     async def _act(self, results: list[ServerEvent | Action]) -> None:
         """Carry out what the session asks, and send what it says."""
@@ -237,26 +244,35 @@ class RealtimeConnection:
 
     async def _cancel(self, cancel: CancelResponse) -> None:
         """Cancel the response in progress. A user who spoke over it heard only part of its audio: its item
-        is cut to what was played."""
+        is cut to what was played. Over WebRTC the server plays it, so speaking over it also stops it there,
+        even once it is all written (it plays on in real time)."""
         await asyncio.sleep(0)  # a response created just now starts, so that it still ends with response.done
         response, task = self._response, self._response_task
-        if task is None or task.done():
-            if cancel.reason == "client_cancelled":
-                raise RealtimeError("there is no response in progress to cancel", code="response_cancel_not_active",
-                                    event_id=cancel.event_id)
+        running = task is not None and not task.done()
+        if not running and cancel.reason == "client_cancelled":
+            raise RealtimeError("there is no response in progress to cancel", code="response_cancel_not_active",
+                                event_id=cancel.event_id)
+        if response is None or cancel.reason != "turn_detected" and not running:
             return
         played = response.played_ms()
-        response.cancel_reason = cancel.reason
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        if self.audio_out is not None and cancel.reason == "turn_detected":  # the user spoke over it: it stops
-            self.audio_out.clear()
+        if running:
+            response.cancel_reason = cancel.reason
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if cancel.reason != "turn_detected":
+            return
+        if self.audio_out is not None:  # the user spoke over it: it stops, and was heard as far as it played
+            cut = self.audio_out.clear()
+            if cut is None or cut.response_id != response.id:
+                return
+            played = cut.played_ms
+        elif not running:
+            return
         spoken = response.spoken_item
         conversation = self.session.conversation
-        if cancel.reason == "turn_detected" and spoken and spoken in conversation.spoken:
-            if played < conversation.spoken[spoken].ms:
-                conversation.truncate(spoken, 0, played)
-                self.emit(ItemTruncatedEvent(item_id=spoken, content_index=0, audio_end_ms=played))
+        if spoken and spoken in conversation.spoken and played < conversation.spoken[spoken].ms:
+            conversation.truncate(spoken, 0, played)
+            self.emit(ItemTruncatedEvent(item_id=spoken, content_index=0, audio_end_ms=played))
 
     async def _transcribed(self) -> None:
         """Wait for the user's audio to be transcribed (a cascade's thinker reads the transcripts)."""
@@ -342,6 +358,7 @@ class RealtimeConnection:
             await ahead.drop()
 
     async def _stop(self) -> None:
+        self._stopped = True
         await self._drop_early()
         tasks = [t for t in (self._response_task, *self._transcriptions.values()) if t is not None and not t.done()]
         for task in tasks:

@@ -5,6 +5,7 @@ and does not know which."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Protocol
 
 from fastapi import WebSocket, WebSocketDisconnect
@@ -22,6 +23,14 @@ class Transport(Protocol):
         """End the session from the server's side (it may be closing already)."""
 
 
+@dataclass
+class Cut:
+    """An answer stopped while it played: how much of it had played."""
+
+    response_id: str
+    played_ms: int
+
+
 class AudioOut(Protocol):
     """Where the answers' audio plays when it does not go in events: a WebRTC call's track."""
 
@@ -31,8 +40,9 @@ class AudioOut(Protocol):
     def finish(self, response_id: str) -> None:
         """The response is done: once its audio has played, say so."""
 
-    def clear(self) -> None:
-        """Stop at once: what is queued is dropped."""
+    def clear(self) -> Cut | None:
+        """Stop at once: what is queued is dropped, and the rest of the response's audio when it comes. The
+        response that was playing or waiting to, if any."""
 
 
 class WebSocketTransport:

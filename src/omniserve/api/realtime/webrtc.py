@@ -27,6 +27,7 @@ from aiortc.mediastreams import MediaStreamError
 from omniserve.api.realtime.connection import RealtimeConnection
 from omniserve.api.realtime.conversation import new_id
 from omniserve.api.realtime.events import OutputAudioBufferEvent, ServerEvent
+from omniserve.api.realtime.transport import Cut
 from omniserve.media.pcm import ASR_RATE, PcmFormat, Resampler, to_pcm16
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,15 @@ class AnswerTrack(MediaStreamTrack):
         self._queue: deque[tuple[str, np.ndarray]] = deque()  # (response id, 48 kHz samples)
         self._resamplers: dict[str, Resampler] = {}
         self._finished: set[str] = set()
+        self._cut: deque[str] = deque(maxlen=8)  # responses cleared: what more of them comes is not played
         self._playing: str | None = None
+        self._played = 0  # samples of the playing response sent
         self._start: float | None = None
         self._sent = 0  # samples
 
     def play(self, response_id: str, audio: bytes, fmt: PcmFormat) -> None:
+        if response_id in self._cut:
+            return
         resample = self._resamplers.setdefault(response_id, Resampler(fmt.rate, TRACK_RATE, "s16"))
         self._queue.append((response_id, resample(to_pcm16(audio, fmt)).astype(np.int16)))
 
@@ -107,14 +112,18 @@ class AnswerTrack(MediaStreamTrack):
             self._finished.add(response_id)
             self._stopped_if_played()
 
-    def clear(self) -> None:
-        cut = self._playing or (self._queue[0][0] if self._queue else None)
+    def clear(self) -> Cut | None:
+        response_id = self._playing or (self._queue[0][0] if self._queue else None)
+        played = round(self._played * 1000 / TRACK_RATE) if self._playing else 0
+        self._cut.extend(self._resamplers)
         self._queue.clear()
         self._resamplers.clear()
         self._finished.clear()
         self._playing = None
-        if cut is not None:
-            self.on_event(OutputAudioBufferEvent(type="output_audio_buffer.cleared", response_id=cut))
+        if response_id is None:
+            return None
+        self.on_event(OutputAudioBufferEvent(type="output_audio_buffer.cleared", response_id=response_id))
+        return Cut(response_id, played)
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -135,11 +144,12 @@ class AnswerTrack(MediaStreamTrack):
             response_id, samples = self._queue[0]
             if response_id != self._playing:
                 self._stopped_if_played()
-                self._playing = response_id
+                self._playing, self._played = response_id, 0
                 self.on_event(OutputAudioBufferEvent(type="output_audio_buffer.started", response_id=response_id))
             n = min(FRAME_SAMPLES - filled, len(samples))
             out[filled:filled + n] = samples[:n]
             filled += n
+            self._played += n
             if n == len(samples):
                 self._queue.popleft()
             else:
@@ -223,17 +233,21 @@ class RealtimeCall:
         if self.pc.connectionState in ("failed", "closed"):
             self.transport.gone()
 
-    @staticmethod
-    async def _listen(track: MediaStreamTrack, connection: RealtimeConnection) -> None:
-        """The microphone's frames into the session, as 16 kHz mono float32."""
+    async def _listen(self, track: MediaStreamTrack, connection: RealtimeConnection) -> None:
+        """The microphone's frames into the session, as 16 kHz mono float32. A failure here ends the call (a
+        call that no longer hears would hold its session for nothing)."""
         resampler = av.AudioResampler(format="flt", layout="mono", rate=ASR_RATE)
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            for out in resampler.resample(frame):
-                await connection.hear(out.to_ndarray().reshape(-1))
+        try:
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+                for out in resampler.resample(frame):
+                    await connection.hear(out.to_ndarray().reshape(-1))
+        except Exception:  # noqa: BLE001 - logged, and the call ends
+            log.exception("realtime call %s: the microphone track failed", self.id)
+            await self.hang_up()
 
 
 def hear_sooner(receiver) -> None:

@@ -15,7 +15,7 @@ from omniserve.api.middleware import presented_key
 from omniserve.api.protocol.common import parse_body
 from omniserve.api.realtime.connection import RealtimeConnection
 from omniserve.api.realtime.events import ClientSecretOut, ErrorEvent
-from omniserve.api.realtime.limits import SessionLimits
+from omniserve.api.realtime.limits import SessionCount, SessionLimits
 from omniserve.api.realtime.protocol import ClientSecretRequest, ClientSecretSession, RealtimeError
 from omniserve.api.realtime.session import RealtimeSession
 from omniserve.api.realtime.transport import WebSocketTransport
@@ -38,19 +38,28 @@ def _vad(conn: HTTPConnection) -> SileroVad:
     return state.vad
 
 
+def _too_many(sessions: SessionCount) -> Overloaded:
+    return Overloaded(f"this server has {sessions.limit} realtime sessions open, its limit "
+                      "(--realtime-max-sessions); retry later", code="too_many_sessions")
+
+
+def _session_ended(sessions: SessionCount) -> None:
+    """A session (WebSocket or call) is over: its slot, and the memory it held, go back."""
+    sessions.give_back()
+    trim_freed_memory()
+
+
 @router.websocket("/v1/realtime")
 async def realtime(ws: WebSocket, model: str | None = None):
     sessions = ws.app.state.realtime_sessions
     if not sessions.take():
-        busy = Overloaded(f"this server has {sessions.limit} realtime sessions open, its limit "
-                          "(--realtime-max-sessions); retry later", code="too_many_sessions")
+        busy = _too_many(sessions)
         await ws.send_denial_response(JSONResponse(omni_error_body(busy), status_code=busy.status_code))
         return
     try:
         await _serve(ws, model)
     finally:
-        sessions.give_back()
-        trim_freed_memory()
+        _session_ended(sessions)
 
 
 async def _serve(ws: WebSocket, model: str | None) -> None:
@@ -128,13 +137,12 @@ async def _offer(request: Request) -> tuple[str, ClientSecretSession | None]:
     if kind != "multipart/form-data":
         raise UnsupportedMediaType(f"send the SDP offer as multipart/form-data (fields `sdp`, and `session` as JSON) "
                                    f"or as an application/sdp body; got {kind[:100] or 'no Content-Type'!r}")
-    form = await request.form()
-
     async def text(name: str) -> str | None:
         value = form.get(name)
         return (await value.read()).decode("utf-8", "replace") if isinstance(value, UploadFile) else value
 
-    sdp, session = await text("sdp"), await text("session")
+    async with request.form() as form:
+        sdp, session = await text("sdp"), await text("session")
     if not sdp:
         raise InvalidRequest("the form has no `sdp` field: put the WebRTC offer (pc.createOffer()'s sdp) in it",
                              param="sdp")
@@ -153,21 +161,26 @@ async def create_call(request: Request, model: str | None = None) -> Response:
     session, chat = configured_session(request, secret.session if secret else None, spec, model=model)
     sessions = request.app.state.realtime_sessions
     if not sessions.take():
-        raise Overloaded(f"this server has {sessions.limit} realtime sessions open, its limit "
-                         "(--realtime-max-sessions); retry later", code="too_many_sessions")
+        raise _too_many(sessions)
     settings, client = request.app.state.settings, request.app.state.client
-    call = RealtimeCall(offer, settings.realtime_ice_servers)
+    call, running = RealtimeCall(offer, settings.realtime_ice_servers), False
     try:
-        answer = await call.answer()
-    except Exception as exc:  # noqa: BLE001 - aiortc raises what its SDP parser meets
-        sessions.give_back()
-        await call.pc.close()
-        raise InvalidRequest(f"`sdp`: the offer cannot be answered: {exc or type(exc).__name__}", param="sdp") \
-            from None
-    connection = RealtimeConnection(request, call.transport, client, session, chat, client.model(None, "tts"),
-                                    client.model(None, "asr"), idle_timeout=settings.realtime_idle_timeout,
-                                    audio_out=call.track)
-    request.app.state.realtime_calls.run(call, connection, done=sessions.give_back)
+        try:
+            answer = await call.answer()
+        except OSError:
+            raise  # the server's own trouble (its sockets), not the offer's
+        except Exception as exc:  # noqa: BLE001 - aiortc raises what its SDP parser meets
+            raise InvalidRequest(f"`sdp`: the offer cannot be answered: {exc or type(exc).__name__}",
+                                 param="sdp") from None
+        connection = RealtimeConnection(request, call.transport, client, session, chat, client.model(None, "tts"),
+                                        client.model(None, "asr"), idle_timeout=settings.realtime_idle_timeout,
+                                        audio_out=call.track)
+        request.app.state.realtime_calls.run(call, connection, done=lambda: _session_ended(sessions))
+        running = True
+    finally:
+        if not running:
+            sessions.give_back()
+            await call.pc.close()
     return Response(answer, status_code=201, media_type="application/sdp",
                     headers={"Location": f"/v1/realtime/calls/{call.id}"})
 

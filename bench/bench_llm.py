@@ -24,6 +24,13 @@ turns at each level, `--repeats` times (default 3); a figure is over all of a se
     python bench/bench_llm.py --concurrency 8 --peers omniserve llama-server
     python bench/bench_llm.py --concurrency 1 8 --peers omniserve omniserve-ray   # Ray's cost (issue 16)
     python bench/bench_llm.py --concurrency 1 8 --peers omniserve omniserve-replicas  # threads or replicas
+    python bench/bench_llm.py --setup outside      # as the outside measurement of issue 28 was taken
+
+`--setup outside` reproduces an outside measurement: llama-server with `--parallel 8 -c 32768 -t 2 -tb 2`,
+omniserve with text only (no speech, vision or embedding stages) and 8 slots; 1, 4 and 8 clients, each sending
+`--rounds` (4) streaming requests one after another on a kept-alive connection; four prompts that repeat (client k's
+request j asks prompt (k + j) mod 4, so both servers' prompt caches matter); 128 tokens with EOS banned; three
+repeats with the servers taking turns.
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ import llama_server  # noqa: E402
 from common import free_port, running  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper and the sea."
+# --setup outside: prompts that repeat across a client's requests
+PROMPTS = [PROMPT, "Explain how a steam engine works, step by step.",
+           "Describe a walk through a busy market in a city by the sea.",
+           "Tell me about the history of the bicycle and how it changed cities."]
 
 
 @dataclass
@@ -127,12 +138,14 @@ CONTEXT = 4096  # tokens per sequence, as omniserve gives SmolLM2 (min(trained, 
 
 
 @contextlib.contextmanager
-def server(kind: str, model: str, threads: int, slots: int):
+def server(kind: str, model: str, threads: int, slots: int, outside: bool = False):
     port = free_port()
     if kind.startswith("omniserve"):
         cmd = [sys.executable, "-m", "omniserve", "serve", "--model-path", model, "--threads", str(threads),
                "--max-running-requests", str(slots), "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", "--asr-model", "none", "--tts-model", "none"]
+        if outside:  # text only
+            cmd += ["--vision-model", "none", "--embedding-model", "none"]
         if kind == "omniserve-ray":  # the stage workers as Ray actors (a local Ray cluster the server starts)
             cmd += ["--worker-backend", "ray"]
         if kind == "omniserve-replicas":  # the same cores, as two thinkers of half the threads each
@@ -144,6 +157,9 @@ def server(kind: str, model: str, threads: int, slots: int):
         cmd = [str(llama_server.build()), "--model", model, "--threads", str(threads), "--threads-batch", str(threads),
                "--ctx-size", str(CONTEXT * slots), "--parallel", str(slots), "--cont-batching",
                "--host", "127.0.0.1", "--port", str(port), "--log-disable"]
+        if outside:  # exactly as it was started there
+            cmd = [str(llama_server.build()), "--model", model, "--parallel", "8", "-c", "32768", "-t", str(threads),
+                   "-tb", str(threads), "--host", "127.0.0.1", "--port", str(port), "--log-disable"]
     else:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_threads", str(threads),
                "--n_threads_batch", str(threads), "--n_ctx", "4096", "--interrupt_requests", "False",
@@ -152,8 +168,9 @@ def server(kind: str, model: str, threads: int, slots: int):
         yield base
 
 
-async def one_stream(http: httpx.AsyncClient, base: str, model: str, max_tokens: int, eos: int, t0: float):
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
+async def one_stream(http: httpx.AsyncClient, base: str, model: str, max_tokens: int, eos: int, t0: float,
+                     prompt: str = PROMPT):
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "logit_bias": {str(eos): -100}}
     stamps = []
     async with http.stream("POST", base + "/v1/chat/completions", json=body) as r:
@@ -169,23 +186,31 @@ async def one_stream(http: httpx.AsyncClient, base: str, model: str, max_tokens:
     return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:], strict=False)], len(stamps), stamps[-1]
 
 
-async def load(base: str, clients: int, max_tokens: int, eos: int, rounds: int) -> Result:
-    """`clients` clients, each streaming `rounds` requests one after another."""
-    # a new connection per stream: llama-server closes kept-alive ones that httpx would reuse
+async def load(base: str, clients: int, max_tokens: int, eos: int, rounds: int, outside: bool = False) -> Result:
+    """`clients` clients, each streaming `rounds` requests one after another. `outside`: each client on its own
+    kept-alive connection, its requests asking the four PROMPTS in turn."""
+    # ours: a new connection per stream (llama-server closes kept-alive ones that httpx would reuse)
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
         # Model names differ between servers; ask each which id it serves.
         model = (await http.get(base + "/v1/models")).json()["data"][0]["id"]
         await one_stream(http, base, model, 4, eos, time.perf_counter())  # warm-up
 
-        async def client() -> list:
+        async def client(k: int) -> list:
             runs = []
-            for _ in range(rounds):
-                runs.append(await one_stream(http, base, model, max_tokens, eos, time.perf_counter()))
+            async with contextlib.AsyncExitStack() as stack:
+                own = await stack.enter_async_context(httpx.AsyncClient(timeout=600)) if outside else http
+                for j in range(rounds):
+                    prompt = PROMPTS[(k + j) % len(PROMPTS)] if outside else PROMPT
+                    t0 = time.perf_counter()
+                    try:
+                        runs.append(await one_stream(own, base, model, max_tokens, eos, t0, prompt))
+                    except httpx.RemoteProtocolError:  # the server closed the kept-alive connection: a new one
+                        runs.append(await one_stream(own, base, model, max_tokens, eos, t0, prompt))
             return runs
 
         t0 = time.perf_counter()
-        runs = [r for rs in await asyncio.gather(*(client() for _ in range(clients))) for r in rs]
+        runs = [r for rs in await asyncio.gather(*(client(k) for k in range(clients))) for r in rs]
     end = max(r[3] for r in runs)
     return Result(sum(r[2] for r in runs), end - t0, [r[0] for r in runs], [x for r in runs for x in r[1]])
 
@@ -224,15 +249,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="GGUF path (default: the embedded SmolLM2-135M Q4_1)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    ap.add_argument("--setup", choices=["ours", "outside"], default="ours",
+                    help="outside: the setup of the outside measurement (see above)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=None, help="default: 1 4 8 16 (outside: 1 4 8)")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=2, help="requests per client, one after another")
+    ap.add_argument("--rounds", type=int, default=None, help="requests per client, one after another (default: 2; "
+                    "outside: 4)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each level per server, the servers taking turns")
     ap.add_argument("--peers", nargs="+", default=["raw", "omniserve", "llama-server"], choices=PEERS)
     args = ap.parse_args()
+    outside = args.setup == "outside"
+    args.concurrency = args.concurrency or ([1, 4, 8] if outside else [1, 4, 8, 16])
+    args.rounds = args.rounds or (4 if outside else 2)
+    if outside:
+        args.peers = [p for p in args.peers if p != "raw"]
     model = args.model or str(ALIASES["smollm2-135m"].materialize(Path(tempfile.gettempdir())))
     eos = eos_token(model)
-    slots = max(args.concurrency)
+    slots = 8 if outside else max(args.concurrency)
     peers = [p for p in PEERS if p in args.peers]
     results: dict[tuple[str, int], Result] = {}
     for n in args.concurrency:
@@ -243,20 +276,20 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         # All servers up at once (an idle one costs nothing), and the peers take turns at each level,
         # --repeats times: the machine's slow drifts fall on every peer alike.
-        bases = {kind: stack.enter_context(server(kind, model, args.threads, slots)) for kind in servers}
+        bases = {kind: stack.enter_context(server(kind, model, args.threads, slots, outside)) for kind in servers}
         for n in args.concurrency:
             runs: dict[str, list[Result]] = {kind: [] for kind in servers}
             for _ in range(args.repeats):
                 for kind in servers:
-                    runs[kind].append(asyncio.run(load(bases[kind], n, args.max_tokens, eos, args.rounds)))
+                    runs[kind].append(asyncio.run(load(bases[kind], n, args.max_tokens, eos, args.rounds, outside)))
                     print(f"{kind} n={n}: {runs[kind][-1].tok_s:.1f} tok/s", file=sys.stderr)
             for kind in servers:
                 results[(kind, n)] = Result(sum(r.tokens for r in runs[kind]), sum(r.wall for r in runs[kind]),
                                             [x for r in runs[kind] for x in r.ttfts],
                                             [x for r in runs[kind] for x in r.itls])
 
-    print(f"\nmodel {Path(model).name}, {args.threads} threads, {args.max_tokens} tokens per stream, "
-          f"{args.rounds} streams per client, {slots} slots, {args.repeats} runs per server and level, "
+    print(f"\nsetup {args.setup}: model {Path(model).name}, {args.threads} threads, {args.max_tokens} tokens per "
+          f"stream, {args.rounds} streams per client, {slots} slots, {args.repeats} runs per server and level, "
           "taking turns\n")
     head = f"{'tok/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>9}"
     print(f"{'clients':>7} | " + " | ".join(f"{p:^39}" for p in peers))

@@ -12,4 +12,6 @@ if { [ ! -f /usr/share/pocketsphinx/test/data/librivox/transcription ] || ! comm
   $SUDO apt-get install -y -qq $PACKAGES >/dev/null 2>&1 \
     || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq $PACKAGES >/dev/null; }
 fi
-exec .venv/bin/python -m pytest tests "$@"
+# The unit tests first (pure logic, about 20 s): a broken commit fails before any server starts. Then the rest.
+.venv/bin/python -m pytest tests/unit "$@"
+exec .venv/bin/python -m pytest tests --ignore=tests/unit "$@"

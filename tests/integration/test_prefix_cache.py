@@ -91,3 +91,13 @@ def test_concurrent_requests_share_and_agree(reporting, uncached_answers):
 def test_no_report_without_the_flag(client):
     r = client.chat.completions.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
     assert r.usage.prompt_tokens_details is None
+
+
+def test_prompts_asked_in_turn_find_their_kv_in_host_memory(reporting):
+    """One client asks two prompts in turn, each of which takes the same slot (the lowest free) and overwrites the
+    other's KV there: what a slot kept moves to host memory first, and comes back when its prompt does."""
+    first = {q: chat(reporting, q) for q in ("Name a river in Europe.", "Name a mountain in Asia.")}
+    for q, r in first.items():
+        again = chat(reporting, q)
+        assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1, q
+        assert same_start(first_token(again), first_token(r)), q

@@ -14,14 +14,18 @@ class FakeKv:
     def __init__(self, slots: int):
         self.streams: dict[int, list[int]] = {s: [] for s in range(slots)}
         self.adapter: str | None = None
-        self.copies: list[tuple[int, int]] = []
+        self.saved: list[int] = []  # the slots whose KV was saved (to be copied, or stored)
 
     def trim_slot(self, slot: int, keep: int) -> None:
         del self.streams[slot][keep:]
 
-    def copy_slot(self, source: int, slot: int) -> None:
-        self.copies.append((source, slot))
-        self.streams[slot] = list(self.streams[source])
+    def save_slot(self, slot: int) -> bytearray:
+        self.saved.append(slot)
+        return bytearray(np.array(self.streams[slot], np.int64).tobytes())
+
+    def load_slot(self, slot: int, state: bytearray) -> bool:
+        self.streams[slot] = [int(t) for t in np.frombuffer(state, np.int64)]
+        return True
 
     def use_adapter(self, name: str | None) -> None:
         self.adapter = name
@@ -181,7 +185,7 @@ def test_a_long_shared_prefix_is_copied_from_the_slot_that_keeps_it():
     while first.state is not SeqState.DONE:
         step(s, kv)
     assert s.kept[0][1] == first.prompt + first.answer == kv.streams[0]  # the prompt and answer stay
-    blocker = seq("blocker", [7, 7])  # takes slot 0 over? no: 0 keeps a long prefix, so it is copied elsewhere
+    blocker = seq("blocker", [7, 7])  # takes slot 0, the lowest free
     second = seq("second", system + [600])
     s.add(blocker)
     s.add(second)
@@ -193,7 +197,7 @@ def test_a_long_shared_prefix_is_copied_from_the_slot_that_keeps_it():
         step(s, kv)
     fourth = seq("fourth", system + [800])
     s.add(fourth)
-    assert fourth.cached == 100 and (second.slot, fourth.slot) in kv.copies
+    assert fourth.cached == 100 and kv.saved == [second.slot]  # (with no prompt store, nothing else is saved)
     assert kv.streams[fourth.slot] == system
     while fourth.n_past < len(fourth.prompt):
         step(s, kv)
@@ -206,7 +210,7 @@ def test_the_last_free_slot_takes_over_its_kept_prompt_instead_of_copying():
     finished(s, kv, [1, 2, 3, 4, 5, 6])
     b = seq("b", [1, 2, 3, 4, 5, 9, 9])
     s.add(b)
-    assert b.slot == 0 and b.cached == 5 and not kv.copies
+    assert b.slot == 0 and b.cached == 5 and not kv.saved
     assert kv.streams[0] == [1, 2, 3, 4, 5]
     step(s, kv)
     assert kv.streams[0] == b.prompt
@@ -218,7 +222,46 @@ def test_a_short_prefix_is_reused_only_where_the_lowest_free_slot_keeps_it():
     finished(s, kv, [1, 2, 3, 4])
     b = seq("b", [1, 2, 3, 8])
     s.add(b)
-    assert b.slot == 0 and b.cached == 3 and not kv.copies
+    assert b.slot == 0 and b.cached == 3 and not kv.saved
+
+
+def test_prompts_asked_in_turn_come_back_from_the_prompt_store():
+    """One slot, two prompts that share a short template, asked in turn: each overwrites the other's KV, which
+    moves to host memory first, and comes back when its prompt does."""
+    kv = FakeKv(1)
+    s = Scheduler(kv, slots=1, n_batch=512, prefix_cache_min_tokens=4, prompt_store_bytes=1 << 20)
+    template = [1, 2, 3]
+    a = finished(s, kv, template + list(range(10, 20)))
+    b = finished(s, kv, template + list(range(30, 40)))
+    assert b.cached == 3  # the template, kept by the slot
+    assert [e.tokens for e in s.store] == [a.prompt + a.answer]
+    again = seq("again", a.prompt)
+    s.add(again)
+    assert again.cached == len(a.prompt) - 1 and kv.streams[0] == a.prompt[:-1]
+    assert [e.tokens for e in s.store] == [a.prompt + a.answer, b.prompt + b.answer]  # a shared a prefix: it stays
+    step(s, kv)
+    assert kv.streams[0] == a.prompt
+
+
+def test_a_conversation_s_next_turn_takes_its_stored_prompt_back_whole():
+    kv = FakeKv(1)
+    s = Scheduler(kv, slots=1, n_batch=512, prefix_cache_min_tokens=4, prompt_store_bytes=1 << 20)
+    turn = finished(s, kv, list(range(1, 20)))
+    finished(s, kv, list(range(50, 60)))  # another request takes the slot meanwhile
+    following = seq("following", [*turn.prompt, *turn.answer, 7, 8])
+    s.add(following)
+    assert following.cached == len(turn.prompt) + len(turn.answer)
+    assert [e.tokens[0] for e in s.store] == [50]  # the turn's KV moved back into the slot: not stored twice
+
+
+def test_a_short_prefix_is_not_brought_in_from_the_prompt_store():
+    kv = FakeKv(1)
+    s = Scheduler(kv, slots=1, n_batch=512, prefix_cache_min_tokens=8, prompt_store_bytes=1 << 20)
+    a = finished(s, kv, list(range(1, 10)))
+    finished(s, kv, [70, 71])
+    short = seq("short", a.prompt[:6] + [99])
+    s.add(short)
+    assert short.cached == 0 and len(s.store) == 2
 
 
 def test_prompt_logprobs_decode_every_prompt_token():
@@ -317,7 +360,8 @@ def test_many_requests_keep_every_stream_consistent(slots):
     """A random mix of arrivals, shared prefixes, aborts and finishes: the fake KV checks every position."""
     rng = np.random.default_rng(slots)
     kv = FakeKv(slots)
-    s = Scheduler(kv, slots=slots, n_batch=16, prefix_cache_min_tokens=4, max_prefill_sequences=1 + slots % 3)
+    s = Scheduler(kv, slots=slots, n_batch=16, prefix_cache_min_tokens=4, max_prefill_sequences=1 + slots % 3,
+                  prompt_store_bytes=2048)  # a few prompts: some evicted
     live: list[Sequence] = []
     prefixes = [list(rng.integers(1, 50, 12)) for _ in range(3)]
     answers = {}
@@ -338,6 +382,7 @@ def test_many_requests_keep_every_stream_consistent(slots):
             answer = [900 + k for k in range(1, q.n_past - len(q.prompt) + 1)]
             assert kv.streams[q.slot] == q.prompt[:q.n_past] + answer
     assert sorted(s.free_slots + [q.slot for q in s.running]) == list(range(slots))
+    assert len(s.store)  # (the slots were taken over: their prompts moved to the store)
 
 
 def test_a_free_slot_goes_to_the_request_running_the_fewest_sequences():

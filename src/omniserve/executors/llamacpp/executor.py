@@ -50,7 +50,10 @@ class LlamaCppArgs(BaseModel):
     prefix_cache: bool = True  # reuse the KV of shared prompt prefixes across sequences
     # shorter shared prefixes are decoded again: they save little, and reusing KV made by another
     # batch shifts the logits by float noise (enough to change a tiny model's greedy answer)
-    prefix_cache_min_tokens: int = Field(64, ge=1, description="the shortest prompt prefix copied from another slot")
+    prefix_cache_min_tokens: int = Field(16, ge=1, description="the shortest prompt prefix copied from another "
+                                         "slot or from host memory")
+    prompt_store_mib: int = Field(1024, ge=0, description="host memory for the prompts that slots kept, once a new "
+                                  "prompt takes their slot (llama-server's --cache-ram); 0: none")
     # prompts a step advances: one at a time gives the earliest first tokens on a CPU (see scheduler.py)
     max_prefill_sequences: int = Field(1, ge=1, description="prompts in prefill that one step advances")
     short_prefill_tokens: int = Field(16, ge=0, description="a prompt with no more tokens left joins any step")
@@ -102,7 +105,8 @@ class LlamaCppExecutor:
                                     n_batch=a.n_batch, threads=a.threads, n_gpu_layers=a.n_gpu_layers)
         self.context_length = rt.context_length
         self.scheduler = Scheduler(rt, a.max_sequences, rt.n_batch, a.prefix_cache and rt.can_trim,
-                                   a.prefix_cache_min_tokens, a.max_prefill_sequences, a.short_prefill_tokens)
+                                   a.prefix_cache_min_tokens, a.max_prefill_sequences, a.short_prefill_tokens,
+                                   a.prompt_store_mib << 20)
         self.renderer = PromptRenderer(rt, a.chat_template)
         self.embedder = LlamaEmbedder(rt)
         return {

@@ -179,9 +179,23 @@ class LlamaRuntime:
         """Drop a slot's cells from position `keep` on (0: all of them)."""
         self.ll.llama_memory_seq_rm(self._mem, slot, keep, -1)
 
-    def copy_slot(self, source: int, slot: int) -> None:
-        """Make `slot` a copy of `source`'s stream (llama.cpp copies whole streams only)."""
-        self.ll.llama_memory_seq_cp(self._mem, source, slot, -1, -1)
+    def save_slot(self, slot: int) -> bytearray:
+        """The KV of a slot's tokens (its used cells only, where copying a stream copies all of them);
+        empty if llama.cpp could not save it."""
+        size = self.ll.llama_state_seq_get_size(self.ctx, slot)
+        state = bytearray(size)
+        saved = self.ll.llama_state_seq_get_data(self.ctx, (ctypes.c_uint8 * size).from_buffer(state), size, slot)
+        return state if saved == size else bytearray()
+
+    def load_slot(self, slot: int, state: bytearray) -> bool:
+        """Put saved KV into a slot, in place of what it held; False (and the slot empty) if llama.cpp
+        could not (no room)."""
+        size = len(state)
+        if size and self.ll.llama_state_seq_set_data(
+                self.ctx, (ctypes.c_uint8 * size).from_buffer(state), size, slot) == size:
+            return True
+        self.trim_slot(slot, 0)
+        return False
 
     # ---- decoding --------------------------------------------------------------------
 

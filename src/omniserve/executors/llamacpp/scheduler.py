@@ -23,10 +23,12 @@ image's rows sit on its grid and take max(rows, columns) positions, so a token's
 its index in the prompt plus the sequence's `shift`, which each such block moves.
 
 Prefix caching: a slot keeps its prompt's KV when its sequence ends. A new
-sequence takes the free slot whose kept prompt shares the longest prefix with
-its own, or copies the prefix from another slot (a whole stream, then its
-tail is dropped), and decodes only the rest, so a long system prompt is
-computed once.
+sequence starts past the longest prefix of its prompt already computed, kept
+by the slot it takes, or by another slot (free, or running the same system
+prompt), or moved to host memory (`prompt_store.py`), and decodes only the
+rest, so a long system prompt is computed once. What the slot it takes kept
+and it does not reuse moves to host memory first, so prompts that come back
+in turn find their KV again, as llama-server's prompt cache does.
 
 LoRA adapters apply to a whole context, so a step decodes the sequences of
 one adapter (or of none): steps take turns between the adapters that have
@@ -42,6 +44,7 @@ from typing import Protocol
 
 import numpy as np
 
+from omniserve.executors.llamacpp.prompt_store import PromptStore, StoredPrompt
 from omniserve.executors.llamacpp.runtime import Batch
 
 
@@ -50,7 +53,9 @@ class KvCache(Protocol):
 
     def trim_slot(self, slot: int, keep: int) -> None: ...
 
-    def copy_slot(self, source: int, slot: int) -> None: ...
+    def save_slot(self, slot: int) -> bytearray: ...
+
+    def load_slot(self, slot: int, state: bytearray) -> bool: ...
 
     def use_adapter(self, name: str | None) -> None: ...
 
@@ -151,7 +156,8 @@ class StepPlan:
 
 class Scheduler:
     def __init__(self, kv: KvCache, slots: int, n_batch: int, prefix_cache: bool = True,
-                 prefix_cache_min_tokens: int = 64, max_prefill_sequences: int = 1, short_prefill_tokens: int = 16):
+                 prefix_cache_min_tokens: int = 16, max_prefill_sequences: int = 1, short_prefill_tokens: int = 16,
+                 prompt_store_bytes: int = 0):
         self.kv = kv
         self.n_batch = n_batch
         self.max_prefill_sequences = max_prefill_sequences  # prompts (or image blocks) one step advances
@@ -159,6 +165,7 @@ class Scheduler:
         self.prefix_cache = prefix_cache
         # shorter shared prefixes are decoded again unless the slot a sequence takes anyway keeps them
         self.prefix_cache_min_tokens = prefix_cache_min_tokens
+        self.store = PromptStore(prompt_store_bytes if prefix_cache else 0)  # what slots kept, in host memory
         self.running: list[Sequence] = []
         self.waiting: deque[Sequence] = deque()
         self.free_slots: list[int] = list(range(slots - 1, -1, -1))
@@ -204,6 +211,7 @@ class Scheduler:
         for slot in [s for s, (lora, _) in self.kept.items() if lora == name]:
             self.kv.trim_slot(slot, 0)
             del self.kept[slot]
+        self.store.forget_adapter(name)
 
     def has_work(self) -> bool:
         return bool(self.running)
@@ -294,39 +302,54 @@ class Scheduler:
     # ---- the prefix cache ------------------------------------------------------------
 
     def _place(self, seq: Sequence) -> None:
-        """Give `seq` the lowest free slot, starting it past the longest prompt prefix already in the
-        KV cache, kept by a free slot or being decoded by a running sequence: that slot's stream is
-        copied, so the source keeps its own; only when the source is the last free slot is it taken
-        over."""
-        prompt = seq.prompt
-        limit = len(prompt) - 1  # the last prompt token is always decoded: its logits start the answer
-        if -1 in prompt:
-            limit = min(limit, prompt.index(-1))  # image embeddings are not matched
-        reuse = self.prefix_cache and not seq.score_prompt  # (a prompt's logprobs need its every token decoded)
-        sources = [(s, kept) for s, (lora, kept) in self.kept.items() if lora == seq.lora]
-        sources += [(r.slot, r.prompt[:r.reusable()]) for r in self.running if r.lora == seq.lora]
-        source, match = max(((s, min(common_prefix(kept, prompt), limit)) for s, kept in sources),
-                            key=lambda item: item[1], default=(-1, 0))
-        if reuse and match >= self.prefix_cache_min_tokens:
-            # the lowest free slot, so that the running ones stay consecutive (see `schedule`); a kept prefix
-            # is copied, not taken over, unless its slot is the last one free
-            others = [s for s in self.free_slots if s != source]
-            slot = min(others) if others else source
-        else:  # a shorter prefix is worth taking only where it costs nothing: kept by the lowest free slot
-            source = slot = min(self.free_slots)
-            lora, kept = self.kept.get(slot, (None, []))
-            match = min(common_prefix(kept, prompt), limit) if reuse and lora == seq.lora else 0
-        if match and source == slot:
-            self.kv.trim_slot(slot, match)  # take over the kept prompt: drop its tail
-        else:
-            self.kv.trim_slot(slot, 0)
-            if match:  # each slot is its own KV stream: the copy is the whole stream, then its tail goes
-                self.kv.copy_slot(source, slot)
-                self.kv.trim_slot(slot, match)
+        """Give `seq` the lowest free slot (the running ones stay consecutive: see `schedule`), starting it
+        past the longest prompt prefix already computed: kept by that slot, or brought in from another
+        slot (free or running) or the prompt store, when it is at least `prefix_cache_min_tokens` long.
+        What the slot kept and the new prompt does not reuse moves to the prompt store first."""
+        slot = min(self.free_slots)
         self.free_slots.remove(slot)
-        self.kept.pop(slot, None)
         seq.slot = slot
+        lora, kept = self.kept.pop(slot, (None, []))
+        reuse = self.prefix_cache and not seq.score_prompt  # (a prompt's logprobs need its every token decoded)
+        match = self._match(seq, kept) if reuse and lora == seq.lora else 0
+        source: int | StoredPrompt | None = None  # where the prefix comes from, if not this slot
+        if reuse:
+            sources: list[tuple[int | StoredPrompt, list[int]]] = [
+                (s, k) for s, (lo, k) in self.kept.items() if lo == seq.lora]
+            sources += [(r.slot, r.prompt[:r.reusable()]) for r in self.running if r.lora == seq.lora]
+            sources += [(e, e.tokens) for e in self.store if e.adapter == seq.lora]
+            for src, tokens in sources:
+                m = self._match(seq, tokens)
+                if m > match and m >= self.prefix_cache_min_tokens:
+                    match, source = m, src
+        if len(kept) > match or (kept and source is not None):  # what it kept, and will not keep
+            self._store(slot, lora, kept)
+        if source is None:
+            self.kv.trim_slot(slot, match)
+        else:  # (a stored prompt that the new one holds whole moves back; one it shares a prefix with stays)
+            state = source.state if isinstance(source, StoredPrompt) else self.kv.save_slot(source)
+            if not self.kv.load_slot(slot, state):
+                match = 0
+            self.kv.trim_slot(slot, match)
+            if isinstance(source, StoredPrompt) and match == len(source.tokens):
+                self.store.remove(source)
         seq.n_past = seq.cached = match
+
+    @staticmethod
+    def _match(seq: Sequence, tokens: list[int]) -> int:
+        """How many of `seq`'s prompt tokens `tokens` hold. The last is always decoded (its logits start the
+        answer), and image embeddings are not matched."""
+        limit = len(seq.prompt) - 1
+        if -1 in seq.prompt:
+            limit = min(limit, seq.prompt.index(-1))
+        return min(common_prefix(tokens, seq.prompt), limit)
+
+    def _store(self, slot: int, lora: str | None, kept: list[int]) -> None:
+        """Move a slot's kept tokens into the prompt store, unless it holds them already."""
+        if self.store.limit_bytes and not self.store.holds(lora, kept):
+            state = self.kv.save_slot(slot)
+            if state:
+                self.store.put(StoredPrompt(lora, list(kept), state))
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

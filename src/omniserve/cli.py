@@ -164,7 +164,8 @@ def _serve_parser(sub) -> None:
                         "the first GPU, else the CPU)")
     compat.add_argument("--gpu-talker", type=int, help="Qwen-Omni: the CUDA device of the talker stage")
     compat.add_argument("--gpu-code2wav", type=int, help="Qwen-Omni: the CUDA device of the code2wav stage")
-    compat.add_argument("--omni", action="store_true", default=None, help="vllm serve --omni; changes nothing")
+    compat.add_argument("--omni", action="store_true", default=None, help="vllm serve --omni; changes nothing "
+                        "(every model here is served as omni)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(ns: argparse.Namespace) -> ServerArgs:
-    values: dict[str, Any] = {k: v for k, v in vars(ns).items() if v is not None and k not in ("command", "model")}
+    ignored = ("command", "model", "omni")  # (the model is the positional path; --omni is only accepted)
+    values: dict[str, Any] = {k: v for k, v in vars(ns).items() if v is not None and k not in ignored}
     if ns.model and "model_path" not in values:
         values["model_path"] = ns.model
     try:

@@ -118,7 +118,6 @@ class ServerArgs(BaseSettings):
     thinker_mem_fraction_static: float | None = Field(None, gt=0, lt=1)
     talker_mem_fraction_static: float | None = Field(None, gt=0, lt=1)
     max_generated_image_size: int | None = Field(None, ge=1)
-    omni: bool = False
 
     @field_validator("allowed_origins")
     @classmethod

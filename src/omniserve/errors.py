@@ -79,6 +79,15 @@ class PayloadTooLarge(OmniError):
     code = "request_too_large"
 
 
+class ClientClosedRequest(OmniError):
+    """The client went away before the answer was ready: its request was aborted (nginx's 499). Nobody reads
+    the response; the status is for logs and metrics, where a 400 would blame the request."""
+
+    status_code = 499
+    error_type = "client_closed_request"
+    code = "client_closed_request"
+
+
 class Overloaded(OmniError):
     """The queue is full: retry later (503)."""
 
@@ -134,6 +143,7 @@ _BY_NAME = {
         NotFound,
         ModelNotFound,
         PayloadTooLarge,
+        ClientClosedRequest,
         Overloaded,
         Unavailable,
         WorkerCrashed,

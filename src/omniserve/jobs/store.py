@@ -55,15 +55,6 @@ class VideoJob:
     error: dict[str, str] | None
     file: str | None
 
-    def resource(self, ttl_s: float) -> dict[str, Any]:
-        """The OpenAI video object."""
-        return {
-            "id": self.id, "object": "video", "model": self.model, "status": self.status,
-            "progress": self.progress, "created_at": self.created_at, "completed_at": self.completed_at,
-            "expires_at": self.completed_at + int(ttl_s) if self.completed_at else None, "prompt": self.prompt,
-            "size": self.size, "seconds": self.seconds, "remixed_from_video_id": None, "error": self.error,
-        }
-
 
 class JobStore:
     def __init__(self, path: Path, data: DataDir | None = None):

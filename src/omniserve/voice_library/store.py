@@ -18,7 +18,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -45,11 +44,6 @@ class Consent:
     transcript: str
     embedding: np.ndarray
 
-    def resource(self) -> dict[str, Any]:
-        """OpenAI's `audio.voice_consent`."""
-        return {"object": "audio.voice_consent", "id": self.id, "name": self.name, "language": self.language,
-                "created_at": self.created_at}
-
 
 @dataclass(frozen=True)
 class CustomVoice:
@@ -62,10 +56,6 @@ class CustomVoice:
     embedding: np.ndarray
     similarity: float  # the sample's speaker against the consent's
     disabled: bool
-
-    def resource(self) -> dict[str, Any]:
-        """OpenAI's `audio.voice`."""
-        return {"object": "audio.voice", "id": self.id, "name": self.name, "created_at": self.created_at}
 
 
 class VoiceLibrary:

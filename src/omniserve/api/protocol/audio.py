@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from omniserve.api.protocol.common import TextStr
+from omniserve.api.protocol.common import TextStr, omitted
 
 MAX_SPEECH_INPUT_CHARS = 4096
 
@@ -85,8 +85,8 @@ class TranscriptionVerbose(Transcription):
     task: Literal["transcribe", "translate"]
     language: str
     duration: float
-    segments: list[dict[str, Any]] | None = None
-    words: list[dict[str, Any]] | None = None
+    segments: list[dict[str, Any]] | None = omitted()  # with timestamp_granularities segment
+    words: list[dict[str, Any]] | None = omitted()  # with timestamp_granularities word
 
 
 class TranscriptEvent(BaseModel):
@@ -94,17 +94,29 @@ class TranscriptEvent(BaseModel):
     (text, usage)."""
 
     type: Literal["transcript.text.delta", "transcript.text.done"]
-    delta: str | None = None
-    text: str | None = None
-    usage: DurationUsage | None = None
+    delta: str | None = omitted()
+    text: str | None = omitted()
+    usage: DurationUsage | None = omitted()
+
+
+class SpeechUsage(BaseModel):
+    """Characters read, as OpenAI counts a speech request's input tokens."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+    @staticmethod
+    def of(characters: int) -> SpeechUsage:
+        return SpeechUsage(input_tokens=characters, output_tokens=0, total_tokens=characters)
 
 
 class SpeechEvent(BaseModel):
     """`stream_format: "sse"`: `speech.audio.delta` events (base64 audio), then `speech.audio.done`."""
 
     type: Literal["speech.audio.delta", "speech.audio.done"]
-    audio: str | None = None
-    usage: dict[str, int] | None = None
+    audio: str | None = omitted()
+    usage: SpeechUsage | None = omitted()
 
 
 class SpeechChunkAudio(BaseModel):
@@ -123,7 +135,7 @@ class SpeechChunk(BaseModel):
     index: int
     audio: SpeechChunkAudio | None
     finish_reason: Literal["stop"] | None
-    usage: dict[str, int] | None = None
+    usage: SpeechUsage | None = omitted()
 
 
 class Voice(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from omniserve.api.protocol.common import NonBlankStr, merge_extra_body
+from omniserve.api.protocol.common import NonBlankStr, merge_extra_body, omitted
 from omniserve.media.image_out import QUALITY_PRESETS
 
 DEFAULT_SIZE = (512, 512)
@@ -103,20 +103,34 @@ class ImageEditUpload(ImageGenerationRequest):
 
 # ---- responses ---------------------------------------------------------------------------------------
 
-class GeneratedImage(BaseModel):
-    b64_json: str | None = None
-    url: str | None = None
+class ImageData(BaseModel):
+    """One image: its bytes (`b64_json`) or where to fetch them (`url`), as `response_format` asked."""
+
+    b64_json: str | None = omitted()
+    url: str | None = omitted()
     revised_prompt: str | None = None
+
+
+class ImageInputTokensDetails(BaseModel):
+    text_tokens: int
+    image_tokens: int
+
+
+class ImageUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_tokens_details: ImageInputTokensDetails
 
 
 class ImagesResponse(BaseModel):
     created: int
-    data: list[GeneratedImage]
+    data: list[ImageData]
     background: Literal["transparent", "opaque"] | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
     size: str | None = None
     quality: str | None = None
-    usage: dict[str, Any] | None = None
+    usage: ImageUsage | None = None
 
 
 class ImageChatFields(BaseModel):

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from omniserve.api.protocol.common import omitted
+
 
 class ModelCard(BaseModel):
     id: str
@@ -27,9 +29,9 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: Literal["healthy", "unhealthy"]
     running: bool
-    reason: str | None = None  # why not, when unhealthy
-    stages: dict[str, str] | None = None  # each stage's state, when unhealthy
-    storage: str | None = None  # why --data-dir cannot be written now (video jobs and stored images wait)
+    reason: str | None = omitted()  # why not, when unhealthy
+    stages: dict[str, str] | None = omitted()  # each stage's state, when unhealthy
+    storage: str | None = omitted()  # why --data-dir cannot be written now (video jobs and stored images wait)
 
 
 class StageLoad(BaseModel):

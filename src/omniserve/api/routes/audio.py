@@ -9,14 +9,29 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from omniserve.api.media import decode_audio_bytes
-from omniserve.api.protocol.audio import SpeechRequest, TranscriptionForm
+from omniserve.api.protocol.audio import (
+    CustomVoiceEntry,
+    DurationUsage,
+    SpeechChunk,
+    SpeechChunkAudio,
+    SpeechEvent,
+    SpeechRequest,
+    SpeechUsage,
+    TranscriptEvent,
+    Transcription,
+    TranscriptionForm,
+    TranscriptionVerbose,
+    Voice,
+    VoiceList,
+)
 from omniserve.api.protocol.common import validate_fields
 from omniserve.api.routes.common import (
     get_client,
+    model_response,
     new_id,
     read_json,
     resolve_model,
@@ -86,59 +101,58 @@ async def _audio_bytes(stream: AsyncIterator[OmniOutput], encoder: AudioEncoder)
 
 
 async def _speech_events(stream: AsyncIterator[OmniOutput], encoder: AudioEncoder,
-                         characters: int) -> AsyncIterator[dict[str, Any]]:
+                         characters: int) -> AsyncIterator[SpeechEvent]:
     try:
         async for out in stream:
             if data := encoder.write(out.audio):
-                yield {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+                yield SpeechEvent(type="speech.audio.delta", audio=base64.b64encode(data).decode())
         if tail := encoder.close():
-            yield {"type": "speech.audio.delta", "audio": base64.b64encode(tail).decode()}
-        yield {"type": "speech.audio.done",
-               "usage": {"input_tokens": characters, "output_tokens": 0, "total_tokens": characters}}
+            yield SpeechEvent(type="speech.audio.delta", audio=base64.b64encode(tail).decode())
+        yield SpeechEvent(type="speech.audio.done", usage=SpeechUsage.of(characters))
     finally:
         await stream.aclose()
 
 
 async def _speech_chunks(request_id: str, stream: AsyncIterator[OmniOutput], fmt: str, rate: int,
-                         characters: int) -> AsyncIterator[dict[str, Any]]:
+                         characters: int) -> AsyncIterator[SpeechChunk]:
     """`audio.speech.chunk` events, each sentence's audio a whole file in `fmt` (playable alone),
     then one with `finish_reason` and usage; `sse_stream` ends them with [DONE]."""
     index = 0
-    head = {"id": request_id, "object": "audio.speech.chunk"}
+    mime_type = output_format(fmt, "response_format").media_type
     try:
         async for out in stream:
             if out.audio:
-                data = encode_audio(out.audio, rate, fmt)
-                yield {**head, "index": index, "finish_reason": None,
-                       "audio": {"data": base64.b64encode(data).decode(), "format": fmt,
-                                 "mime_type": output_format(fmt, "response_format").media_type, "sample_rate": rate}}
+                data = base64.b64encode(encode_audio(out.audio, rate, fmt)).decode()
+                yield SpeechChunk(id=request_id, object="audio.speech.chunk", index=index, finish_reason=None,
+                                  audio=SpeechChunkAudio(data=data, format=fmt, mime_type=mime_type, sample_rate=rate))
                 index += 1
-        yield {**head, "index": index, "audio": None, "finish_reason": "stop",
-               "usage": {"input_tokens": characters, "output_tokens": 0, "total_tokens": characters}}
+        yield SpeechChunk(id=request_id, object="audio.speech.chunk", index=index, audio=None, finish_reason="stop",
+                          usage=SpeechUsage.of(characters))
     finally:
         await stream.aclose()
 
 
 @router.get("/v1/audio/voices")
-async def list_voices(request: Request) -> dict[str, Any]:
+async def list_voices(request: Request) -> Response:
     """Every voice of every voice model: its model, language and gender, and the OpenAI names that speak
     with it; then the custom voices (of the voice library), which a model that clones speaks."""
-    voices = []
+    voices: list[Voice | CustomVoiceEntry] = []
     for model in speakers(get_client(request)):
         names = voice_names(model)
         openai = model.info.get("openai_voices") or dict.fromkeys(OPENAI_VOICES, names[0] if names else None)
         details = model.info.get("voice_details", {})
         for i, name in enumerate(names):
-            voices.append({
-                "id": name, "object": "voice", "model": model.id, "sample_rate": model.info.get("sample_rate"),
-                "language": details.get(name, {}).get("language"), "gender": details.get(name, {}).get("gender"),
-                "default": i == 0, "aliases": [alias for alias, target in openai.items() if target == name],
-            })
+            voices.append(Voice(
+                id=name, object="voice", model=model.id, sample_rate=model.info.get("sample_rate"),
+                language=details.get(name, {}).get("language"), gender=details.get(name, {}).get("gender"),
+                default=i == 0, aliases=[alias for alias, target in openai.items() if target == name]))
     for custom in request.app.state.voice_library.voices() if request.app.state.voice_library else []:
         consent = request.app.state.voice_library.consent(custom.consent)
-        voices.append({**custom.resource(), "model": None, "language": consent.language if consent else None,
-                       "gender": None, "consent": custom.consent, "enabled": not custom.disabled})
-    return {"object": "list", "data": voices, "voices": [v["id"] for v in voices]}
+        voices.append(CustomVoiceEntry(id=custom.id, object="audio.voice", name=custom.name,
+                                       created_at=custom.created_at, model=None,
+                                       language=consent.language if consent else None, gender=None,
+                                       consent=custom.consent, enabled=not custom.disabled))
+    return model_response(VoiceList(object="list", data=voices, voices=[v.id for v in voices]))
 
 
 # ---- speech to text --------------------------------------------------------------------
@@ -192,7 +206,7 @@ async def _collect_segments(stream: AsyncIterator[OmniOutput]) -> tuple[list[dic
     return segments, reading
 
 
-async def _transcript_events(stream: AsyncIterator[OmniOutput]) -> AsyncIterator[dict[str, Any]]:
+async def _transcript_events(stream: AsyncIterator[OmniOutput]) -> AsyncIterator[TranscriptEvent]:
     """Deltas that add up to the final text (Whisper starts each segment with a space: not the first)."""
     said = False
     try:
@@ -200,11 +214,10 @@ async def _transcript_events(stream: AsyncIterator[OmniOutput]) -> AsyncIterator
             delta = out.text if said else out.text.lstrip()
             if delta:
                 said = True
-                yield {"type": "transcript.text.delta", "delta": delta}
+                yield TranscriptEvent(type="transcript.text.delta", delta=delta)
             if out.finish_reason:
                 reading = out.data if isinstance(out.data, MediaReading) else MediaReading("audio")
-                yield {"type": "transcript.text.done", "text": reading.text,
-                       "usage": {"type": "duration", "seconds": round(reading.duration or 0.0, 3)}}
+                yield TranscriptEvent(type="transcript.text.done", text=reading.text, usage=_duration(reading))
     finally:
         await stream.aclose()
 
@@ -217,18 +230,18 @@ def _transcript_response(body: TranscriptionForm, task: str, segments: list[dict
         return PlainTextResponse(text + "\n")
     if fmt in ("srt", "vtt"):
         return PlainTextResponse(_subtitles(segments, fmt), media_type="text/vtt" if fmt == "vtt" else "text/plain")
-    duration = round(reading.duration or 0.0, 3)
-    usage = {"type": "duration", "seconds": duration}
+    usage = _duration(reading)
     if fmt == "json":
-        return JSONResponse({"text": text, "usage": usage})
-    out: dict[str, Any] = {"task": task, "language": _language_name(reading.language), "duration": duration,
-                           "text": text}
-    if "segment" in body.timestamp_granularities:
-        out["segments"] = [{k: v for k, v in s.items() if k != "words"} for s in segments]
-    if "word" in body.timestamp_granularities:
-        out["words"] = [w for s in segments for w in s.get("words", [])]
-    out["usage"] = usage
-    return JSONResponse(out)
+        return model_response(Transcription(text=text, usage=usage))
+    grains = body.timestamp_granularities
+    return model_response(TranscriptionVerbose(
+        task=task, language=_language_name(reading.language), duration=usage.seconds, text=text, usage=usage,
+        segments=[{k: v for k, v in s.items() if k != "words"} for s in segments] if "segment" in grains else None,
+        words=[w for s in segments for w in s.get("words", [])] if "word" in grains else None))
+
+
+def _duration(reading: MediaReading) -> DurationUsage:
+    return DurationUsage(type="duration", seconds=round(reading.duration or 0.0, 3))
 
 
 def _subtitles(segments: list[dict[str, Any]], fmt: str) -> str:

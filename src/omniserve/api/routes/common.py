@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
 from omniserve.api.protocol.common import parse_body
-from omniserve.errors import InvalidRequest, ModelNotFound, OmniError, UnsupportedMediaType
+from omniserve.errors import ClientClosedRequest, InvalidRequest, ModelNotFound, OmniError, UnsupportedMediaType
 from omniserve.executors import request_params_model
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import OmniOutput, OmniRequest
@@ -268,15 +268,17 @@ async def until_disconnect(request: Request, work: Any) -> Any:
                 return task.result()
             if await request.is_disconnected():
                 task.cancel()
-                raise InvalidRequest("client disconnected")
+                raise ClientClosedRequest("the client disconnected before the answer was ready; the request was "
+                                          "aborted")
     finally:
         if not task.done():
             task.cancel()
 
 
-def model_response(body: BaseModel) -> Response:
-    """A response model as the JSON body (fields it omits while None stay out)."""
-    return Response(body.model_dump_json(), media_type="application/json")
+def model_response(body: BaseModel, status_code: int = 200) -> Response:
+    """A response model as the JSON body (fields it omits while None stay out): every JSON route answers with
+    the model that `/openapi.json` documents for it."""
+    return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 async def _read(file: BinaryIO, chunk: int = 256 * 1024) -> AsyncIterator[bytes]:

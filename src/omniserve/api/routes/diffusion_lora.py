@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from omniserve.api.protocol.lora import LoraNameRequest, SetLoraRequest
-from omniserve.api.routes.common import get_client, read_json, resolve_model
+from omniserve.api.protocol.models import DiffusionLoras
+from omniserve.api.routes.common import get_client, model_response, read_json, resolve_model
 from omniserve.api.routes.lora import adapter_file
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.client import ServedModel
@@ -39,8 +40,9 @@ def _lora_model(request: Request, model_id: str | None) -> ServedModel:
     return model
 
 
-async def _run(request: Request, model: ServedModel, op: ControlOp) -> JSONResponse:
-    return JSONResponse(await get_client(request).control(model.info["lora_stage"], op))
+async def _run(request: Request, model: ServedModel, op: ControlOp) -> Response:
+    adapters = await get_client(request).control(model.info["lora_stage"], op)
+    return model_response(DiffusionLoras.model_validate(adapters))
 
 
 @router.post("/v1/set_lora")

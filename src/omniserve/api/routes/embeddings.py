@@ -9,10 +9,24 @@ import base64
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
-from omniserve.api.protocol.embeddings import OPENAI_EMBEDDING_NAMES, EmbeddingRequest
-from omniserve.api.routes.common import get_client, new_id, read_json, resolve_model, start, until_disconnect
+from omniserve.api.protocol.embeddings import (
+    OPENAI_EMBEDDING_NAMES,
+    Embedding,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
+)
+from omniserve.api.routes.common import (
+    get_client,
+    model_response,
+    new_id,
+    read_json,
+    resolve_model,
+    start,
+    until_disconnect,
+)
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import Embeddings, OmniRequest
@@ -21,7 +35,7 @@ router = APIRouter()
 
 
 @router.post("/v1/embeddings")
-async def create_embeddings(request: Request):
+async def create_embeddings(request: Request) -> Response:
     body = await read_json(request, EmbeddingRequest)
     client = get_client(request)
     model = embedding_model(client, body.model)
@@ -45,11 +59,11 @@ async def create_embeddings(request: Request):
     if body.dimensions is not None:
         vectors = vectors[:, :body.dimensions]
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    data = [{"object": "embedding", "index": i, "embedding": _encoded(v, body.encoding_format)}
+    data = [Embedding(object="embedding", index=i, embedding=_encoded(v, body.encoding_format))
             for i, v in enumerate(vectors)]
     tokens = first.prompt_tokens
-    return JSONResponse({"object": "list", "data": data, "model": body.model or model.id,
-                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    return model_response(EmbeddingList(object="list", data=data, model=body.model or model.id,
+                                        usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)))
 
 
 def embedding_model(client: Client, model_id: str | None) -> ServedModel:

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from omniserve.api.routes.common import get_client
+from omniserve.api.protocol.models import Health, Load
+from omniserve.api.routes.common import get_client, model_response
 
 router = APIRouter()
 
 
 @router.head("/health", include_in_schema=False)
 @router.get("/health")
-async def health(request: Request) -> JSONResponse:
+async def health(request: Request) -> Response:
     client = get_client(request)
     ok, reason = client.health()
     storage = request.app.state.data.problem  # the server serves, but cannot store jobs or images
     if ok:
-        return JSONResponse({"status": "healthy", "running": True} | ({"storage": storage} if storage else {}))
+        return model_response(Health(status="healthy", running=True, storage=storage))
     stages = {name: "healthy" if problem is None else problem for name, problem in client.stage_health().items()}
-    return JSONResponse({"status": "unhealthy", "running": False, "reason": reason, "stages": stages},
-                        status_code=503)
+    return model_response(Health(status="unhealthy", running=False, reason=reason, stages=stages), 503)
 
 
 @router.get("/get_model_info")
@@ -31,8 +31,8 @@ async def model_info(request: Request) -> dict:
 
 
 @router.get("/get_load")
-async def load(request: Request) -> dict:
-    return get_client(request).load()
+async def load(request: Request) -> Response:
+    return model_response(Load.model_validate(get_client(request).load()))
 
 
 @router.get("/metrics", response_class=PlainTextResponse, responses={200: {

@@ -12,15 +12,24 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from omniserve.api.media import decode_uploaded_image, load_image
 from omniserve.api.protocol.common import validate_fields
-from omniserve.api.protocol.images import MAX_EDIT_IMAGES, ImageEditRequest, ImageGenerationRequest
+from omniserve.api.protocol.images import (
+    MAX_EDIT_IMAGES,
+    ImageData,
+    ImageEditRequest,
+    ImageGenerationRequest,
+    ImageInputTokensDetails,
+    ImagesResponse,
+    ImageUsage,
+)
 from omniserve.api.routes.common import (
     get_client,
     is_json,
+    model_response,
     new_id,
     now,
     open_file_response,
@@ -75,26 +84,24 @@ async def encoded(body: ImageGenerationRequest, outputs: list[OmniOutput]) -> li
     return [await asyncio.to_thread(encode_image, out.data.image, body.output_format, quality) for out in outputs]
 
 
-async def images_response(request: Request, body: ImageGenerationRequest, outputs: list[OmniOutput]) -> JSONResponse:
+async def images_response(request: Request, body: ImageGenerationRequest, outputs: list[OmniOutput]) -> Response:
     store = image_store(request)
     data = []
     for out, blob in zip(outputs, await encoded(body, outputs), strict=True):
-        item: dict[str, Any] = {"revised_prompt": out.data.revised_prompt}
         if body.response_format == "url":
             with request.app.state.data.writing("the image", store.folder):
                 image_id = await asyncio.to_thread(store.save, blob, body.output_format)
-            item["url"] = public_url(request, request.app.url_path_for("image_content", image_id=image_id))
+            url = public_url(request, request.app.url_path_for("image_content", image_id=image_id))
+            data.append(ImageData(url=url, revised_prompt=out.data.revised_prompt))
         else:
-            item["b64_json"] = base64.b64encode(blob).decode()
-        data.append(item)
+            data.append(ImageData(b64_json=base64.b64encode(blob).decode(), revised_prompt=out.data.revised_prompt))
     height, width = outputs[0].data.image.shape[:2]
     words = len(body.prompt.split())
-    return JSONResponse({
-        "created": now(), "data": data, "background": "transparent" if body.background == "transparent" else "opaque",
-        "output_format": body.output_format, "size": f"{width}x{height}", "quality": body.quality or "auto",
-        "usage": {"input_tokens": words, "output_tokens": 0, "total_tokens": words,
-                  "input_tokens_details": {"text_tokens": words, "image_tokens": 0}},
-    })
+    return model_response(ImagesResponse(
+        created=now(), data=data, background="transparent" if body.background == "transparent" else "opaque",
+        output_format=body.output_format, size=f"{width}x{height}", quality=body.quality or "auto",
+        usage=ImageUsage(input_tokens=words, output_tokens=0, total_tokens=words,
+                         input_tokens_details=ImageInputTokensDetails(text_tokens=words, image_tokens=0))))
 
 
 @router.post("/v1/images/generations")

@@ -6,10 +6,11 @@ or `lora_path`. Paths are read only from inside `--lora-dir`, like diffusion ada
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from omniserve.api.protocol.lora import LoadLoraRequest, UnloadLoraRequest
-from omniserve.api.routes.common import get_client, read_json, resolve_model
+from omniserve.api.protocol.models import LoraAdapters
+from omniserve.api.routes.common import get_client, model_response, read_json, resolve_model
 from omniserve.errors import InvalidRequest, NotFound
 from omniserve.media.inputs import inside
 from omniserve.runtime.messages import LoadAdapter, UnloadAdapter
@@ -41,7 +42,7 @@ async def unload_lora_adapter(request: Request):
     return await _run(request, UnloadAdapter(body.lora_name))
 
 
-async def _run(request: Request, op: LoadAdapter | UnloadAdapter) -> JSONResponse:
+async def _run(request: Request, op: LoadAdapter | UnloadAdapter) -> Response:
     client = get_client(request)
     client.loras = await client.control(resolve_model(client, None).stage, op)
-    return JSONResponse({"success": True, "error_message": "", "loaded_adapters": client.loras})
+    return model_response(LoraAdapters(success=True, error_message="", loaded_adapters=client.loras))

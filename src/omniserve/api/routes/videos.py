@@ -11,16 +11,17 @@ import uuid
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from PIL import Image
 from starlette.datastructures import UploadFile
 
 from omniserve.api.media import decode_uploaded_image, load_image
 from omniserve.api.protocol.common import validate_fields
-from omniserve.api.protocol.videos import VideoRequest
-from omniserve.api.routes.common import get_client, open_file_response, read_json, resolve_model
+from omniserve.api.protocol.videos import DeletedVideo, Video, VideoList, VideoRequest
+from omniserve.api.routes.common import get_client, model_response, open_file_response, read_json, resolve_model
 from omniserve.errors import InvalidRequest, NotFound, Overloaded
 from omniserve.jobs.runner import VideoRunner
+from omniserve.jobs.store import VideoJob
 from omniserve.media.image_out import VIDEO_DEFAULT_QUALITY, encoding_quality
 
 router = APIRouter()
@@ -30,11 +31,16 @@ def runner(request: Request) -> VideoRunner:
     return request.app.state.videos
 
 
-def _resource(request: Request, job) -> dict[str, Any]:
-    return job.resource(request.app.state.settings.image_ttl_seconds)
+def _video(request: Request, job: VideoJob) -> Video:
+    """The OpenAI video object of a job; its file is kept for --image-ttl-seconds after it completes."""
+    ttl = int(request.app.state.settings.image_ttl_seconds)
+    return Video(id=job.id, object="video", model=job.model, status=job.status, progress=job.progress,
+                 created_at=job.created_at, completed_at=job.completed_at,
+                 expires_at=job.completed_at + ttl if job.completed_at else None, prompt=job.prompt, size=job.size,
+                 seconds=job.seconds, error=job.error)
 
 
-def _job(request: Request, video_id: str):
+def _job(request: Request, video_id: str) -> VideoJob:
     job = runner(request).store.get(video_id)
     if job is None:
         raise NotFound(f"no video job {video_id!r}", param="video_id", code="video_not_found")
@@ -82,34 +88,34 @@ async def _create(request: Request) -> str:
 
 @router.post("/v1/videos")
 @router.post("/v1/videos/generations")
-async def create_video(request: Request):
+async def create_video(request: Request) -> Response:
     video_id = await _create(request)
-    return JSONResponse(_resource(request, _job(request, video_id)))
+    return model_response(_video(request, _job(request, video_id)))
 
 
 @router.post("/v1/videos/sync")
-async def create_video_sync(request: Request):
+async def create_video_sync(request: Request) -> Response:
     """Create the job and answer once it is completed or failed."""
     video_id = await _create(request)
     await runner(request).wait(video_id)
-    return JSONResponse(_resource(request, _job(request, video_id)))
+    return model_response(_video(request, _job(request, video_id)))
 
 
 @router.get("/v1/videos")
 async def list_videos(request: Request, after: str | None = None, limit: int = Query(20, ge=0, le=100),
-                      order: Literal["asc", "desc"] = "desc"):
+                      order: Literal["asc", "desc"] = "desc") -> Response:
     try:
         jobs, more = runner(request).store.list(after, limit, order)
     except KeyError:
         raise NotFound(f"after: no video job {after!r}", param="after", code="video_not_found") from None
-    data = [_resource(request, j) for j in jobs]
-    return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                         "last_id": data[-1]["id"] if data else None, "has_more": more})
+    data = [_video(request, j) for j in jobs]
+    return model_response(VideoList(object="list", data=data, first_id=data[0].id if data else None,
+                                    last_id=data[-1].id if data else None, has_more=more))
 
 
 @router.get("/v1/videos/{video_id}")
-async def retrieve_video(request: Request, video_id: str):
-    return JSONResponse(_resource(request, _job(request, video_id)))
+async def retrieve_video(request: Request, video_id: str) -> Response:
+    return model_response(_video(request, _job(request, video_id)))
 
 
 @router.get("/v1/videos/{video_id}/content")
@@ -121,7 +127,7 @@ async def video_content(request: Request, video_id: str,
         raise NotFound(f"video {video_id} is not ready: its status is {job.status}{detail}", param="video_id",
                        code="video_not_ready")
     path = runner(request).path(video_id)
-    expires_at = _resource(request, job)["expires_at"]
+    expires_at = _video(request, job).expires_at
     if expires_at is not None and time.time() >= expires_at:
         path.unlink(missing_ok=True)
         raise NotFound(f"video {video_id} has expired (videos are kept for --image-ttl-seconds after they "
@@ -137,11 +143,11 @@ async def video_content(request: Request, video_id: str,
 
 
 @router.delete("/v1/videos/{video_id}")
-async def delete_video(request: Request, video_id: str):
+async def delete_video(request: Request, video_id: str) -> Response:
     _job(request, video_id)
     jobs = runner(request)
     jobs.store.delete(video_id)  # first, so the runner cannot pick it up any more
     await jobs.cancel(video_id)  # a running job is aborted in the pipeline
     for path in (jobs.path(video_id), jobs.reference_path(video_id)):
         path.unlink(missing_ok=True)
-    return JSONResponse({"id": video_id, "object": "video.deleted", "deleted": True})
+    return model_response(DeletedVideo(id=video_id, object="video.deleted", deleted=True))

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
 from omniserve.api.media import decode_audio_bytes
@@ -23,13 +24,29 @@ from omniserve.api.protocol.voice_library import (
     SAMPLE_SECONDS,
     ConsentForm,
     ConsentRename,
+    CustomVoice,
+    CustomVoiceDeleted,
+    UploadedVoice,
+    VoiceConsent,
+    VoiceConsentDeleted,
+    VoiceConsentList,
     VoiceForm,
+    VoiceUploaded,
 )
-from omniserve.api.routes.common import get_client, new_id, read_json, stage_params, start, until_disconnect
+from omniserve.api.routes.common import (
+    get_client,
+    model_response,
+    new_id,
+    read_json,
+    stage_params,
+    start,
+    until_disconnect,
+)
 from omniserve.api.speakers import speakers, voice_names
 from omniserve.errors import InvalidRequest, NotFound
 from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.types import Embeddings, OmniRequest
+from omniserve.voice_library import store
 from omniserve.voice_library.consent import MIN_SAID, said_fraction, similarity, statement_for
 from omniserve.voice_library.store import Consent, VoiceLibrary
 from omniserve.voices import OPENAI_VOICES
@@ -98,7 +115,7 @@ async def _speaker(request: Request, client: Client, audio: np.ndarray, where: s
 # ---- consents ----------------------------------------------------------------------------------------------
 
 @router.post("/v1/audio/voice_consents")
-async def create_consent(request: Request) -> dict[str, Any]:
+async def create_consent(request: Request) -> Response:
     fields, upload = await _form(request, "recording")
     body = validate_fields(fields, ConsentForm)
     statement = statement_for(body.language)
@@ -117,18 +134,30 @@ async def create_consent(request: Request) -> dict[str, Any]:
                              f"{MIN_SAID:.0%} needed)", param="recording", code="consent_statement_not_said")
     consent = await asyncio.to_thread(library(request).add_consent, body.name, body.language, data,
                                       _suffix(upload), transcript, embedding)
-    return consent.resource()
+    return model_response(consent_model(consent))
 
 
 @router.get("/v1/audio/voice_consents")
 async def list_consents(request: Request, after: str | None = Query(None, max_length=64),
-                        limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
+                        limit: int = Query(20, ge=1, le=100)) -> Response:
     try:
         page, more = library(request).consents(after, limit)
     except KeyError:
         raise NotFound(f"after: no voice consent {after!r}", param="after", code="consent_not_found") from None
-    return {"object": "list", "data": [c.resource() for c in page], "first_id": page[0].id if page else None,
-            "last_id": page[-1].id if page else None, "has_more": more}
+    return model_response(VoiceConsentList(object="list", data=[consent_model(c) for c in page],
+                                           first_id=page[0].id if page else None,
+                                           last_id=page[-1].id if page else None, has_more=more))
+
+
+def consent_model(consent: Consent) -> VoiceConsent:
+    """OpenAI's `audio.voice_consent`."""
+    return VoiceConsent(object="audio.voice_consent", id=consent.id, name=consent.name, language=consent.language,
+                        created_at=consent.created_at)
+
+
+def voice_model(voice: store.CustomVoice) -> CustomVoice:
+    """OpenAI's `audio.voice`."""
+    return CustomVoice(object="audio.voice", id=voice.id, name=voice.name, created_at=voice.created_at)
 
 
 def _consent(request: Request, consent_id: str) -> Consent:
@@ -139,23 +168,23 @@ def _consent(request: Request, consent_id: str) -> Consent:
 
 
 @router.get("/v1/audio/voice_consents/{consent_id}")
-async def get_consent(request: Request, consent_id: str) -> dict[str, Any]:
-    return _consent(request, consent_id).resource()
+async def get_consent(request: Request, consent_id: str) -> Response:
+    return model_response(consent_model(_consent(request, consent_id)))
 
 
 @router.post("/v1/audio/voice_consents/{consent_id}")
-async def rename_consent(request: Request, consent_id: str) -> dict[str, Any]:
+async def rename_consent(request: Request, consent_id: str) -> Response:
     _consent(request, consent_id)
     body = await read_json(request, ConsentRename)
-    return library(request).rename_consent(consent_id, body.name).resource()
+    return model_response(consent_model(library(request).rename_consent(consent_id, body.name)))
 
 
 @router.delete("/v1/audio/voice_consents/{consent_id}")
-async def delete_consent(request: Request, consent_id: str) -> dict[str, Any]:
+async def delete_consent(request: Request, consent_id: str) -> Response:
     """The consent and its recording go; the voices made under it stop working."""
     _consent(request, consent_id)
     await asyncio.to_thread(library(request).delete_consent, consent_id)
-    return {"id": consent_id, "object": "audio.voice_consent", "deleted": True}
+    return model_response(VoiceConsentDeleted(id=consent_id, object="audio.voice_consent", deleted=True))
 
 
 # ---- voices ------------------------------------------------------------------------------------------------
@@ -203,21 +232,21 @@ async def _prepare(request: Request, client: Client, model: ServedModel, voice_i
 
 
 @router.post("/v1/audio/voices")
-async def create_voice(request: Request) -> dict[str, Any]:
-    return (await _create_voice(request)).resource()
+async def create_voice(request: Request) -> Response:
+    return model_response(voice_model(await _create_voice(request)))
 
 
 @router.post("/v1/audio/voice/upload")
-async def upload_voice(request: Request) -> dict[str, Any]:
+async def upload_voice(request: Request) -> Response:
     """vLLM-Omni's shape: the same form, answered with `{"success": true, "voice": {...}}`."""
     voice = await _create_voice(request)
     path = library(request).path(voice.sample)
-    return {"success": True, "voice": {"id": voice.id, "name": voice.name, "consent": voice.consent,
-                                       "created_at": voice.created_at, "file_size": path.stat().st_size,
-                                       "ref_text": voice.ref_text}}
+    return model_response(VoiceUploaded(success=True, voice=UploadedVoice(
+        id=voice.id, name=voice.name, consent=voice.consent, created_at=voice.created_at,
+        file_size=path.stat().st_size, ref_text=voice.ref_text)))
 
 
-def _voice(request: Request, voice_id: str):
+def _voice(request: Request, voice_id: str) -> store.CustomVoice:
     voice = library(request).voice(voice_id)
     if voice is None:
         raise NotFound(f"no custom voice {voice_id!r}", param="voice_id", code="voice_not_found")
@@ -225,13 +254,13 @@ def _voice(request: Request, voice_id: str):
 
 
 @router.get("/v1/audio/voices/{voice_id}")
-async def get_voice(request: Request, voice_id: str) -> dict[str, Any]:
-    return _voice(request, voice_id).resource()
+async def get_voice(request: Request, voice_id: str) -> Response:
+    return model_response(voice_model(_voice(request, voice_id)))
 
 
 @router.delete("/v1/audio/voices/{voice_id}")
-async def delete_voice(request: Request, voice_id: str) -> dict[str, Any]:
+async def delete_voice(request: Request, voice_id: str) -> Response:
     """By id, or (as vLLM-Omni deletes) by name."""
     voice = _voice(request, voice_id)
     await asyncio.to_thread(library(request).delete_voice, voice.id)
-    return {"id": voice.id, "object": "audio.voice", "deleted": True}
+    return model_response(CustomVoiceDeleted(id=voice.id, object="audio.voice", deleted=True))

@@ -17,8 +17,9 @@ class ModelCard(BaseModel):
     root: str | None = None
     parent: str | None = None
     type: Literal["chat", "asr", "tts", "vision", "image", "embedding", "speaker"]
-    max_model_len: int | None = None
-    aliases: list[str] | None = None
+    max_model_len: int | None = omitted()
+    aliases: list[str] | None = omitted()  # the other names that reach it (OpenAI's model names)
+    output_modalities: list[Literal["image", "video"]] | None = omitted()  # an image model's: videos too?
 
 
 class ModelList(BaseModel):

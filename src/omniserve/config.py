@@ -228,7 +228,6 @@ class EdgeConfig(_Strict):
 class PipelineConfig(_Strict):
     stages: list[StageConfig] = Field(min_length=1)
     edges: list[EdgeConfig] = Field(default_factory=list)
-    terminals: list[str] = Field(min_length=1)
     # With --worker-backend ray: reserve every worker of the pipeline at once, in one Ray placement group with
     # this strategy (None: each worker is placed on its own, when it starts)
     placement_strategy: Literal["pack", "spread", "strict_pack", "strict_spread"] | None = None
@@ -248,9 +247,6 @@ class PipelineConfig(_Strict):
             executor = next(s.executor for s in self.stages if s.name == edge.dst)
             if not takes_upstream(executor):
                 raise ValueError(f"edge {edge.src}->{edge.dst}: executor {executor!r} takes no upstream input")
-        for name in self.terminals:
-            if name not in names:
-                raise ValueError(f"terminal {name!r} is not a stage")
         if _has_cycle(names, self.edges):
             raise ValueError("the stage graph has a cycle")
         for group in self.process_groups():
@@ -275,10 +271,10 @@ class PipelineConfig(_Strict):
     def with_overrides(self, overrides: dict[str, Any]) -> PipelineConfig:
         """Deep-merge a YAML override (stages keyed by name) and re-validate."""
         data = self.model_dump()
-        unknown = set(overrides) - {"stages", "edges", "terminals", "placement_strategy"}
+        unknown = set(overrides) - {"stages", "edges", "placement_strategy"}
         if unknown:
-            raise ConfigError(f"config: unknown top-level key(s) {sorted(unknown)}; use stages, edges, terminals, "
-                              "placement_strategy")
+            raise ConfigError(f"config: unknown top-level key(s) {sorted(unknown)}; use stages, edges, "
+                              "placement_strategy (a request's route through the stages is planned for it)")
         stage_overrides = overrides.get("stages") or {}
         if not isinstance(stage_overrides, dict):
             raise ConfigError("config: 'stages' must map stage names to settings")
@@ -289,7 +285,7 @@ class PipelineConfig(_Strict):
             if not isinstance(patch, dict):
                 raise ConfigError(f"config: stages.{name} must be a mapping")
             _deep_merge(by_name[name], patch)
-        for key in ("edges", "terminals", "placement_strategy"):
+        for key in ("edges", "placement_strategy"):
             if key in overrides:
                 data[key] = overrides[key]
         return validate_pipeline(data)

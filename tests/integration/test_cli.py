@@ -81,7 +81,7 @@ def test_corrupt_gguf_fails_with_one_line(tmp_path):
         ("stages:\n  thinker:\n    args:\n      bogus_knob: 1\n", "bogus_knob"),
         ("stages:\n  painter:\n    args: {}\n", "unknown stage 'painter'"),
         ("stages:\n  thinker:\n    executor: nope\n", "unknown executor 'nope'"),
-        ("terminals: [ghost]\n", "ghost"),
+        ("terminals: [thinker]\n", "unknown top-level key(s) ['terminals']"),
         ("- not a mapping\n", "mapping"),
     ],
 )

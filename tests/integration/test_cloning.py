@@ -458,7 +458,7 @@ def test_qwen3_tts_chunks_equal_the_codec_decoding_the_sentence_whole(gguf):
         executor._decode = lambda u: (frames.__setitem__(slice(None), list(u.frames)), decode(u))[1]
         outputs = executor.add(OmniRequest(request_id="r", prompt="Hello there.", params={"talker": {"seed": 3}}))
         while executor.has_work():
-            outputs += executor.step()
+            outputs += executor.step().outputs
         chunks = [o.audio for o in outputs if o.audio]
         assert len(frames) == 100 and len(chunks) == 5  # the cap: 4 + 8 + 16 + 32 + 40 frames, across the window
         whole, state = [], None

@@ -81,4 +81,4 @@ def test_model_info_names_stages(http):
     assert [s["executor"] for s in info["stages"]] == ["whisper", "describer", "llamacpp", "piper", "kokoro",
                                                        "speaker_encoder", "embedder"]
     assert stages["thinker"]["pid"] and stages["asr"]["downstream"] == ["thinker"]
-    assert stages["thinker"]["downstream"] == ["talker", "talker_kokoro"] and stages["talker"]["terminal"]
+    assert stages["thinker"]["downstream"] == ["talker", "talker_kokoro"] and stages["talker"]["downstream"] == []

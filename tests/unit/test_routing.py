@@ -27,27 +27,25 @@ def cascade(asr: bool = True, vision: bool = True, talker: bool = True):
     if talker:
         stages.append({"name": "talker", "executor": "piper", "args": {"model_path": "p"}})
         edges.append({"src": "thinker", "dst": "talker", "streaming": True})
-    return validate_pipeline({"stages": stages, "edges": edges, "terminals": ["thinker"]})
+    return validate_pipeline({"stages": stages, "edges": edges})
 
 
-def chain(stages: dict[str, str], terminals: list[str]):
+def chain(stages: dict[str, str]):
     """Stages (name -> executor) in a line, each feeding the next."""
     names = list(stages)
     return validate_pipeline({
         "stages": [{"name": n, "executor": e, "args": {"model_path": "m"}} for n, e in stages.items()],
-        "edges": [{"src": a, "dst": b} for a, b in zip(names, names[1:], strict=False)],
-        "terminals": terminals})
+        "edges": [{"src": a, "dst": b} for a, b in zip(names, names[1:], strict=False)]})
 
 
 def omni():
     """A Qwen-Omni checkpoint: thinker -> talker -> code2wav; the thinker hears and sees itself."""
-    return chain({"thinker": "qwen_omni_thinker", "talker": "qwen_omni_talker", "code2wav": "qwen_omni_code2wav"},
-                 ["thinker", "code2wav"])
+    return chain({"thinker": "qwen_omni_thinker", "talker": "qwen_omni_talker", "code2wav": "qwen_omni_code2wav"})
 
 
 def diffusion():
     return chain({"text_encoder": "diffusers_text_encoder", "denoiser": "diffusers_denoiser",
-                  "vae": "diffusers_vae"}, ["vae"])
+                  "vae": "diffusers_vae"})
 
 
 def route(pipeline, **request):
@@ -69,8 +67,7 @@ def test_a_request_names_which_of_two_voice_models_speaks():
     p = validate_pipeline({
         "stages": [s.model_dump() for s in p.stages] + [
             {"name": "talker_kokoro", "executor": "kokoro", "args": {"model_path": "k", "voices_path": "v"}}],
-        "edges": [e.model_dump() for e in p.edges] + [{"src": "thinker", "dst": "talker_kokoro", "streaming": True}],
-        "terminals": ["thinker"]})
+        "edges": [e.model_dump() for e in p.edges] + [{"src": "thinker", "dst": "talker_kokoro", "streaming": True}]})
     spoken = {"entry": "thinker", "output_modalities": ["text", "audio"]}
     assert route(p, **spoken) == ({"thinker", "talker"}, {"thinker", "talker"})  # the nearest: the first
     assert route(p, **spoken, makers={"audio": "talker_kokoro"}) == ({"thinker", "talker_kokoro"},

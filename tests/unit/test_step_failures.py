@@ -7,6 +7,7 @@ from __future__ import annotations
 from multiprocessing import Pipe
 
 from omniserve.errors import OmniError, OutOfMemory
+from omniserve.executors.base import Executor
 from omniserve.executors.llamacpp import decode_error
 from omniserve.runtime.messages import (
     Aborted,
@@ -21,12 +22,12 @@ from omniserve.runtime.types import OmniOutput, OmniRequest
 from omniserve.runtime.worker import _Lane
 
 
-class Breaking:
+class Breaking(Executor):
     """An executor whose step raises without saying for which request (a fake: only the lane is tested)."""
 
     def __init__(self):
+        super().__init__(None, "thinker")
         self.aborted: list[str] = []
-        self.failed: list = []
 
     def add(self, request):
         return [OmniOutput(request.request_id, started=True)]
@@ -68,3 +69,35 @@ def test_a_control_call_a_stage_does_not_take_is_answered_with_an_error():
     assert isinstance(answer, ControlDone) and answer.call_id == "call-1" and answer.result is None
     error = OmniError.from_wire(answer.error)
     assert error.status_code == 400 and "takes no LoadAdapter" in error.message
+
+
+class FailingOne(Executor):
+    """A step that fails one request by name and answers the other (a fake: only the lane is tested)."""
+
+    def __init__(self):
+        super().__init__(None, "thinker")
+        self.aborted: list[str] = []
+
+    def add(self, request):
+        return []
+
+    def step(self):
+        self.fail("a", ValueError("a's prompt broke the model"))
+        return self.result([OmniOutput("b", text="fine")], batch_size=2)
+
+    def abort(self, request_id):
+        self.aborted.append(request_id)
+
+
+def test_a_request_a_step_fails_by_name_fails_alone():
+    ours, theirs = Pipe()
+    executor = FailingOne()
+    lane = _Lane(executor, ours, "thinker", {})
+    for request_id in ("a", "b"):
+        lane.handle(AddRequest(OmniRequest(request_id, prompt="hi")))
+    assert [o.request_id for o in lane.step()] == ["b"]
+    failure = theirs.recv()
+    assert isinstance(failure, RequestFailed) and failure.request_id == "a"
+    assert "a's prompt broke the model" in OmniError.from_wire(failure.error).message
+    assert executor.aborted == ["a"] and lane.live == {"b"} and lane.batches == [2]
+    assert executor.result([]).failed == []  # told once

@@ -79,7 +79,7 @@ class Reader(SentenceSpeaker):
 
 
 def spoken(unspoken_calls: bool) -> str:
-    voice = Reader()
+    voice = Reader(None)
     voice.add(OmniRequest("r", params={"talker": {"unspoken_calls": unspoken_calls}}))
     said = []
     for i in range(0, len(CALL_TEXT), 7):
@@ -87,7 +87,7 @@ def spoken(unspoken_calls: bool) -> str:
         outs = voice.feed([OmniOutput("r", text=piece, finish_reason="stop" if i + 7 >= len(CALL_TEXT) else None)])
         while voice.has_work() or outs:
             said += [o.text for o in outs if o.text]
-            outs = voice.step()
+            outs = voice.step().outputs
     return " ".join(said)
 
 

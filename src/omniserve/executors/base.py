@@ -1,16 +1,16 @@
-"""The small protocol every executor implements.
+"""The contract every executor keeps, and what several share.
 
 An executor wraps one model runtime. The stage worker calls `load` once, then
-alternates `add`/`abort` (between steps) with `step` (one batched forward
-pass). It knows nothing about HTTP or other stages.
+alternates `add`/`feed`/`abort`/`control` (between steps) with `step` (one
+batched forward pass). It knows nothing about HTTP or other stages.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -58,15 +58,73 @@ class EmbeddingParams(BaseModel):
         return out
 
 
-class RoundRobinExecutor:
+@dataclass
+class StepResult:
+    """What one step made: its outputs, the requests it failed (each alone: the worker tells them and aborts
+    them, and the stage goes on), and how many items it batched (for the metrics)."""
+
+    outputs: list[OmniOutput] = field(default_factory=list)
+    failed: list[tuple[str, Exception]] = field(default_factory=list)
+    batch_size: int = 1
+
+
+class Executor:
+    """What the stage worker drives: one model runtime, `args` as its stage's config gave them, `stage` the
+    name under which a request's settings for it come (`OmniRequest.params`, `sampling`)."""
+
+    def __init__(self, args: Any, stage: str):
+        self.args = args
+        self.stage = stage
+        self._failed: list[tuple[str, Exception]] = []
+
+    def load(self) -> dict[str, Any]:
+        """Load the model; return facts for /get_model_info (context length, ...)."""
+        raise NotImplementedError
+
+    def add(self, request: OmniRequest) -> list[OmniOutput]:
+        """Admit a request. Raise an `OmniError` to reject it."""
+        raise NotImplementedError
+
+    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
+        """Take upstream outputs for a request already added (graph edges). Raise an `OmniError` to fail it."""
+        return []
+
+    def abort(self, request_id: str) -> None:
+        """Drop a request and free its resources before the next step."""
+        raise NotImplementedError
+
+    def has_work(self) -> bool:
+        raise NotImplementedError
+
+    def step(self) -> StepResult:
+        """Run one batched step (`result` makes what it returns)."""
+        raise NotImplementedError
+
+    def control(self, op: Any) -> Any:
+        """An operation between steps (load an adapter, count tokens, ...), for the stages that take them."""
+        raise InvalidRequest(f"the {self.stage!r} stage takes no {type(op).__name__} operation")
+
+    def close(self) -> None:
+        pass
+
+    def fail(self, request_id: str, exc: Exception) -> None:
+        """A request this step failed, and it alone: the step's result says so."""
+        self._failed.append((request_id, exc))
+
+    def result(self, outputs: list[OmniOutput], batch_size: int = 1) -> StepResult:
+        """This step's result: its outputs, with the requests it failed."""
+        failed, self._failed = self._failed, []
+        return StepResult(outputs, failed, batch_size)
+
+
+class RoundRobinExecutor(Executor):
     """Requests take turns: each step advances the oldest job by one unit of work (an
     image, a sentence, a segment), then the job goes to the back of the queue. So every
     request moves, and a streaming client sees each unit as soon as it is done.
     Subclasses queue jobs in `add` and implement `advance`."""
 
     def __init__(self, args: Any, stage: str):
-        self.args = args
-        self.stage = stage
+        super().__init__(args, stage)
         self._jobs: deque[Any] = deque()  # each job has a `request_id`
 
     def advance(self, job: Any) -> tuple[list[OmniOutput], bool]:
@@ -76,21 +134,18 @@ class RoundRobinExecutor:
     def close(self) -> None:
         self._jobs.clear()
 
-    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        return []
-
     def abort(self, request_id: str) -> None:
         self._jobs = deque(j for j in self._jobs if j.request_id != request_id)
 
     def has_work(self) -> bool:
         return bool(self._jobs)
 
-    def step(self) -> list[OmniOutput]:
+    def step(self) -> StepResult:
         job = self._jobs.popleft()
         outputs, finished = self.advance(job)
         if not finished:
             self._jobs.append(job)
-        return outputs
+        return self.result(outputs)
 
 
 @dataclass
@@ -124,25 +179,3 @@ class PerImageExecutor(RoundRobinExecutor):
         done = job.index == len(job.images)
         return [OmniOutput(job.request_id, index=index, text=reading.text, finish_reason="stop", done=done,
                            data=reading)], done
-
-
-class Executor(Protocol):
-    def load(self) -> dict[str, Any]:
-        """Load the model; return facts for /get_model_info (context length, ...)."""
-
-    def add(self, request: OmniRequest) -> list[OmniOutput]:
-        """Admit a request. Raise an `OmniError` to reject it."""
-
-    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        """Take upstream outputs for a request already added (graph edges). Raise an
-        `OmniError` to fail the request."""
-
-    def abort(self, request_id: str) -> None:
-        """Drop a request and free its resources before the next step."""
-
-    def has_work(self) -> bool: ...
-
-    def step(self) -> list[OmniOutput]:
-        """Run one batched step and return what it produced."""
-
-    def close(self) -> None: ...

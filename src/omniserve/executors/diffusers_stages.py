@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
-from omniserve.executors.base import RoundRobinExecutor, request_params
+from omniserve.executors.base import RoundRobinExecutor, StepResult, request_params
 from omniserve.models.diffusion_families import family_of
 from omniserve.runtime.messages import ControlOp, ListAdapters, MergeAdapters, SetAdapters
 from omniserve.runtime.types import GeneratedImage, OmniOutput, OmniRequest, VideoFrames
@@ -198,19 +198,18 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
         super().abort(request_id)
         self._waiting.pop(request_id, None)
 
-    def step(self) -> list[OmniOutput]:
+    def step(self) -> StepResult:
         """One denoising step for the oldest job and for every queued job that can share its model
         call (the same latent and text shapes): requests batch with each other, each at its own timestep."""
         head = self._jobs.popleft()
         batch = [head] + [j for j in self._jobs if j.latents.shape[1:] == head.latents.shape[1:]
                           and j.embeds.shape[1:] == head.embeds.shape[1:]]
         self._jobs = deque(j for j in self._jobs if all(j is not b for b in batch))
-        self.batch_size = len(batch)
         if len(batch) > 1:
             log.debug("one denoiser call for %d requests", len(batch))
         outputs = self._denoise(batch)
         self._jobs.extend(job for job in batch if job.step < len(job.timesteps))
-        return outputs
+        return self.result(outputs, len(batch))
 
     def _denoise(self, batch: list[_Denoise]) -> list[OmniOutput]:
         import torch

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field
 
 from omniserve.errors import InvalidRequest
+from omniserve.executors.base import StepResult
 from omniserve.executors.sentence_speech import SentenceSpeaker, SpeechParams, _Job, _Voice
 from omniserve.runtime.types import OmniOutput
 from omniserve.voices import OPENAI_VOICES, language_tag
@@ -70,8 +71,7 @@ class FrameSpeaker(SentenceSpeaker):
     _prepared_tensor = "audio_prompt_latents"
 
     def __init__(self, args: Any, stage: str = "talker"):
-        super().__init__(stage)
-        self.args = args
+        super().__init__(args, stage)
         self.sample_rate = SAMPLE_RATE
         self._active: list[_Utterance] = []  # the batch
         self._custom: OrderedDict[str, Any] = OrderedDict()  # custom voice id -> its prompt, most recent last
@@ -184,14 +184,15 @@ class FrameSpeaker(SentenceSpeaker):
     def has_work(self) -> bool:
         return bool(self._active) or super().has_work()
 
-    def step(self) -> list[OmniOutput]:
+    def step(self) -> StepResult:
         """Start the sentences that have room in the batch, then one frame for every sentence in it."""
         out: list[OmniOutput] = []
         while len(self._active) < self.args.max_batch and (turn := self._next_sentence()) is not None:
             self._active.append(self._start(*turn))
+        batch = len(self._active)
         if self._active:
             out += self._emit(self._advance())
-        return out
+        return self.result(out, max(1, batch))
 
     def _start(self, job: _Job, voice: _Voice, sentence: str) -> _Utterance:
         """The sentence's prompt through the backbone: the state its first frame is sampled from."""

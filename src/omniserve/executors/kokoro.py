@@ -55,8 +55,7 @@ class _Settings:
 
 class KokoroExecutor(SentenceSpeaker):
     def __init__(self, args: KokoroArgs, stage: str = "talker"):
-        super().__init__(stage)
-        self.args = args
+        super().__init__(args, stage)
         self.sample_rate = SAMPLE_RATE
 
     def load(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
-from omniserve.executors.base import EmbeddingParams, request_params
+from omniserve.executors.base import EmbeddingParams, Executor, StepResult, request_params
 from omniserve.runtime.types import Embeddings, OmniOutput, OmniRequest
 
 BATCH = 64
@@ -40,10 +40,9 @@ class _Item:
     ids: list[int]
 
 
-class EmbedderExecutor:
+class EmbedderExecutor(Executor):
     def __init__(self, args: EmbedderArgs, stage: str = "embedder"):
-        self.args = args
-        self.stage = stage
+        super().__init__(args, stage)
         self._items: deque[_Item] = deque()
         self._left: dict[str, int] = {}  # request id -> inputs not embedded yet
 
@@ -98,9 +97,8 @@ class EmbedderExecutor:
     def has_work(self) -> bool:
         return bool(self._items)
 
-    def step(self) -> list[OmniOutput]:
+    def step(self) -> StepResult:
         batch = [self._items.popleft() for _ in range(min(BATCH, len(self._items)))]
-        self.batch_size = len(batch)
         vectors = self.model.embed_ids([item.ids for item in batch])
         by_request: dict[str, list[int]] = {}
         for row, item in enumerate(batch):
@@ -114,7 +112,7 @@ class EmbedderExecutor:
             rows_embedded = Embeddings([batch[r].index for r in rows], vectors[rows].astype(np.float32))
             outputs.append(OmniOutput(request_id, finish_reason="stop" if done else None, done=done,
                                       data=rows_embedded))
-        return outputs
+        return self.result(outputs, len(batch))
 
     def close(self) -> None:
         self._items.clear()

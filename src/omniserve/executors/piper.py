@@ -34,8 +34,7 @@ class _Settings:
 
 class PiperExecutor(SentenceSpeaker):
     def __init__(self, args: PiperArgs, stage: str = "talker"):
-        super().__init__(stage)
-        self.args = args
+        super().__init__(args, stage)
 
     def load(self) -> dict[str, Any]:
         from piper import PiperVoice

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.calls import CallFilter
-from omniserve.executors.base import request_params
+from omniserve.executors.base import Executor, StepResult, request_params
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 # A sentence ends at . ! ? ; : (and their CJK forms) or a newline, followed by white space.
@@ -101,15 +101,15 @@ class _Job:
     voices: list[_Voice]
 
 
-class SentenceSpeaker:
+class SentenceSpeaker(Executor):
     """The executor side every sentence-level voice shares; a subclass loads its model and sets
     `sample_rate`, and defines `_settings` and `_speak`."""
 
     sample_rate: int
     params_model: type[SpeechParams] = SpeechParams  # what a request may set
 
-    def __init__(self, stage: str = "talker"):
-        self.stage = stage
+    def __init__(self, args: Any, stage: str = "talker"):
+        super().__init__(args, stage)
         self._jobs: dict[str, _Job] = {}
         self._turns: deque[tuple[str, int]] = deque()  # round robin over (request, choice) with a sentence ready
 
@@ -152,13 +152,13 @@ class SentenceSpeaker:
     def has_work(self) -> bool:
         return bool(self._turns)
 
-    def step(self) -> list[OmniOutput]:
+    def step(self) -> StepResult:
         turn = self._next_sentence()
         if turn is None:
-            return []
+            return self.result([])
         job, voice, sentence = turn
         pcm = self._speak(sentence, job.settings)
-        return [self._spoken(job, voice, pcm, sentence)] + self._sentence_done(job, voice)
+        return self.result([self._spoken(job, voice, pcm, sentence)] + self._sentence_done(job, voice))
 
     def _next_sentence(self) -> tuple[_Job, _Voice, str] | None:
         """The next sentence to speak, round robin over the choices that have one; its choice is `speaking`

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from omniserve.executors.base import Executor, StepResult
 from omniserve.onnx_cpu import cpu_session
 from omniserve.runtime.types import Embeddings, OmniOutput, OmniRequest
 
@@ -46,10 +47,9 @@ class _Clip:
     last: bool
 
 
-class SpeakerEncoderExecutor:
+class SpeakerEncoderExecutor(Executor):
     def __init__(self, args: SpeakerEncoderArgs, stage: str = "speaker"):
-        self.args = args
-        self.stage = stage
+        super().__init__(args, stage)
         self._clips: deque[_Clip] = deque()
 
     def load(self) -> dict[str, Any]:
@@ -73,11 +73,11 @@ class SpeakerEncoderExecutor:
     def has_work(self) -> bool:
         return bool(self._clips)
 
-    def step(self) -> list[OmniOutput]:
+    def step(self) -> StepResult:
         clip = self._clips.popleft()
         vector = self.embed(clip.audio)
-        return [OmniOutput(clip.request_id, finish_reason="stop" if clip.last else None, done=clip.last,
-                           data=Embeddings([clip.index], vector[None]))]
+        return self.result([OmniOutput(clip.request_id, finish_reason="stop" if clip.last else None, done=clip.last,
+                                       data=Embeddings([clip.index], vector[None]))])
 
     def close(self) -> None:
         self._clips.clear()

@@ -70,7 +70,6 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
     stages: list[dict[str, Any]] = [{"name": "thinker", "executor": "llamacpp", "args": args,
                                      "serves": [{"ids": served_model_ids(settings), "kind": "chat"}]}]
     edges: list[dict[str, Any]] = []
-    terminals = ["thinker"]
     hears = vision is not None and "audio" in vision.media  # the thinker hears through its own encoder
     if asr is not None:
         stages.insert(0, {"name": "asr", "executor": "whisper", "args": {"model_path": asr.path, "threads": threads},
@@ -89,7 +88,6 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
         stages.append({"name": name, "executor": model.executor, "args": {**model.args, "threads": threads},
                        "serves": [{"ids": [model.id], "kind": "tts", "aliases": model.aliases}]})
         edges.append({"src": "thinker", "dst": name, "streaming": True})
-        terminals.append(name)
     speaker = resolve_speaker_model(settings.speaker_model, settings.data_dir, make=False,
                                     explicit="speaker_model" in settings.model_fields_set)
     if speaker is not None and asr is not None and tts:
@@ -98,10 +96,8 @@ def omni_pipeline(gguf_path: str, settings: ServerArgs, asr: SpeechModel | None,
         stages.append({"name": "speaker", "executor": "speaker_encoder", "args": {"model_path": str(speaker),
                                                                                 "threads": 1},
                        "serves": [{"ids": [SPEAKER_ID], "kind": "speaker"}]})
-        terminals.append("speaker")
     side = side_stages(settings, image)
-    return {"stages": stages + side["stages"], "edges": edges + side["edges"],
-            "terminals": terminals + side["terminals"]}
+    return {"stages": stages + side["stages"], "edges": edges + side["edges"]}
 
 
 def talker_names(models: list[TtsModel]) -> list[str]:
@@ -118,7 +114,6 @@ def side_stages(settings: ServerArgs, image: ImageModel | None) -> dict[str, Any
     threads = settings.resolved_threads()
     stages: list[dict[str, Any]] = []
     edges: list[dict[str, Any]] = []
-    terminals: list[str] = []
     if image is not None and image.executor == "diffusers":  # text encoder -> denoiser -> VAE decoder
         names = DIFFUSION_STAGES
         # the denoiser loop is the heavy part; the text encoder and the VAE run once a request, on one
@@ -133,16 +128,13 @@ def side_stages(settings: ServerArgs, image: ImageModel | None) -> dict[str, Any
         stages[-1]["serves"] = [{"ids": [image.id], "kind": "image", "route": list(names),
                                  "info_from": {names[1]: ["lora"]}, "info": {"lora_stage": names[1]}}]
         edges += [{"src": names[0], "dst": names[1]}, {"src": names[1], "dst": names[2]}]
-        terminals.append(names[2])
     elif image is not None:  # a stage of its own: image requests visit it alone
         image_args = {"model_path": image.path}
         if settings.strict_image_prompts:
             image_args["strict_prompts"] = True
         stages.append({"name": "image", "executor": image.executor, "args": image_args,
                        "serves": [{"ids": [image.id], "kind": "image"}]})
-        terminals.append("image")
     if embedding_stage_on(settings.embedding_model):  # a stage of its own too
         stages.append({"name": "embedder", "executor": "embedder", "args": {"threads": 1},
                        "serves": [{"ids": [EMBEDDING_ID], "kind": "embedding", "aliases": list(EMBEDDING_ALIASES)}]})
-        terminals.append("embedder")
-    return {"stages": stages, "edges": edges, "terminals": terminals}
+    return {"stages": stages, "edges": edges}

@@ -179,4 +179,4 @@ def omni_stages(checkpoint: OmniCheckpoint, settings, ids: list[str]) -> dict[st
         stages[-1]["serves"] = [{"ids": ids, "kind": "tts", "aliases": list(TTS_OPENAI_NAMES), "route": names,
                                  "info_from": {TALKER: ["voices"]}}]
     edges = [{"src": a, "dst": b, "streaming": True} for a, b in zip(names, names[1:], strict=False)]
-    return {"stages": stages, "edges": edges, "terminals": ["thinker"] + (["code2wav"] if len(names) > 1 else [])}
+    return {"stages": stages, "edges": edges}

@@ -184,7 +184,6 @@ class Coordinator:
                 "replicas": [self.pool.replica_info((stage.name, i))
                              for i in range(len(self.pool.handles[stage.name]))],
                 "downstream": [e.dst for e in self.pipeline.downstream(stage.name)],
-                "terminal": stage.name in self.pipeline.terminals,
             })
         return out
 

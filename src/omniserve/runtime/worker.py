@@ -11,8 +11,8 @@ fails the requests this stage holds, and the stage goes on.
 It speaks the typed messages of `messages.py`. The loop sends something at least
 every `HEARTBEAT_S` while it turns (`Alive` when it has nothing else), so the
 coordinator can tell a busy worker from a stuck one. `StepOutputs` and `Alive`
-carry the batch size of each step since the last of them (the executor's
-`batch_size`, or 1), for the metrics.
+carry the batch size of each step since the last of them (`StepResult.batch_size`),
+for the metrics.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
-from omniserve.errors import InvalidRequest, OmniError
+from omniserve.errors import OmniError
 from omniserve.executors import create_executor
+from omniserve.executors.base import Executor
 from omniserve.runtime.messages import (
     Aborted,
     AbortRequest,
@@ -96,7 +97,7 @@ def run_stage_worker(stages: list[dict[str, Any]], conns: list[Connection], log_
 class _Lane:
     """One stage in this process: its executor and its pipe."""
 
-    def __init__(self, executor, conn: Connection, stage: str, info: dict[str, Any],
+    def __init__(self, executor: Executor, conn: Connection, stage: str, info: dict[str, Any],
                  carrier: PayloadCarrier | None = None):
         self.executor = executor
         self.conn = conn
@@ -144,11 +145,8 @@ class _Lane:
             return []
 
     def _control(self, call_id: str, op) -> ControlDone:
-        control = getattr(self.executor, "control", None)
         try:
-            if control is None:
-                raise InvalidRequest(f"the {self.stage!r} stage takes no {type(op).__name__} operation")
-            return ControlDone(call_id, control(op))
+            return ControlDone(call_id, self.executor.control(op))
         except Exception as exc:
             return ControlDone(call_id, error=self._as_omni_error(exc).to_wire())
 
@@ -167,19 +165,20 @@ class _Lane:
 
     def step(self) -> list[OmniOutput]:
         """One step, then the requests the step failed: an executor that knows which request an exception
-        belongs to lists it in `failed` (request id, exception) instead of raising. An exception it raises
-        fails every request it holds; the stage goes on."""
+        belongs to lists it in its result instead of raising. An exception it raises fails every request it
+        holds; the stage goes on."""
         try:
-            outputs = self.executor.step()
+            result = self.executor.step()
         except Exception as exc:
             log.error("stage %s failed in a step; its %d requests fail", self.stage, len(self.live), exc_info=exc)
-            outputs = []
             for request_id in list(self.live):
                 self.fail(request_id, exc)
-        failed = getattr(self.executor, "failed", None)
-        while failed:
-            self.fail(*failed.pop(0))
-        return outputs
+            self.batches.append(1)
+            return []
+        for request_id, exc in result.failed:
+            self.fail(request_id, exc)
+        self.batches.append(result.batch_size)
+        return result.outputs
 
 
 class _Loop:
@@ -204,7 +203,6 @@ class _Loop:
                     outputs.extend(lane.handle(message))
                 if lane.executor.has_work():
                     outputs.extend(lane.step())
-                    lane.batches.append(getattr(lane.executor, "batch_size", 1))
                 if outputs:
                     lane.live.difference_update(out.request_id for out in outputs if out.done)
                     lane.send_outputs(outputs)

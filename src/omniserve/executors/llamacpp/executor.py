@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import ContextLengthExceeded, InvalidRequest, NotFound
-from omniserve.executors.base import EmbeddingParams, request_params
+from omniserve.executors.base import EmbeddingParams, Executor, StepResult, request_params
 from omniserve.executors.llamacpp.embeddings import LlamaEmbedder
 from omniserve.executors.llamacpp.prompt import MEDIA_MARKER, PromptRenderer
 from omniserve.executors.llamacpp.runtime import LlamaRuntime, decode_error
@@ -84,18 +84,15 @@ class _Request:
     sequences: list[_Generation] = field(default_factory=list)
 
 
-class LlamaCppExecutor:
+class LlamaCppExecutor(Executor):
     def __init__(self, args: LlamaCppArgs, stage: str = "thinker"):
-        self.stage = stage
-        self.args = args
+        super().__init__(args, stage)
         # Requests waiting for upstream stages to turn their media into text or embeddings:
         # the request, the kinds still missing, and what came so far by (kind, index).
         self._upstream: dict[str, tuple[OmniRequest, set[str], dict[tuple[str, int], MediaReading]]] = {}
         self._requests: dict[str, _Request] = {}
         self._lora_paths: dict[str, str] = {}
-        self.failed: list[tuple[str, Exception]] = []  # requests a step failed (the worker tells them)
-        self._failing: set[str] = set()  # their ids, until the worker aborts them
-        self.batch_size = 0  # sequences in the last step (for the metrics)
+        self._failing: set[str] = set()  # the requests a step failed, until the worker aborts them
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -236,16 +233,15 @@ class LlamaCppExecutor:
 
     # ---- the step: schedule -> run -> update ---------------------------------------
 
-    def step(self) -> list[OmniOutput]:
+    def step(self) -> StepResult:
         plan = self.scheduler.schedule()
-        self.batch_size = len(plan.sequences) + (plan.embedding is not None)
         outputs: list[OmniOutput] = []
         if plan.batch:
             outputs += self._run(plan)
         if plan.embedding is not None:  # after sampling: a decode overwrites the logits
             outputs += self._run_embeddings(plan.embedding)
         self.scheduler.admit()
-        return outputs
+        return self.result(outputs, len(plan.sequences) + (plan.embedding is not None))
 
     def _run(self, plan: StepPlan) -> list[OmniOutput]:
         rc = self.rt.decode(plan.batch)
@@ -304,7 +300,7 @@ class LlamaCppExecutor:
         """A request this step failed: the worker tells it and aborts it here."""
         if request_id not in self._failing:
             self._failing.add(request_id)
-            self.failed.append((request_id, exc))
+            self.fail(request_id, exc)
 
     def _sample(self, seq: _Generation) -> list[OmniOutput]:
         if seq.doomed:
@@ -371,7 +367,7 @@ class LlamaCppExecutor:
             self._load_lora(op.name, op.path)
             return dict(self._lora_paths)
         if not isinstance(op, UnloadAdapter):
-            raise InvalidRequest(f"the {self.stage!r} stage takes no {type(op).__name__} operation")
+            return super().control(op)
         name = op.name
         if name not in self.rt.adapters:
             raise self._not_loaded(name, "lora_name")

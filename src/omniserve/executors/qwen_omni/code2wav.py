@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from omniserve.errors import OmniError
-from omniserve.executors.base import request_params
+from omniserve.executors.base import StepResult, request_params
 from omniserve.executors.qwen_omni.runtime import ChunkedCode2Wav, LoadedPart, OmniStageArgs, SpeechJob, read_speakers
 from omniserve.executors.qwen_omni.talker import VoiceParams, voice_of
 from omniserve.runtime.types import OmniOutput, OmniRequest
@@ -107,7 +107,7 @@ class QwenOmniCode2WavExecutor(ChunkedCode2Wav):
             return True  # the rest, or the end
         return len(job.codes) >= job.decoded + job.chunk(self.chunk, self.largest) + self.right + self.dit_right
 
-    def step(self) -> list[OmniOutput]:
+    def step(self) -> StepResult:
         """The next chunk of every request that has one ready. Windows of one length (and one speaker's
         reference) go through the DiT and the vocoder together, in one batch."""
         chunks = []
@@ -120,8 +120,9 @@ class QwenOmniCode2WavExecutor(ChunkedCode2Wav):
                 self._vocode([c for c in chunks if c.end > c.start])
         except Exception as exc:
             self._fail([c.job for c in chunks], exc)
-            return []
-        return [self._chunk_out(chunk.job, chunk.audio, chunk.end) for chunk in chunks]
+            return self.result([], max(1, len(chunks)))
+        return self.result([self._chunk_out(chunk.job, chunk.audio, chunk.end) for chunk in chunks],
+                           max(1, len(chunks)))
 
     def _make_mel(self, chunks: list[_Chunk]) -> None:
         """Each chunk's request gets the mel of its codes up to `need`: the DiT runs once per block, on the

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from omniserve.errors import OmniError
-from omniserve.executors.base import request_params
+from omniserve.executors.base import StepResult, request_params
 from omniserve.executors.qwen_omni.runtime import ChunkedCode2Wav, LoadedPart, OmniStageArgs, SpeechJob
 from omniserve.executors.qwen_omni.talker import VoiceParams, voice_of
 from omniserve.runtime.types import OmniOutput, OmniRequest
@@ -63,7 +63,7 @@ class Qwen3OmniCode2WavExecutor(ChunkedCode2Wav):
     def _ready(self, job: SpeechJob) -> bool:
         return job.codes_done or len(job.codes) >= job.decoded + self.chunk
 
-    def step(self) -> list[OmniOutput]:
+    def step(self) -> StepResult:
         """The next chunk of every request that has one ready; windows of one length decode in one batch."""
         windows: dict[int, list[tuple[SpeechJob, int, int]]] = {}  # length -> (job, first frame, chunk end)
         jobs = self._take_turns()
@@ -88,5 +88,6 @@ class Qwen3OmniCode2WavExecutor(ChunkedCode2Wav):
                             .cpu().numpy().tobytes()
         except Exception as exc:
             self._fail(jobs, exc)
-            return []
-        return [self._chunk_out(job, audio[job.request_id], ends[job.request_id]) for job in jobs]
+            return self.result([], max(1, len(jobs)))
+        return self.result([self._chunk_out(job, audio[job.request_id], ends[job.request_id]) for job in jobs],
+                           max(1, len(jobs)))

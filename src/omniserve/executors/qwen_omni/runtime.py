@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest, OutOfMemory
+from omniserve.executors.base import Executor
 from omniserve.executors.torch_device import resolve_device, resolve_dtype
 from omniserve.models.qwen_omni import find_checkpoint
 from omniserve.runtime.types import OmniOutput, SamplingParams
@@ -251,17 +252,14 @@ class SpeechJob:
     samples: int = 0
 
 
-class ChunkedCode2Wav:
+class ChunkedCode2Wav(Executor):
     """What both code2wav stages share: each request's codes arrive from the talker, every request with a
     chunk ready takes its turn in the next step, and each chunk leaves as one output (the last says done)."""
 
     def __init__(self, args: OmniStageArgs, stage: str = "code2wav"):
-        self.args = args
-        self.stage = stage
+        super().__init__(args, stage)
         self._jobs: dict[str, SpeechJob] = {}
         self._turns: deque[str] = deque()  # requests with a chunk ready
-        self.batch_size = 1
-        self.failed: list[tuple[str, Exception]] = []  # requests a step failed (the worker tells them)
         self.sample_rate = 24000
 
     def close(self) -> None:
@@ -297,14 +295,13 @@ class ChunkedCode2Wav:
     def _take_turns(self) -> list[SpeechJob]:
         jobs = [self._jobs[request_id] for request_id in self._turns]
         self._turns.clear()
-        self.batch_size = max(1, len(jobs))
         return jobs
 
     def _fail(self, jobs: list[SpeechJob], exc: Exception) -> None:
         """A step that failed fails its requests; the stage goes on."""
         for job in jobs:
             self._jobs.pop(job.request_id, None)
-            self.failed.append((job.request_id, failure(exc)))
+            self.fail(job.request_id, failure(exc))
 
     def _chunk_out(self, job: SpeechJob, audio: bytes, end: int) -> OmniOutput:
         """The output of the chunk that ends at code `end`; the request's turn comes again if it has another."""

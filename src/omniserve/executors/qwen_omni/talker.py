@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
-from omniserve.executors.base import request_params
+from omniserve.executors.base import Executor, StepResult, request_params
 from omniserve.executors.qwen_omni.runtime import KV, LoadedPart, OmniStageArgs, Sampler, failure, read_speakers
 from omniserve.executors.qwen_omni.thinker import ReplyStates, TalkerStart
 from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams
@@ -70,16 +70,13 @@ class _Voice:
     text: str = ""  # the thinker's text not passed on yet
 
 
-class QwenOmniTalkerExecutor:
+class QwenOmniTalkerExecutor(Executor):
     # what transformers' generate(return_audio=True) samples the talker with, unless a request says otherwise
     SAMPLING = {"temperature": 0.9, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.05}
 
     def __init__(self, args: TalkerArgs, stage: str = "talker"):
-        self.args = args
-        self.stage = stage
+        super().__init__(args, stage)
         self._voices: dict[str, _Voice] = {}
-        self.batch_size = 1
-        self.failed: list[tuple[str, Exception]] = []  # requests a step failed (the worker tells them)
 
     def load(self) -> dict[str, Any]:
         import torch
@@ -146,11 +143,10 @@ class QwenOmniTalkerExecutor:
             return voice.start is not None and bool(voice.reply)
         return voice.steps < len(voice.reply) or voice.reply_final
 
-    def step(self) -> list[OmniOutput]:
+    def step(self) -> StepResult:
         """Start the requests whose first states arrived, then one codec token for each of the others, in
         one forward pass."""
         ready = [v for v in self._voices.values() if self._ready(v)]
-        self.batch_size = max(1, len(ready))
         outputs = []
         decoding = [v for v in ready if v.steps > 0]
         with self.torch.no_grad():
@@ -165,12 +161,12 @@ class QwenOmniTalkerExecutor:
                     outputs += self._decode(decoding)
                 except Exception as exc:  # the batch's: each of its requests fails, the stage goes on
                     self._fail(decoding, exc)
-        return outputs
+        return self.result(outputs, max(1, len(ready)))
 
     def _fail(self, voices: list[_Voice], exc: Exception) -> None:
         for voice in voices:
             self._voices.pop(voice.request_id, None)
-            self.failed.append((voice.request_id, failure(exc)))
+            self.fail(voice.request_id, failure(exc))
 
     def _prefill(self, v: _Voice) -> OmniOutput:
         """The prompt's states, the speaker's text-start token and the first answer token's states, laid out

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from omniserve.errors import InvalidRequest
+from omniserve.executors.base import Executor, StepResult
 from omniserve.executors.qwen_omni.runtime import (
     KV,
     LoadedPart,
@@ -77,14 +78,11 @@ class _Sequence:
     max_tokens: int = 0
 
 
-class QwenOmniThinkerExecutor:
+class QwenOmniThinkerExecutor(Executor):
     def __init__(self, args: ThinkerArgs, stage: str = "thinker"):
-        self.args = args
-        self.stage = stage
+        super().__init__(args, stage)
         self._waiting: deque[_Sequence] = deque()  # not prefilled yet
         self._running: dict[str, _Sequence] = {}
-        self.batch_size = 1
-        self.failed: list[tuple[str, Exception]] = []  # requests a step failed (the worker tells them)
 
     # ---- load ----------------------------------------------------------------------
 
@@ -235,7 +233,7 @@ class QwenOmniThinkerExecutor:
 
     # ---- steps ---------------------------------------------------------------------
 
-    def step(self) -> list[OmniOutput]:
+    def step(self) -> StepResult:
         """Prefill the oldest waiting request, then one token for every running one, in one batch."""
         outputs: list[OmniOutput] = []
         with self.torch.no_grad():
@@ -245,17 +243,16 @@ class QwenOmniThinkerExecutor:
                     outputs += self._prefill(sequence)
                 except Exception as exc:  # this prompt's alone (too big for the device, say)
                     self._running.pop(sequence.request_id, None)
-                    self.failed.append((sequence.request_id, failure(exc)))
+                    self.fail(sequence.request_id, failure(exc))
             running = list(self._running.values())
-            self.batch_size = max(1, len(running))
             if running:
                 try:
                     outputs += self._decode(running)
                 except Exception as exc:  # the batch's: each of its requests fails, the stage goes on
                     for sequence in running:
                         self._running.pop(sequence.request_id, None)
-                        self.failed.append((sequence.request_id, failure(exc)))
-        return outputs
+                        self.fail(sequence.request_id, failure(exc))
+        return self.result(outputs, max(1, len(running)))
 
     def _prefill(self, s: _Sequence) -> list[OmniOutput]:
         torch = self.torch

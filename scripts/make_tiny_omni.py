@@ -5,7 +5,11 @@ for Qwen2.5-Omni the speakers in spk_dict.pt), so that `omniserve serve --model-
 and transformers' own `from_pretrained` load them the same way as a hub download.
 
 Usage:
-    python make_tiny_omni.py OUT_DIR [--family qwen2_5_omni] [--force]
+    python make_tiny_omni.py OUT_DIR [--family qwen2_5_omni] [--width tiny|0.5b] [--force]
+
+`--width 0.5b` gives the Qwen2.5-Omni thinker's language model the shape of a 0.5B-class one (Qwen2.5-0.5B:
+24 layers of 896, 14 heads, 2 KV heads), the rest staying tiny: for benchmarks of the decode loop
+(`bench/bench_omni_decode.py`), not for tests.
 
 The tokenizer is a byte-level BPE trained here on a few paragraphs of English, with the
 special tokens the Qwen-Omni processors look for. The model's answers are noise: tests
@@ -21,6 +25,7 @@ Idempotent: a stamp with the build parameters means nothing is done.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -86,22 +91,27 @@ def ids(tok) -> dict[str, int]:
     return {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
 
 
-def qwen2_5_config(tok):
+# the thinker language model's shape: hidden, intermediate, layers, heads, KV heads, M-RoPE sections (of head/2)
+TEXT_SHAPES = {"tiny": (32, 64, 2, 4, 2, [2, 1, 1]), "0.5b": (896, 4864, 24, 14, 2, [8, 12, 12])}
+
+
+def qwen2_5_config(tok, width: str = "tiny"):
     from transformers import Qwen2_5OmniConfig
 
     i = ids(tok)
     vocab = len(tok)
-    hidden = 32
+    hidden, intermediate, layers, heads, kv_heads, sections = TEXT_SHAPES[width]
     thinker = {
         "audio_config": {"num_mel_bins": 128, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 32,
                          "d_model": 16, "max_source_positions": 1500, "n_window": 50, "output_dim": hidden},
         "vision_config": {"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "patch_size": 14,
                           "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
                           "out_hidden_size": hidden, "fullatt_block_indexes": [0]},
-        "text_config": {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 64, "num_hidden_layers": 2,
-                        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+        "text_config": {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": intermediate,
+                        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+                        "max_position_embeddings": 4096,
                         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                                            "mrope_section": [2, 1, 1]},
+                                            "mrope_section": sections},
                         "eos_token_id": i["<|im_end|>"], "pad_token_id": i["<|endoftext|>"],
                         "tie_word_embeddings": False},
         "audio_token_index": i["<|AUDIO|>"], "image_token_index": i["<|IMAGE|>"],
@@ -162,12 +172,12 @@ def speakers(config, torch) -> dict:
             for name in ("Chelsie", "Ethan")}
 
 
-def build_qwen2_5(out: Path) -> None:
+def build_qwen2_5(out: Path, width: str = "tiny") -> None:
     import torch
     from transformers import GenerationConfig, Qwen2_5OmniForConditionalGeneration
 
     tok = build_tokenizer(out)
-    config = qwen2_5_config(tok)
+    config = qwen2_5_config(tok, width)
     torch.manual_seed(SEED)
     model = Qwen2_5OmniForConditionalGeneration(config).eval()
     with torch.no_grad():  # random init leaves some norms at 1 and biases at 0: stir everything a little
@@ -283,10 +293,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out")
     parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_5_omni")
+    parser.add_argument("--width", choices=sorted(TEXT_SHAPES), default="tiny",
+                        help="the thinker language model's shape (qwen2_5_omni)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     key = {"family": args.family, "version": VERSION, "seed": SEED}
-    build_once(Path(args.out), key, FAMILIES[args.family], f"a tiny {args.family}", args.force, "tiny_omni.stamp.json")
+    build = FAMILIES[args.family]
+    if args.width != "tiny":
+        if args.family != "qwen2_5_omni":
+            parser.error("--width: only for qwen2_5_omni")
+        key["width"] = args.width
+        build = functools.partial(build_qwen2_5, width=args.width)
+    build_once(Path(args.out), key, build, f"a {args.width} {args.family}", args.force, "tiny_omni.stamp.json")
     return 0
 
 

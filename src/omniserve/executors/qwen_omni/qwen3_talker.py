@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from omniserve.executors.qwen_omni.runtime import KV, LoadedPart, OmniStageArgs, Sampler
+from omniserve.executors.qwen_omni.runtime import LoadedPart, OmniStageArgs, Sampler
 from omniserve.executors.qwen_omni.talker import QwenOmniTalkerExecutor, VoiceParams, _Voice
 from omniserve.runtime.types import OmniOutput, SamplingParams
 
@@ -44,6 +44,7 @@ class Qwen3OmniTalkerExecutor(QwenOmniTalkerExecutor):
         self.torch = torch
         part = LoadedPart(self.args, "talker")
         self.part, self.model, self.device = part, part.model, part.device
+        self._slots()
         config, talker = part.config, part.config.talker_config
         if getattr(self.model.config, "audio_config", None) is None:
             # transformers' talker lays out audio positions with the audio encoder's window, which only the
@@ -108,6 +109,9 @@ class Qwen3OmniTalkerExecutor(QwenOmniTalkerExecutor):
         special = v.start.special_embeds
         return special[self.text_ids["eos"] if index - head == len(v.reply) else self.text_ids["pad"]]
 
+    def _cached(self, v: _Voice3) -> int:
+        return v.length
+
     def _text(self, rows: list[np.ndarray]):
         """The talker's projection of thinker token embeddings."""
         batch = self.torch.from_numpy(np.stack(rows)).to(self.device, self.model.dtype)
@@ -117,8 +121,6 @@ class Qwen3OmniTalkerExecutor(QwenOmniTalkerExecutor):
 
     def _prefill(self, v: _Voice3) -> OmniOutput:
         torch, model = self.torch, self.model
-        from transformers import DynamicCache
-
         start = v.start
         ids = np.asarray(start.input_ids)
         # the user turns: a position belongs to the turn its last <|im_start|> opened
@@ -158,15 +160,16 @@ class Qwen3OmniTalkerExecutor(QwenOmniTalkerExecutor):
             v.rope_delta = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         v.seen = []  # transformers' talker starts from embeddings: its repetition penalty sees only its codes
         v.length = talker_ids.shape[1]
+        self.slots.take(v)
         out = model.model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
-                          past_key_values=DynamicCache(config=model.config.text_config), use_cache=True)
-        v.kv = KV.of(out.past_key_values)
+                          past_key_values=self.slots.cache([v.row], [0]), use_cache=True)
         return self._frames([v], out.last_hidden_state[:, -1])[0]
 
     def _decode(self, batch: list[_Voice3]) -> list[OmniOutput]:
         """One frame for each voice: its last frame's codes and its next text row in, one forward pass."""
         torch, model = self.torch, self.model
-        cache, mask, pads = KV.stack([v.kv for v in batch], model.config.text_config)
+        batch = sorted(batch, key=lambda v: v.row)  # rows 0..n-1: the cache's first rows, a view
+        cache, mask = self._batch_cache(batch)
         frames = torch.tensor([v.frame for v in batch], device=self.device)
         embeds = model.get_input_embeddings()(frames[:, :1])[:, 0]
         for group, table in enumerate(model.code_predictor.get_input_embeddings()):
@@ -176,8 +179,8 @@ class Qwen3OmniTalkerExecutor(QwenOmniTalkerExecutor):
         positions = (past + torch.cat([v.rope_delta for v in batch])).view(1, len(batch), 1).expand(3, -1, -1)
         out = model.model(inputs_embeds=embeds[:, None], position_ids=positions, attention_mask=mask,
                           past_key_values=cache, use_cache=True)
-        for v, kv in zip(batch, KV.split(out.past_key_values, pads), strict=True):
-            v.kv, v.length = kv, v.length + 1
+        for v in batch:
+            v.length += 1
         return self._frames(batch, out.last_hidden_state[:, -1])
 
     def _frames(self, batch: list[_Voice3], hidden) -> list[OmniOutput]:

@@ -172,53 +172,6 @@ class Sampler:
         return int(torch.multinomial(probs, num_samples=1, generator=self.generator)[0, 0])
 
 
-class KV:
-    """One sequence's attention cache, layer by layer, kept apart so that sequences of different
-    lengths can decode together: `stack` left-pads them to the longest and builds one cache, `split`
-    gives each its part back after the pass."""
-
-    def __init__(self, layers: list[tuple[Any, Any]]):
-        self.layers = layers  # (keys, values), each (1, heads, length, head size)
-
-    @classmethod
-    def of(cls, cache) -> KV:
-        return cls([(layer.keys, layer.values) for layer in cache.layers])
-
-    @property
-    def length(self) -> int:
-        return int(self.layers[0][0].shape[-2])
-
-    @staticmethod
-    def stack(kvs: list[KV], config):
-        """(one cache for the batch, its attention mask including the token to come, each one's padding)."""
-        import torch
-        import torch.nn.functional as F
-        from transformers import DynamicCache
-
-        longest = max(kv.length for kv in kvs)
-        pads = [longest - kv.length for kv in kvs]
-        cache = DynamicCache(config=config)
-        for index in range(len(kvs[0].layers)):
-            if len(kvs) == 1:
-                keys, values = kvs[0].layers[index]
-            else:
-                padded = [(F.pad(kv.layers[index][0], (0, 0, pad, 0)), F.pad(kv.layers[index][1], (0, 0, pad, 0)))
-                          for kv, pad in zip(kvs, pads, strict=True)]
-                keys, values = torch.cat([k for k, _ in padded]), torch.cat([v for _, v in padded])
-            cache.update(keys, values, index)
-        device = kvs[0].layers[0][0].device
-        mask = torch.ones(len(kvs), longest + 1, dtype=torch.long, device=device)
-        for row, pad in enumerate(pads):
-            mask[row, :pad] = 0
-        return cache, mask, pads
-
-    @staticmethod
-    def split(cache, pads: list[int]) -> list[KV]:
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
-        return [KV([(k[row:row + 1, :, pad:], v[row:row + 1, :, pad:]) for k, v in layers])
-                for row, pad in enumerate(pads)]
-
-
 def failure(exc: Exception) -> Exception:
     """What a request that failed in a forward pass gets: out of device memory is a 507 of its own."""
     import torch

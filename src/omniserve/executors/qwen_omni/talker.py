@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import Executor, StepResult, request_params
-from omniserve.executors.qwen_omni.runtime import KV, LoadedPart, OmniStageArgs, Sampler, failure, read_speakers
+from omniserve.executors.qwen_omni.runtime import LoadedPart, OmniStageArgs, Sampler, failure, read_speakers
 from omniserve.executors.qwen_omni.thinker import ReplyStates, TalkerStart
 from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams
 
@@ -63,7 +63,7 @@ class _Voice:
     reply: list[np.ndarray] = field(default_factory=list)  # the thinker's states for answer tokens 0, 1, ...
     reply_final: bool = False
     steps: int = 0  # forward passes so far (0: not prefilled)
-    kv: Any = None  # KV: the attention cache
+    row: int = -1  # its row of the attention cache (`slots.py`), once prefilled
     rope_delta: Any = None
     seen: list[int] = field(default_factory=list)  # the talker's input ids (for the repetition penalty)
     codes: list[int] = field(default_factory=list)
@@ -84,6 +84,7 @@ class QwenOmniTalkerExecutor(Executor):
         self.torch = torch
         part = LoadedPart(self.args, "talker")
         self.part, self.model, self.device = part, part.model, part.device
+        self._slots()
         self.speakers = read_speakers(part.checkpoint.path)
         self.default_voice = next(iter(self.speakers)) if part.family.default_voice not in self.speakers \
             else part.family.default_voice
@@ -93,8 +94,22 @@ class QwenOmniTalkerExecutor(Executor):
         self.text_ids = {"eos": talker.tts_text_end_token_id, "pad": talker.tts_text_pad_token_id}
         return {**part.info(), "voices": list(self.speakers), "sample_rate": part.family.sample_rate}
 
+    def _slots(self) -> None:
+        from omniserve.executors.qwen_omni.slots import SlotKV
+
+        self.slots = SlotKV(len(self.model.model.layers))
+
+    def _cached(self, v: _Voice) -> int:
+        """The tokens in a voice's row between steps: all it has seen but the code it feeds next."""
+        return len(v.seen) - 1
+
+    def _free_rows(self) -> None:
+        self.slots.keep(lambda v: self._voices.get(v.request_id) is v, self._cached)
+
     def close(self) -> None:
         self._voices.clear()
+        if hasattr(self, "slots"):
+            self.slots.clear()
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(VoiceParams, request.params_for(self.stage))
@@ -134,6 +149,7 @@ class QwenOmniTalkerExecutor(Executor):
 
     def abort(self, request_id: str) -> None:
         self._voices.pop(request_id, None)
+        self._free_rows()
 
     def has_work(self) -> bool:
         return any(self._ready(v) for v in self._voices.values())
@@ -161,6 +177,7 @@ class QwenOmniTalkerExecutor(Executor):
                     outputs += self._decode(decoding)
                 except Exception as exc:  # the batch's: each of its requests fails, the stage goes on
                     self._fail(decoding, exc)
+            self._free_rows()
         return self.result(outputs, max(1, len(ready)))
 
     def _fail(self, voices: list[_Voice], exc: Exception) -> None:
@@ -172,8 +189,6 @@ class QwenOmniTalkerExecutor(Executor):
         """The prompt's states, the speaker's text-start token and the first answer token's states, laid out
         as transformers' talker takes them."""
         torch = self.torch
-        from transformers import DynamicCache
-
         model, embed, start = self.model, self.model.get_input_embeddings(), v.start
         bos_text = self.speakers[v.speaker]["bos_token"]
         rows = [start.prompt, start.special_embeds[bos_text][None], v.reply[0][None]]
@@ -188,15 +203,16 @@ class QwenOmniTalkerExecutor(Executor):
             text_ids, grids.get("image_grid_thw"), grids.get("video_grid_thw"), mask, start.use_audio_in_video,
             grids.get("audio_feature_lengths"), grids.get("video_second_per_grid"))
         v.seen = [self.codec["mask"]] * len(start.input_ids) + [self.codec["pad"], self.codec["bos"]]
+        self.slots.take(v)
         out = model.model(inputs_embeds=model.thinker_to_talker_proj(embeds), position_ids=positions,
-                          attention_mask=mask, past_key_values=DynamicCache(config=model.config), use_cache=True,
+                          attention_mask=mask, past_key_values=self.slots.cache([v.row], [0]), use_cache=True,
                           return_dict=True)
-        v.kv = KV.of(out.past_key_values)
         return self._choose(v, model.codec_head(out.last_hidden_state[:, -1:, :])[:, -1, :].float())
 
     def _decode(self, batch: list[_Voice]) -> list[OmniOutput]:
         torch, model = self.torch, self.model
-        cache, mask, pads = KV.stack([v.kv for v in batch], model.config)
+        batch = sorted(batch, key=lambda v: v.row)  # rows 0..n-1: the cache's first rows, a view
+        cache, mask = self._batch_cache(batch)
         codes = torch.tensor([[v.codes[-1]] for v in batch], device=self.device)
         states = torch.from_numpy(np.stack([self._reply_state(v) for v in batch])).to(self.device, model.dtype)
         embeds = model.get_input_embeddings()(codes) + states[:, None, :]
@@ -205,11 +221,12 @@ class QwenOmniTalkerExecutor(Executor):
         out = model.model(inputs_embeds=model.thinker_to_talker_proj(embeds), position_ids=positions,
                           attention_mask=mask, past_key_values=cache, use_cache=True, return_dict=True)
         logits = model.codec_head(out.last_hidden_state[:, -1:, :])[:, -1, :].float()
-        outputs = []
-        for row, (v, kv) in enumerate(zip(batch, KV.split(out.past_key_values, pads), strict=True)):
-            v.kv = kv
-            outputs.append(self._choose(v, logits[row:row + 1]))
-        return outputs
+        return [self._choose(v, logits[row:row + 1]) for row, v in enumerate(batch)]
+
+    def _batch_cache(self, batch: list[_Voice]):
+        """A decode pass's cache over the voices' rows, and its attention mask."""
+        lengths = [self._cached(v) for v in batch]
+        return self.slots.cache([v.row for v in batch], lengths), self.slots.mask(lengths, self.device)
 
     def _choose(self, v: _Voice, logits) -> OmniOutput:
         """The next codec token, or the end of this voice."""

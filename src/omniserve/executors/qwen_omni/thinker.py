@@ -22,7 +22,6 @@ import numpy as np
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import Executor, StepResult
 from omniserve.executors.qwen_omni.runtime import (
-    KV,
     LoadedPart,
     OmniStageArgs,
     Sampler,
@@ -69,7 +68,7 @@ class _Sequence:
     speaks: bool
     forced: list[int] | None = None  # read aloud: the answer is these tokens
     use_audio_in_video: bool = False
-    kv: Any = None  # KV: the attention cache
+    row: int = -1  # its row of the attention cache (`slots.py`), while it runs
     rope_delta: Any = None
     ids: list[int] = field(default_factory=list)  # prompt + answer so far
     prompt_len: int = 0
@@ -91,6 +90,8 @@ class QwenOmniThinkerExecutor(Executor):
         import transformers
         from transformers import GenerationConfig
 
+        from omniserve.executors.qwen_omni.slots import SlotKV
+
         self.torch = torch
         part = LoadedPart(self.args, "thinker")
         self.part, self.model, self.device, self.family = part, part.model, part.device, part.family
@@ -99,6 +100,7 @@ class QwenOmniThinkerExecutor(Executor):
         self.tokenizer = self.processor.tokenizer
         thinker = part.config.thinker_config
         text = thinker.text_config
+        self.slots = SlotKV(text.num_hidden_layers)
         self.context = min(self.args.context_length or text.max_position_embeddings, text.max_position_embeddings)
         try:
             eos = GenerationConfig.from_pretrained(folder).eos_token_id
@@ -125,6 +127,8 @@ class QwenOmniThinkerExecutor(Executor):
     def close(self) -> None:
         self._waiting.clear()
         self._running.clear()
+        if hasattr(self, "slots"):
+            self.slots.clear()
 
     # ---- requests ------------------------------------------------------------------
 
@@ -227,6 +231,12 @@ class QwenOmniThinkerExecutor(Executor):
     def abort(self, request_id: str) -> None:
         self._waiting = deque(s for s in self._waiting if s.request_id != request_id)
         self._running.pop(request_id, None)
+        self._free_rows()
+
+    def _free_rows(self) -> None:
+        """The rows of the sequences that stopped go to the running ones (between steps: then a row holds all of
+        its sequence but the token it decodes next)."""
+        self.slots.keep(lambda s: self._running.get(s.request_id) is s, lambda s: len(s.ids) - 1)
 
     def has_work(self) -> bool:
         return bool(self._waiting or self._running)
@@ -252,6 +262,7 @@ class QwenOmniThinkerExecutor(Executor):
                     for sequence in running:
                         self._running.pop(sequence.request_id, None)
                         self.fail(sequence.request_id, failure(exc))
+            self._free_rows()
         return self.result(outputs, max(1, len(running)))
 
     def _prefill(self, s: _Sequence) -> list[OmniOutput]:
@@ -274,8 +285,11 @@ class QwenOmniThinkerExecutor(Executor):
                                                    device=self.device)}
         length = inputs["input_ids"].shape[1]
         positions = torch.cat([torch.arange(length, device=self.device).view(1, 1, -1), rope], dim=0)
-        out = self.model(**inputs, position_ids=positions, use_cache=forced is None,
-                         past_key_values=DynamicCache(config=self.model.config.get_text_config()),
+        if forced is None:
+            self.slots.take(s)
+        cache = DynamicCache(config=self.model.config.get_text_config()) if forced is not None \
+            else self.slots.cache([s.row], [0])
+        out = self.model(**inputs, position_ids=positions, use_cache=forced is None, past_key_values=cache,
                          use_audio_in_video=s.use_audio_in_video, output_hidden_states=s.speaks)
         s.ids = input_ids[0].tolist()
         first = OmniOutput(s.request_id)
@@ -291,7 +305,6 @@ class QwenOmniThinkerExecutor(Executor):
                 first.payload = [self._talker_start(s, media, summed[:s.prompt_len], s.forced[0]),
                                  ReplyStates(states, final=True)]
             return [first]
-        s.kv = KV.of(out.past_key_values)
         token = s.sampler(out.logits[:, -1, :].float(), input_ids, s.generated)
         if s.speaks:
             first.payload = [self._talker_start(s, media, self._talker_states(out, input_ids)[0], token)]
@@ -301,7 +314,9 @@ class QwenOmniThinkerExecutor(Executor):
     def _decode(self, batch: list[_Sequence]) -> list[OmniOutput]:
         """One token for each running sequence, in one forward pass."""
         torch = self.torch
-        cache, mask, pads = KV.stack([s.kv for s in batch], self.model.config.get_text_config())
+        batch = sorted(batch, key=lambda s: s.row)  # rows 0..n-1: the cache's first rows, a view
+        lengths = [len(s.ids) - 1 for s in batch]
+        cache, mask = self.slots.cache([s.row for s in batch], lengths), self.slots.mask(lengths, self.device)
         last = torch.tensor([[s.generated[-1]] for s in batch], device=self.device)
         past = torch.tensor([[len(s.ids) - 1] for s in batch], device=self.device)
         positions = (past + torch.cat([s.rope_delta for s in batch])).view(1, len(batch), 1)
@@ -310,8 +325,7 @@ class QwenOmniThinkerExecutor(Executor):
                          attention_mask=mask, output_hidden_states=speaks)
         states = self._talker_states(out, last) if speaks else None
         outputs = []
-        for row, (s, kv) in enumerate(zip(batch, KV.split(out.past_key_values, pads), strict=True)):
-            s.kv = kv
+        for row, s in enumerate(batch):
             seen = torch.tensor([s.ids], device=self.device)
             token = s.sampler(out.logits[row:row + 1, -1, :].float(), seen, s.generated)
             result = OmniOutput(s.request_id)

@@ -59,7 +59,7 @@ def in_process(images: int, clients: int) -> float:
             params = {"width": SIZE, "height": SIZE, "seed": sent}
             executor.add(OmniRequest(f"r{sent}", prompt=PROMPTS[sent % len(PROMPTS)], params={"image": params}))
             sent += 1
-        for out in executor.step():
+        for out in executor.step().outputs:
             encode_image(out.data.image, "png", 75)
             done += out.done
     return images / (time.perf_counter() - t0)

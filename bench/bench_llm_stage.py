@@ -46,7 +46,7 @@ def main() -> None:
                               sampling={"thinker": params}))
         decoding[0], tokens, start = 0.0, 0, time.perf_counter()
         while stage.has_work():
-            tokens += sum(len(out.token_ids) for out in stage.step())
+            tokens += sum(len(out.token_ids) for out in stage.step().outputs)
         wall = time.perf_counter() - start
         print(f"run {run + 1}: {tokens / wall:.1f} tok/s, {100 * decoding[0] / wall:.1f}% of the time in "
               f"llama_decode, {1000 * (wall - decoding[0]) / tokens:.3f} ms of Python per step")

@@ -59,7 +59,7 @@ class InProcess:
         self.thinker.add(OmniRequest(f"r{self.n}", messages=messages, sampling={"thinker": params}))
         text = []
         while self.thinker.has_work():
-            text += [o.text for o in self.thinker.step()]
+            text += [o.text for o in self.thinker.step().outputs]
         return "".join(text)
 
 

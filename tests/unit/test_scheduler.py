@@ -254,6 +254,21 @@ def test_a_conversation_s_next_turn_takes_its_stored_prompt_back_whole():
     assert [e.tokens[0] for e in s.store] == [50]  # the turn's KV moved back into the slot: not stored twice
 
 
+def test_a_stored_prompt_dropped_to_make_room_still_comes_back():
+    """Storing what the slot kept makes room by dropping the oldest entry, which is the one the new prompt takes
+    back whole: it still has its KV (the entry is in hand), and nothing fails."""
+    kv = FakeKv(1)
+    tokens = list(range(1, 20))
+    size = len(bytearray(np.array(tokens + [901, 902], np.int64).tobytes()))
+    s = Scheduler(kv, slots=1, n_batch=512, prefix_cache_min_tokens=4, prompt_store_bytes=size + size // 2)
+    turn = finished(s, kv, tokens)
+    finished(s, kv, list(range(50, 69)))  # the turn's KV moves to the store; this one's stays in the slot
+    following = seq("following", [*turn.prompt, *turn.answer, 7, 8])
+    s.add(following)  # the slot's kept prompt goes to the store first, which drops the turn's entry to make room
+    assert following.cached == len(turn.prompt) + len(turn.answer)
+    assert kv.streams[0] == turn.prompt + turn.answer and [e.tokens[0] for e in s.store] == [50]
+
+
 def test_a_short_prefix_is_not_brought_in_from_the_prompt_store():
     kv = FakeKv(1)
     s = Scheduler(kv, slots=1, n_batch=512, prefix_cache_min_tokens=8, prompt_store_bytes=1 << 20)

@@ -71,3 +71,10 @@ def test_rows_and_length_grow_keeping_what_they_hold():
     prefill(kv, long, slots.MIN_CAPACITY + 1, 0)
     assert kv.keys[0].shape[:3] == (2, 2, 2 * slots.MIN_CAPACITY)
     assert kv.keys[0][0, 0, :3, 0].tolist() == [100, 101, 102]
+
+
+def test_the_memory_goes_back_when_no_sequence_runs():
+    kv = slots.SlotKV(layers=1)
+    prefill(kv, first := Seq("first"), 3, 100)
+    kv.keep(lambda s: False, lambda s: s.cached)
+    assert first.row == -1 and kv.holders == [] and kv.keys == [None]

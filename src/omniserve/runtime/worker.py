@@ -171,6 +171,7 @@ class _Lane:
             result = self.executor.step()
         except Exception as exc:
             log.error("stage %s failed in a step; its %d requests fail", self.stage, len(self.live), exc_info=exc)
+            self.executor.result([])  # (what it failed before it raised fails with the rest)
             for request_id in list(self.live):
                 self.fail(request_id, exc)
             self.batches.append(1)

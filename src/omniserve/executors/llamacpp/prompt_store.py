@@ -56,7 +56,9 @@ class PromptStore:
             self._entries.pop(0)
 
     def remove(self, entry: StoredPrompt) -> None:
-        self._entries.remove(entry)
+        """Drop an entry (gone already if it was the oldest when the store made room)."""
+        if entry in self._entries:
+            self._entries.remove(entry)
 
     def forget_adapter(self, adapter: str) -> None:
         """Drop the prompts decoded with an adapter being unloaded."""

@@ -199,7 +199,7 @@ class Scheduler:
             if kept:
                 self.kept[seq.slot] = (seq.lora, kept)
             self.free_slots.append(seq.slot)
-        elif seq.state is SeqState.WAITING:
+        elif seq.state is SeqState.WAITING and seq in self.waiting:  # (not if placing it failed)
             self.waiting.remove(seq)
         seq.state = SeqState.DONE
 

@@ -44,9 +44,11 @@ class SlotKV:
                 last.row = gone.row
                 self.holders[gone.row] = last
             gone.row = -1
+        if not self.holders:  # idle: the memory goes back; the next requests get rows of the size they need
+            self.keys, self.values = [None] * len(self.keys), [None] * len(self.values)
 
     def clear(self) -> None:
-        self.holders.clear()
+        self.keep(lambda _: False, lambda _: 0)
 
     def cache(self, rows: list[int], lengths: list[int]) -> Cache:
         """A cache for one forward pass over `rows`, each holding `lengths` tokens so far: the pass writes its
@@ -62,7 +64,8 @@ class SlotKV:
     def move(self, source: int, row: int, length: int) -> None:
         """Row `source`'s first `length` tokens into `row` (a freed row takes the last one, so rows stay 0..n-1)."""
         for keys, values in zip(self.keys, self.values, strict=True):
-            if keys is not None:
+            # (a layer may be short of the row: a prompt that failed while the layers grew never ran there)
+            if keys is not None and length > 0 and source < keys.shape[0]:
                 keys[row, :, :length] = keys[source, :, :length]
                 values[row, :, :length] = values[source, :, :length]
 

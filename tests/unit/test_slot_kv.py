@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-slots = pytest.importorskip("omniserve.executors.qwen_omni.slots")
+from omniserve.executors.qwen_omni import slots
 
 
 @dataclass(eq=False)

@@ -87,9 +87,6 @@ class EmbedderExecutor(Executor):
             out.append(tokens)
         return out
 
-    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        return []
-
     def abort(self, request_id: str) -> None:
         self._items = deque(item for item in self._items if item.request_id != request_id)
         self._left.pop(request_id, None)

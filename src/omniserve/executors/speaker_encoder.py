@@ -64,9 +64,6 @@ class SpeakerEncoderExecutor(Executor):
             out.append(OmniOutput(request.request_id, finish_reason="stop", done=True))
         return out
 
-    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        return []
-
     def abort(self, request_id: str) -> None:
         self._clips = deque(c for c in self._clips if c.request_id != request_id)
 

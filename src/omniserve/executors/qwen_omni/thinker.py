@@ -225,9 +225,6 @@ class QwenOmniThinkerExecutor(Executor):
             tensors[key] = value
         return tensors, use_audio_in_video
 
-    def feed(self, outputs: list[OmniOutput]) -> list[OmniOutput]:
-        return []
-
     def abort(self, request_id: str) -> None:
         self._waiting = deque(s for s in self._waiting if s.request_id != request_id)
         self._running.pop(request_id, None)

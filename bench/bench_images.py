@@ -57,7 +57,8 @@ def in_process(images: int, clients: int) -> float:
     while done < images:
         while sent < images and sent - done < clients:
             params = {"width": SIZE, "height": SIZE, "seed": sent}
-            executor.add(OmniRequest(f"r{sent}", prompt=PROMPTS[sent % len(PROMPTS)], params={"image": params}))
+            executor.add(OmniRequest(f"r{sent}", prompt=PROMPTS[sent % len(PROMPTS)], entry="image",
+                                   params={"image": params}))
             sent += 1
         for out in executor.step().outputs:
             encode_image(out.data.image, "png", 75)

@@ -92,7 +92,7 @@ def run_raw(model: str, threads: int, n_seq: int, max_tokens: int) -> Result:
     # Borrow the executor only to load the model and render/tokenize the prompt.
     ex = LlamaCppExecutor(LlamaCppArgs(model_path=model, threads=threads, max_sequences=n_seq))
     ex.load()
-    prompt = ex.renderer.tokens(OmniRequest("bench", messages=[{"role": "user", "content": PROMPT}]))
+    prompt = ex.renderer.tokens(OmniRequest("bench", entry="thinker", messages=[{"role": "user", "content": PROMPT}]))
     ctx, batch = ex.rt.ctx, ll.llama_batch_init(max(len(prompt), n_seq), 0, 1)
     samplers = [ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params()) for _ in range(n_seq)]
     for s in samplers:

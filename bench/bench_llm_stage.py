@@ -42,7 +42,7 @@ def main() -> None:
     stage.rt.decode = timed
     for run in range(args.runs):
         params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True)
-        stage.add(OmniRequest(f"run{run}", messages=[{"role": "user", "content": PROMPT}],
+        stage.add(OmniRequest(f"run{run}", entry="thinker", messages=[{"role": "user", "content": PROMPT}],
                               sampling={"thinker": params}))
         decoding[0], tokens, start = 0.0, 0, time.perf_counter()
         while stage.has_work():

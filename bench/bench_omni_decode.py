@@ -90,7 +90,8 @@ class Omniserve:
         made = 0
         t0 = time.perf_counter()
         for i, prompt in enumerate(prompts):
-            self.executor.add(OmniRequest(f"r{i}", messages=messages(prompt), sampling={"thinker": sampling}))
+            self.executor.add(OmniRequest(f"r{i}", entry="thinker", messages=messages(prompt),
+                                          sampling={"thinker": sampling}))
         while self.executor.has_work():
             result = self.executor.step()
             assert not result.failed, result.failed

@@ -56,7 +56,7 @@ class InProcess:
                                     {("image", 0): description})
         self.n += 1
         params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-        self.thinker.add(OmniRequest(f"r{self.n}", messages=messages, sampling={"thinker": params}))
+        self.thinker.add(OmniRequest(f"r{self.n}", entry="thinker", messages=messages, sampling={"thinker": params}))
         text = []
         while self.thinker.has_work():
             text += [o.text for o in self.thinker.step().outputs]

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from omniserve.errors import ConfigError
+from omniserve.runtime.facts import StageFacts
 from omniserve.validation import first_error
 
 
@@ -183,10 +184,21 @@ class ServedAs(_Strict):
     ids: list[str] = Field(min_length=1)
     kind: Literal["chat", "asr", "tts", "vision", "image", "embedding", "speaker"]
     aliases: list[str] = Field(default_factory=list)  # other names requests may use (OpenAI's, say)
-    route: list[str] = Field(default_factory=list)  # the stages a request to it visits, when more than this one
-    # other stages' load facts it carries (a talker's voices, a denoiser's LoRA support): stage -> keys
-    info_from: dict[str, list[str]] = Field(default_factory=dict)
-    info: dict[str, Any] = Field(default_factory=dict)  # facts the preset knows (which stage takes adapters)
+    # the stage a request to it enters, when not this one (an omni checkpoint's voice: the thinker); the stages
+    # between are planned from the graph (runtime/routing.py)
+    entry: str | None = None
+    # other stages' load facts it carries (a talker's voices, a denoiser's LoRA support): stage -> StageFacts fields
+    facts_from: dict[str, list[str]] = Field(default_factory=dict)
+    lora_stage: str | None = None  # the stage its LoRA calls go to (an image model's denoiser)
+
+    @field_validator("facts_from")
+    @classmethod
+    def _known_facts(cls, facts_from: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = sorted({name for names in facts_from.values() for name in names} - set(StageFacts.model_fields))
+        if unknown:
+            raise ValueError(f"no stage tells {', '.join(unknown)}; what stages tell: "
+                             f"{', '.join(StageFacts.model_fields)}")
+        return facts_from
 
 
 class StageConfig(_Strict):
@@ -201,6 +213,15 @@ class StageConfig(_Strict):
     max_queued_requests: int | None = Field(None, ge=0)
     # seconds its worker may spend in one step before it counts as stuck (None: --stall-timeout; 0: never)
     stall_timeout: float | None = Field(None, ge=0)
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, name: str) -> str:
+        """A registry name, or a class's import path that imports (an error says what is wrong, under `executor`)."""
+        from omniserve.executors import spec
+
+        spec(name)
+        return name
 
     @model_validator(mode="after")
     def _check_executor_args(self) -> StageConfig:
@@ -249,6 +270,15 @@ class PipelineConfig(_Strict):
                 raise ValueError(f"edge {edge.src}->{edge.dst}: executor {executor!r} takes no upstream input")
         if _has_cycle(names, self.edges):
             raise ValueError("the stage graph has a cycle")
+        from omniserve.runtime.routing import path_between
+
+        for stage in self.stages:
+            for served in stage.serves:
+                if served.entry is not None and served.entry not in names:
+                    raise ValueError(f"stage {stage.name!r} serves {served.ids[0]!r} from unknown stage "
+                                     f"{served.entry!r}")
+                if served.entry is not None:
+                    path_between(self, served.entry, stage.name)
         for group in self.process_groups():
             if len({s.placement.replicas for s in group}) > 1:
                 raise ValueError(f"the stages of process group {group[0].placement.process_group!r} share their "

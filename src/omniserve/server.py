@@ -23,6 +23,7 @@ from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.grammar import GrammarBuilder
 from omniserve.runtime.launcher import StageLoadError, launch_worker
+from omniserve.runtime.routing import path_between
 from omniserve.storage import DataDir
 from omniserve.voice_library.store import VoiceLibrary
 
@@ -36,15 +37,17 @@ def served_models(pipeline: PipelineConfig, coordinator: Coordinator) -> list[Se
     created = int(time.time())
     out = []
     for stage in pipeline.stages:
-        info = coordinator.pool.info(stage.name)
+        told = coordinator.pool.facts(stage.name)
         for served in stage.serves:
-            facts = {**info, **served.info}
-            for other, keys in served.info_from.items():
-                facts.update({key: coordinator.pool.info(other).get(key) for key in keys})
-            out += [ServedModel(id=i, created=created, owned_by="omniserve", root=info.get("model_path", ""),
-                                max_model_len=info.get("context_length") if served.kind in ("chat", "embedding")
-                                else None, kind=served.kind, stage=stage.name, aliases=tuple(served.aliases),
-                                route=tuple(served.route), info=facts) for i in served.ids]
+            facts = told
+            for other, names in served.facts_from.items():
+                facts = facts.with_facts(coordinator.pool.facts(other), names)
+            out += [ServedModel(id=i, created=created, owned_by="omniserve", root=told.model_path or "",
+                                max_model_len=told.context_length if served.kind in ("chat", "embedding") else None,
+                                kind=served.kind, stage=stage.name, aliases=tuple(served.aliases),
+                                stages=tuple(path_between(pipeline, served.entry or stage.name, stage.name)),
+                                facts=facts, lora_stage=served.lora_stage)
+                    for i in served.ids]
     out.sort(key=lambda m: m.kind != "chat")
     return out
 
@@ -70,7 +73,7 @@ async def serve(settings: ServerArgs, pipeline: PipelineConfig) -> None:
         raise ConfigError(str(exc)) from None
     try:
         served = served_models(pipeline, coordinator)
-        llm = next((m for m in served if m.kind == "chat" and m.info.get("n_vocab")), None)
+        llm = next((m for m in served if m.kind == "chat" and m.facts.n_vocab), None)
         grammars = GrammarBuilder(build_grammar, llm.root, settings.grammar_timeout) if llm else None
         client = Client(coordinator, served, served[0].root, grammars)
         video_runner = VideoRunner(store, client, settings.data_dir / "videos")

@@ -456,7 +456,8 @@ def test_qwen3_tts_chunks_equal_the_codec_decoding_the_sentence_whole(gguf):
         frames = []
         decode = executor._decode
         executor._decode = lambda u: (frames.__setitem__(slice(None), list(u.frames)), decode(u))[1]
-        outputs = executor.add(OmniRequest(request_id="r", prompt="Hello there.", params={"talker": {"seed": 3}}))
+        outputs = executor.add(OmniRequest(request_id="r", entry="talker", prompt="Hello there.",
+                                           params={"talker": {"seed": 3}}))
         while executor.has_work():
             outputs += executor.step().outputs
         chunks = [o.audio for o in outputs if o.audio]

@@ -164,7 +164,7 @@ def test_an_image_sits_on_its_grid_as_transformers_places_it(http, reference, im
     encoder = MtmdEncoderExecutor(MtmdArgs(model_path=str(tiny / "model.gguf"),
                                            mmproj_path=str(tiny / "mmproj.gguf")))
     try:
-        assert encoder.load()["media"][0] == "image"
+        assert encoder.load().media[0] == "image"
         chunks = encoder.encode_image(pixels)
     finally:
         encoder.close()

@@ -81,7 +81,7 @@ def test_audio_is_heard_by_the_thinker_as_transformers_hears_it(http, reference,
     encoder = MtmdEncoderExecutor(MtmdArgs(model_path=str(tiny / "model.gguf"),
                                            mmproj_path=str(tiny / "mmproj.gguf")))
     try:
-        assert encoder.load()["media"] == ["audio"]
+        assert encoder.load().media == ["audio"]
         ours = next(c.embd for c in encoder.encode_audio(audio) if c.embd is not None)
     finally:
         encoder.close()

@@ -127,6 +127,8 @@ def test_barge_in_cancels_the_answer_and_cuts_it_to_what_was_played(server):
         send(ws, {"type": "response.create"})
         first = next_of(ws, "response.output_audio.delta")
         spoken = first["item_id"]
+        # the answer to the next turn needs only to begin (its story ran on for 90 s); this one keeps its "inf"
+        send(ws, {"type": "session.update", "session": {"max_output_tokens": 48}})
         append_audio(ws, speech_pcm24k(clip=2, silence_before_s=0.2, silence_after_s=1.0))  # the user speaks over it
         events = until(ws, "response.done")
         kinds = [e["type"] for e in events]

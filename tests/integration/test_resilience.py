@@ -11,7 +11,8 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import idle, run_server, wait_until
+from tests.conftest import ROOT, idle, run_server, wait_until
+from tests.fixtures.failing_llamacpp import FAILURE, POISON
 
 LONG = {"messages": [{"role": "user", "content": "Tell me a very long story."}], "max_tokens": 2000,
         "ignore_eos": True, "temperature": 0}
@@ -111,12 +112,15 @@ def test_non_streaming_disconnect_aborts(server):
 
 
 def test_a_request_failing_in_a_decode_step_fails_alone(tmp_path):
-    """A request that fails while the thinker decodes it (made to, with the `fail_on` arg) gets a clear
-    error, streamed or not; the requests decoding in the same steps finish, and the stage is not restarted."""
+    """A request that fails while the thinker decodes it (made to by a test executor the config names by import
+    path) gets a clear error, streamed or not; the requests decoding in the same steps finish, and the stage is
+    not restarted."""
     config = tmp_path / "fail.yaml"
-    config.write_text("stages:\n  thinker:\n    args:\n      fail_on: POISON\n")
-    poisoned = {"messages": [{"role": "user", "content": "POISON, then a story"}], "max_tokens": 20}
-    with run_server("--config", str(config), tmp_path=tmp_path) as s, s.http() as http:
+    config.write_text("stages:\n  thinker:\n    executor: tests.fixtures.failing_llamacpp:FailingLlamaCppExecutor\n")
+    poisoned = {"messages": [{"role": "user", "content": f"{POISON}, then a story"}], "max_tokens": 20}
+    # the server and its workers import the test executor from this checkout
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    with run_server("--config", str(config), tmp_path=tmp_path, env=env) as s, s.http() as http:
         pid = worker_pid(http)
         long: dict = {}
 
@@ -129,13 +133,13 @@ def test_a_request_failing_in_a_decode_step_fails_alone(tmp_path):
         wait_until(lambda: http.get("/get_load").json()["running"] == 1)
         bad = http.post("/v1/chat/completions", json=poisoned)
         assert bad.status_code == 500
-        assert "fail_on" in bad.json()["error"]["message"] and "'thinker' stage" in bad.json()["error"]["message"]
+        assert FAILURE in bad.json()["error"]["message"] and "'thinker' stage" in bad.json()["error"]["message"]
         with http.stream("POST", "/v1/chat/completions", json={**poisoned, "stream": True}) as r:
             lines = [line for line in r.iter_lines() if line]
         if r.status_code == 200:  # the error as the stream's last event
-            assert lines[-1] == "data: [DONE]" and "fail_on" in json.loads(lines[-2][6:])["error"]["message"]
+            assert lines[-1] == "data: [DONE]" and FAILURE in json.loads(lines[-2][6:])["error"]["message"]
         else:  # the error came before the stream's first token: an error response
-            assert r.status_code == 500 and "fail_on" in json.loads(lines[0])["error"]["message"]
+            assert r.status_code == 500 and FAILURE in json.loads(lines[0])["error"]["message"]
         t.join(60)
         assert long["response"].status_code == 200
         assert long["response"].json()["usage"]["completion_tokens"] == 150

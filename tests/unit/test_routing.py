@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from omniserve.config import validate_pipeline
-from omniserve.errors import InvalidRequest
-from omniserve.runtime.routing import plan_route
+from omniserve.errors import ConfigError, InvalidRequest
+from omniserve.runtime.routing import path_between, plan_route
 from omniserve.runtime.types import OmniRequest
 
 AUDIO = np.zeros(16000, np.float32)
@@ -120,5 +120,27 @@ def test_stage_sampling_is_checked_against_the_stage_and_goes_under_params():
     request = OmniRequest("r", entry="thinker", output_modalities=["text", "audio"],
                           stage_sampling={"talker": {"speed": 1.5, "voice": "mine"}},
                           params={"talker": {"voice": "resolved"}})
-    plan_route(p, request)
-    assert request.params["talker"] == {"speed": 1.5, "voice": "resolved"}  # what the API derived wins
+    planned = plan_route(p, request)
+    assert planned.params["talker"] == {"speed": 1.5, "voice": "resolved"}  # what the API derived wins
+    assert request.params == {"talker": {"voice": "resolved"}} and request.stage_sampling  # the request is as it was
+
+
+def test_a_served_model_visits_the_stages_from_its_entry_to_its_stage():
+    assert path_between(omni(), "thinker", "code2wav") == ["thinker", "talker", "code2wav"]
+    assert path_between(omni(), "talker", "talker") == ["talker"]
+    with pytest.raises(ValueError, match="not downstream"):
+        path_between(omni(), "code2wav", "thinker")
+
+
+def test_a_served_model_must_enter_upstream_of_its_stage():
+    stages = [{"name": n, "executor": e, "args": {"model_path": "m"}} for n, e in
+              [("thinker", "qwen_omni_thinker"), ("talker", "qwen_omni_talker"), ("code2wav", "qwen_omni_code2wav")]]
+    edges = [{"src": "thinker", "dst": "talker"}, {"src": "talker", "dst": "code2wav"}]
+    stages[2]["serves"] = [{"ids": ["voice"], "kind": "tts", "entry": "thinker"}]
+    assert validate_pipeline({"stages": stages, "edges": edges}).stage("code2wav").serves[0].entry == "thinker"
+    stages[0]["serves"] = [{"ids": ["chat"], "kind": "chat", "entry": "code2wav"}]
+    with pytest.raises(ConfigError, match="not downstream"):
+        validate_pipeline({"stages": stages, "edges": edges})
+    stages[0]["serves"] = [{"ids": ["chat"], "kind": "chat", "entry": "painter"}]
+    with pytest.raises(ConfigError, match="unknown stage 'painter'"):
+        validate_pipeline({"stages": stages, "edges": edges})

@@ -9,6 +9,7 @@ from multiprocessing import Pipe
 from omniserve.errors import OmniError, OutOfMemory
 from omniserve.executors.base import Executor
 from omniserve.executors.llamacpp import decode_error
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.messages import (
     Aborted,
     AbortRequest,
@@ -42,9 +43,9 @@ class Breaking(Executor):
 def test_an_exception_a_step_raises_fails_the_stage_requests_and_the_lane_goes_on():
     ours, theirs = Pipe()
     executor = Breaking()
-    lane = _Lane(executor, ours, "thinker", {})
+    lane = _Lane(executor, ours, "thinker", StageFacts())
     for request_id in ("a", "b"):
-        lane.handle(AddRequest(OmniRequest(request_id, prompt="hi")))
+        lane.handle(AddRequest(OmniRequest(request_id, prompt="hi", entry="thinker")))
     lane.handle(AbortRequest("b"))
     assert theirs.recv() == Aborted("b")
     assert lane.step() == []
@@ -63,7 +64,7 @@ def test_llama_decode_refusals_are_507_when_memory_ran_out():
 
 def test_a_control_call_a_stage_does_not_take_is_answered_with_an_error():
     ours, theirs = Pipe()
-    lane = _Lane(Breaking(), ours, "thinker", {})
+    lane = _Lane(Breaking(), ours, "thinker", StageFacts())
     assert lane.handle(Control("call-1", LoadAdapter("x", "/x.gguf"))) == []
     answer = theirs.recv()
     assert isinstance(answer, ControlDone) and answer.call_id == "call-1" and answer.result is None
@@ -92,9 +93,9 @@ class FailingOne(Executor):
 def test_a_request_a_step_fails_by_name_fails_alone():
     ours, theirs = Pipe()
     executor = FailingOne()
-    lane = _Lane(executor, ours, "thinker", {})
+    lane = _Lane(executor, ours, "thinker", StageFacts())
     for request_id in ("a", "b"):
-        lane.handle(AddRequest(OmniRequest(request_id, prompt="hi")))
+        lane.handle(AddRequest(OmniRequest(request_id, prompt="hi", entry="thinker")))
     assert [o.request_id for o in lane.step()] == ["b"]
     failure = theirs.recv()
     assert isinstance(failure, RequestFailed) and failure.request_id == "a"

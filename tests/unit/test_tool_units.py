@@ -80,7 +80,7 @@ class Reader(SentenceSpeaker):
 
 def spoken(unspoken_calls: bool) -> str:
     voice = Reader(None)
-    voice.add(OmniRequest("r", params={"talker": {"unspoken_calls": unspoken_calls}}))
+    voice.add(OmniRequest("r", entry="talker", params={"talker": {"unspoken_calls": unspoken_calls}}))
     said = []
     for i in range(0, len(CALL_TEXT), 7):
         piece = CALL_TEXT[i:i + 7]

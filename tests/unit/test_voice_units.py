@@ -13,6 +13,7 @@ from omniserve.api.speakers import Speakers, resolve_voice
 from omniserve.errors import ConfigError, InvalidRequest
 from omniserve.models.kokoro import VOICE_BYTES, read_sdist_voices
 from omniserve.runtime.client import ServedModel
+from omniserve.runtime.facts import StageFacts
 from omniserve.voices import BlendPart, language_tag, parse_blend
 
 
@@ -33,9 +34,9 @@ def test_languages_by_code_tag_or_name():
     assert language_tag("klingon") is None
 
 
-def model(id: str, voices: list[str], stage: str, **info) -> ServedModel:
+def model(id: str, voices: list[str], stage: str, **facts) -> ServedModel:
     return ServedModel(id=id, created=0, owned_by="me", max_model_len=None, root=id, kind="tts", stage=stage,
-                       info={"voices": voices, **info})
+                       facts=StageFacts(voices=voices, **facts))
 
 
 PIPER = model("piper", ["joe"], "talker")

@@ -41,8 +41,8 @@ class Operation:
     # media type -> response: a model, several (any of them), or None for bytes
     ok: dict[str, type[BaseModel] | tuple[type[BaseModel], ...] | None] = field(default_factory=dict)
     body_required: bool = True
-    # the served-model fact the operation needs (`info` key of any served model): without it the spec leaves
-    # the operation out, since every request to it would be refused
+    # the served-model fact the operation needs (a `StageFacts` field true for some served model): without it the
+    # spec leaves the operation out, since every request to it would be refused
     needs: str | None = None
     # the kinds of served model its `model` names: the spec lists them (a request naming another is refused)
     kinds: tuple[str, ...] = ()
@@ -105,6 +105,8 @@ OPERATIONS = (
     Operation("post", "/v1/realtime/calls/{call_id}/hangup"),
     Operation("get", "/health", ok={JSON: models.Health}),
     Operation("get", "/get_load", ok={JSON: models.Load}),
+    Operation("get", "/get_model_info", ok={JSON: models.ModelInfo}),
+    Operation("get", "/models", ok={JSON: images.ImageModelInfo}, needs="tasks"),  # an image model's
 )
 
 
@@ -171,7 +173,7 @@ def describe(spec: dict[str, Any], served: list[ServedModel] | None = None) -> d
     for op in OPERATIONS:  # a form field is sent or not: it cannot be null
         if MULTIPART in op.body:
             _no_nulls(schemas[op.body[MULTIPART].__name__])
-    facts = None if served is None else {key for m in served for key, value in m.info.items() if value}
+    facts = None if served is None else {name for m in served for name, value in m.facts if value}
     for op in OPERATIONS:
         if op.needs and facts is not None and op.needs not in facts:
             del spec["paths"][op.path][op.method]
@@ -194,13 +196,13 @@ def _served_names(schemas: dict[str, Any], served: list[ServedModel]) -> None:
         if "embedding" in op.kinds and not any(m.kind == "embedding" for m in served):
             names += embeddings.OPENAI_EMBEDDING_NAMES  # the chat model embeds under them
         if "chat" in op.kinds:  # a chat model with one of its LoRA adapters
-            names += [f"{m.id}:{a}" for m in served if m.kind == "chat" for a in m.info.get("loras") or {}]
+            names += [f"{m.id}:{a}" for m in served if m.kind == "chat" for a in m.facts.loras or {}]
         for model in op.body.values():
             props = schemas[model.__name__].get("properties", {})
             if op.kinds and "model" in props:
                 props["model"] = {"anyOf": [{"enum": names}, {"type": "null"}], "default": None, "description":
                                   "a model this server serves for this route (GET /v1/models); none: its first"}
-    voices = [v for m in served if m.kind == "tts" for v in m.info.get("voices", [])]
+    voices = [v for m in served if m.kind == "tts" for v in m.facts.voices or []]
     if voices:
         voices += [v for v in OPENAI_VOICES if v not in voices]
         voice = {"anyOf": [{"enum": voices}, {"type": "object", "properties": {"id": {"enum": voices}},

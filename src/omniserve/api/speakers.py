@@ -16,7 +16,7 @@ from omniserve.voices import OPENAI_VOICES, is_blend, parse_blend
 
 def voice_names(model: ServedModel) -> list[str]:
     """The model's own voices, its default first."""
-    return list(model.info.get("voices", []))
+    return list(model.facts.voices or [])
 
 
 def speakers(client: Client) -> list[ServedModel]:
@@ -68,7 +68,7 @@ class Speakers:
 
     def _cloner(self, model: ServedModel | None, voice: CustomVoice, param: str) -> ServedModel:
         """The model that speaks a custom voice: `model` if it clones, else (none named) the first that does."""
-        cloners = [m for m in self.models if m.info.get("clones")]
+        cloners = [m for m in self.models if m.facts.clones]
         if model in cloners or (model is None and cloners):
             return model or cloners[0]
         what = f"the model {model.id} cannot clone a voice" if model else "no voice model here can clone"
@@ -90,9 +90,9 @@ def _find_voice(model: ServedModel, voice: str | None) -> str | None:
     if voice is None:
         return installed[0] if installed else None
     if voice.lower() in OPENAI_VOICES:
-        return model.info.get("openai_voices", {}).get(voice.lower()) or (installed[0] if installed else voice)
+        return (model.facts.openai_voices or {}).get(voice.lower()) or (installed[0] if installed else voice)
     match = next((name for name in installed if name.lower() == voice.lower()), None)
-    if match is not None or not is_blend(voice) or not model.info.get("blends"):
+    if match is not None or not is_blend(voice) or not model.facts.blends:
         return match
     try:
         parts = parse_blend(voice)
@@ -105,5 +105,5 @@ def _find_voice(model: ServedModel, voice: str | None) -> str | None:
 
 
 def _valid_voices(model: ServedModel) -> str:
-    blends = " or a blend of them such as 'af_bella(2)+af_sky(1)'" if model.info.get("blends") else ""
+    blends = " or a blend of them such as 'af_bella(2)+af_sky(1)'" if model.facts.blends else ""
     return f"valid voices are {', '.join(voice_names(model) + list(OPENAI_VOICES))}{blends}"

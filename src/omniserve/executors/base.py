@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from omniserve.errors import InvalidRequest
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import MediaReading, OmniOutput, OmniRequest
 from omniserve.validation import first_error
 
@@ -77,8 +78,8 @@ class Executor:
         self.stage = stage
         self._failed: list[tuple[str, Exception]] = []
 
-    def load(self) -> dict[str, Any]:
-        """Load the model; return facts for /get_model_info (context length, ...)."""
+    def load(self) -> StageFacts:
+        """Load the model; return what the API needs to know of it (context length, voices, ...)."""
         raise NotImplementedError
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.executors.base import PerImageExecutor
 from omniserve.onnx_cpu import cpu_session
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import MediaReading
 
 SIZE = 224  # the classifier's input side
@@ -39,7 +40,7 @@ class DescriberArgs(BaseModel):
 class DescriberExecutor(PerImageExecutor):
     args: DescriberArgs
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
 
         self._session = cpu_session(self.args.classifier_path, self.args.threads)
         self._input = self._session.get_inputs()[0].name
@@ -49,7 +50,7 @@ class DescriberExecutor(PerImageExecutor):
             from rapidocr_onnxruntime import RapidOCR
 
             self._ocr = RapidOCR(intra_op_num_threads=self.args.threads, inter_op_num_threads=1)
-        return {"model_path": self.args.classifier_path, "labels": len(self.labels), "ocr": self.args.ocr}
+        return StageFacts(model_path=self.args.classifier_path, labels=len(self.labels), ocr=self.args.ocr)
 
     def process(self, image: np.ndarray) -> dict[str, Any]:
         labels = self.classify(image)

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor, StepResult, request_params
 from omniserve.models.diffusion_families import family_of
+from omniserve.runtime.facts import ImageTask, StageFacts
 from omniserve.runtime.messages import ControlOp, ListAdapters, MergeAdapters, SetAdapters
 from omniserve.runtime.types import GeneratedImage, OmniOutput, OmniRequest, VideoFrames
 
@@ -98,7 +99,7 @@ class DiffusersTextEncoderExecutor(RoundRobinExecutor):
     def __init__(self, args: DiffusersArgs, stage: str = "text_encoder"):
         super().__init__(args, stage)
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         from diffusers import DiffusionPipeline
 
         _threads(self.args.threads)
@@ -109,7 +110,7 @@ class DiffusersTextEncoderExecutor(RoundRobinExecutor):
         options = {"num_images_per_prompt": 1, "num_videos_per_prompt": 1, "device": self.args.device,
                    "max_sequence_length": _call_defaults(self.args.model_path).get("max_sequence_length")}
         self.options = {k: v for k, v in options.items() if k in accepted and v is not None}
-        return {"model_path": self.args.model_path}
+        return StageFacts(model_path=self.args.model_path)
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(DiffusionParams, request.params_for(self.stage))
@@ -156,13 +157,13 @@ class DiffusersDenoiserExecutor(RoundRobinExecutor):
         self.loras: dict[str, dict[str, Any]] = {}  # nickname -> {path, strength}
         self.merged = False
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         _threads(self.args.threads)
         self.family = family_of(self.args.model_path)
         self.model = _component(self.args.model_path, self.family.denoiser, self.args.device).eval()
         self.scheduler = _component(self.args.model_path, "scheduler", self.args.device)
         self.defaults = _call_defaults(self.args.model_path)
-        return {"model_path": self.args.model_path, "lora": hasattr(self.model, "load_lora_adapter")}
+        return StageFacts(model_path=self.args.model_path, lora=hasattr(self.model, "load_lora_adapter"))
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(DiffusionParams, request.params_for(self.stage))
@@ -297,14 +298,14 @@ class DiffusersDecoderExecutor(RoundRobinExecutor):
         super().__init__(args, stage)
         self._waiting: dict[str, tuple[str, DiffusionParams]] = {}
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         _threads(self.args.threads)
         self.family = family_of(self.args.model_path)
         self.vae = _component(self.args.model_path, "vae", self.args.device).eval()
-        tasks = ["T2V", "T2I"] if self.family.videos else ["T2I"]
-        return {"model_path": self.args.model_path, "pipeline_name": "diffusers",
-                "pipeline_class": _index(self.args.model_path).get("_class_name"), "task_type": tasks[0],
-                "tasks": tasks, "edits": False, "videos": self.family.videos}
+        tasks: list[ImageTask] = ["T2V", "T2I"] if self.family.videos else ["T2I"]
+        return StageFacts(model_path=self.args.model_path, pipeline_name="diffusers",
+                          pipeline_class=_index(self.args.model_path).get("_class_name"), task_type=tasks[0],
+                          tasks=tasks, edits=False, videos=self.family.videos)
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(DiffusionParams, request.params_for(self.stage))

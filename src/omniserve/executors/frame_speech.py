@@ -18,6 +18,7 @@ from pydantic import Field
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import StepResult
 from omniserve.executors.sentence_speech import SentenceSpeaker, SpeechParams, _Job, _Voice
+from omniserve.runtime.facts import StageFacts, VoiceDetail
 from omniserve.runtime.types import OmniOutput
 from omniserve.voices import OPENAI_VOICES, language_tag
 
@@ -86,12 +87,14 @@ class FrameSpeaker(SentenceSpeaker):
 
             self._library = VoiceLibrary(Path(self.args.voice_library))
 
-    def _facts(self, root: Path) -> dict[str, Any]:
+    def _facts(self, root: Path, **more: Any) -> StageFacts:
+        """What every frame speaker tells, with `more` (its device, ...)."""
         names = list(self._voices)
-        return {"model_path": str(root), "sample_rate": SAMPLE_RATE, "voices": names,
-                "voice_details": {name: {"language": "en", "gender": None} for name in names},
-                "openai_voices": {name: names[i % len(names)] for i, name in enumerate(OPENAI_VOICES)},
-                "clones": True}
+        return StageFacts.model_validate({
+            "model_path": str(root), "sample_rate": SAMPLE_RATE, "voices": names,
+            "voice_details": {name: VoiceDetail(language="en") for name in names},
+            "openai_voices": {name: names[i % len(names)] for i, name in enumerate(OPENAI_VOICES)}, "clones": True,
+        } | more)
 
     def _warm_up(self) -> None:
         """A sentence through every path (prefill, a batched step, the codec), so the first request's is not

@@ -5,7 +5,6 @@ two cores) and better. How text becomes sentences and requests take turns is `Se
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from omniserve.errors import InvalidRequest
 from omniserve.executors.sentence_speech import SentenceSpeaker, SpeechParams, to_pcm16
 from omniserve.onnx_cpu import cpu_session
+from omniserve.runtime.facts import StageFacts, VoiceDetail
 from omniserve.voices import is_blend, language_tag, parse_blend
 
 SAMPLE_RATE = 24000
@@ -33,9 +33,9 @@ OPENAI_TO_KOKORO = {
 }
 
 
-def voice_details(name: str) -> dict[str, str | None]:
+def voice_details(name: str) -> VoiceDetail:
     language = _LANGUAGE_OF_PREFIX.get(name[:1])
-    return {"language": language[0] if language else None, "gender": _GENDER.get(name[1:2])}
+    return VoiceDetail(language=language[0] if language else None, gender=_GENDER.get(name[1:2]))
 
 
 class KokoroArgs(BaseModel):
@@ -58,7 +58,7 @@ class KokoroExecutor(SentenceSpeaker):
         super().__init__(args, stage)
         self.sample_rate = SAMPLE_RATE
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         from kokoro_onnx.session import embedded_vocab
         from kokoro_onnx.tokenizer import Tokenizer
 
@@ -71,11 +71,11 @@ class KokoroExecutor(SentenceSpeaker):
         names = list(self._styles)
         default = "af_heart" if "af_heart" in self._styles else names[0]
         self._speak("Ready.", self._settings(SpeechParams()))  # the first run of a graph is slow: not a request's
-        return {"model_path": self.args.model_path, "sample_rate": SAMPLE_RATE,
-                "voices": [default] + [n for n in names if n != default],
-                "voice_details": {n: voice_details(n) for n in names},
-                "openai_voices": {k: v for k, v in OPENAI_TO_KOKORO.items() if v in self._styles},
-                "blends": True}
+        return StageFacts(model_path=self.args.model_path, sample_rate=SAMPLE_RATE,
+                          voices=[default] + [n for n in names if n != default],
+                          voice_details={n: voice_details(n) for n in names},
+                          openai_voices={k: v for k, v in OPENAI_TO_KOKORO.items() if v in self._styles},
+                          blends=True)
 
     def _settings(self, params: SpeechParams) -> _Settings:
         for knob in ("noise_scale", "noise_w_scale"):

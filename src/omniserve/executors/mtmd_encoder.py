@@ -25,6 +25,7 @@ from omniserve.errors import ContextLengthExceeded, InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor
 from omniserve.executors.llamacpp.runtime import LOG_TAIL, quiet_mtmd_log, resolve_context_length
 from omniserve.media.audio import ASR_RATE
+from omniserve.runtime.facts import MediaKind, StageFacts
 from omniserve.runtime.types import EncodedChunk, MediaReading, OmniOutput, OmniRequest
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
     def __init__(self, args: MtmdArgs, stage: str = "vision"):
         super().__init__(args, stage)
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         import llama_cpp
         import llama_cpp.mtmd_cpp as mtmd
 
@@ -95,8 +96,8 @@ class MtmdEncoderExecutor(RoundRobinExecutor):
                                                      llama_cpp.llama_model_n_ctx_train(self._model))
         self.marker = mtmd.mtmd_default_marker()
         self._wrapping = self._wrapping_fixes()
-        media = [kind for kind, takes in (("image", self.sees), ("audio", self.hears)) if takes]
-        return {"model_path": self.args.mmproj_path, "n_embd": self.n_embd, "media": media}
+        media: list[MediaKind] = [kind for kind, takes in (("image", self.sees), ("audio", self.hears)) if takes]
+        return StageFacts(model_path=self.args.mmproj_path, n_embd=self.n_embd, media=media)
 
     def close(self) -> None:
         for job in self._jobs:

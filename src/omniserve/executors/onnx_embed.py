@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import EmbeddingParams, Executor, StepResult, request_params
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import Embeddings, OmniOutput, OmniRequest
 
 BATCH = 64
@@ -46,12 +46,12 @@ class EmbedderExecutor(Executor):
         self._items: deque[_Item] = deque()
         self._left: dict[str, int] = {}  # request id -> inputs not embedded yet
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         from omniserve.models.minilm import MODEL, MiniLm
 
         self.model = MiniLm(self.args.threads)
-        return {"model_path": str(MODEL.path()), "dimensions": self.model.dimensions,
-                "context_length": self.model.max_tokens}
+        return StageFacts(model_path=str(MODEL.path()), dimensions=self.model.dimensions,
+                          context_length=self.model.max_tokens)
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(EmbeddingParams, request.params_for(self.stage))

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from omniserve.errors import InvalidRequest
 from omniserve.executors.sentence_speech import SentenceSpeaker, SpeechParams, to_pcm16
 from omniserve.onnx_cpu import cpu_session
+from omniserve.runtime.facts import StageFacts, VoiceDetail
 from omniserve.voices import OPENAI_VOICES, language_tag
 
 __all__ = ["PiperArgs", "PiperExecutor", "SpeechParams"]
@@ -36,7 +37,7 @@ class PiperExecutor(SentenceSpeaker):
     def __init__(self, args: PiperArgs, stage: str = "talker"):
         super().__init__(args, stage)
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         from piper import PiperVoice
         from piper.config import PiperConfig
 
@@ -49,10 +50,10 @@ class PiperExecutor(SentenceSpeaker):
         self.sample_rate = self._voice.config.sample_rate
         self.voice_name = self.args.voice or model.name.removesuffix(".onnx")
         self.language = language_tag(self._voice.config.espeak_voice) or self._voice.config.espeak_voice
-        return {"model_path": str(model), "sample_rate": self.sample_rate, "voices": [self.voice_name],
-                "voice_details": {self.voice_name: {"language": self.language, "gender": None}},
-                # every OpenAI name speaks with the one voice
-                "openai_voices": dict.fromkeys(OPENAI_VOICES, self.voice_name)}
+        return StageFacts(model_path=str(model), sample_rate=self.sample_rate, voices=[self.voice_name],
+                          voice_details={self.voice_name: VoiceDetail(language=self.language)},
+                          # every OpenAI name speaks with the one voice
+                          openai_voices=dict.fromkeys(OPENAI_VOICES, self.voice_name))
 
     def _settings(self, params: SpeechParams) -> _Settings:
         from piper.config import SynthesisConfig

@@ -39,6 +39,7 @@ from omniserve.executors.frame_speech import (
 )
 from omniserve.executors.sentence_speech import to_pcm16
 from omniserve.executors.torch_device import resolve_device, resolve_dtype
+from omniserve.runtime.facts import StageFacts
 
 # codec frames before a chunk that its decoding sees: the decoder's reach (two sliding-window layers of 250
 # steps at 200 Hz, 31 frames, and a few conv taps); decoding the chunk with them gives the whole decoding's
@@ -84,7 +85,7 @@ class PocketTtsExecutor(FrameSpeaker):
         self._pads: list[int] = []  # each row's left padding in it
         self._generators: dict[tuple[str, int], Any] = {}  # per (request, choice): one noise stream per answer
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         import torch
         from transformers import PocketTTSAudioTokenizerModel, PocketTTSForConditionalGeneration, PocketTTSProcessor
         from transformers.utils import logging as hf_logging
@@ -116,7 +117,7 @@ class PocketTtsExecutor(FrameSpeaker):
         self._open_library()
         self._codec_key = codec_key(self.codec)
         self._warm_up()
-        return {**self._facts(root), "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+        return self._facts(root, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."))
 
     def _as_prompt(self, array: Any) -> Any:
         return self._torch.from_numpy(array)

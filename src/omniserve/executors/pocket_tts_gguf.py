@@ -18,7 +18,6 @@ Speaking is `FrameSpeaker`'s, as with transformers. What differs:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,6 +38,7 @@ from omniserve.executors.frame_speech import (
 from omniserve.executors.gguf_speech import GgufSpeaker, SlotUtterance
 from omniserve.executors.mtmd_speech import file_digest, seed_of
 from omniserve.executors.sentence_speech import to_pcm16
+from omniserve.runtime.facts import StageFacts
 
 FADE_IN_SECONDS = 0.005  # each sentence fades in, as the original's
 
@@ -67,7 +67,7 @@ class PocketTtsGgufExecutor(GgufSpeaker):
     architecture = "pockettts"
     _prepared_tensor = "audio_prompt_rows"  # a custom voice is kept as the backbone's rows, not the codec's latents
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         a = self.args
         self._load_parts()
         self._voice_bos = self._special("<|bos_before_voice|>", required=False)
@@ -78,7 +78,7 @@ class PocketTtsGgufExecutor(GgufSpeaker):
         self._open_library()
         self._codec_key = f"pocket-tts-gguf-{file_digest(a.mmproj_path)}"
         self._warm_up()
-        return {**self._facts(Path(a.model_path)), "device": "gpu" if a.n_gpu_layers else "cpu"}
+        return self._facts(Path(a.model_path), device="gpu" if a.n_gpu_layers else "cpu")
 
     def _special(self, name: str, required: bool) -> int | None:
         ids = self.rt.tokenize(name, add_special=False)

@@ -37,6 +37,7 @@ from omniserve.executors.frame_speech import (
 from omniserve.executors.gguf_speech import GgufSpeaker, SlotUtterance
 from omniserve.executors.mtmd_speech import file_digest, seed_of
 from omniserve.executors.sentence_speech import to_pcm16
+from omniserve.runtime.facts import StageFacts, VoiceDetail
 from omniserve.voices import language_tag
 
 SAMPLE_RATE = 24000
@@ -85,7 +86,7 @@ class Qwen3TtsGgufExecutor(GgufSpeaker):
     position_sections = 4  # the talker's M-RoPE, every section the same position
     _prepared_tensor = "speaker_embedding"
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         a = self.args
         self._load_parts()
         rt = self.rt
@@ -111,9 +112,8 @@ class Qwen3TtsGgufExecutor(GgufSpeaker):
         self._open_library()
         self._codec_key = f"qwen3-tts-gguf-{file_digest(a.mmproj_path)}"
         self._warm_up()
-        facts = self._facts(Path(a.model_path))
-        facts["voice_details"] = {name: {"language": None, "gender": None} for name in self._voices}
-        return {**facts, "languages": sorted(self._languages), "device": "gpu" if a.n_gpu_layers else "cpu"}
+        return self._facts(Path(a.model_path), voice_details={name: VoiceDetail() for name in self._voices},
+                           languages=sorted(self._languages), device="gpu" if a.n_gpu_layers else "cpu")
 
     def _special(self, name: str) -> int:
         ids = self.rt.tokenize(name, add_special=False)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor, request_params
 from omniserve.models.sketch_rnn import SketchRnn, Stroke, render
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import GeneratedImage, OmniOutput, OmniRequest, VideoFrames
 
 
@@ -78,14 +78,13 @@ class SketchRnnExecutor(RoundRobinExecutor):
     def __init__(self, args: SketchRnnArgs, stage: str = "image"):
         super().__init__(args, stage)
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         from omniserve.models.minilm import MiniLm
 
         self.sketches = SketchRnn(Path(self.args.model_path), MiniLm(self.args.threads).embed)
-        return {"model_path": self.args.model_path, "categories": self.sketches.categories,
-                "pipeline_name": "sketch_rnn_pipeline", "pipeline_class": "SketchRnn", "task_type": "T2I",
-                "tasks": ["T2I", "TI2I", "T2V", "TI2V"],
-                "edits": True, "videos": True}
+        return StageFacts(model_path=self.args.model_path, categories=self.sketches.categories,
+                          pipeline_name="sketch_rnn_pipeline", pipeline_class="SketchRnn", task_type="T2I",
+                          tasks=["T2I", "TI2I", "T2V", "TI2V"], edits=True, videos=True)
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(ImageParams, request.params_for(self.stage))

@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniserve.executors.base import Executor, StepResult
 from omniserve.onnx_cpu import cpu_session
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import Embeddings, OmniOutput, OmniRequest
 
 RATE = 16000
@@ -52,9 +52,9 @@ class SpeakerEncoderExecutor(Executor):
         super().__init__(args, stage)
         self._clips: deque[_Clip] = deque()
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         self._session = cpu_session(self.args.model_path, self.args.threads)
-        return {"model_path": self.args.model_path, "dimensions": 256, "speaker_embeddings": True}
+        return StageFacts(model_path=self.args.model_path, dimensions=256, speaker_embeddings=True)
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         last = len(request.audios) - 1

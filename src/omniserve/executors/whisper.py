@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from omniserve.errors import InvalidRequest
 from omniserve.executors.base import RoundRobinExecutor, request_params
 from omniserve.media.audio import ASR_RATE
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import MediaReading, OmniOutput, OmniRequest
 
 
@@ -69,7 +70,7 @@ class WhisperExecutor(RoundRobinExecutor):
     def __init__(self, args: WhisperArgs, stage: str = "asr"):
         super().__init__(args, stage)
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         from faster_whisper import WhisperModel
 
         path = Path(self.args.model_path)
@@ -78,7 +79,7 @@ class WhisperExecutor(RoundRobinExecutor):
         self._model = WhisperModel(str(path), device=self.args.device, compute_type=self.args.compute_type,
                                    cpu_threads=self.args.threads)
         self.multilingual = bool(self._model.model.is_multilingual)
-        return {"model_path": str(path), "multilingual": self.multilingual, "sample_rate": ASR_RATE}
+        return StageFacts(model_path=str(path), multilingual=self.multilingual, sample_rate=ASR_RATE)
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(AsrParams, request.params_for(self.stage))

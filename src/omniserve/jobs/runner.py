@@ -157,7 +157,8 @@ class VideoRunner:
             images.append(np.asarray(Image.open(self.reference_path(job.id)).convert("RGB")))
         stage = {**settings["stage"], "video": True}
         route = self.client.stages_of(model)  # every stage reports progress; the last one makes the frames
-        omni = OmniRequest(f"{job.id}-{int(time.time() * 1000)}", prompt=job.prompt, images=images, entry=route[0],
+        omni = OmniRequest(f"{job.id}-{int(time.time() * 1000)}", prompt=job.prompt, images=images,
+                           entry=model.entry,
                            output_modalities=["video"], progress=True, params=dict.fromkeys(route, stage))
         encoder = VideoEncoder(str(partial), settings["fps"], stage["width"], stage["height"], settings["quality"])
         writing: asyncio.Future | None = None

@@ -125,8 +125,8 @@ def side_stages(settings: ServerArgs, image: ImageModel | None) -> dict[str, Any
             stages.append({"name": name, "executor": executor,
                            "args": {"model_path": image.path, "threads": stage_threads}})
         # the VAE decoder, last of the three, stands for them in /v1/models
-        stages[-1]["serves"] = [{"ids": [image.id], "kind": "image", "route": list(names),
-                                 "info_from": {names[1]: ["lora"]}, "info": {"lora_stage": names[1]}}]
+        stages[-1]["serves"] = [{"ids": [image.id], "kind": "image", "entry": names[0],
+                                 "facts_from": {names[1]: ["lora"]}, "lora_stage": names[1]}]
         edges += [{"src": names[0], "dst": names[1]}, {"src": names[1], "dst": names[2]}]
     elif image is not None:  # a stage of its own: image requests visit it alone
         image_args = {"model_path": image.path}

@@ -176,7 +176,7 @@ def omni_stages(checkpoint: OmniCheckpoint, settings, ids: list[str]) -> dict[st
         stages.append({"name": name, "executor": executor, "args": args, "placement": placement})
     stages[0]["serves"] = [{"ids": ids, "kind": "chat"}]
     if len(names) > 1:  # the last stage speaks for all three: /v1/audio/speech, and voices from the talker
-        stages[-1]["serves"] = [{"ids": ids, "kind": "tts", "aliases": list(TTS_OPENAI_NAMES), "route": names,
-                                 "info_from": {TALKER: ["voices"]}}]
+        stages[-1]["serves"] = [{"ids": ids, "kind": "tts", "aliases": list(TTS_OPENAI_NAMES), "entry": names[0],
+                                 "facts_from": {TALKER: ["voices"]}}]
     edges = [{"src": a, "dst": b, "streaming": True} for a, b in zip(names, names[1:], strict=False)]
     return {"stages": stages, "edges": edges}

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from omniserve import __version__
 from omniserve.errors import InvalidRequest
 from omniserve.runtime.coordinator import Coordinator
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.grammar import GrammarBuilder
 from omniserve.runtime.messages import ControlOp
 from omniserve.runtime.types import OmniOutput, OmniRequest
@@ -34,8 +35,14 @@ class ServedModel:
     kind: Literal["chat", "asr", "tts", "vision", "image", "embedding", "speaker"] = "chat"
     stage: str = "thinker"
     aliases: tuple[str, ...] = ()
-    route: tuple[str, ...] = ()  # the stages a request to this model visits, when more than `stage`
-    info: dict[str, Any] = field(default_factory=dict)  # the stage's load facts (voices, sample rate, ...)
+    stages: tuple[str, ...] = ()  # those a request to it visits, planned from its entry to `stage` (): `stage`
+    facts: StageFacts = field(default_factory=StageFacts)  # what its stage told when it loaded (voices, ...)
+    lora_stage: str | None = None  # the stage its LoRA calls go to (an image model's denoiser)
+
+    @property
+    def entry(self) -> str:
+        """The stage a request to this model enters (`OmniRequest.entry`)."""
+        return self.stages[0] if self.stages else self.stage
 
     @property
     def fingerprint(self) -> str:
@@ -53,8 +60,7 @@ class Client:
         # metrics say which model each stage runs
         coordinator.metrics.set_models({stage: m.id for m in reversed(served_models) for stage in self.stages_of(m)})
         # the chat model's LoRA adapters, name -> path (kept in step with the thinker by /v1/*_lora_adapter)
-        self.loras: dict[str, str] = dict(next((m.info.get("loras") or {} for m in served_models
-                                                if m.kind == "chat"), {}))
+        self.loras: dict[str, str] = dict(next((m.facts.loras or {} for m in served_models if m.kind == "chat"), {}))
 
     def generate(self, request: OmniRequest) -> AsyncIterator[OmniOutput]:
         return self.coordinator.generate(request)
@@ -92,7 +98,7 @@ class Client:
         return next((m for m in named if m.kind == kind), named[0] if named else None)
 
     def stages_of(self, model: ServedModel) -> list[str]:
-        return list(model.route or (model.stage,))
+        return list(model.stages or (model.stage,))
 
     def stage_executors(self) -> list[tuple[str, str]]:
         """(stage name, executor) for each stage of the pipeline."""

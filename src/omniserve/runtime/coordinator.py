@@ -169,18 +169,18 @@ class Coordinator:
     def stage_info(self) -> list[dict[str, Any]]:
         out = []
         for stage in self.pipeline.stages:
-            info = self.pool.info(stage.name)
+            facts = self.pool.facts(stage.name)
             limits = self.admission.limits[stage.name]
             out.append({
                 "name": stage.name,
                 "executor": stage.executor,
-                "pid": info.get("pid"),
+                "pid": facts.pid,
                 "healthy": self.pool.problem(stage.name) is None,
                 "running": self.admission.running(stage.name),
                 "queued": self.admission.queued(stage.name),
                 "max_running_requests": limits.max_running * limits.workers,
                 "max_queued_requests": limits.max_queued,
-                "info": info,
+                "info": facts,
                 "replicas": [self.pool.replica_info((stage.name, i))
                              for i in range(len(self.pool.handles[stage.name]))],
                 "downstream": [e.dst for e in self.pipeline.downstream(stage.name)],
@@ -194,6 +194,7 @@ class Coordinator:
         clock = RequestClock()
         planned = plan_route(self.pipeline, request)
         route, emit = planned.stages, set(planned.emit)
+        request = replace(request, params=planned.params, stage_sampling={})  # what each stage is sent
         if not self.pool.healthy(route):
             raise Unavailable(self.pool.unhealthy_reason(route))
         weights = self.admission.weights(route, max((p.n for p in request.sampling.values()), default=1))

@@ -8,9 +8,10 @@ import multiprocessing as mp
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Protocol
 
 from omniserve.config import StageConfig
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.messages import FromWorker, LoadFailed, Ready
 from omniserve.runtime.transport import PipeTransport, Transport
 from omniserve.runtime.worker import run_stage_worker
@@ -58,7 +59,7 @@ Launcher = Callable[[WorkerSpec], Awaitable[list["WorkerHandle"]]]
 class WorkerHandle:
     process: WorkerProcess
     transport: Transport
-    info: dict[str, Any]
+    facts: StageFacts
     stalled: str | None = None  # why the watchdog killed it
 
     @property
@@ -128,5 +129,5 @@ async def connect_worker(spec: WorkerSpec, conns: list[Connection], process: Wor
         process.join(timeout=5)
         raise StageLoadError(f"stages {names} exited right after loading (exit code {process.exitcode})")
     for stage, transport, message in zip(stages, transports, messages, strict=True):
-        handles[stage.name] = WorkerHandle(process, transport, message.info)
+        handles[stage.name] = WorkerHandle(process, transport, message.facts)
     return [handles[stage.name] for stage in stages]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 WireError = tuple[str, str, str | None, str | None]  # OmniError.to_wire(): class, message, param, code
@@ -102,7 +103,7 @@ ToWorker = AddRequest | FeedOutputs | AbortRequest | Control | StopWorker
 
 @dataclass
 class Ready:
-    info: dict[str, Any]  # the executor's load facts (context length, voices, ...), and the pid
+    facts: StageFacts  # what the executor told of its model when it loaded, and the worker's pid
 
 
 @dataclass

@@ -391,7 +391,7 @@ async def _launch_actor(spec: WorkerSpec, options: dict[str, Any],
         process.kill()
         raise
     for handle in handles:
-        handle.info["node"], handle.info["node_ip"] = node
+        handle.facts = handle.facts.model_copy(update=dict(zip(("node", "node_ip"), node, strict=True)))
     # A node lost without a word (power, network) closes no socket; Ray notices, and ends the actor's call.
     loop = asyncio.get_running_loop()
     run.future().add_done_callback(lambda _: _lose_soon(loop, handles))

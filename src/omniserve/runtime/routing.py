@@ -10,13 +10,17 @@ it enters (the one serving the model it names), the media it carries, and the ou
   entry its text or embeddings.
 - The caller's per-stage settings (`OmniRequest.stage_sampling`) are checked here against each
   executor's params model, so a bad one is a 400 naming it before the request takes a slot, and
-  go under `params` (what the API derived, such as a voice, wins).
+  join `params` in the route (what the API derived, such as a voice, wins).
+
+`plan_route` is pure: it reads the request and the graph and changes neither; every 400 of routing is raised here.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from omniserve.config import PipelineConfig
 from omniserve.errors import InvalidRequest
@@ -29,17 +33,18 @@ from omniserve.runtime.types import OmniRequest
 class Route:
     stages: frozenset[str]  # the stages the request visits
     emit: frozenset[str]  # those whose outputs reach the caller
+    params: dict[str, dict[str, Any]]  # each stage's settings: the API's, with the caller's stage_sampling
 
 
 def plan_route(pipeline: PipelineConfig, request: OmniRequest) -> Route:
     names = [s.name for s in pipeline.stages]
-    entry = request.entry or names[0]
+    entry = request.entry
     if entry not in names:
         raise InvalidRequest(f"this pipeline has no stage {entry!r}; stages: {', '.join(names)}")
     executors = {s.name: s.executor for s in pipeline.stages}
     stages, emit = {entry}, set()
     for kind in dict.fromkeys(request.output_modalities):
-        path = _path_to_maker(pipeline, executors, entry, kind, request.makers.get(kind))
+        path = _path(pipeline, entry, _maker(executors, kind, request.makers.get(kind)))
         if path is None:
             raise InvalidRequest(f"this server has no stage that makes {kind} output from the {entry!r} stage",
                                  param="modalities")
@@ -54,18 +59,29 @@ def plan_route(pipeline: PipelineConfig, request: OmniRequest) -> Route:
         stages.add(reader)
     if request.progress:
         emit = set(stages)
-    _take_stage_sampling(request, executors)
-    return Route(frozenset(stages), frozenset(emit))
+    return Route(frozenset(stages), frozenset(emit), _params(request, executors))
 
 
-def _path_to_maker(pipeline: PipelineConfig, executors: dict[str, str], entry: str, kind: str,
-                   maker: str | None = None) -> list[str] | None:
-    """The stages from `entry` to the nearest one downstream that makes `kind` (breadth first), or to
-    `maker` when given."""
+def path_between(pipeline: PipelineConfig, entry: str, stage: str) -> list[str]:
+    """The stages a request entering at `entry` visits to reach `stage` downstream (a served model's stages)."""
+    path = _path(pipeline, entry, lambda name: name == stage)
+    if path is None:
+        raise ValueError(f"stage {stage!r} is not downstream of {entry!r}")
+    return path
+
+
+def _maker(executors: dict[str, str], kind: str, maker: str | None) -> Callable[[str], bool]:
+    """Whether a stage makes `kind` (and is `maker`, where the request names which stage does)."""
+    return lambda stage: kind in makes(executors[stage]) and maker in (None, stage)
+
+
+def _path(pipeline: PipelineConfig, entry: str, found: Callable[[str], bool]) -> list[str] | None:
+    """The stages from `entry` to the nearest one downstream (breadth first, `entry` itself first) that is
+    `found`."""
     paths = deque([[entry]])
     while paths:
         path = paths.popleft()
-        if kind in makes(executors[path[-1]]) and maker in (None, path[-1]):
+        if found(path[-1]):
             return path
         paths.extend(path + [e.dst] for e in pipeline.downstream(path[-1]) if e.dst not in path)
     return None
@@ -75,7 +91,9 @@ def _media(request: OmniRequest) -> list[str]:
     return (["audio"] if request.audios else []) + (["image"] if request.images else [])
 
 
-def _take_stage_sampling(request: OmniRequest, executors: dict[str, str]) -> None:
+def _params(request: OmniRequest, executors: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The request's params, with the caller's stage_sampling checked and under them."""
+    params = dict(request.params)
     for stage, values in request.stage_sampling.items():
         if stage not in executors:
             raise InvalidRequest(f"stage_sampling: unknown stage {stage!r}; this pipeline's stages are "
@@ -88,5 +106,5 @@ def _take_stage_sampling(request: OmniRequest, executors: dict[str, str]) -> Non
         except InvalidRequest as exc:
             raise InvalidRequest(f"stage_sampling.{stage}.{exc.message}",
                                  param=f"stage_sampling.{stage}.{exc.param}") from None
-        request.params[stage] = {**values, **request.params.get(stage, {})}
-    request.stage_sampling = {}
+        params[stage] = {**values, **params.get(stage, {})}
+    return params

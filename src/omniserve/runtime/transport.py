@@ -110,22 +110,25 @@ class PipeTransport:
             pass
 
     def _read(self) -> None:
+        """Handle what arrived; on EOF, what the worker said before it went comes first (its last outputs)."""
+        gone = False
         try:
             while True:
                 chunk = os.read(self._fd, 1 << 20)
                 if not chunk:  # EOF: the worker is gone
-                    self.lost()
-                    return
+                    gone = True
+                    break
                 self._inbox += chunk
         except BlockingIOError:
             pass
         except OSError:
-            self.lost()
-            return
+            gone = True
         for message in self._frames():
             self._on_message(message)
             if self.closed:
                 return
+        if gone:
+            self.lost()
 
     def _frames(self) -> list[Any]:
         out, buf, pos = [], self._inbox, 0

@@ -51,9 +51,9 @@ class OmniRequest:
     # The caller's own settings per stage (sglang-omni's `stage_sampling`): the runtime checks them against
     # each stage's params model and puts them under `params` (runtime/routing.py).
     stage_sampling: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # The stage serving the model the request names; the runtime plans the rest of its route from
-    # the graph, its media and its `output_modalities` (runtime/routing.py).
-    entry: str = ""
+    # The stage a request to the model it names enters (`ServedModel.entry`); the runtime plans the rest of its
+    # route from the graph, its media and its `output_modalities` (runtime/routing.py).
+    entry: str = field(kw_only=True)
     # The stage that makes an output kind, where several could (two voice models after the thinker):
     # kind -> stage name. A kind not named goes to the nearest stage that makes it.
     makers: dict[str, str] = field(default_factory=dict)

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from omniserve.errors import OmniError
 from omniserve.executors import create_executor
 from omniserve.executors.base import Executor
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.messages import (
     Aborted,
     AbortRequest,
@@ -79,16 +80,16 @@ def run_stage_worker(stages: list[dict[str, Any]], conns: list[Connection], log_
         for stage, conn in zip(stages, conns, strict=True):
             try:
                 executor = create_executor(stage["executor"], stage["args"], stage["name"])
-                info = executor.load()
+                facts = executor.load()
             except Exception as exc:
                 # The parent reports the reason in one line; the traceback is for --log-level debug.
                 log.debug("stage %s failed to load", stage["name"], exc_info=True)
                 for other in conns:
                     other.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
                 return
-            lanes.append(_Lane(executor, conn, stage["name"], {**info, "pid": os.getpid()}, carrier))
+            lanes.append(_Lane(executor, conn, stage["name"], facts.model_copy(update={"pid": os.getpid()}), carrier))
         for lane in lanes:
-            lane.send(Ready(lane.info))
+            lane.send(Ready(lane.facts))
         _Loop(lanes).run()
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the server went away (shut down or killed): nobody is left to tell
@@ -97,12 +98,12 @@ def run_stage_worker(stages: list[dict[str, Any]], conns: list[Connection], log_
 class _Lane:
     """One stage in this process: its executor and its pipe."""
 
-    def __init__(self, executor: Executor, conn: Connection, stage: str, info: dict[str, Any],
+    def __init__(self, executor: Executor, conn: Connection, stage: str, facts: StageFacts,
                  carrier: PayloadCarrier | None = None):
         self.executor = executor
         self.conn = conn
         self.stage = stage
-        self.info = info
+        self.facts = facts
         self.carrier = carrier
         self.last_sent = time.monotonic()
         self.batches: list[int] = []  # batch sizes of the steps not yet reported

@@ -9,6 +9,7 @@ from typing import Any
 
 from omniserve.config import PipelineConfig
 from omniserve.errors import Unavailable
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.launcher import WorkerHandle
 
 Replica = tuple[str, int]  # a stage, and which of its workers
@@ -64,12 +65,12 @@ class Workers:
             return f"restarting: {self.restarting[replica]}"
         return "starting"
 
-    def info(self, stage: str) -> dict[str, Any]:
+    def facts(self, stage: str) -> StageFacts:
         """What `stage`'s model said when it loaded (its first worker up; every replica loads the same)."""
-        return next((handle.info for handle in self.handles[stage] if handle is not None), {})
+        return next((handle.facts for handle in self.handles[stage] if handle is not None), StageFacts())
 
     def replica_info(self, replica: Replica) -> dict[str, Any]:
         handle = self.handles[replica[0]][replica[1]]
-        info = handle.info if handle is not None else {}
+        facts = handle.facts if handle is not None else StageFacts()
         return {"replica": replica[1], "state": self.state(replica), "running": self.load[replica],
-                "pid": info.get("pid"), "node": info.get("node"), "node_ip": info.get("node_ip")}
+                "pid": facts.pid, "node": facts.node, "node_ip": facts.node_ip}

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from omniserve.api.protocol.common import NonBlankStr, merge_extra_body, omitted
 from omniserve.media.image_out import QUALITY_PRESETS
+from omniserve.runtime.facts import ImageTask
 
 DEFAULT_SIZE = (512, 512)
 MAX_SIDE = 4096  # whatever --max-generated-image-size says
@@ -131,6 +132,25 @@ class ImagesResponse(BaseModel):
     size: str | None = None
     quality: str | None = None
     usage: ImageUsage | None = None
+
+
+class ImageModelStage(BaseModel):
+    name: str
+    executor: str
+    healthy: bool
+
+
+class ImageModelInfo(BaseModel):
+    """SGLang Diffusion's `GET /models`: what the image model is, what it does, and its stages."""
+
+    id: str
+    model_path: str | None
+    task_type: ImageTask | None
+    tasks: list[ImageTask]
+    pipeline_name: str | None
+    pipeline_class: str | None
+    num_gpus: int
+    stages: list[ImageModelStage]
 
 
 class ImageChatFields(BaseModel):

@@ -1,4 +1,4 @@
-"""Response models of `/v1/models`, the health routes and the LoRA administration routes."""
+"""Response models of `/v1/models`, the health and model info routes and the LoRA administration routes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from omniserve.api.protocol.common import omitted
+from omniserve.runtime.facts import StageFacts
 
 
 class ModelCard(BaseModel):
@@ -42,6 +43,47 @@ class StageLoad(BaseModel):
 
 class Load(StageLoad):
     stages: dict[str, StageLoad]
+
+
+class ReplicaInfo(BaseModel):
+    """One worker of a stage."""
+
+    replica: int
+    state: str  # up, starting, "restarting: why", "down: why"
+    running: int  # the requests it holds
+    pid: int | None
+    node: str | None  # with --worker-backend ray: Ray's node id, and its address
+    node_ip: str | None
+
+
+class StageInfo(BaseModel):
+    name: str
+    executor: str
+    pid: int | None
+    healthy: bool
+    running: int
+    queued: int
+    max_running_requests: int
+    max_queued_requests: int
+    info: StageFacts  # what its model told when it loaded
+    replicas: list[ReplicaInfo]
+    downstream: list[str]
+
+
+class DataDirState(BaseModel):
+    path: str
+    problem: str | None  # why it cannot be written now
+
+
+class ModelInfo(BaseModel):
+    """`/get_model_info` (SGLang's, with each stage of the pipeline)."""
+
+    model_path: str
+    served_model_names: list[str]
+    context_length: int | None
+    stages: list[StageInfo]
+    is_generation: bool
+    data_dir: DataDirState
 
 
 class LoraAdapters(BaseModel):

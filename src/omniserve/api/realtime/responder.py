@@ -180,9 +180,8 @@ class RealtimeResponse:
     def _read_aloud(self, text: str) -> AsyncIterator[OmniOutput]:
         voices = Speakers.of(self._conn)
         talker = self._talker = voices.pick(self.options.voice, "voice")
-        route = self._client.stages_of(talker)
         voice = voices.resolve(talker, self.options.voice, "voice")
-        return self._client.generate(OmniRequest(new_id("speech"), prompt=text, entry=route[0], lane=REALTIME,
+        return self._client.generate(OmniRequest(new_id("speech"), prompt=text, entry=talker.entry, lane=REALTIME,
                                                  output_modalities=["audio"],
                                                  params=stage_params(self._client, talker, {"voice": voice})))
 
@@ -230,7 +229,7 @@ class RealtimeResponse:
         item.content.append(part)
         self._emit(ContentPartEvent(type="response.content_part.added", part=_shown(part), **self._at()))
         if speak:
-            self._writer = PcmWriter(self.options.output_format, self._talker.info["sample_rate"])
+            self._writer = PcmWriter(self.options.output_format, self._talker.facts.sample_rate)
             self._track = SpokenTrack()
             if self.options.in_conversation:  # what was said aloud, to cut the item back to what was heard
                 self._conversation.spoken[item.id] = self._track
@@ -253,7 +252,7 @@ class RealtimeResponse:
                 self._audio_started = time.monotonic()
             self._emit(DeltaEvent(type="response.output_audio.delta", delta=_b64(data), **self._at()))
         if out.audio:
-            self._track.add(len(out.audio) / 2 / self._talker.info["sample_rate"] * 1000, text)
+            self._track.add(len(out.audio) / 2 / self._talker.facts.sample_rate * 1000, text)
 
     def _close(self, status: str) -> None:
         """End the open message: its part's done events, then the item's."""

@@ -61,7 +61,7 @@ class ContextFit:
     async def to_drop(self, items: list[Item], instructions: str, tools: list[ToolSpec], max_output_tokens: int | str,
                       truncation: Truncation) -> int:
         """How many of the oldest `items` the response must leave out (0: all fit, or truncation is off)."""
-        context = self._chat.info.get("context_length")
+        context = self._chat.facts.context_length
         if truncation == "disabled" or not context or not items:
             return 0
         conversation = self._conversation

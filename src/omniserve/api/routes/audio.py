@@ -43,6 +43,7 @@ from omniserve.api.speakers import Speakers, speakers, voice_names
 from omniserve.api.sse import SSE_HEADERS, sse_stream
 from omniserve.errors import InvalidRequest
 from omniserve.media.audio import AudioEncoder, encode_audio, output_format
+from omniserve.runtime.facts import VoiceDetail
 from omniserve.runtime.types import MediaReading, OmniOutput, OmniRequest
 from omniserve.voices import OPENAI_VOICES
 
@@ -63,11 +64,11 @@ async def create_speech(request: Request):
     params = {"voice": voices.resolve(model, body.voice), "speed": body.speed, "language": body.language,
               "noise_scale": body.noise_scale, "noise_w_scale": body.noise_w_scale}
     params = {k: v for k, v in params.items() if v is not None and (k != "language" or v.lower() != "auto")}
-    route = client.stages_of(model)  # an omni checkpoint reads the text aloud through all its stages
-    omni = OmniRequest(new_id("speech"), prompt=body.input, entry=route[0], output_modalities=["audio"],
+    # an omni checkpoint reads the text aloud through all its stages, from the thinker
+    omni = OmniRequest(new_id("speech"), prompt=body.input, entry=model.entry, output_modalities=["audio"],
                        params=stage_params(client, model, params, body.seed))
     _, stream = await start(request, client, omni)
-    rate = model.info["sample_rate"]
+    rate = model.facts.sample_rate
     encoder = AudioEncoder(body.response_format, rate)
     headers = {"X-Sample-Rate": str(rate)}
     media_type = encoder.format.media_type
@@ -139,12 +140,13 @@ async def list_voices(request: Request) -> Response:
     voices: list[Voice | CustomVoiceEntry] = []
     for model in speakers(get_client(request)):
         names = voice_names(model)
-        openai = model.info.get("openai_voices") or dict.fromkeys(OPENAI_VOICES, names[0] if names else None)
-        details = model.info.get("voice_details", {})
+        openai = model.facts.openai_voices or dict.fromkeys(OPENAI_VOICES, names[0] if names else None)
+        details = model.facts.voice_details or {}
         for i, name in enumerate(names):
+            detail = details.get(name, VoiceDetail())
             voices.append(Voice(
-                id=name, object="voice", model=model.id, sample_rate=model.info.get("sample_rate"),
-                language=details.get(name, {}).get("language"), gender=details.get(name, {}).get("gender"),
+                id=name, object="voice", model=model.id, sample_rate=model.facts.sample_rate,
+                language=detail.language, gender=detail.gender,
                 default=i == 0, aliases=[alias for alias, target in openai.items() if target == name]))
     for custom in request.app.state.voice_library.voices() if request.app.state.voice_library else []:
         consent = request.app.state.voice_library.consent(custom.consent)
@@ -182,7 +184,7 @@ async def _speech_to_text(request: Request, task: str):
         body = validate_fields(fields, TranscriptionForm)
         client = get_client(request)
         model = resolve_model(client, body.model, "asr")
-        if task == "translate" and not model.info.get("multilingual"):
+        if task == "translate" and not model.facts.multilingual:
             raise InvalidRequest(f"model `{model.id}` is English-only and cannot translate; serve a multilingual "
                                  "Whisper model with --asr-model", param="model")
         audio = await decode_audio_bytes(request, await upload.read(), "file")

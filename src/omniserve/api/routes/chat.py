@@ -110,7 +110,7 @@ class _Speech:
     def __init__(self, audio: AudioOutput, talker: ServedModel):
         self.stage = talker.stage
         self.format = audio.encoding
-        self.rate = talker.info["sample_rate"]
+        self.rate = talker.facts.sample_rate
         self.encoders: dict[int, AudioEncoder] = {}
         self.ids: dict[int, str] = {}
 
@@ -128,13 +128,13 @@ def vision_media(client: Client) -> set[str]:
     """What the vision stage takes: images (described, or encoded by a --mmproj projector), and audio when the
     projector hears."""
     vision = client.model(None, "vision")
-    return set(vision.info.get("media", ["image"])) if vision is not None else set()
+    return set(vision.facts.media or ["image"]) if vision is not None else set()
 
 
 def hears_itself(client: Client, served: ServedModel) -> bool:
     """Whether the chat model takes audio as its own embeddings: an omni checkpoint, or a GGUF whose
     projector (--mmproj) hears. Then audio goes to it, not through speech to text."""
-    return "audio" in served.info.get("native_media", ()) or "audio" in vision_media(client)
+    return "audio" in (served.facts.native_media or ()) or "audio" in vision_media(client)
 
 
 async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatCompletionRequest,
@@ -146,7 +146,7 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
     if len(refs) > limit:
         raise InvalidRequest(f"the request has {len(refs)} media items; the limit is {limit} (--max-media-items)",
                              param=refs[limit][0])
-    native = set(served.info.get("native_media", ()))  # kinds the chat model reads itself (an omni checkpoint)
+    native = set(served.facts.native_media or ())  # kinds the chat model reads itself (an omni checkpoint)
     asr = client.model(None, "asr")
     encodes = vision_media(client)
     for where, kind, _ in refs:
@@ -173,7 +173,7 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
     placeholders, audios, images = await _load_media(request, body, refs,
                                                      with_video_audio=asr is not None or "audio" in native | encodes)
     omni = body.to_omni_request(request_id, placeholders, served.stage, per_stage.get(served.stage),
-                                served.info.get("template_tools", False))
+                                bool(served.facts.template_tools))
     sampling = omni.sampling[served.stage]
     sampling.grammar = grammar
     if sampling.max_tokens is None:  # as at OpenAI, what the context leaves, unless the operator caps it

@@ -35,13 +35,13 @@ def _listed(value: Any, count: int, field: str) -> list[Any]:
 def _lora_model(request: Request, model_id: str | None) -> ServedModel:
     """The image model a LoRA call names, checked to take adapters."""
     model = resolve_model(get_client(request), model_id, "image")
-    if not model.info.get("lora"):
+    if not model.facts.lora or model.lora_stage is None:
         raise InvalidRequest(f"model `{model.id}` cannot take LoRA adapters", param="model")
     return model
 
 
 async def _run(request: Request, model: ServedModel, op: ControlOp) -> Response:
-    adapters = await get_client(request).control(model.info["lora_stage"], op)
+    adapters = await get_client(request).control(model.lora_stage, op)
     return model_response(DiffusionLoras.model_validate(adapters))
 
 

@@ -39,7 +39,7 @@ async def create_embeddings(request: Request) -> Response:
     body = await read_json(request, EmbeddingRequest)
     client = get_client(request)
     model = embedding_model(client, body.model)
-    width = model.info["dimensions"]
+    width = model.facts.dimensions
     if body.dimensions is not None and body.dimensions > width:
         raise InvalidRequest(f"dimensions: this model's embeddings have {width} dimensions; got {body.dimensions}",
                              param="dimensions")

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from omniserve.api.protocol.models import Health, Load
+from omniserve.api.protocol.models import Health, Load, ModelInfo
 from omniserve.api.routes.common import get_client, model_response
 
 router = APIRouter()
@@ -25,9 +25,10 @@ async def health(request: Request) -> Response:
 
 
 @router.get("/get_model_info")
-async def model_info(request: Request) -> dict:
+async def model_info(request: Request) -> Response:
     data = request.app.state.data
-    return get_client(request).model_info() | {"data_dir": {"path": str(data.path), "problem": data.problem}}
+    return model_response(ModelInfo.model_validate(
+        get_client(request).model_info() | {"data_dir": {"path": str(data.path), "problem": data.problem}}))
 
 
 @router.get("/get_load")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
 from omniserve.api.media import decode_uploaded_image, load_image
@@ -23,6 +23,8 @@ from omniserve.api.protocol.images import (
     ImageEditRequest,
     ImageGenerationRequest,
     ImageInputTokensDetails,
+    ImageModelInfo,
+    ImageModelStage,
     ImagesResponse,
     ImageUsage,
 )
@@ -67,9 +69,9 @@ async def generate(request: Request, model: ServedModel, body: ImageGenerationRe
               "transparent": body.background == "transparent", "negative_prompt": body.negative_prompt,
               "num_inference_steps": body.num_inference_steps, "guidance_scale": body.guidance_scale, **extra}
     stage_params = {k: v for k, v in params.items() if v is not None}
-    route = get_client(request).stages_of(model)
-    omni = OmniRequest(new_id("img"), prompt=body.prompt, images=images or [], entry=route[0],
-                       output_modalities=["image"], params={stage: stage_params for stage in route})
+    omni = OmniRequest(new_id("img"), prompt=body.prompt, images=images or [], entry=model.entry,
+                       output_modalities=["image"],
+                       params={stage: stage_params for stage in get_client(request).stages_of(model)})
     _, stream = await start(request, get_client(request), omni)
     outputs = await until_disconnect(request, _collect(stream))
     return sorted(outputs, key=lambda o: o.index)
@@ -125,7 +127,7 @@ async def edit_images(request: Request):
                                    'mask) or JSON ({"images": [{"image_url": ...}], "prompt": ..., "mask": '
                                    '{"image_url": ...}})')
     model = resolve_model(get_client(request), body.model, "image")
-    if not model.info.get("edits"):
+    if not model.facts.edits:
         raise InvalidRequest(f"model `{model.id}` cannot edit images", param="model")
     for i, image in enumerate(images):
         if mask is not None and mask.shape[:2] != image.shape[:2]:
@@ -164,19 +166,16 @@ async def _edit_json(request: Request) -> tuple[ImageGenerationRequest, list[np.
 
 
 @router.get("/models")
-async def image_model_info(request: Request):
+async def image_model_info(request: Request) -> Response:
     """SGLang Diffusion's model info: what the image model is, what it does, and its stages."""
     client = get_client(request)
     model = resolve_model(client, None, "image")
-    info = model.info
+    facts = model.facts
     names = client.stages_of(model)
-    stages = [s for s in client.model_info()["stages"] if s["name"] in names]
-    return JSONResponse({
-        "id": model.id, "model_path": info.get("model_path"), "task_type": info.get("task_type"),
-        "tasks": info.get("tasks", []), "pipeline_name": info.get("pipeline_name"),
-        "pipeline_class": info.get("pipeline_class"), "num_gpus": 0,
-        "stages": [{"name": s["name"], "executor": s["executor"], "healthy": s["healthy"]} for s in stages],
-    })
+    stages = [ImageModelStage.model_validate(s) for s in client.model_info()["stages"] if s["name"] in names]
+    return model_response(ImageModelInfo(
+        id=model.id, model_path=facts.model_path, task_type=facts.task_type, tasks=facts.tasks or [],
+        pipeline_name=facts.pipeline_name, pipeline_class=facts.pipeline_class, num_gpus=0, stages=stages))
 
 
 @router.get("/v1/images/{image_id}/content", name="image_content")

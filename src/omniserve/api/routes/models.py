@@ -15,7 +15,7 @@ router = APIRouter()
 def model_card(m: ServedModel) -> ModelCard:
     return ModelCard(id=m.id, object="model", created=m.created, owned_by=m.owned_by, root=m.root, parent=None,
                      type=m.kind, max_model_len=m.max_model_len, aliases=list(m.aliases) or None,
-                     output_modalities=(["image", "video"] if m.info.get("videos") else ["image"])
+                     output_modalities=(["image", "video"] if m.facts.videos else ["image"])
                      if m.kind == "image" else None)
 
 

@@ -64,7 +64,7 @@ async def _create(request: Request) -> str:
         reference = await load_image(request, ref.get("image_url", ref) if isinstance(ref, dict) else ref,
                                      "input_reference")
     model = resolve_model(get_client(request), body.model, "image")
-    if not model.info.get("videos"):
+    if not model.facts.videos:
         raise InvalidRequest(f"model `{model.id}` cannot make videos", param="model")
     jobs = runner(request)
     limit = request.app.state.settings.max_video_jobs

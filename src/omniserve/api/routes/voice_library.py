@@ -92,7 +92,7 @@ async def _transcribe(request: Request, client: Client, audio: np.ndarray, langu
     if asr is None:
         raise InvalidRequest(f"{where}: checking consent needs a speech-to-text model (--asr-model)", param=where)
     code = language.split("-")[0].lower()
-    if code != "en" and not asr.info.get("multilingual"):
+    if code != "en" and not asr.facts.multilingual:
         raise InvalidRequest(f"language: the speech-to-text model {asr.id} is English-only and cannot check a "
                              f"{language} consent; serve a multilingual Whisper with --asr-model", param="language")
     omni = OmniRequest(new_id("consent"), audios=[audio], entry=asr.stage,
@@ -217,14 +217,14 @@ async def _create_voice(request: Request) -> Any:
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="name" if "named" in str(exc) else "consent") from None
     await until_disconnect(request, asyncio.gather(*(_prepare(request, client, model, voice.id)
-                                                     for model in speakers(client) if model.info.get("clones"))))
+                                                     for model in speakers(client) if model.facts.clones)))
     return voice
 
 
 async def _prepare(request: Request, client: Client, model: ServedModel, voice_id: str) -> None:
     """A model that clones encodes the new voice's sample now, once (it keeps what it made): an empty text
     in the voice is all it takes."""
-    omni = OmniRequest(new_id("voice"), prompt="", entry=client.stages_of(model)[0], output_modalities=["audio"],
+    omni = OmniRequest(new_id("voice"), prompt="", entry=model.entry, output_modalities=["audio"],
                        params=stage_params(client, model, {"voice": voice_id}))
     _, stream = await start(request, client, omni)
     async for _ in stream:

@@ -22,6 +22,7 @@ from omniserve.executors.llamacpp.prompt import MEDIA_MARKER, PromptRenderer
 from omniserve.executors.llamacpp.runtime import LlamaRuntime, decode_error
 from omniserve.executors.llamacpp.scheduler import EmbeddingChunk, Scheduler, SeqState, Sequence, StepPlan
 from omniserve.executors.text_stream import TextStream
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.messages import ControlOp, CountTokens, LoadAdapter, UnloadAdapter
 from omniserve.runtime.types import (
     Embeddings,
@@ -58,8 +59,6 @@ class LlamaCppArgs(BaseModel):
     max_prefill_sequences: int = Field(1, ge=1, description="prompts in prefill that one step advances")
     short_prefill_tokens: int = Field(16, ge=0, description="a prompt with no more tokens left joins any step")
     lora_paths: dict[str, str] = Field(default_factory=dict, description="LoRA adapter name -> GGUF path")
-    # for tests: a request whose prompt holds this text fails while it decodes (it alone fails; the stage goes on)
-    fail_on: str | None = None
 
 
 @dataclass(eq=False)
@@ -71,7 +70,6 @@ class _Generation(Sequence):
     stream: TextStream = field(default_factory=TextStream)
     max_new: int = 0
     generated: int = 0
-    doomed: bool = False  # its prompt holds `LlamaCppArgs.fail_on`
     # the prompt tokens' logprobs, collected while the prompt is decoded (None: not wanted)
     prompt_logprobs: list[TokenLogprob] | None = None
 
@@ -96,7 +94,7 @@ class LlamaCppExecutor(Executor):
 
     # ---- lifecycle -----------------------------------------------------------------
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         a = self.args
         self.rt = rt = LlamaRuntime(a.model_path, context_length=a.context_length, slots=a.max_sequences,
                                     n_batch=a.n_batch, threads=a.threads, n_gpu_layers=a.n_gpu_layers)
@@ -106,19 +104,19 @@ class LlamaCppExecutor(Executor):
                                    a.prompt_store_mib << 20)
         self.renderer = PromptRenderer(rt, a.chat_template)
         self.embedder = LlamaEmbedder(rt)
-        return {
-            "model_path": a.model_path,
-            "context_length": rt.context_length,
-            "trained_context_length": rt.trained_context_length,
-            "max_sequences": a.max_sequences,
-            "n_vocab": rt.n_vocab,
-            "loras": self._load_startup_loras(),
-            "dimensions": rt.n_embd_out,  # of /v1/embeddings from this model (llama.cpp embedding mode)
-            "has_chat_template": bool(self.renderer.template),
-            "template_tools": "tools" in (self.renderer.template or ""),  # renders OpenAI tools itself
-            "architecture": rt.meta("general.architecture"),
-            "name": rt.meta("general.name"),
-        }
+        return StageFacts(
+            model_path=a.model_path,
+            context_length=rt.context_length,
+            trained_context_length=rt.trained_context_length,
+            max_sequences=a.max_sequences,
+            n_vocab=rt.n_vocab,
+            loras=self._load_startup_loras(),
+            dimensions=rt.n_embd_out,  # of /v1/embeddings from this model (llama.cpp embedding mode)
+            has_chat_template=bool(self.renderer.template),
+            template_tools="tools" in (self.renderer.template or ""),  # renders OpenAI tools itself
+            architecture=rt.meta("general.architecture"),
+            name=rt.meta("general.name"),
+        )
 
     def close(self) -> None:
         for seq in [*self.scheduler.running, *self.scheduler.waiting]:
@@ -170,7 +168,6 @@ class LlamaCppExecutor(Executor):
         self._check(request, params, prompt)
         req = _Request(request.request_id, len(prompt), params.n)
         base_seed = params.seed if params.seed is not None else random.getrandbits(32)
-        doomed = self.args.fail_on is not None and self.args.fail_on in str(request.messages or request.prompt)
         for index in range(params.n):
             scored = params.prompt_logprobs and index == 0 and not blocks
             req.sequences.append(_Generation(
@@ -185,7 +182,6 @@ class LlamaCppExecutor(Executor):
                 stream=TextStream(params.stop),
                 max_new=params.max_tokens or self.context_length - len(prompt),
                 prompt_logprobs=[] if scored else None,
-                doomed=doomed,
             ))
         self._requests[request.request_id] = req
         for seq in req.sequences:
@@ -303,8 +299,6 @@ class LlamaCppExecutor(Executor):
             self.fail(request_id, exc)
 
     def _sample(self, seq: _Generation) -> list[OmniOutput]:
-        if seq.doomed:
-            raise RuntimeError("this request's prompt holds the text the stage was told to fail on (fail_on)")
         rt = self.rt
         token = rt.sample(seq.sampler, seq.batch_pos)
         req = self._requests[seq.request_id]

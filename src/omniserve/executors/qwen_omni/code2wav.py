@@ -23,6 +23,7 @@ from omniserve.errors import OmniError
 from omniserve.executors.base import StepResult, request_params
 from omniserve.executors.qwen_omni.runtime import ChunkedCode2Wav, LoadedPart, OmniStageArgs, SpeechJob, read_speakers
 from omniserve.executors.qwen_omni.talker import VoiceParams, voice_of
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 Code2WavArgs = OmniStageArgs
@@ -56,7 +57,7 @@ class _Chunk:
 
 
 class QwenOmniCode2WavExecutor(ChunkedCode2Wav):
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         import torch
 
         self.torch = torch
@@ -84,9 +85,8 @@ class QwenOmniCode2WavExecutor(ChunkedCode2Wav):
             if value % block:
                 raise ValueError(f"{name} {value} must be a multiple of the DiT block ({block} codes)")
         self.sample_rate = part.family.sample_rate
-        return {**part.info(), "sample_rate": self.sample_rate, "voices": list(self.speakers),
-                "chunk_frames": self.chunk, "max_chunk_frames": self.largest, "left_context_frames": self.left,
-                "right_context_frames": self.right}
+        return part.facts(sample_rate=self.sample_rate, voices=list(self.speakers), chunk_frames=self.chunk,
+                          max_chunk_frames=self.largest, left_context_frames=self.left, right_context_frames=self.right)
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(VoiceParams, request.params_for(self.stage))

@@ -10,12 +10,11 @@ decode together, batched by length.
 
 from __future__ import annotations
 
-from typing import Any
-
 from omniserve.errors import OmniError
 from omniserve.executors.base import StepResult, request_params
 from omniserve.executors.qwen_omni.runtime import ChunkedCode2Wav, LoadedPart, OmniStageArgs, SpeechJob
 from omniserve.executors.qwen_omni.talker import VoiceParams, voice_of
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import OmniOutput, OmniRequest
 
 Code2WavArgs = OmniStageArgs
@@ -23,7 +22,7 @@ CHUNK_FRAMES = LEFT_CONTEXT_FRAMES = 25  # what the Qwen3-Omni serving recipes s
 
 
 class Qwen3OmniCode2WavExecutor(ChunkedCode2Wav):
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         import torch
 
         self.torch = torch
@@ -44,8 +43,8 @@ class Qwen3OmniCode2WavExecutor(ChunkedCode2Wav):
         self.default_voice = part.family.default_voice if part.family.default_voice in self.speakers \
             else self.speakers[0]
         self.sample_rate = part.family.sample_rate
-        return {**part.info(), "sample_rate": self.sample_rate, "voices": self.speakers,
-                "chunk_frames": self.chunk, "left_context_frames": self.left}
+        return part.facts(sample_rate=self.sample_rate, voices=self.speakers, chunk_frames=self.chunk,
+                          left_context_frames=self.left)
 
     def add(self, request: OmniRequest) -> list[OmniOutput]:
         params = request_params(VoiceParams, request.params_for(self.stage))

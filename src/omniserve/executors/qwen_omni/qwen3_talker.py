@@ -13,12 +13,12 @@ request's predictor runs in one batch (their caches are always the same length).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
 from omniserve.executors.qwen_omni.runtime import LoadedPart, OmniStageArgs, Sampler
 from omniserve.executors.qwen_omni.talker import QwenOmniTalkerExecutor, VoiceParams, _Voice
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import OmniOutput, SamplingParams
 
 TalkerArgs = OmniStageArgs
@@ -38,7 +38,7 @@ class _Voice3(_Voice):
 class Qwen3OmniTalkerExecutor(QwenOmniTalkerExecutor):
     SAMPLING = {"temperature": 0.9, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.05}
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         import torch
 
         self.torch = torch
@@ -68,8 +68,7 @@ class Qwen3OmniTalkerExecutor(QwenOmniTalkerExecutor):
         thinker = config.thinker_config
         self.media_tokens = [thinker.audio_token_id, thinker.image_token_id, thinker.video_token_id]
         self.groups = talker.num_code_groups
-        return {**part.info(), "voices": list(self.speakers), "sample_rate": part.family.sample_rate,
-                "code_groups": self.groups}
+        return part.facts(voices=list(self.speakers), sample_rate=part.family.sample_rate, code_groups=self.groups)
 
     def _voice(self, request_id: str, speaker: str, params: VoiceParams) -> _Voice3:
         sampling = self._sampling(params)

@@ -14,6 +14,7 @@ from omniserve.errors import InvalidRequest, OutOfMemory
 from omniserve.executors.base import Executor
 from omniserve.executors.torch_device import resolve_device, resolve_dtype
 from omniserve.models.qwen_omni import find_checkpoint
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import OmniOutput, SamplingParams
 
 _FRACTIONS: dict[int, float] = {}  # CUDA device -> the memory share this process has been given
@@ -77,9 +78,10 @@ class LoadedPart:
                              f"{f' (and {len(missing) - 3} more)' if len(missing) > 3 else ''} are not in the "
                              "checkpoint (or not in a layout this version of transformers reads)")
 
-    def info(self) -> dict[str, Any]:
-        return {"model_path": str(self.checkpoint.path), "family": self.family.name, "device": str(self.device),
-                "dtype": str(self.dtype).removeprefix("torch."), "mem_fraction": self.mem_fraction}
+    def facts(self, **more: Any) -> StageFacts:
+        """What every part tells of itself, with its stage's `more`."""
+        return StageFacts(model_path=str(self.checkpoint.path), family=self.family.name, device=str(self.device),
+                          dtype=str(self.dtype).removeprefix("torch."), mem_fraction=self.mem_fraction, **more)
 
 
 def share_weight_conversions(whole: str, part: str) -> None:

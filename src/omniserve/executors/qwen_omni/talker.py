@@ -18,6 +18,7 @@ from omniserve.errors import InvalidRequest
 from omniserve.executors.base import Executor, StepResult, request_params
 from omniserve.executors.qwen_omni.runtime import LoadedPart, OmniStageArgs, Sampler, failure, read_speakers
 from omniserve.executors.qwen_omni.thinker import ReplyStates, TalkerStart
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams
 
 TalkerArgs = OmniStageArgs
@@ -78,7 +79,7 @@ class QwenOmniTalkerExecutor(Executor):
         super().__init__(args, stage)
         self._voices: dict[str, _Voice] = {}
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         import torch
 
         self.torch = torch
@@ -92,7 +93,7 @@ class QwenOmniTalkerExecutor(Executor):
         self.codec = {"bos": talker.tts_codec_start_token_id, "eos": talker.tts_codec_end_token_id,
                       "pad": talker.tts_codec_pad_token_id, "mask": talker.tts_codec_mask_token_id}
         self.text_ids = {"eos": talker.tts_text_end_token_id, "pad": talker.tts_text_pad_token_id}
-        return {**part.info(), "voices": list(self.speakers), "sample_rate": part.family.sample_rate}
+        return part.facts(voices=list(self.speakers), sample_rate=part.family.sample_rate)
 
     def _slots(self) -> None:
         from omniserve.executors.qwen_omni.slots import SlotKV

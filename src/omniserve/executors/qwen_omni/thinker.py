@@ -31,6 +31,7 @@ from omniserve.executors.qwen_omni.runtime import (
 )
 from omniserve.executors.text_stream import TextStream
 from omniserve.models.qwen_omni import QWEN_SYSTEM_PROMPT
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import OmniOutput, OmniRequest, SamplingParams
 
 ThinkerArgs = OmniStageArgs
@@ -85,7 +86,7 @@ class QwenOmniThinkerExecutor(Executor):
 
     # ---- load ----------------------------------------------------------------------
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> StageFacts:
         import torch
         import transformers
         from transformers import GenerationConfig
@@ -121,8 +122,7 @@ class QwenOmniThinkerExecutor(Executor):
             table = self.model.get_input_embeddings()
             self.special_embeds = {i: table(torch.tensor([i], device=self.device))[0].float().cpu().numpy()
                                    for i in sorted(special)}
-        return {**part.info(), "context_length": self.context, "native_media": ["audio", "image", "video"],
-                "template_tools": False}
+        return part.facts(context_length=self.context, native_media=["audio", "image", "video"], template_tools=False)
 
     def close(self) -> None:
         self._waiting.clear()

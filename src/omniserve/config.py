@@ -274,9 +274,13 @@ class PipelineConfig(_Strict):
 
         for stage in self.stages:
             for served in stage.serves:
-                if served.entry is not None and served.entry not in names:
-                    raise ValueError(f"stage {stage.name!r} serves {served.ids[0]!r} from unknown stage "
-                                     f"{served.entry!r}")
+                named = {"entry": [served.entry], "facts_from": list(served.facts_from),
+                         "lora_stage": [served.lora_stage]}
+                for key, others in named.items():
+                    unknown = next((other for other in others if other is not None and other not in names), None)
+                    if unknown is not None:
+                        raise ValueError(f"stage {stage.name!r} serves {served.ids[0]!r} with {key} naming unknown "
+                                         f"stage {unknown!r}")
                 if served.entry is not None:
                     path_between(self, served.entry, stage.name)
         for group in self.process_groups():

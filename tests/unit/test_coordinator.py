@@ -23,6 +23,7 @@ from omniserve.errors import InvalidRequest, OmniError, WorkerCrashed
 from omniserve.executors.base import Executor, StepResult
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.facts import StageFacts
+from omniserve.runtime.launcher import StageLoadError
 from omniserve.runtime.messages import ControlOp, ListAdapters, LoadAdapter
 from omniserve.runtime.types import OmniOutput, OmniRequest
 from tests.unit.loopback import WorkerCrash, launch_in_thread, worker_pid
@@ -279,8 +280,7 @@ def test_a_control_call_that_changes_a_stage_is_replayed_on_its_restarted_worker
             dead, hung = c.pool.handles["tok"][0], gate("r1")
             crashing = c.generate(request("r1", hang_at=1, crash_at=1))
             assert (await next_output(crashing)).text == "t0"
-            hung.released.set()  # crash once t0 is read: what a worker sent just before it died may come with the
-            # pipe's end, which the transport drops
+            hung.released.set()  # crash once t0 is read, so the test knows which output came before the crash
             with pytest.raises(WorkerCrashed, match="'tok' stage worker crashed"):
                 await next_output(crashing)
             await until(lambda: c.pool.handles["tok"][0] not in (None, dead))
@@ -359,3 +359,26 @@ def test_a_request_a_stage_fails_gets_its_error_and_the_others_go_on():
             assert c.crashes == 0
 
     asyncio.run(scenario())
+
+
+class Untold(Executor):
+    """A custom executor whose load() returns a dict (the contract before StageFacts)."""
+
+    args_model = FakeArgs
+
+    def load(self) -> dict:
+        return {"context_length": 8}
+
+
+def test_a_stage_whose_load_returns_no_stage_facts_fails_the_start_saying_so():
+    pipeline = validate_pipeline({"stages": [{"name": "odd", "executor": f"{__name__}:Untold"}]})
+
+    async def start() -> None:
+        coordinator = Coordinator(pipeline, 1, max_queued=1, log_level="warning", launch=launch_in_thread)
+        try:
+            await coordinator.start()
+        finally:
+            await coordinator.shutdown()
+
+    with pytest.raises(StageLoadError, match=r"TypeError: Untold.load\(\) returned dict, not StageFacts"):
+        asyncio.run(start())

@@ -46,6 +46,14 @@ class NotAnExecutor:
     args_model = SizeArgs
 
 
+class ArgsNotAModel(Executor):
+    args_model = dict
+
+
+class MakesAString(Declared):
+    makes = "text"
+
+
 def test_a_subclass_of_a_registered_executor_keeps_its_spec_and_overrides_what_it_declares():
     failing = spec(f"{FailingLlamaCppExecutor.__module__}:FailingLlamaCppExecutor")
     llamacpp = spec("llamacpp")
@@ -53,6 +61,7 @@ def test_a_subclass_of_a_registered_executor_keeps_its_spec_and_overrides_what_i
     assert executor_args_model(f"{HERE}:TextOnly") is LlamaCppArgs
     assert request_params_model(f"{HERE}:TextOnly") is EmbeddingParams
     assert spec(f"{HERE}:TextOnly").makes == ("text",)
+    assert spec("omniserve.executors.piper:PiperExecutor").makes == spec("piper").makes  # a registered one by path
 
 
 def test_a_class_of_its_own_declares_its_spec_and_takes_upstream_outputs_if_it_implements_feed():
@@ -84,6 +93,8 @@ def test_a_path_that_names_no_executor_is_a_config_error_saying_why(broken_modul
         f"{HERE}:NotAnExecutor": ["is not an Executor subclass"],
         f"{HERE}:Bare": ["subclasses no registered executor, so it must declare `args_model`"],
         f"{HERE}:": ["give a class by its import path, package.module:Class"],
+        f"{HERE}:ArgsNotAModel": ["its `args_model` must be a pydantic model class"],
+        f"{HERE}:MakesAString": ["its `makes` must be a tuple of kinds"],
     }
     for executor, says in cases.items():
         with pytest.raises(ConfigError) as info:

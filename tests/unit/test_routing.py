@@ -142,5 +142,11 @@ def test_a_served_model_must_enter_upstream_of_its_stage():
     with pytest.raises(ConfigError, match="not downstream"):
         validate_pipeline({"stages": stages, "edges": edges})
     stages[0]["serves"] = [{"ids": ["chat"], "kind": "chat", "entry": "painter"}]
-    with pytest.raises(ConfigError, match="unknown stage 'painter'"):
+    with pytest.raises(ConfigError, match="entry naming unknown stage 'painter'"):
+        validate_pipeline({"stages": stages, "edges": edges})
+    stages[0]["serves"] = [{"ids": ["chat"], "kind": "chat", "facts_from": {"painter": ["voices"]}}]
+    with pytest.raises(ConfigError, match="facts_from naming unknown stage 'painter'"):
+        validate_pipeline({"stages": stages, "edges": edges})
+    stages[0]["serves"] = [{"ids": ["chat"], "kind": "chat", "lora_stage": "painter"}]
+    with pytest.raises(ConfigError, match="lora_stage naming unknown stage 'painter'"):
         validate_pipeline({"stages": stages, "edges": edges})

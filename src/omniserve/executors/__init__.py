@@ -111,7 +111,8 @@ def spec(name: str) -> ExecutorSpec:
 def _custom_spec(path: str) -> ExecutorSpec:
     """The spec of the class at `path`: its registered base's, overridden by what the class declares."""
     cls = _executor_class(path)
-    base = next((s for parent in cls.__mro__[1:] for s in _SPECS.values() if s.defines(parent)), None)
+    _check_declared(cls, path)
+    base = next((s for parent in cls.__mro__ for s in _SPECS.values() if s.defines(parent)), None)
 
     def declared(attr: str, inherited: Any) -> Any:
         return getattr(cls, attr) if hasattr(cls, attr) else inherited
@@ -128,6 +129,19 @@ def _custom_spec(path: str) -> ExecutorSpec:
                         makes=tuple(declared("makes", base.makes if base else ())),
                         takes_upstream=bool(declared("takes_upstream", base.takes_upstream if base
                                                      else cls.feed is not Executor.feed)))
+
+
+def _check_declared(cls: type, path: str) -> None:
+    """What a custom class declares has the right type, so a mistake stops the start naming it."""
+    for attr in ("args_model", "params_model"):
+        value = getattr(cls, attr, None)
+        if hasattr(cls, attr) and not (value is None and attr == "params_model") and not (
+                isinstance(value, type) and issubclass(value, BaseModel)):
+            raise ValueError(f"executor {path!r}: its `{attr}` must be a pydantic model class")
+    for attr in ("reads", "makes"):
+        value = getattr(cls, attr, ())
+        if isinstance(value, str) or not all(isinstance(kind, str) for kind in value):
+            raise ValueError(f"executor {path!r}: its `{attr}` must be a tuple of kinds, such as (\"text\",)")
 
 
 def _executor_class(path: str) -> type[Executor]:

@@ -156,7 +156,7 @@ class VideoRunner:
         if settings["reference"]:
             images.append(np.asarray(Image.open(self.reference_path(job.id)).convert("RGB")))
         stage = {**settings["stage"], "video": True}
-        route = self.client.stages_of(model)  # every stage reports progress; the last one makes the frames
+        route = model.path  # every stage reports progress; the last one makes the frames
         omni = OmniRequest(f"{job.id}-{int(time.time() * 1000)}", prompt=job.prompt, images=images,
                            entry=model.entry,
                            output_modalities=["video"], progress=True, params=dict.fromkeys(route, stage))

@@ -35,14 +35,21 @@ class ServedModel:
     kind: Literal["chat", "asr", "tts", "vision", "image", "embedding", "speaker"] = "chat"
     stage: str = "thinker"
     aliases: tuple[str, ...] = ()
-    stages: tuple[str, ...] = ()  # those a request to it visits, planned from its entry to `stage` (): `stage`
+    # the stages from the one a request to it enters to `stage` (routing.path_between); asr, vision or a talker
+    # may join a request's route besides, as its media and outputs need; () when it is `stage` alone
+    stages: tuple[str, ...] = ()
     facts: StageFacts = field(default_factory=StageFacts)  # what its stage told when it loaded (voices, ...)
     lora_stage: str | None = None  # the stage its LoRA calls go to (an image model's denoiser)
 
     @property
+    def path(self) -> tuple[str, ...]:
+        """The stages from its entry to `stage`: each takes the model's settings (an image's size)."""
+        return self.stages or (self.stage,)
+
+    @property
     def entry(self) -> str:
         """The stage a request to this model enters (`OmniRequest.entry`)."""
-        return self.stages[0] if self.stages else self.stage
+        return self.path[0]
 
     @property
     def fingerprint(self) -> str:
@@ -58,7 +65,7 @@ class Client:
         self.served_models = served_models
         self.model_path = model_path
         # metrics say which model each stage runs
-        coordinator.metrics.set_models({stage: m.id for m in reversed(served_models) for stage in self.stages_of(m)})
+        coordinator.metrics.set_models({stage: m.id for m in reversed(served_models) for stage in m.path})
         # the chat model's LoRA adapters, name -> path (kept in step with the thinker by /v1/*_lora_adapter)
         self.loras: dict[str, str] = dict(next((m.facts.loras or {} for m in served_models if m.kind == "chat"), {}))
 
@@ -96,9 +103,6 @@ class Client:
             return next((m for m in self.served_models if m.kind == kind), None)
         named = [m for m in self.served_models if model_id == m.id or model_id in m.aliases]
         return next((m for m in named if m.kind == kind), named[0] if named else None)
-
-    def stages_of(self, model: ServedModel) -> list[str]:
-        return list(model.stages or (model.stage,))
 
     def stage_executors(self) -> list[tuple[str, str]]:
         """(stage name, executor) for each stage of the pipeline."""

@@ -1,5 +1,6 @@
 """A request's route through the stage graph, planned from the graph and the request alone: the stage
-it enters (the one serving the model it names), the media it carries, and the outputs it asks for.
+it enters (`ServedModel.entry`: the model it names, or the first stage of that model's path, as an omni
+checkpoint's voice enters at the thinker), the media it carries, and the outputs it asks for.
 
 - Outputs: for each kind asked for, the nearest stage downstream of the entry (the entry itself
   first) that makes it emits it, or the one the request names (`OmniRequest.makers`: which of two

@@ -81,6 +81,9 @@ def run_stage_worker(stages: list[dict[str, Any]], conns: list[Connection], log_
             try:
                 executor = create_executor(stage["executor"], stage["args"], stage["name"])
                 facts = executor.load()
+                if not isinstance(facts, StageFacts):  # a custom executor's, say
+                    raise TypeError(f"{type(executor).__name__}.load() returned {type(facts).__name__}, "
+                                    "not StageFacts (omniserve.runtime.facts)")
             except Exception as exc:
                 # The parent reports the reason in one line; the traceback is for --log-level debug.
                 log.debug("stage %s failed to load", stage["name"], exc_info=True)

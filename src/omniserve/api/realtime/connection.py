@@ -304,7 +304,7 @@ class RealtimeConnection:
                                                      "seconds": round(heard.seconds or len(audio) / ASR_RATE, 3)}))
 
     async def _recognize(self, audio: np.ndarray) -> Heard:
-        request = OmniRequest(new_id("transcription"), audios=[audio], entry=self.asr.stage, lane=REALTIME,
+        request = OmniRequest(new_id("transcription"), audios=[audio], entry=self.asr.entry, lane=REALTIME,
                               params={self.asr.stage: {"task": "transcribe"}})
         deltas, reading = [], MediaReading("audio")
         stream = self.client.generate(request)

@@ -190,7 +190,7 @@ async def _speech_to_text(request: Request, task: str):
         audio = await decode_audio_bytes(request, await upload.read(), "file")
     params = {"task": task, "language": body.language, "prompt": body.prompt, "temperature": body.temperature,
               "word_timestamps": "word" in body.timestamp_granularities, "segments": True}
-    omni = OmniRequest(new_id("transcription"), audios=[audio], entry=model.stage, params={model.stage: params})
+    omni = OmniRequest(new_id("transcription"), audios=[audio], entry=model.entry, params={model.stage: params})
     _, stream = await start(request, client, omni)
     if body.stream:
         return StreamingResponse(sse_stream(_transcript_events(stream), done=False), media_type="text/event-stream",

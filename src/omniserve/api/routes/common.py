@@ -148,7 +148,7 @@ def takes(client: Client, model: ServedModel, setting: str) -> bool:
 
 def _params_models(client: Client, model: ServedModel) -> list[tuple[str, Any]]:
     executors = dict(client.stage_executors())
-    return [(stage, request_params_model(executors[stage])) for stage in client.stages_of(model)]
+    return [(stage, request_params_model(executors[stage])) for stage in model.path]
 
 
 async def start(http: Request, client: Client, request: OmniRequest,

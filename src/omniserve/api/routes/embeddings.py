@@ -45,7 +45,7 @@ async def create_embeddings(request: Request) -> Response:
                              param="dimensions")
     inputs = body.inputs()
     params = {"input": inputs, "truncate_prompt_tokens": body.truncate_prompt_tokens}
-    omni = OmniRequest(new_id("embd"), entry=model.stage, output_modalities=["embedding"],
+    omni = OmniRequest(new_id("embd"), entry=model.entry, output_modalities=["embedding"],
                        params={model.stage: params})
     first, stream = await start(request, client, omni)
     vectors = np.zeros((len(inputs), width), np.float32)

@@ -71,7 +71,7 @@ async def generate(request: Request, model: ServedModel, body: ImageGenerationRe
     stage_params = {k: v for k, v in params.items() if v is not None}
     omni = OmniRequest(new_id("img"), prompt=body.prompt, images=images or [], entry=model.entry,
                        output_modalities=["image"],
-                       params={stage: stage_params for stage in get_client(request).stages_of(model)})
+                       params={stage: stage_params for stage in model.path})
     _, stream = await start(request, get_client(request), omni)
     outputs = await until_disconnect(request, _collect(stream))
     return sorted(outputs, key=lambda o: o.index)
@@ -171,7 +171,7 @@ async def image_model_info(request: Request) -> Response:
     client = get_client(request)
     model = resolve_model(client, None, "image")
     facts = model.facts
-    names = client.stages_of(model)
+    names = model.path
     stages = [ImageModelStage.model_validate(s) for s in client.model_info()["stages"] if s["name"] in names]
     return model_response(ImageModelInfo(
         id=model.id, model_path=facts.model_path, task_type=facts.task_type, tasks=facts.tasks or [],

@@ -95,7 +95,7 @@ async def _transcribe(request: Request, client: Client, audio: np.ndarray, langu
     if code != "en" and not asr.facts.multilingual:
         raise InvalidRequest(f"language: the speech-to-text model {asr.id} is English-only and cannot check a "
                              f"{language} consent; serve a multilingual Whisper with --asr-model", param="language")
-    omni = OmniRequest(new_id("consent"), audios=[audio], entry=asr.stage,
+    omni = OmniRequest(new_id("consent"), audios=[audio], entry=asr.entry,
                        params={asr.stage: {"task": "transcribe", "language": code}})
     _, stream = await start(request, client, omni)
     return "".join([out.text async for out in stream]).strip()
@@ -106,7 +106,7 @@ async def _speaker(request: Request, client: Client, audio: np.ndarray, where: s
     if encoder is None:
         raise InvalidRequest(f"{where}: custom voices need the speaker encoder, which this server was started "
                              "without (--speaker-model none)", param=where)
-    _, stream = await start(request, client, OmniRequest(new_id("speaker"), audios=[audio], entry=encoder.stage,
+    _, stream = await start(request, client, OmniRequest(new_id("speaker"), audios=[audio], entry=encoder.entry,
                                                          output_modalities=["embedding"]))
     vectors = [out.data.vectors[0] async for out in stream if isinstance(out.data, Embeddings)]
     return vectors[0]

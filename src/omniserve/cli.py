@@ -194,13 +194,15 @@ def settings_from_args(ns: argparse.Namespace) -> ServerArgs:
 
 def serve(settings: ServerArgs) -> None:
     from omniserve.models.registry import build_pipeline
-    from omniserve.server import run
     from omniserve.storage import DataDir
 
     logging.basicConfig(level="DEBUG" if settings.log_level == "trace" else settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     DataDir(settings.data_dir).check()  # before any model is found or made there
-    run(settings, build_pipeline(settings))
+    pipeline = build_pipeline(settings)
+    from omniserve.server import run  # the HTTP app's imports, once the flags and models are known to be good
+
+    run(settings, pipeline)
 
 
 def list_models() -> None:

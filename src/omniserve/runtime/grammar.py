@@ -23,7 +23,6 @@ import contextlib
 import ctypes
 import json
 import logging
-import multiprocessing as mp
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -34,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from omniserve.errors import InvalidRequest, OmniError, Unavailable
+from omniserve.runtime.processes import CONTEXT
 
 log = logging.getLogger(__name__)
 
-_CTX = mp.get_context("spawn")
 CACHE_SIZE = 256
 MAX_STEP_MS = 250  # applying a grammar to the whole vocabulary once (what each decoding step costs it)
 Outcome = str | None | OmniError
@@ -196,9 +195,9 @@ class _Helper:
     """One helper process and its pipe."""
 
     def __init__(self, make: Callable[[Any], str | None], vocab_path: str | None):
-        self.conn, child = _CTX.Pipe()
-        self.process = _CTX.Process(target=_serve, args=(child, make, vocab_path), name="omniserve-grammar",
-                                    daemon=True)
+        self.conn, child = CONTEXT.Pipe()
+        self.process = CONTEXT.Process(target=_serve, args=(child, make, vocab_path), name="omniserve-grammar",
+                                       daemon=True)
         self.process.start()
         child.close()
         if not self.conn.poll(60) or self.conn.recv() != "ready":

@@ -4,7 +4,6 @@ backend shares: a Ray actor (runtime/ray_backend.py) connects back and is then h
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -13,10 +12,9 @@ from typing import Protocol
 from omniserve.config import StageConfig
 from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.messages import FromWorker, LoadFailed, Ready
+from omniserve.runtime.processes import CONTEXT
 from omniserve.runtime.transport import PipeTransport, Transport
 from omniserve.runtime.worker import run_stage_worker
-
-_CTX = mp.get_context("spawn")  # never fork a process that runs an event loop and threads
 
 
 class StageLoadError(RuntimeError):
@@ -74,10 +72,10 @@ class WorkerHandle:
 
 
 async def launch_worker(spec: WorkerSpec) -> list[WorkerHandle]:
-    """Spawn a worker as a local process, wait for each of its stages' `Ready`, then route their messages.
+    """Start a worker as a local process, wait for each of its stages' `Ready`, then route their messages.
     Each stage has its own pipe and handle."""
-    pipes = [_CTX.Pipe() for _ in spec.stages]
-    process = _CTX.Process(
+    pipes = [CONTEXT.Pipe() for _ in spec.stages]
+    process = CONTEXT.Process(
         target=run_stage_worker,
         args=([stage.model_dump() for stage in spec.stages], [child for _, child in pipes], spec.log_level),
         name=f"omniserve-{spec.names}-{spec.replica}",

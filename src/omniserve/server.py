@@ -23,7 +23,7 @@ from omniserve.runtime.client import Client, ServedModel
 from omniserve.runtime.coordinator import Coordinator
 from omniserve.runtime.grammar import GrammarBuilder
 from omniserve.runtime.launcher import StageLoadError, launch_worker
-from omniserve.runtime.routing import path_between
+from omniserve.runtime.routing import media_read, path_between
 from omniserve.storage import DataDir
 from omniserve.voice_library.store import VoiceLibrary
 
@@ -42,11 +42,12 @@ def served_models(pipeline: PipelineConfig, coordinator: Coordinator) -> list[Se
             facts = told
             for other, names in served.facts_from.items():
                 facts = facts.with_facts(coordinator.pool.facts(other), names)
+            path = path_between(pipeline, served.entry or stage.name, stage.name)
             out += [ServedModel(id=i, created=created, owned_by="omniserve", root=told.model_path or "",
                                 max_model_len=told.context_length if served.kind in ("chat", "embedding") else None,
-                                kind=served.kind, stage=stage.name, aliases=tuple(served.aliases),
-                                stages=tuple(path_between(pipeline, served.entry or stage.name, stage.name)),
-                                facts=facts, lora_stage=served.lora_stage)
+                                kind=served.kind, stage=stage.name, aliases=tuple(served.aliases), stages=tuple(path),
+                                reads=media_read(pipeline, path, coordinator.reads), facts=facts,
+                                lora_stage=served.lora_stage)
                     for i in served.ids]
     out.sort(key=lambda m: m.kind != "chat")
     return out

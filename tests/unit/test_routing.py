@@ -7,7 +7,8 @@ import pytest
 
 from omniserve.config import validate_pipeline
 from omniserve.errors import ConfigError, InvalidRequest
-from omniserve.runtime.routing import path_between, plan_route
+from omniserve.runtime.facts import StageFacts
+from omniserve.runtime.routing import media_read, path_between, plan_route, stage_reads
 from omniserve.runtime.types import OmniRequest
 
 AUDIO = np.zeros(16000, np.float32)
@@ -108,6 +109,36 @@ def test_what_no_stage_can_do_is_a_400():
     assert caught.value.param == "modalities"
     with pytest.raises(InvalidRequest, match="no stage 'painter'"):
         route(cascade(), entry="painter")
+
+
+def projector(asr: bool):
+    """A GGUF with a --mmproj projector as its vision stage (and speech to text, when the projector does not hear)."""
+    stages = [{"name": "thinker", "executor": "llamacpp", "args": {"model_path": "m.gguf"}},
+              {"name": "vision", "executor": "mtmd", "args": {"model_path": "m.gguf", "mmproj_path": "p.gguf"}}]
+    edges = [{"src": "vision", "dst": "thinker"}]
+    if asr:
+        stages.append({"name": "asr", "executor": "whisper", "args": {"model_path": "w"}})
+        edges.insert(0, {"src": "asr", "dst": "thinker"})
+    return validate_pipeline({"stages": stages, "edges": edges})
+
+
+def test_what_a_stage_reads_is_what_its_model_told_it_reads():
+    hears = projector(asr=False)
+    read = stage_reads(hears, lambda stage: StageFacts(media=["audio"]) if stage == "vision" else StageFacts())
+    assert read == {"thinker": frozenset(), "vision": {"audio"}}
+    assert media_read(hears, ["thinker"], read) == {"audio"}
+    assert media_read(hears, ["thinker"], stage_reads(hears)) == {"audio", "image"}  # before the stages load
+    assert route(hears, entry="thinker", audios=[AUDIO]) == ({"vision", "thinker"}, {"thinker"})
+    with pytest.raises(InvalidRequest, match="no stage that reads image"):
+        plan_route(hears, OmniRequest("r", entry="thinker", images=[IMAGE]), read)
+    sees = projector(asr=True)
+    read = stage_reads(sees, lambda stage: StageFacts(media=["image"]) if stage == "vision" else StageFacts())
+    assert media_read(sees, ["thinker"], read) == {"audio", "image"}
+    planned = plan_route(sees, OmniRequest("r", entry="thinker", audios=[AUDIO], images=[IMAGE]), read)
+    assert planned.stages == {"asr", "vision", "thinker"}
+    assert media_read(omni(), ["thinker", "talker", "code2wav"], stage_reads(omni())) == {"audio", "image"}
+    assert media_read(cascade(asr=False, vision=False), ["thinker", "talker"],
+                      stage_reads(cascade(asr=False, vision=False))) == set()
 
 
 def test_stage_sampling_is_checked_against_the_stage_and_goes_under_params():

@@ -38,6 +38,9 @@ class ServedModel:
     # the stages from the one a request to it enters to `stage` (routing.path_between); asr, vision or a talker
     # may join a request's route besides, as its media and outputs need; () when it is `stage` alone
     stages: tuple[str, ...] = ()
+    # the media kinds ("audio", "image") a request to it may carry: what a stage on its path, or one feeding its
+    # entry, reads (routing.media_read), so a request with others is a 400 before its media are fetched
+    reads: frozenset[str] = frozenset()
     facts: StageFacts = field(default_factory=StageFacts)  # what its stage told when it loaded (voices, ...)
     lora_stage: str | None = None  # the stage its LoRA calls go to (an image model's denoiser)
 

@@ -60,7 +60,7 @@ from omniserve.runtime.messages import (
     StopWorker,
 )
 from omniserve.runtime.metrics import RequestClock, StageMetrics
-from omniserve.runtime.routing import plan_route
+from omniserve.runtime.routing import plan_route, stage_reads
 from omniserve.runtime.tracked import Tracked
 from omniserve.runtime.types import OmniOutput, OmniRequest
 from omniserve.runtime.workers import Replica, Workers
@@ -91,6 +91,7 @@ class Coordinator:
         })
         self._groups = {s.name: group for group in pipeline.process_groups() for s in group}  # who shares a worker
         self.pool = Workers(pipeline)
+        self.reads = stage_reads(pipeline)  # what each stage reads, as its model told once it has loaded
         self._running: dict[str, Tracked] = {}
         self._last_seen: dict[Replica, float] = {}  # when each worker last sent anything
         self._tasks: set[asyncio.Task] = set()
@@ -114,6 +115,7 @@ class Coordinator:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
+        self.reads = stage_reads(self.pipeline, self.pool.facts)
         if any(self._stall_timeout(s.name) for s in self.pipeline.stages):
             self._spawn(self._watchdog())
         log.info("stages ready: %s", ", ".join(f"{stage}{f'[{i}]' if len(self.pool.handles[stage]) > 1 else ''} "
@@ -192,7 +194,7 @@ class Coordinator:
     async def generate(self, request: OmniRequest) -> AsyncIterator[OmniOutput]:
         """Run one request; yield terminal-stage outputs; abort if the consumer leaves."""
         clock = RequestClock()
-        planned = plan_route(self.pipeline, request)
+        planned = plan_route(self.pipeline, request, self.reads)
         route, emit = planned.stages, set(planned.emit)
         request = replace(request, params=planned.params, stage_sampling={})  # what each stage is sent
         if not self.pool.healthy(route):

@@ -8,18 +8,21 @@ checkpoint's voice enters at the thinker), the media it carries, and the outputs
   thinker ⇢ talker (⇢ code2wav), an image text encoder -> denoiser -> VAE.
 - Inputs: a media kind that no stage on the route reads itself is read by an upstream stage of the
   entry that does (speech to text for audio, the vision stage for images), which then feeds the
-  entry its text or embeddings.
+  entry its text or embeddings. What a stage reads is its executor's kinds, narrowed to those its
+  model told it reads when it loaded (`stage_reads`: a --mmproj projector that only hears); the same
+  answer tells the API which media a served model takes (`media_read`) before it fetches any.
 - The caller's per-stage settings (`OmniRequest.stage_sampling`) are checked here against each
   executor's params model, so a bad one is a 400 naming it before the request takes a slot, and
   join `params` in the route (what the API derived, such as a voice, wins).
 
-`plan_route` is pure: it reads the request and the graph and changes neither; every 400 of routing is raised here.
+`plan_route` is pure: it reads the request, the graph and what the stages read, and changes none of them; every
+400 of routing is raised here.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +30,10 @@ from omniserve.config import PipelineConfig
 from omniserve.errors import InvalidRequest
 from omniserve.executors import makes, reads, request_params_model
 from omniserve.executors.base import request_params
+from omniserve.runtime.facts import StageFacts
 from omniserve.runtime.types import OmniRequest
+
+StageReads = Mapping[str, frozenset[str]]  # stage -> the media kinds ("audio", "image") it takes from a request
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,26 @@ class Route:
     params: dict[str, dict[str, Any]]  # each stage's settings: the API's, with the caller's stage_sampling
 
 
-def plan_route(pipeline: PipelineConfig, request: OmniRequest) -> Route:
+def stage_reads(pipeline: PipelineConfig, facts: Callable[[str], StageFacts] | None = None) -> StageReads:
+    """What each stage reads: its executor's media kinds, narrowed to what its model told (`facts(stage).media`)
+    where it told; without `facts`, the executors' kinds alone (a graph before its stages load)."""
+    out = {}
+    for stage in pipeline.stages:
+        kinds = frozenset(reads(stage.executor))
+        told = facts(stage.name).media if facts is not None else None
+        out[stage.name] = kinds & frozenset(told) if told is not None else kinds
+    return out
+
+
+def media_read(pipeline: PipelineConfig, path: list[str] | tuple[str, ...], read: StageReads) -> frozenset[str]:
+    """The media kinds a request entering at `path[0]` and visiting `path` may carry: what a stage on it reads, or
+    a stage feeding its entry."""
+    return frozenset(kind for kind in ("audio", "image") if _reader(pipeline, read, path, kind) is not None)
+
+
+def plan_route(pipeline: PipelineConfig, request: OmniRequest, read: StageReads | None = None) -> Route:
+    """`read`: what each stage reads (`stage_reads`); by default, what its executor can."""
+    read = read if read is not None else stage_reads(pipeline)
     names = [s.name for s in pipeline.stages]
     entry = request.entry
     if entry not in names:
@@ -52,9 +77,7 @@ def plan_route(pipeline: PipelineConfig, request: OmniRequest) -> Route:
         stages.update(path)
         emit.add(path[-1])
     for kind in _media(request):
-        if any(kind in reads(executors[s]) for s in stages):
-            continue
-        reader = next((e.src for e in pipeline.edges if e.dst == entry and kind in reads(executors[e.src])), None)
+        reader = _reader(pipeline, read, [entry, *stages - {entry}], kind)
         if reader is None:
             raise InvalidRequest(f"this server has no stage that reads {kind} input for the {entry!r} stage")
         stages.add(reader)
@@ -86,6 +109,13 @@ def _path(pipeline: PipelineConfig, entry: str, found: Callable[[str], bool]) ->
             return path
         paths.extend(path + [e.dst] for e in pipeline.downstream(path[-1]) if e.dst not in path)
     return None
+
+
+def _reader(pipeline: PipelineConfig, read: StageReads, path: list[str] | tuple[str, ...], kind: str) -> str | None:
+    """The stage that reads `kind` for a request visiting `path` (entry first): one on it, else the first that
+    feeds the entry and reads it (speech to text, a vision stage)."""
+    on_path = next((stage for stage in path if kind in read[stage]), None)
+    return on_path or next((e.src for e in pipeline.edges if e.dst == path[0] and kind in read[e.src]), None)
 
 
 def _media(request: OmniRequest) -> list[str]:

@@ -137,6 +137,15 @@ def hears_itself(client: Client, served: ServedModel) -> bool:
     return "audio" in (served.facts.native_media or ()) or "audio" in vision_media(client)
 
 
+def _unread(client: Client, kind: str) -> str:
+    """Why a chat model takes no `kind` input (the runtime's routing says whether it does), in the flags that
+    would change it."""
+    if kind == "audio":
+        return "this server has no speech-to-text stage for audio input (it was started with --asr-model none)"
+    why = "its --mmproj projector hears only" if vision_media(client) else "it was started with --vision-model none"
+    return f"this server has no vision stage for {kind} input ({why})"
+
+
 async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatCompletionRequest,
                             served: ServedModel, request_id: str) -> tuple[OmniRequest, ServedModel | None]:
     """The request, routed through the stages it needs; also the talker, if it speaks. `request`: the
@@ -146,18 +155,9 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
     if len(refs) > limit:
         raise InvalidRequest(f"the request has {len(refs)} media items; the limit is {limit} (--max-media-items)",
                              param=refs[limit][0])
-    native = set(served.facts.native_media or ())  # kinds the chat model reads itself (an omni checkpoint)
-    asr = client.model(None, "asr")
-    encodes = vision_media(client)
-    for where, kind, _ in refs:
-        if kind in native:
-            continue
-        if kind == "audio" and asr is None and "audio" not in encodes:
-            raise InvalidRequest("this server has no speech-to-text stage for audio input (it was started with "
-                                 "--asr-model none)", param=where)
-        if kind in ("image", "video") and "image" not in encodes:
-            why = "its --mmproj projector hears only" if encodes else "it was started with --vision-model none"
-            raise InvalidRequest(f"this server has no vision stage for {kind} input ({why})", param=where)
+    for where, kind, _ in refs:  # video: its frames are images
+        if ("image" if kind == "video" else kind) not in served.reads:
+            raise InvalidRequest(_unread(client, kind), param=where)
     # a named voice must be one, spoken or not; it picks the talker that speaks
     voices = Speakers(client, getattr(request.app.state, "voice_library", None))
     speaker = voices.pick((body.audio or AudioOutput()).voice_name, "audio.voice")
@@ -170,8 +170,7 @@ async def chat_omni_request(request: HTTPConnection, client: Client, body: ChatC
     # the grammar first: a bad one is a 400 before any media is fetched
     grammar = await client.build_grammar(body.answer_grammar_spec(served.stage, per_stage.get(served.stage)),
                                          client_address(request))
-    placeholders, audios, images = await _load_media(request, body, refs,
-                                                     with_video_audio=asr is not None or "audio" in native | encodes)
+    placeholders, audios, images = await _load_media(request, body, refs, with_video_audio="audio" in served.reads)
     omni = body.to_omni_request(request_id, placeholders, served.stage, per_stage.get(served.stage),
                                 bool(served.facts.template_tools))
     sampling = omni.sampling[served.stage]

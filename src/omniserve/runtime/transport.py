@@ -26,6 +26,8 @@ from typing import Any, Protocol
 
 from omniserve.runtime.messages import FromWorker, ToWorker
 
+READ_SIZE = 1 << 20  # bytes a read takes from the pipe at most
+
 
 class Transport(Protocol):
     """One stage worker's channel: messages to it with `send`; its messages arrive through the
@@ -59,6 +61,9 @@ class PipeTransport:
         self._fd = conn.fileno()
         os.set_blocking(self._fd, False)
         self._inbox = bytearray()
+        # what each read lands in: one buffer for the pipe's life, as a fresh 1 MiB one per read (most carry one
+        # token) would be mapped and unmapped each time (the server keeps glibc's mmap threshold at 128 KiB)
+        self._landing = bytearray(READ_SIZE)
         self._outbox: deque[memoryview] = deque()
         loop.add_reader(self._fd, self._read)
 
@@ -114,11 +119,11 @@ class PipeTransport:
         gone = False
         try:
             while True:
-                chunk = os.read(self._fd, 1 << 20)
-                if not chunk:  # EOF: the worker is gone
+                size = os.readv(self._fd, [self._landing])
+                if not size:  # EOF: the worker is gone
                     gone = True
                     break
-                self._inbox += chunk
+                self._inbox += memoryview(self._landing)[:size]
         except BlockingIOError:
             pass
         except OSError:

@@ -39,9 +39,11 @@ def median_time(fn, repeats: int) -> float:
 
 @contextlib.contextmanager
 def running(name: str, cmd: list[str], base: str, timeout: float = 180):
-    """Run `cmd` until the block ends; yield once `base`/v1/models answers 200."""
+    """Run `cmd` until the block ends; yield once `base`/v1/models answers 200. Its output goes to a log file that
+    is kept only if something failed."""
     log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{name}-", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    failed = True
     try:
         deadline = time.time() + timeout
         while True:
@@ -54,6 +56,7 @@ def running(name: str, cmd: list[str], base: str, timeout: float = 180):
                 raise RuntimeError(f"{name} did not start; see {log.name}")
             time.sleep(0.3)
         yield base
+        failed = False
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -61,3 +64,6 @@ def running(name: str, cmd: list[str], base: str, timeout: float = 180):
             proc.wait(10)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        if not failed:
+            os.unlink(log.name)

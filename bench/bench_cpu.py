@@ -40,18 +40,22 @@ class Process:
     system: float
 
 
+def read_proc(pid: int) -> tuple[list[str], list[str]] | None:
+    """A process's /proc/PID/stat fields after its name (state first), and its command line; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split(), cmdline
+
+
 def processes() -> dict[int, tuple[int, list[str]]]:
     """pid -> (parent pid, command line) of every process there is."""
     out = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        out[int(entry)] = (int(stat[stat.rindex(")") + 2:].split()[1]), cmdline)
+        if entry.isdigit() and (read := read_proc(int(entry))) is not None:
+            out[int(entry)] = (int(read[0][1]), read[1])
     return out
 
 
@@ -70,13 +74,10 @@ def server_tree(port: int) -> list[int]:
 
 
 def sample(pid: int) -> Process | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+    if (read := read_proc(pid)) is None:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return Process(pid, name[:60], int(fields[11]) / TICK, int(fields[12]) / TICK)
+    fields, cmdline = read
+    return Process(pid, " ".join(cmdline)[:60], int(fields[11]) / TICK, int(fields[12]) / TICK)
 
 
 async def measure(kind: str, model: str, eos: int, streams: int, max_tokens: int) -> None:

@@ -63,7 +63,7 @@ class PipeTransport:
         self._inbox = bytearray()
         # what each read lands in: one buffer for the pipe's life, as a fresh 1 MiB one per read (most carry one
         # token) would be mapped and unmapped each time (the server keeps glibc's mmap threshold at 128 KiB)
-        self._landing = bytearray(READ_SIZE)
+        self._landing = memoryview(bytearray(READ_SIZE))
         self._outbox: deque[memoryview] = deque()
         loop.add_reader(self._fd, self._read)
 
@@ -123,7 +123,7 @@ class PipeTransport:
                 if not size:  # EOF: the worker is gone
                     gone = True
                     break
-                self._inbox += memoryview(self._landing)[:size]
+                self._inbox += self._landing[:size]
         except BlockingIOError:
             pass
         except OSError:
